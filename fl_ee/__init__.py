@@ -1,0 +1,1 @@
+"""fl-ee: federated personalisation of early-exit networks across device tiers."""

@@ -1,0 +1,100 @@
+"""``fl-ee``: run simulations and list what can be plugged in."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fl_ee.config import load_config, parse_overrides
+from fl_ee.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fl-ee", description="Federated personalisation of early-exit networks across device tiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a simulation")
+    run.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
+    run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    listing = sub.add_parser("list", help="list strategies or presets")
+    listing.add_argument("what", choices=("strategies", "presets"))
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.client import app as client_app
+    from fl_ee.data import load_dataset
+    from fl_ee.report import accuracy_table
+    from fl_ee.rundir import RunDir, default_run_dir
+    from fl_ee.server import build_strategy_for, make_server_app, resolve_paths
+    from sims.engine import simulate
+
+    cfg = resolve_paths(load_config(args.config, parse_overrides(args.overrides)))
+    load_dataset(cfg.data)  # fail fast, before Ray starts, on missing data
+    build_strategy_for(cfg)  # ... and on an unknown strategy or option
+    run_dir = RunDir.create(args.out or default_run_dir())
+    err = Console(stderr=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("rounds", total=cfg.rounds, status="starting Ray")
+
+        def on_round(record: dict) -> None:
+            mean = record.get("evaluate", {}).get("personalised", {}).get("mean")
+            status = f"personalised acc {100 * mean:.1f}%" if mean is not None else ""
+            progress.update(task, advance=1, status=status)
+
+        try:
+            simulate(make_server_app(cfg, run_dir, on_round), client_app, cfg)
+        except RuntimeError as exc:
+            cause = exc.__cause__ or exc
+            err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
+            return 1
+    Console().print(accuracy_table(run_dir.path))
+    err.print(f"results in {run_dir.path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    if args.what == "strategies":
+        from strategies.registry import available, strategy_class
+
+        for name, path in sorted(available().items()):
+            doc = (strategy_class(name).__doc__ or "").strip().splitlines()
+            print(f"{name:12s} {doc[0] if doc else path}")
+    else:
+        for entry in sorted(resources.files("sims").joinpath("presets").iterdir(), key=lambda p: p.name):
+            if entry.name.endswith(".toml"):
+                first = entry.read_text().splitlines()[0].lstrip("# ")
+                print(f"{entry.name.removesuffix('.toml'):16s} {first}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fl-ee`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    except UserError as exc:
+        print(f"fl-ee: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fl-ee: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The Flower ``ClientApp``: thin glue from messages to local training and evaluation.
+
+Every message carries the resolved run config (JSON) and the client's depth; the
+client's data split and personal exit heads are its own. Personal heads live in
+``Context.state`` across rounds and are never sent.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_ee.config import Config, config_from_dict
+from fl_ee.data import load_dataset
+from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
+from fl_ee.policies import adaptive_inference
+from fl_ee.seeding import derive_seed
+from fl_ee.training import accuracy, exit_logits, train_exits, train_joint
+from partitions import client_splits
+
+PERSONAL_KEY = "personal-exits"
+TRAIN_STREAM = 10  # seed stream for local training
+
+app = ClientApp()
+
+
+@functools.lru_cache(maxsize=4)
+def run_config(text: str) -> Config:
+    """The run config a message carries, parsed once per process."""
+    return config_from_dict(json.loads(text))
+
+
+@functools.lru_cache(maxsize=8)
+def depth_flops(spec: ModelSpec, depth: int) -> Flops:
+    """Per-block FLOPs of a depth-``depth`` network (measured once per process)."""
+    return measure_flops(EarlyExitCNN(spec, depth))
+
+
+def client_data(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This client's local train and test tensors (x_train, y_train, x_test, y_test)."""
+    data = load_dataset(cfg.data)
+    d = cfg.data
+    split = client_splits(
+        data.train_y.numpy(), d.num_clients, d.partitioner, d.alpha, d.shards_per_client, d.test_fraction, cfg.seed
+    )[client_id]
+    train, test = torch.from_numpy(split.train), torch.from_numpy(split.test)
+    return data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test]
+
+
+def model_spec(cfg: Config) -> ModelSpec:
+    """The network shape of this run."""
+    return load_dataset(cfg.data).model_spec(cfg.model.width, cfg.model.exit_head)
+
+
+def _setup(msg: Message, context: Context) -> tuple[Config, int, int, EarlyExitCNN]:
+    """Parse the message: config, client id, round, and the received submodel."""
+    config = msg.content["config"]
+    cfg = run_config(str(config["run-config"]))
+    torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
+    model = EarlyExitCNN(model_spec(cfg), int(config["depth"]))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return cfg, int(context.node_config["partition-id"]), int(config.get("server-round", 0)), model
+
+
+def _personal_heads(model: EarlyExitCNN, context: Context) -> torch.nn.ModuleList:
+    """The client's own exit heads: from its state, or copies of the global ones at first."""
+    heads = copy.deepcopy(model.exits)
+    if PERSONAL_KEY in context.state:
+        heads.load_state_dict(context.state[PERSONAL_KEY].to_torch_state_dict())
+    return heads
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report who this node is: its client id and local data sizes."""
+    cfg = run_config(str(msg.content["config"]["run-config"]))
+    client_id = int(context.node_config["partition-id"])
+    _, y_train, _, y_test = client_data(cfg, client_id)
+    metrics = MetricRecord({"client-id": client_id, "num-train": len(y_train), "num-test": len(y_test)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Personalise exits over the frozen received backbone, then train the shared tensors."""
+    cfg, client_id, server_round, model = _setup(msg, context)
+    x, y, _, _ = client_data(cfg, client_id)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAIN_STREAM, server_round, client_id))
+    metrics: dict[str, int | float] = {"client-id": client_id, "num-examples": len(y)}
+    if cfg.personalisation.mode == "exits":
+        heads = _personal_heads(model, context)
+        metrics["personal-loss"] = train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
+        context.state[PERSONAL_KEY] = ArrayRecord(heads.state_dict())
+    metrics["train-loss"] = train_joint(model, x, y, cfg.training, generator)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
+    cfg, client_id, _, model = _setup(msg, context)
+    _, _, x, y = client_data(cfg, client_id)
+    heads = _personal_heads(model, context) if cfg.personalisation.mode == "exits" else model.exits
+    logits = exit_logits(model, x, heads)
+    costs = depth_flops(model.spec, model.depth).exit_costs()
+    adaptive = adaptive_inference(logits, y, costs, cfg.exit_policy.name, cfg.exit_policy.threshold)
+    metrics = MetricRecord(
+        {
+            "client-id": client_id,
+            "num-examples": len(y),
+            "accuracy": float(accuracy(logits[-1], y)),
+            "exit-accuracy": [accuracy(z, y) for z in logits],
+            "adaptive-accuracy": adaptive.accuracy,
+            "expected-flops": adaptive.expected_flops,
+            "exit-fractions": list(adaptive.exit_fractions),
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

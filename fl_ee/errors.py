@@ -1,0 +1,12 @@
+"""The one exception family that reaches the user as a one-line message."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, paths); shown as one line, exit 2.
+
+    ``key`` is the dotted config key the problem belongs to, when there is one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key

@@ -1,0 +1,38 @@
+"""State-dict naming: ``stages.{i}.*`` and ``exits.{i}.*`` (0-based) carry the structure.
+
+A depth-d submodel's state is exactly the keys whose index is below d, so the server
+slices and aggregates by name, without model code.
+"""
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def block_index(key: str) -> int:
+    """The stage/exit index a state key belongs to (``stages.2.0.weight`` -> 2)."""
+    kind, index, _ = key.split(".", 2)
+    if kind not in ("stages", "exits"):
+        raise ValueError(f"not a stage or exit key: {key!r}")
+    return int(index)
+
+
+def is_exit_key(key: str) -> bool:
+    """Whether a key belongs to an exit head rather than a backbone stage."""
+    return key.startswith("exits.")
+
+
+def slice_state(state: Mapping[str, T], depth: int) -> dict[str, T]:
+    """The entries a depth-``depth`` submodel holds: stages and exits 0..depth-1."""
+    return {k: v for k, v in state.items() if block_index(k) < depth}
+
+
+def exit_state(state: Mapping[str, T]) -> dict[str, T]:
+    """Only the exit-head entries of a state."""
+    return {k: v for k, v in state.items() if is_exit_key(k)}
+
+
+def state_depth(state: Mapping[str, object]) -> int:
+    """The depth a (sliced) state covers: one more than its highest index."""
+    return 1 + max(block_index(k) for k in state)

@@ -1,0 +1,213 @@
+"""The Flower ``ServerApp``: builds the federation from the config, runs rounds, writes the run dir.
+
+``run_federation`` is the round loop; ``make_server_app`` wraps it for ``fl-ee run``,
+and the module-level ``app`` reads ``context.run_config`` for ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fl_ee.config import Config, config_to_json, config_to_toml, load_config
+from fl_ee.data import TensorDataset, load_dataset
+from fl_ee.metrics import exit_means, group_means, mean_or_none
+from fl_ee.models import EarlyExitCNN, slice_state
+from fl_ee.rundir import RunDir, default_run_dir
+from fl_ee.seeding import derive_seed
+from fl_ee.training import accuracy, exit_logits
+from sims.tiers import assign_tiers
+from strategies import ClientInfo, DepthAwareStrategy, build_strategy
+
+INIT_STREAM = 4  # seed stream for the global model's initial weights
+NODE_WAIT_S = 120.0
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make ``data.root`` absolute, so every process (Ray workers too) reads the same files."""
+    return replace(cfg, data=replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve())))
+
+
+def build_strategy_for(cfg: Config) -> DepthAwareStrategy:
+    """The configured strategy, seeded by the run seed."""
+    s = cfg.strategy
+    return build_strategy(s.name, s.options, s.fraction_train, s.fraction_evaluate, cfg.seed)
+
+
+def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitCNN:
+    """The full-depth global model, initialised from the run seed."""
+    torch.manual_seed(derive_seed(cfg.seed, INIT_STREAM))
+    return EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+
+
+def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_S
+    while len(node_ids := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(node_ids)} of {count} simulated clients came up in {NODE_WAIT_S:.0f}s")
+        time.sleep(0.05)
+    return node_ids
+
+
+def _check(replies: Sequence[Message], what: str) -> None:
+    """Fail loudly when every client of a step failed (a bug, not a straggler)."""
+    if replies and all(m.has_error() for m in replies):
+        raise RuntimeError(f"every client failed to {what}: {replies[0].error.reason}")
+
+
+def discover_clients(grid: Grid, cfg: Config, config_text: str) -> list[ClientInfo]:
+    """Ask every node for its client id and data sizes; place each client in its tier."""
+    node_ids = _wait_for_nodes(grid, cfg.data.num_clients)
+    content = RecordDict({"config": ConfigRecord({"run-config": config_text})})
+    replies = list(
+        grid.send_and_receive([Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids])
+    )
+    _check(replies, "report its data")
+    failed = [m for m in replies if m.has_error()]
+    if failed:
+        raise RuntimeError(f"{len(failed)} clients failed to report their data: {failed[0].error.reason}")
+    tier_of = assign_tiers([t.share for t in cfg.tiers], cfg.data.num_clients, cfg.seed)
+    clients = []
+    for reply in replies:
+        m = reply.content["metrics"]
+        cid = int(m["client-id"])
+        tier = cfg.tiers[tier_of[cid]]
+        clients.append(
+            ClientInfo(reply.metadata.src_node_id, cid, tier.name, tier.depth, int(m["num-train"]), int(m["num-test"]))
+        )
+    return sorted(clients, key=lambda c: c.client_id)
+
+
+def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCNN, depth: int) -> dict[str, float]:
+    """Accuracy of the global model's exits 1..depth on the global test set."""
+    sub = EarlyExitCNN(model.spec, depth)
+    sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
+    logits = exit_logits(sub, data.test_x)
+    return {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)}
+
+
+def client_row(client: ClientInfo, metrics: dict[str, Any] | None, max_depth: int) -> dict[str, Any]:
+    """One ``clients.csv`` row: identity, sizes and the client's latest evaluation."""
+    exits = list(metrics["exit-accuracy"]) if metrics else []
+    row: dict[str, Any] = {
+        "client_id": client.client_id,
+        "tier": client.tier,
+        "depth": client.depth,
+        "num_train": client.num_train,
+        "num_test": client.num_test,
+        "evaluated_round": metrics["round"] if metrics else "",
+    }
+    for i in range(max_depth):
+        row[f"accuracy_exit{i + 1}"] = round(exits[i], 6) if i < len(exits) else ""
+    row["adaptive_accuracy"] = round(metrics["adaptive-accuracy"], 6) if metrics else ""
+    row["expected_flops"] = round(metrics["expected-flops"], 1) if metrics else ""
+    return row
+
+
+def personalised_summary(
+    clients: Sequence[ClientInfo], results: dict[int, dict[str, Any]], cfg: Config
+) -> dict[str, Any]:
+    """Mean accuracy at each client's deepest exit, overall, by tier and by exit."""
+    evaluated = [c for c in clients if c.client_id in results]
+    deepest = [results[c.client_id]["exit-accuracy"][-1] for c in evaluated]
+    return {
+        "mean": mean_or_none(deepest),
+        "by_tier": group_means(deepest, [c.tier for c in evaluated], [t.name for t in cfg.tiers]),
+        "by_exit": exit_means([results[c.client_id]["exit-accuracy"] for c in evaluated], cfg.max_depth),
+        "adaptive_accuracy": mean_or_none([results[c.client_id]["adaptive-accuracy"] for c in evaluated]),
+        "expected_flops": mean_or_none([results[c.client_id]["expected-flops"] for c in evaluated]),
+        "evaluated_clients": len(evaluated),
+    }
+
+
+def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """Run every round, write the run directory, and return the summary."""
+    cfg = resolve_paths(cfg)
+    run_dir.write_config(config_to_toml(cfg))
+    data = load_dataset(cfg.data)
+    model = initial_model(cfg, data)
+    strategy = build_strategy_for(cfg)
+    config_text = config_to_json(cfg)
+    clients = discover_clients(grid, cfg, config_text)
+    strategy.register_clients(clients)
+    by_node = {c.node_id: c for c in clients}
+
+    arrays = ArrayRecord(model.state_dict())
+    results: dict[int, dict[str, Any]] = {}
+    global_by_exit: dict[str, float] = {}
+    started = time.perf_counter()
+    for rnd in range(1, cfg.rounds + 1):
+        config = ConfigRecord({"run-config": config_text, "server-round": rnd})
+        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid)))
+        _check(replies, f"train in round {rnd}")
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+        record: dict[str, Any] = {
+            "round": rnd,
+            "train": {
+                "clients": sorted(by_node[m.metadata.src_node_id].client_id for m in replies if not m.has_error()),
+                "failed": sorted(by_node[m.metadata.src_node_id].client_id for m in replies if m.has_error()),
+                "metrics": dict(train_metrics or {}),
+            },
+        }
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+            _check(ev, f"evaluate in round {rnd}")
+            strategy.aggregate_evaluate(rnd, ev)
+            for reply in strategy.valid_replies(ev):
+                results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
+            global_by_exit = evaluate_global(arrays, data, model, cfg.max_depth)
+            record["evaluate"] = {
+                "personalised": personalised_summary(clients, results, cfg),
+                "global": {"by_exit": global_by_exit},
+            }
+        record["wall_s"] = round(time.perf_counter() - started, 3)
+        run_dir.append_round(record)
+        if on_round is not None:
+            on_round(record)
+
+    summary = {
+        "accuracy": {
+            "personalised": personalised_summary(clients, results, cfg),
+            "global": {"by_exit": global_by_exit},
+        },
+        "clients": {"total": len(clients), "by_tier": {t.name: sum(c.tier == t.name for c in clients) for t in cfg.tiers}},
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+    }
+    run_dir.write_clients([client_row(c, results.get(c.client_id), cfg.max_depth) for c in clients])
+    run_dir.write_summary(summary)
+    return summary
+
+
+def make_server_app(cfg: Config, run_dir: RunDir, on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp bound to an already loaded config and run directory (used by ``fl-ee run``)."""
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg, run_dir, on_round)
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run``: ``preset`` (name or path), ``out``, and dotted overrides."""
+    overrides = dict(context.run_config)
+    preset = str(overrides.pop("preset", "quickstart"))
+    out = str(overrides.pop("out", "")) or default_run_dir()
+    run_federation(grid, load_config(preset, overrides), RunDir.create(out))
+

@@ -1,0 +1,116 @@
+"""Local objectives: cross-entropy on every exit plus distillation from the deepest exit.
+
+Two schemes share one loss: :func:`train_joint` trains backbone and exits end to end
+(the shared step); :func:`train_exits` trains exit heads over a frozen backbone (the
+personal step). Nothing here knows about Flower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fl_ee.config import TrainingConfig
+from fl_ee.models import EarlyExitCNN
+
+EVAL_BATCH = 512
+
+
+def distillation_loss(students: Sequence[torch.Tensor], teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over students of KL(softmax(teacher/T) || softmax(student/T)) * T^2, batch-mean.
+
+    The teacher is used as given; callers pass it detached so it only teaches.
+    """
+    target = F.softmax(teacher / temperature, dim=1)
+    loss = teacher.new_zeros(())
+    for student in students:
+        log_p = F.log_softmax(student / temperature, dim=1)
+        loss = loss + F.kl_div(log_p, target, reduction="batchmean") * temperature**2
+    return loss
+
+
+def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
+    """Cross-entropy summed over exits, plus ``kd_weight`` x last-exit distillation."""
+    loss = sum(F.cross_entropy(z, targets) for z in logits)
+    if cfg.distillation == "last-exit" and len(logits) > 1 and cfg.kd_weight > 0:
+        loss = loss + cfg.kd_weight * distillation_loss(logits[:-1], logits[-1].detach(), cfg.kd_temperature)
+    return loss
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering ``range(n)`` once."""
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def _sgd(params, cfg: TrainingConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_joint(
+    model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, generator: torch.Generator
+) -> float:
+    """Train every stage and exit of ``model`` for ``cfg.local_epochs``; returns the mean loss."""
+    model.train()
+    opt = _sgd(model.parameters(), cfg)
+    total, steps = 0.0, 0
+    for _ in range(cfg.local_epochs):
+        for idx in batches(len(y), cfg.batch_size, generator):
+            loss = exit_loss(model(x[idx]), y[idx], cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def stage_features(model: EarlyExitCNN, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every stage's output for all of ``x``, computed in evaluation batches."""
+    model.eval()
+    chunks = [model.features(part) for part in x.split(EVAL_BATCH)]
+    return [torch.cat(per_stage) for per_stage in zip(*chunks)]
+
+
+def train_exits(
+    model: EarlyExitCNN,
+    heads: nn.ModuleList,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainingConfig,
+    epochs: int,
+    generator: torch.Generator,
+) -> float:
+    """Train ``heads`` (one per stage of ``model``) over the frozen backbone; returns the mean loss.
+
+    The backbone is fixed, so its features are computed once and reused every epoch.
+    """
+    features = stage_features(model, x)
+    heads.train()
+    opt = _sgd(heads.parameters(), cfg)
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for idx in batches(len(y), cfg.batch_size, generator):
+            logits = [head(f[idx]) for head, f in zip(heads, features)]
+            loss = exit_loss(logits, y[idx], cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
+    """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
+    heads = model.exits if heads is None else heads
+    heads.eval()
+    return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, stage_features(model, x))]
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max is the label."""
+    return float((logits.argmax(dim=1) == y).float().mean()) if len(y) else 0.0

@@ -1,0 +1,98 @@
+"""Client partitions on flwr-datasets partitioners, plus each client's own test split.
+
+The partitioners run on a one-column table of labels (with the row index carried
+along), so they decide who holds which sample without touching the images.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner, Partitioner
+
+from fl_ee.errors import UserError
+
+MIN_CLIENT_SAMPLES = 2  # one to train on, one to test on
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """Indices into the dataset's train split: a client's local train and test samples."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def _partitioner(scheme: str, num_clients: int, alpha: float, shards_per_client: int, seed: int) -> Partitioner:
+    if scheme == "iid":
+        return IidPartitioner(num_partitions=num_clients)
+    if scheme == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=MIN_CLIENT_SAMPLES,
+            seed=seed,
+        )
+    if scheme == "shards":
+        return PathologicalPartitioner(
+            num_partitions=num_clients,
+            partition_by="label",
+            num_classes_per_partition=shards_per_client,
+            class_assignment_mode="first-deterministic",
+            seed=seed,
+        )
+    raise ValueError(f"unknown partitioner {scheme!r}")
+
+
+def partition_indices(
+    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, seed: int
+) -> list[np.ndarray]:
+    """Split sample indices over clients: ``iid``, ``dirichlet`` (label skew) or ``shards``.
+
+    ``shards`` gives every client exactly ``shards_per_client`` classes. Rows are
+    shuffled by ``seed`` first, so ``iid`` does not hand out label-sorted blocks.
+    """
+    labels = np.asarray(labels)
+    if scheme == "shards" and shards_per_client > len(np.unique(labels)):
+        raise UserError(f"must be at most the number of classes ({len(np.unique(labels))})", key="data.shards_per_client")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, seed)
+    partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
+    try:
+        parts = [np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)) for i in range(num_clients)]
+    except ValueError as exc:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
+        raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}", key="data.num_clients") from None
+    smallest = min(len(p) for p in parts)
+    if smallest < MIN_CLIENT_SAMPLES:
+        raise UserError(
+            f"a client got {smallest} samples; at least {MIN_CLIENT_SAMPLES} are needed (use fewer clients)",
+            key="data.num_clients",
+        )
+    return parts
+
+
+def local_split(indices: np.ndarray, test_fraction: float, seed: int) -> ClientSplit:
+    """Shuffle a client's samples and hold out ``test_fraction`` (at least one) for its tests."""
+    order = np.random.default_rng(seed).permutation(indices)
+    n_test = min(len(order) - 1, max(1, round(test_fraction * len(order))))
+    return ClientSplit(train=np.sort(order[n_test:]), test=np.sort(order[:n_test]))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(
+    labels: bytes, num_clients: int, scheme: str, alpha: float, shards: int, test_fraction: float, seed: int
+) -> tuple[ClientSplit, ...]:
+    parts = partition_indices(np.frombuffer(labels, dtype=np.int64), num_clients, scheme, alpha, shards, seed)
+    return tuple(local_split(p, test_fraction, seed + 1 + cid) for cid, p in enumerate(parts))
+
+
+def client_splits(
+    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, test_fraction: float, seed: int
+) -> tuple[ClientSplit, ...]:
+    """Every client's train/test indices; computed once per process for the same inputs."""
+    key = np.ascontiguousarray(labels, dtype=np.int64).tobytes()
+    return _cached_splits(key, num_clients, scheme, alpha, shards_per_client, test_fraction, seed)

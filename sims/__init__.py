@@ -1,0 +1,1 @@
+"""Device simulation: tiers, presets and the engine that runs Flower on Ray."""

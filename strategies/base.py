@@ -1,0 +1,161 @@
+"""``DepthAwareStrategy``: a Flower strategy that sends each client its tier's slice.
+
+Sampling, messaging and aggregation are separate methods, as in Flower's own
+strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tensor`
+(one shared tensor at a time) or Flower's ``configure_*``/``aggregate_*`` methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fl_ee.models import slice_state
+from fl_ee.seeding import rng
+from strategies.aggregation import holder_aggregate, weighted_mean
+
+TRAIN_STREAM, EVALUATE_STREAM = 2, 3  # seed streams for client sampling
+ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
+WEIGHT_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows of a simulated client."""
+
+    node_id: int
+    client_id: int
+    tier: str
+    depth: int
+    num_train: int
+    num_test: int
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as named NumPy arrays."""
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Named NumPy arrays as an ArrayRecord (order kept)."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(v)) for key, v in arrays.items()})
+
+
+class DepthAwareStrategy(Strategy):
+    """Per-tier slicing on the way out, per-tensor holder aggregation on the way back.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate : float
+        Fraction of clients sampled each round for training / evaluation (at least one).
+    seed : int
+        Seeds client sampling, so the same seed samples the same clients.
+    """
+
+    def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0) -> None:
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.seed = seed
+        self.clients: dict[int, ClientInfo] = {}
+        self._sent: ArrayRecord | None = None
+
+    # ------------------------------------------------------------------ clients
+    def register_clients(self, clients: Iterable[ClientInfo]) -> None:
+        """Tell the strategy who is out there (node id, client id, tier, depth, sizes)."""
+        self.clients = {c.node_id: c for c in clients}
+
+    def sample(self, server_round: int, fraction: float, stream: int) -> list[ClientInfo]:
+        """``max(1, round(fraction * n))`` clients, drawn by seed and round, in client-id order."""
+        pool = sorted(self.clients.values(), key=lambda c: c.client_id)
+        if fraction <= 0 or not pool:
+            return []
+        k = min(len(pool), max(1, round(fraction * len(pool))))
+        chosen = rng(self.seed, stream, server_round).choice(len(pool), size=k, replace=False)
+        return [pool[i] for i in sorted(chosen)]
+
+    def client_of(self, message: Message) -> ClientInfo:
+        """The client a reply came from."""
+        return self.clients[message.metadata.src_node_id]
+
+    def _messages(
+        self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
+    ) -> list[Message]:
+        messages = []
+        for client in clients:
+            content = RecordDict(
+                {
+                    ARRAYS_KEY: ArrayRecord(slice_state(arrays, client.depth)),
+                    CONFIG_KEY: ConfigRecord({**config, "depth": client.depth}),
+                }
+            )
+            messages.append(Message(content=content, dst_node_id=client.node_id, message_type=message_type))
+        return messages
+
+    # ------------------------------------------------------------------ training
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send each the stages and exits of its depth."""
+        self._sent = arrays
+        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM)
+        return self._messages(clients, arrays, config, MessageType.TRAIN)
+
+    def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies without errors, in client-id order (so aggregation is deterministic)."""
+        ok = [m for m in replies if not m.has_error()]
+        return sorted(ok, key=lambda m: self.client_of(m).client_id)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Combine each shared tensor over its holders with :meth:`aggregate_tensor`."""
+        valid = self.valid_replies(replies)
+        if not valid or self._sent is None:
+            return None, None
+        updates = [to_numpy(m.content[ARRAYS_KEY]) for m in valid]
+        weights = [float(m.content[METRICS_KEY][WEIGHT_KEY]) for m in valid]
+        new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
+        return to_record(new), self._mean_metrics(valid)
+
+    def aggregate_tensor(
+        self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray
+    ) -> np.ndarray:
+        """The new value of one shared tensor from its holders' values and example counts.
+
+        The default is the example-weighted mean; override this to plug in a rule.
+        """
+        return weighted_mean(values, weights)
+
+    # ---------------------------------------------------------------- evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients for evaluation and send each its depth's slice of the global model."""
+        clients = self.sample(server_round, self.fraction_evaluate, EVALUATE_STREAM)
+        return self._messages(clients, arrays, config, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted means of the clients' scalar metrics."""
+        valid = self.valid_replies(replies)
+        return self._mean_metrics(valid) if valid else None
+
+    @staticmethod
+    def _mean_metrics(replies: Sequence[Message]) -> MetricRecord:
+        records = [m.content[METRICS_KEY] for m in replies]
+        weights = np.array([float(r[WEIGHT_KEY]) for r in records])
+        scalars = [k for k, v in records[0].items() if isinstance(v, float)]
+        out = {k: float(weighted_mean([np.float64(r[k]) for r in records], weights)) for k in scalars}
+        out[WEIGHT_KEY] = int(weights.sum())
+        return MetricRecord(out)
+
+    def summary(self) -> None:
+        """Log the sampling settings."""
+        log(INFO, "%s: fraction_train=%.2f fraction_evaluate=%.2f seed=%d",
+            type(self).__name__, self.fraction_train, self.fraction_evaluate, self.seed)
