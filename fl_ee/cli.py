@@ -61,7 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             cause = exc.__cause__ or exc
             err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
             return 1
-    Console().print(accuracy_table(run_dir.path))
+    out = Console()
+    out.width = max(out.width, 100)
+    out.print(accuracy_table(run_dir.path))
     err.print(f"results in {run_dir.path}")
     return 0
 

@@ -114,7 +114,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         {
             "client-id": client_id,
             "num-examples": len(y),
-            "accuracy": float(accuracy(logits[-1], y)),
+            "accuracy": accuracy(logits[-1], y),
             "exit-accuracy": [accuracy(z, y) for z in logits],
             "adaptive-accuracy": adaptive.accuracy,
             "expected-flops": adaptive.expected_flops,

@@ -53,7 +53,7 @@ def accuracy_table(run_dir: Path) -> Table:
         )
     by_exit = summary["accuracy"]["global"]["by_exit"]
     table.add_section()
-    table.add_row("global model", "", "", *(_pct(by_exit.get(str(i))) for i in exits), "", "")
+    table.add_row("global", "", "", *(_pct(by_exit.get(str(i))) for i in exits), "", "")
     mean = summary["accuracy"]["personalised"]["mean"]
     table.caption = f"personalised mean at each client's deepest exit: {_pct(mean)}%"
     return table

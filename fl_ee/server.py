@@ -162,11 +162,13 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
             _check(ev, f"evaluate in round {rnd}")
-            strategy.aggregate_evaluate(rnd, ev)
+            aggregated = strategy.aggregate_evaluate(rnd, ev)
             for reply in strategy.valid_replies(ev):
                 results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
             global_by_exit = evaluate_global(arrays, data, model, cfg.max_depth)
             record["evaluate"] = {
+                "clients": sorted(strategy.client_of(m).client_id for m in ev if not m.has_error()),
+                "aggregated": dict(aggregated or {}),
                 "personalised": personalised_summary(clients, results, cfg),
                 "global": {"by_exit": global_by_exit},
             }

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MessageType
+
+from fl_ee.models import EarlyExitCNN, ModelSpec
+from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
+from strategies.base import to_numpy
+
+
+def test_weighted_mean_by_hand():
+    out = weighted_mean([np.array([1.0, 2.0]), np.array([4.0, 8.0])], [1, 3])
+    np.testing.assert_allclose(out, [(1 + 12) / 4, (2 + 24) / 4])
+    assert out.dtype == np.float64
+    out32 = weighted_mean([np.array([1.0], np.float32), np.array([2.0], np.float32)], [0, 0])
+    assert out32.dtype == np.float32 and out32[0] == pytest.approx(1.5)  # zero weights: plain mean
+
+
+def test_holder_aggregate_averages_each_key_over_its_holders_only():
+    current = {"stages.0.w": np.array([0.0]), "stages.1.w": np.array([10.0]), "stages.2.w": np.array([7.0])}
+    updates = [
+        {"stages.0.w": np.array([1.0])},  # depth 1, 10 examples
+        {"stages.0.w": np.array([3.0]), "stages.1.w": np.array([20.0])},  # depth 2, 30 examples
+    ]
+    rule = lambda key, values, weights, cur: weighted_mean(values, weights)  # noqa: E731
+    new = holder_aggregate(updates, [10, 30], current, rule)
+    assert new["stages.0.w"][0] == pytest.approx((1 * 10 + 3 * 30) / 40)  # both hold stage 0
+    assert new["stages.1.w"][0] == pytest.approx(20.0)  # only client 2 holds stage 1
+    assert new["stages.2.w"][0] == 7.0  # nobody returned stage 2: unchanged
+
+
+def test_holder_aggregate_rejects_foreign_keys():
+    with pytest.raises(KeyError):
+        holder_aggregate([{"x": np.zeros(1)}], [1], {"y": np.zeros(1)}, lambda *a: a[1][0])
+
+
+def test_depthfl_unweighted_option():
+    s = DepthFL(weighted=False)
+    out = s.aggregate_tensor("k", [np.array([1.0]), np.array([4.0])], [1, 3], np.array([0.0]))
+    assert out[0] == pytest.approx(2.5)
+
+
+def _clients():
+    return [ClientInfo(node_id=100 + i, client_id=i, tier=f"t{d}", depth=d, num_train=10, num_test=2)
+            for i, d in enumerate([1, 2, 4, 2])]
+
+
+@pytest.fixture
+def task_identity():
+    """Messages are built inside a Flower task; give this process one, as the simulation does."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def test_each_client_is_sent_exactly_its_depth_slice(task_identity):
+    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
+    arrays = ArrayRecord(model.state_dict())
+    strategy = DepthAwareStrategy(fraction_train=1.0)
+    strategy.register_clients(_clients())
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({"server-round": 1}), grid=None))
+    assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102, 103]
+    for message, depth in zip(messages, [1, 2, 4, 2]):
+        keys = set(message.content["arrays"])
+        assert keys == {k for k in arrays if int(k.split(".")[1]) < depth}
+        assert message.content["config"]["depth"] == depth
+        assert message.metadata.message_type == MessageType.TRAIN
+
+
+def test_sampling_is_seeded_and_sized_by_fraction():
+    def sample(seed, rnd):
+        s = DepthAwareStrategy(fraction_train=0.5, seed=seed)
+        s.register_clients(_clients())
+        return [c.client_id for c in s.sample(rnd, 0.5, 2)]
+
+    assert len(sample(0, 1)) == 2
+    assert sample(0, 1) == sample(0, 1)
+    assert len({tuple(sample(0, r)) for r in range(1, 20)}) > 1  # rounds draw different clients
+
+
+def test_custom_rule_plugs_in_through_aggregate_tensor():
+    class Frozen(DepthAwareStrategy):
+        def aggregate_tensor(self, key, values, weights, current):
+            return current
+
+    current = {"stages.0.w": np.array([5.0])}
+    new = holder_aggregate([{"stages.0.w": np.array([1.0])}], [1], current, Frozen().aggregate_tensor)
+    assert new == current
+
+
+def test_to_numpy_round_trip():
+    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=1)
+    arrays = to_numpy(ArrayRecord(model.state_dict()))
+    for key, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(arrays[key], tensor.numpy())

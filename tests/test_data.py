@@ -1,0 +1,59 @@
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fl_ee.config import DataConfig
+from fl_ee.data import load_dataset
+from fl_ee.errors import UserError
+
+
+def test_digits_is_offline_and_normalised():
+    data = load_dataset(DataConfig(name="digits"))
+    assert data.train_x.shape == (1347, 1, 8, 8) and data.test_x.shape == (450, 1, 8, 8)
+    assert data.num_classes == 10
+    assert abs(float(data.train_x.mean())) < 1e-4 and abs(float(data.train_x.std()) - 1) < 1e-3
+    assert load_dataset(DataConfig(name="digits")) is data  # decoded once per process
+
+
+@pytest.mark.parametrize(("name", "classes"), [("mnist", 10), ("fashion-mnist", 10)])
+def test_torchvision_datasets_from_local_files(shared_data, name, classes):
+    data = load_dataset(DataConfig(name=name, root=str(shared_data)))
+    assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert data.train_x.dtype == torch.float32 and data.num_classes == classes
+    assert torch.unique(data.train_y).tolist() == list(range(classes))
+
+
+def test_missing_torchvision_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_dataset(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert info.value.key == "data.root" and "data.download=true" in str(info.value)
+
+
+def test_imagefolder_reads_real_cifar10_jpegs(shared_data, tmp_path):
+    # extract a few real CIFAR-10 JPEGs per class and split into the imagefolder layout
+    wanted = {"0000.jpg", "0001.jpg", "0002.jpg"}
+    with tarfile.open(shared_data / "cifar10-jpeg.tar.gz") as tar:
+        members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
+        tar.extractall(tmp_path, members=members, filter="data")
+    data = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "cifar10")))
+    assert data.train_x.shape == (30, 3, 32, 32) and data.test_x.shape == (30, 3, 32, 32)
+    assert data.num_classes == 10 and torch.bincount(data.train_y).tolist() == [3] * 10
+
+
+def _write_images(root, split, sizes):
+    for cls, size in sizes.items():
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.fromarray(np.full((*size, 3), 40 * i + 10, dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_imagefolder_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="is not a folder"):
+        load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "none")))
+    _write_images(tmp_path, "train", {"a": (4, 4), "b": (5, 5)})
+    _write_images(tmp_path, "test", {"a": (4, 4), "b": (4, 4)})
+    with pytest.raises(UserError, match="differ in size"):
+        load_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from fl_ee.errors import UserError
+from partitions import client_splits, local_split, partition_indices
+from sims.tiers import assign_tiers, tier_counts
+
+LABELS = np.repeat(np.arange(10), 60)  # 600 samples, label-sorted
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partitions_are_disjoint_and_cover_the_data(scheme):
+    parts = partition_indices(LABELS, 8, scheme, alpha=0.5, shards_per_client=2, seed=0)
+    joined = np.concatenate(parts)
+    assert len(parts) == 8
+    assert len(joined) == len(set(joined.tolist()))
+    if scheme != "shards":  # pathological splits may leave a class unassigned
+        assert sorted(joined.tolist()) == list(range(len(LABELS)))
+
+
+def test_iid_is_balanced_and_mixes_labels():
+    parts = partition_indices(LABELS, 6, "iid", 0.5, 2, seed=0)
+    assert {len(p) for p in parts} == {100}
+    assert all(len(np.unique(LABELS[p])) >= 8 for p in parts)
+
+
+def test_shards_give_each_client_exactly_k_classes():
+    parts = partition_indices(LABELS, 10, "shards", 0.5, shards_per_client=3, seed=1)
+    assert [len(np.unique(LABELS[p])) for p in parts] == [3] * 10
+
+
+def test_dirichlet_skews_labels_more_for_smaller_alpha():
+    def skew(alpha):
+        parts = partition_indices(LABELS, 10, "dirichlet", alpha, 2, seed=0)
+        return np.mean([np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts])
+
+    assert skew(0.1) > skew(100.0)
+
+
+def test_partitions_are_deterministic_by_seed():
+    a = partition_indices(LABELS, 5, "dirichlet", 0.5, 2, seed=3)
+    b = partition_indices(LABELS, 5, "dirichlet", 0.5, 2, seed=3)
+    c = partition_indices(LABELS, 5, "dirichlet", 0.5, 2, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_local_split_holds_out_a_test_share_from_the_clients_own_samples():
+    indices = np.arange(100, 150)
+    split = local_split(indices, 0.2, seed=0)
+    assert len(split.test) == 10 and len(split.train) == 40
+    assert set(split.train) | set(split.test) == set(indices) and not set(split.train) & set(split.test)
+    tiny = local_split(np.array([7, 9]), 0.2, seed=0)
+    assert len(tiny.test) == 1 and len(tiny.train) == 1
+
+
+def test_client_splits_are_cached_and_consistent():
+    a = client_splits(LABELS, 4, "iid", 0.5, 2, 0.25, 0)
+    assert a is client_splits(LABELS, 4, "iid", 0.5, 2, 0.25, 0)
+    assert all(len(s.test) == 38 for s in a)  # round(0.25 * 150)
+
+
+def test_impossible_splits_are_user_errors():
+    with pytest.raises(UserError) as info:
+        partition_indices(LABELS, 400, "iid", 0.5, 2, seed=0)
+    assert info.value.key == "data.num_clients"
+    with pytest.raises(UserError) as info:
+        partition_indices(LABELS, 4, "shards", 0.5, shards_per_client=11, seed=0)
+    assert info.value.key == "data.shards_per_client"
+
+
+def test_tier_counts_follow_shares_by_largest_remainder():
+    assert tier_counts([0.3, 0.4, 0.3], 20) == [6, 8, 6]
+    assert tier_counts([0.3, 0.4, 0.3], 7) == [2, 3, 2]  # 2.1, 2.8, 2.1 -> the 0.8 remainder wins
+    assert tier_counts([1 / 3] * 3, 10) == [4, 3, 3]  # ties go to the earlier tier
+    assert tier_counts([1.0], 5) == [5]
+
+
+def test_tier_assignment_is_a_seeded_shuffle_with_exact_counts():
+    a = assign_tiers([0.3, 0.4, 0.3], 20, seed=0)
+    assert np.bincount(a).tolist() == [6, 8, 6]
+    assert np.array_equal(a, assign_tiers([0.3, 0.4, 0.3], 20, seed=0))
+    assert not np.array_equal(a, assign_tiers([0.3, 0.4, 0.3], 20, seed=1))
