@@ -4,13 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test clean
+.PHONY: run test flwr-run clean
 
 run: $(STAMP)
 	$(VENV)/bin/fl-ee run
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# The same apps under Flower's CLI: a local SuperLink in simulation mode (started on
+# first use, on 127.0.0.1:39091) runs them with this venv's packages.
+CLIENTS ?= 20
+flwr-run: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 \
+	  flwr run . --stream --run-config "out='$(CURDIR)/runs/flwr-$$(date +%Y%m%d-%H%M%S)' set='$(SET)'" \
+	  --federation-config "num-supernodes=$(CLIENTS) client-resources-num-cpus=1"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

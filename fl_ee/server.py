@@ -6,6 +6,7 @@ and the module-level ``app`` reads ``context.run_config`` for ``flwr run``.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -16,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_ee.config import Config, config_to_json, config_to_toml, load_config
+from fl_ee.config import Config, config_to_json, config_to_toml, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
 from fl_ee.metrics import exit_means, group_means, mean_or_none
 from fl_ee.models import EarlyExitCNN, slice_state
@@ -55,6 +56,9 @@ def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(node_ids)} of {count} simulated clients came up in {NODE_WAIT_S:.0f}s")
         time.sleep(0.05)
+    if len(node_ids) > count:
+        raise RuntimeError(f"the federation has {len(node_ids)} nodes but data.num_clients is {count}; "
+                           f"run it with num-supernodes={count}")
     return node_ids
 
 
@@ -139,7 +143,6 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
     config_text = config_to_json(cfg)
     clients = discover_clients(grid, cfg, config_text)
     strategy.register_clients(clients)
-    by_node = {c.node_id: c for c in clients}
 
     arrays = ArrayRecord(model.state_dict())
     results: dict[int, dict[str, Any]] = {}
@@ -154,8 +157,8 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
         record: dict[str, Any] = {
             "round": rnd,
             "train": {
-                "clients": sorted(by_node[m.metadata.src_node_id].client_id for m in replies if not m.has_error()),
-                "failed": sorted(by_node[m.metadata.src_node_id].client_id for m in replies if m.has_error()),
+                "clients": sorted(strategy.client_of(m).client_id for m in replies if not m.has_error()),
+                "failed": sorted(strategy.client_of(m).client_id for m in replies if m.has_error()),
                 "metrics": dict(train_metrics or {}),
             },
         }
@@ -205,11 +208,20 @@ def make_server_app(cfg: Config, run_dir: RunDir, on_round: RoundCallback | None
 app = ServerApp()
 
 
+def from_run_config(run_config: dict[str, Any]) -> tuple[Config, Path]:
+    """The config and run directory named by a Flower run config (``flwr run``).
+
+    Keys: ``preset`` (name or path), ``out`` (run directory; empty for
+    ``runs/<timestamp>``) and ``set`` (space-separated dotted overrides, as
+    ``fl-ee run --set`` takes them: ``set='rounds=5 data.alpha=0.1'``).
+    """
+    overrides = parse_overrides(shlex.split(str(run_config.get("set", ""))))
+    cfg = load_config(str(run_config.get("preset", "quickstart")), overrides)
+    return cfg, Path(str(run_config.get("out", "")) or default_run_dir())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run``: ``preset`` (name or path), ``out``, and dotted overrides."""
-    overrides = dict(context.run_config)
-    preset = str(overrides.pop("preset", "quickstart"))
-    out = str(overrides.pop("out", "")) or default_run_dir()
-    run_federation(grid, load_config(preset, overrides), RunDir.create(out))
-
+    """Entry point for ``flwr run``; relative paths resolve against the SuperLink's directory."""
+    cfg, out = from_run_config(dict(context.run_config))
+    run_federation(grid, cfg, RunDir.create(out))
