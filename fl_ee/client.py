@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -97,6 +98,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics["personal-loss"] = train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
         context.state[PERSONAL_KEY] = ArrayRecord(heads.state_dict())
     metrics["train-loss"] = train_joint(model, x, y, cfg.training, generator)
+    time.sleep(float(msg.content["config"].get("pace-s", 0.0)))  # real pacing, when asked for
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 

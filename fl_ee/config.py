@@ -27,6 +27,7 @@ EXIT_HEADS = ("linear", "mlp")
 DISTILLATION = ("last-exit", "none")
 PERSONALISATION = ("exits", "none")
 EXIT_POLICIES = ("entropy", "max-prob")
+STRAGGLER_POLICIES = ("wait", "deadline", "overselect")
 DEFAULT_PRESET = "quickstart"
 
 
@@ -94,19 +95,42 @@ class ExitPolicyConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """Resources each simulated client gets from Ray."""
+    """The virtual clock's straggler policy, optional real pacing, and Ray resources.
 
+    ``deadline_s`` and ``target_accuracy`` are unset at 0; ``ray_address`` empty starts
+    a local Ray instance, ``auto`` or ``host:port`` attaches to a running cluster.
+    """
+
+    straggler_policy: str = "wait"
+    deadline_s: float = 0.0
+    overcommit: float = 0.3
+    target_accuracy: float = 0.0
+    pace: bool = False
+    time_scale: float = 1.0
     client_cpus: float = 1.0
     client_gpus: float = 0.0
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)
 class TierConfig:
-    """A device tier: the share of clients in it and the depth they can hold."""
+    """A device tier: its share of clients, the depth they hold, and how fast they are.
+
+    ``preset`` names a device profile (``sims/devices.py``) whose fields fill in any
+    left unset. ``speed_sigma`` spreads clients' compute speeds within the tier
+    (lognormal with median 1, fixed per client).
+    """
 
     name: str
     share: float
     depth: int
+    preset: str = ""
+    compute_gflops: float = 20.0
+    download_mbps: float = 30.0
+    upload_mbps: float = 10.0
+    availability: float = 1.0
+    failure_rate: float = 0.0
+    speed_sigma: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +240,7 @@ def load_config(spec: str | None = None, overrides: dict[str, Any] | None = None
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain values."""
-    config = _build(Config, raw, "")
+    config = _build(Config, _with_device_presets(raw), "")
     validate(config)
     return config
 
@@ -239,6 +263,25 @@ def config_to_json(config: Config) -> str:
 
 
 # ------------------------------------------------------------------ typed building
+
+
+def _with_device_presets(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill each tier's unset fields from the device profile its ``preset`` names."""
+    from sims.devices import DEVICES
+
+    tiers = raw.get("tiers")
+    if not isinstance(tiers, list):
+        return raw
+    filled = []
+    for i, tier in enumerate(tiers):
+        name = tier.get("preset", "") if isinstance(tier, dict) else ""
+        if name:
+            if name not in DEVICES:
+                raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}", key=f"tiers.{i}.preset")
+            tier = {**dataclasses.asdict(DEVICES[name]), **tier}
+        filled.append(tier)
+    return {**raw, "tiers": filled}
+
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -336,8 +379,16 @@ def validate(c: Config) -> None:
     _one_of(c.exit_policy.name, EXIT_POLICIES, "exit_policy.name")
     _require(0 <= c.exit_policy.threshold <= 1, "exit_policy.threshold", "must be in [0, 1]")
 
-    _require(c.simulation.client_cpus > 0, "simulation.client_cpus", "must be > 0")
-    _require(c.simulation.client_gpus >= 0, "simulation.client_gpus", "must be >= 0")
+    sim = c.simulation
+    _one_of(sim.straggler_policy, STRAGGLER_POLICIES, "simulation.straggler_policy")
+    _require(sim.deadline_s >= 0, "simulation.deadline_s", "must be >= 0")
+    _require(sim.straggler_policy != "deadline" or sim.deadline_s > 0, "simulation.deadline_s",
+             "must be set (> 0) when straggler_policy is deadline")
+    _require(sim.overcommit >= 0, "simulation.overcommit", "must be >= 0")
+    _require(0 <= sim.target_accuracy <= 1, "simulation.target_accuracy", "must be in [0, 1] (0: unset)")
+    _require(sim.time_scale > 0, "simulation.time_scale", "must be > 0")
+    _require(sim.client_cpus > 0, "simulation.client_cpus", "must be > 0")
+    _require(sim.client_gpus >= 0, "simulation.client_gpus", "must be >= 0")
 
     names = [tier.name for tier in c.tiers]
     _require(len(set(names)) == len(names), "tiers", f"tier names must be unique, got {names}")
@@ -345,5 +396,10 @@ def validate(c: Config) -> None:
         _require(bool(tier.name), f"tiers.{i}.name", "must not be empty")
         _require(0 < tier.share <= 1, f"tiers.{i}.share", "must be in (0, 1]")
         _require(1 <= tier.depth <= MAX_DEPTH, f"tiers.{i}.depth", f"must be in 1..{MAX_DEPTH}")
+        for key in ("compute_gflops", "download_mbps", "upload_mbps"):
+            _require(getattr(tier, key) > 0, f"tiers.{i}.{key}", "must be > 0")
+        _require(0 <= tier.availability <= 1, f"tiers.{i}.availability", "must be in [0, 1]")
+        _require(0 <= tier.failure_rate <= 1, f"tiers.{i}.failure_rate", "must be in [0, 1]")
+        _require(tier.speed_sigma >= 0, f"tiers.{i}.speed_sigma", "must be >= 0")
     total = sum(tier.share for tier in c.tiers)
     _require(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")

@@ -19,11 +19,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.config import Config, config_to_json, config_to_toml, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
-from fl_ee.metrics import exit_means, group_means, mean_or_none
+from fl_ee.metrics import exit_means, group_means, mean_or_none, straggler_summary, time_to_accuracy
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.rundir import RunDir, default_run_dir
 from fl_ee.seeding import derive_seed
 from fl_ee.training import accuracy, exit_logits
+from sims.clock import OK
+from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy
 
@@ -133,6 +135,38 @@ def personalised_summary(
     }
 
 
+def train_round(
+    grid: Grid, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
+    config: ConfigRecord,
+) -> tuple[ArrayRecord, dict[str, Any]]:
+    """One training round on the virtual clock: sample, emulate presence, train, settle, aggregate.
+
+    Unavailable and dropping-out clients are not sent work; every client that runs
+    trains (so its personal exits move on), but only the replies the straggler policy
+    counts reach the strategy.
+    """
+    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    clock = emulator.begin(rnd, [strategy.clients[m.metadata.dst_node_id] for m in messages])
+    send = []
+    for message, client in zip(messages, clock.sampled):
+        if clock.runs(client):
+            if emulator.cfg.simulation.pace:
+                message.content["config"]["pace-s"] = emulator.pace_seconds(client)
+            send.append(message)
+    replies = list(grid.send_and_receive(send)) if send else []
+    _check(replies, f"train in round {rnd}")
+    emulator.settle(
+        clock,
+        finished=[strategy.client_of(m) for m in replies if not m.has_error()],
+        errored=[strategy.client_of(m) for m in replies if m.has_error()],
+        keep=strategy.sample_size(strategy.fraction_train),
+    )
+    counted = [m for m in replies if clock.outcomes[strategy.client_of(m).client_id] == OK]
+    new_arrays, metrics = strategy.aggregate_train(rnd, counted)
+    record = {"metrics": dict(metrics or {}), "clock": emulator.record(clock)}
+    return (new_arrays if new_arrays is not None else arrays), record
+
+
 def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCallback | None = None) -> dict[str, Any]:
     """Run every round, write the run directory, and return the summary."""
     cfg = resolve_paths(cfg)
@@ -140,28 +174,24 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
     data = load_dataset(cfg.data)
     model = initial_model(cfg, data)
     strategy = build_strategy_for(cfg)
+    if cfg.simulation.straggler_policy == "overselect":
+        strategy.overcommit = cfg.simulation.overcommit
     config_text = config_to_json(cfg)
     clients = discover_clients(grid, cfg, config_text)
     strategy.register_clients(clients)
+    emulator = DeviceEmulator(cfg, model, clients)
 
     arrays = ArrayRecord(model.state_dict())
     results: dict[int, dict[str, Any]] = {}
     global_by_exit: dict[str, float] = {}
+    clocks: list[dict[str, Any]] = []
+    accuracy_at: list[tuple[float, float | None]] = []  # (virtual time, personalised mean) per evaluation
     started = time.perf_counter()
     for rnd in range(1, cfg.rounds + 1):
         config = ConfigRecord({"run-config": config_text, "server-round": rnd})
-        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid)))
-        _check(replies, f"train in round {rnd}")
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        arrays = new_arrays if new_arrays is not None else arrays
-        record: dict[str, Any] = {
-            "round": rnd,
-            "train": {
-                "clients": sorted(strategy.client_of(m).client_id for m in replies if not m.has_error()),
-                "failed": sorted(strategy.client_of(m).client_id for m in replies if m.has_error()),
-                "metrics": dict(train_metrics or {}),
-            },
-        }
+        arrays, train = train_round(grid, strategy, emulator, rnd, arrays, config)
+        clocks.append(train.pop("clock"))
+        record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
             _check(ev, f"evaluate in round {rnd}")
@@ -169,10 +199,12 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
             for reply in strategy.valid_replies(ev):
                 results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
             global_by_exit = evaluate_global(arrays, data, model, cfg.max_depth)
+            personalised = personalised_summary(clients, results, cfg)
+            accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["evaluate"] = {
                 "clients": sorted(strategy.client_of(m).client_id for m in ev if not m.has_error()),
                 "aggregated": dict(aggregated or {}),
-                "personalised": personalised_summary(clients, results, cfg),
+                "personalised": personalised,
                 "global": {"by_exit": global_by_exit},
             }
         record["wall_s"] = round(time.perf_counter() - started, 3)
@@ -188,6 +220,10 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
         "clients": {"total": len(clients), "by_tier": {t.name: sum(c.tier == t.name for c in clients) for t in cfg.tiers}},
         "rounds": cfg.rounds,
         "seed": cfg.seed,
+        "virtual_time_s": emulator.virtual_time_s,
+        "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
+        "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
+                                        [c["wasted_compute_s"] for c in clocks]),
     }
     run_dir.write_clients([client_row(c, results.get(c.client_id), cfg.max_depth) for c in clients])
     run_dir.write_summary(summary)

@@ -14,10 +14,13 @@ from fl_ee.config import Config
 
 
 def backend_config(cfg: Config) -> dict[str, Any]:
-    """Ray backend settings: per-client CPU/GPU shares and a quiet Ray."""
+    """Ray backend settings: per-client CPU/GPU shares, a quiet Ray, and the cluster to use."""
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if cfg.simulation.ray_address:  # attach to a running cluster instead of starting one
+        init_args["address"] = cfg.simulation.ray_address
     return {
         "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
+        "init_args": init_args,
     }
 
 

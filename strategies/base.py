@@ -7,6 +7,7 @@ strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tens
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO
@@ -57,12 +58,19 @@ class DepthAwareStrategy(Strategy):
         Fraction of clients sampled each round for training / evaluation (at least one).
     seed : int
         Seeds client sampling, so the same seed samples the same clients.
+
+    Attributes
+    ----------
+    overcommit : float
+        Set by the server under the ``overselect`` straggler policy: training samples
+        ``ceil(k * (1 + overcommit))`` clients, of which the first ``k`` to finish count.
     """
 
     def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0) -> None:
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.seed = seed
+        self.overcommit = 0.0
         self.clients: dict[int, ClientInfo] = {}
         self._sent: ArrayRecord | None = None
 
@@ -71,13 +79,16 @@ class DepthAwareStrategy(Strategy):
         """Tell the strategy who is out there (node id, client id, tier, depth, sizes)."""
         self.clients = {c.node_id: c for c in clients}
 
-    def sample(self, server_round: int, fraction: float, stream: int) -> list[ClientInfo]:
-        """``max(1, round(fraction * n))`` clients, drawn by seed and round, in client-id order."""
+    def sample_size(self, fraction: float) -> int:
+        """``k = max(1, round(fraction * n))`` of the ``n`` clients (0 for fraction 0)."""
+        n = len(self.clients)
+        return min(n, max(1, round(fraction * n))) if fraction > 0 and n else 0
+
+    def sample(self, server_round: int, fraction: float, stream: int, overcommit: float = 0.0) -> list[ClientInfo]:
+        """``ceil(k * (1 + overcommit))`` clients, drawn by seed and round, in client-id order."""
         pool = sorted(self.clients.values(), key=lambda c: c.client_id)
-        if fraction <= 0 or not pool:
-            return []
-        k = min(len(pool), max(1, round(fraction * len(pool))))
-        chosen = rng(self.seed, stream, server_round).choice(len(pool), size=k, replace=False)
+        size = min(len(pool), math.ceil(self.sample_size(fraction) * (1 + overcommit)))
+        chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
         return [pool[i] for i in sorted(chosen)]
 
     def client_of(self, message: Message) -> ClientInfo:
@@ -104,7 +115,7 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM)
+        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM, self.overcommit)
         return self._messages(clients, arrays, config, MessageType.TRAIN)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:

@@ -1,5 +1,7 @@
 """The ClientApp's handlers called as Flower calls them: message in, reply out, Context kept."""
 
+import time
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -21,12 +23,13 @@ def task_identity():
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
-def _message(kind: str, depth: int, server_round: int) -> Message:
+def _message(kind: str, depth: int, server_round: int, **extra) -> Message:
     model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
     content = RecordDict(
         {
             "arrays": ArrayRecord(slice_state(model.state_dict(), depth)),
-            "config": ConfigRecord({"run-config": config_to_json(CFG), "server-round": server_round, "depth": depth}),
+            "config": ConfigRecord({"run-config": config_to_json(CFG), "server-round": server_round, "depth": depth,
+                                   **extra}),
         }
     )
     message = Message(content, dst_node_id=1, message_type=kind)
@@ -62,6 +65,12 @@ def test_evaluate_uses_personal_exits_once_trained():
     assert sum(after["exit-fractions"]) == pytest.approx(1.0)
     # the same global weights are evaluated; only the personal heads differ
     assert list(after["exit-accuracy"]) != list(before["exit-accuracy"])
+
+
+def test_a_paced_client_sleeps_its_simulated_time():
+    start = time.perf_counter()
+    app(_message(MessageType.TRAIN, depth=1, server_round=1, **{"pace-s": 0.5}), _context(0))
+    assert time.perf_counter() - start >= 0.5
 
 
 def test_query_reports_the_clients_data_sizes():

@@ -57,10 +57,31 @@ def test_quickstart_is_the_default_and_holds_three_tiers():
         ({"tiers": []}, "tiers"),
         ({"strategy": {"fraction_train": 0}}, "strategy.fraction_train"),
         ({"data": "digits"}, "data"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 2, "compute_gflops": -1.0}]}, "tiers.0.compute_gflops"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 2, "upload_mbps": 0}]}, "tiers.0.upload_mbps"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 2, "availability": 1.5}]}, "tiers.0.availability"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 2, "failure_rate": -0.1}]}, "tiers.0.failure_rate"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 2, "preset": "toaster"}]}, "tiers.0.preset"),
+        ({"simulation": {"straggler_policy": "deadline"}}, "simulation.deadline_s"),
+        ({"simulation": {"straggler_policy": "fastest"}}, "simulation.straggler_policy"),
+        ({"simulation": {"overcommit": -0.5}}, "simulation.overcommit"),
+        ({"simulation": {"time_scale": 0}}, "simulation.time_scale"),
+        ({"simulation": {"target_accuracy": 80}}, "simulation.target_accuracy"),
     ],
 )
 def test_bad_values_name_their_dotted_key(raw, key):
     assert error_key(raw) == key
+
+
+def test_a_tier_takes_its_device_preset_and_overrides_any_field():
+    from sims.devices import DEVICES
+
+    tier = config_from_dict({"tiers": [{"name": "p", "share": 1.0, "depth": 3, "preset": "budget-phone",
+                                        "availability": 1.0}]}).tiers[0]
+    phone = DEVICES["budget-phone"]
+    assert (tier.compute_gflops, tier.download_mbps, tier.upload_mbps) == (
+        phone.compute_gflops, phone.download_mbps, phone.upload_mbps)
+    assert tier.availability == 1.0 and tier.failure_rate == phone.failure_rate
 
 
 def test_int_is_accepted_where_float_is_expected():
@@ -102,6 +123,8 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "--set", "strategy.name=nomodule_xyz:Cls"], "strategy.name: cannot import"),
         (["run", "--set", "strategy.name=fl_ee.config:Config"], "is not a strategies.DepthAwareStrategy subclass"),
         (["run", "--set", "strategy.options.bogus=1"], "strategy.options.bogus: unknown option"),
+        (["run", "--set", "simulation.straggler_policy=deadline"], "simulation.deadline_s: must be set"),
+        (["run", "--set", "tiers.0.download_mbps=-3"], "tiers.0.download_mbps: must be > 0"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line_with_exit_2(argv, needle, capsys, tmp_path):

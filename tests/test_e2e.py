@@ -43,7 +43,11 @@ def test_rounds_log_one_line_per_round_with_evaluations(run_dir):
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [("evaluate" in r) for r in rounds] == [False, True, True]  # every 2 rounds, and the last
-    assert rounds[0]["train"]["clients"] == list(range(6)) and rounds[0]["train"]["failed"] == []
+    clock = rounds[0]["clock"]
+    assert [c["client_id"] for c in clock["clients"]] == list(range(6))  # fraction_train = 1
+    outcomes = {c["outcome"] for c in clock["clients"]}
+    assert outcomes <= {"ok", "unavailable", "failed"}  # the quickstart devices are not always online
+    assert rounds[2]["clock"]["virtual_time_s"] == pytest.approx(sum(r["clock"]["round_time_s"] for r in rounds))
     assert set(rounds[2]["evaluate"]["global"]["by_exit"]) == {"1", "2", "3", "4"}
 
 
@@ -67,6 +71,10 @@ def test_summary_accuracy_beats_chance_clearly(run_dir):
     assert personalised["mean"] > 0.4  # 10 classes: chance is 0.1
     assert set(personalised["by_tier"]) == {"iot", "phone", "laptop"}
     assert max(summary["accuracy"]["global"]["by_exit"].values()) > 0.4
+    assert summary["virtual_time_s"] > 0 and summary["time_to_accuracy_s"] is None  # no target set
+    stragglers = summary["stragglers"]
+    assert set(stragglers["round_time_s"]) == {"p50", "p90", "max"}
+    assert set(stragglers["participation_by_tier"]) == {"iot", "phone", "laptop"}
 
 
 def test_same_seed_gives_identical_summary(run_dir, tmp_path):

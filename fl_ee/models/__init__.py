@@ -2,7 +2,7 @@
 
 from fl_ee.models.cnn import NUM_STAGES, EarlyExitCNN, ModelSpec
 from fl_ee.models.flops import Flops, measure_flops
-from fl_ee.models.state import block_index, exit_state, is_exit_key, slice_state, state_depth
+from fl_ee.models.state import block_index, exit_state, is_exit_key, slice_state, state_bytes, state_depth
 
 __all__ = [
     "NUM_STAGES",
@@ -14,5 +14,6 @@ __all__ = [
     "is_exit_key",
     "measure_flops",
     "slice_state",
+    "state_bytes",
     "state_depth",
 ]

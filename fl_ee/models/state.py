@@ -36,3 +36,8 @@ def exit_state(state: Mapping[str, T]) -> dict[str, T]:
 def state_depth(state: Mapping[str, object]) -> int:
     """The depth a (sliced) state covers: one more than its highest index."""
     return 1 + max(block_index(k) for k in state)
+
+
+def state_bytes(state: Mapping[str, object]) -> int:
+    """Bytes of a state's tensors or arrays (what a message carries, before framing)."""
+    return sum(v.numel() * v.element_size() if hasattr(v, "element_size") else v.nbytes for v in state.values())

@@ -1,0 +1,109 @@
+"""The virtual clock: each client's simulated round time, who shows up, and how a round ends.
+
+Pure functions of numbers and seeds; nothing here waits. A client's round time is
+
+    download (bytes of the shared tensors it receives / downlink)
+  + compute  (its training FLOPs / compute_gflops)
+  + upload   (bytes it returns / uplink)
+
+with training FLOPs = 3 x forward FLOPs of its submodel with its exits x samples x
+local epochs (forward + backward ~ 3 forwards), plus, when it keeps personal exits,
+one forward pass of its frozen backbone over its samples and 3 x its heads' forward
+FLOPs x samples x personal epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl_ee.seeding import rng
+
+OK, LATE, UNAVAILABLE, FAILED = "ok", "late", "unavailable", "failed"
+OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED)
+PRESENCE_STREAM, SPEED_STREAM = 5, 6  # seed streams
+
+
+def transfer_seconds(num_bytes: float, mbps: float) -> float:
+    """Seconds to move ``num_bytes`` over a ``mbps`` megabit-per-second link."""
+    return num_bytes * 8 / (mbps * 1e6)
+
+
+def training_flops(forward_flops: float, samples: int, epochs: int) -> float:
+    """FLOPs of training end to end: 3 x forward x samples x epochs."""
+    return 3.0 * forward_flops * samples * epochs
+
+
+def personal_flops(backbone_flops: float, heads_flops: float, samples: int, epochs: int) -> float:
+    """FLOPs of the personal step: one frozen-backbone pass, then training the heads."""
+    return backbone_flops * samples + training_flops(heads_flops, samples, epochs)
+
+
+@dataclass(frozen=True)
+class ClientTime:
+    """A client's simulated seconds in one round, by phase."""
+
+    download_s: float
+    compute_s: float
+    upload_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.download_s + self.compute_s + self.upload_s
+
+
+def client_time(
+    down_bytes: float, up_bytes: float, flops: float, compute_gflops: float, download_mbps: float, upload_mbps: float
+) -> ClientTime:
+    """The cost model: download + compute + upload, in seconds."""
+    return ClientTime(
+        download_s=transfer_seconds(down_bytes, download_mbps),
+        compute_s=flops / (compute_gflops * 1e9),
+        upload_s=transfer_seconds(up_bytes, upload_mbps),
+    )
+
+
+def speed_factors(sigmas: Sequence[float], seed: int) -> np.ndarray:
+    """A fixed compute-speed factor per client: lognormal with median 1 and log-sd ``sigmas[i]``."""
+    return np.exp(rng(seed, SPEED_STREAM).normal(size=len(sigmas)) * np.asarray(sigmas, dtype=float))
+
+
+@dataclass(frozen=True)
+class Presence:
+    """Whether a sampled client is online this round, and whether (and when) it drops out."""
+
+    available: bool
+    fails: bool
+    fail_at: float  # fraction of its round time done when it drops (failed clients only)
+
+
+def presence(client_id: int, availability: float, failure_rate: float, seed: int, server_round: int) -> Presence:
+    """Seeded draws for one client in one round, independent of who else was sampled."""
+    u_online, u_fail, u_when = rng(seed, PRESENCE_STREAM, server_round, client_id).random(3)
+    available = bool(u_online < availability)
+    fails = available and bool(u_fail < failure_rate)
+    return Presence(available, fails, float(u_when) if fails else 0.0)
+
+
+def settle(times: Mapping[int, float], policy: str, deadline_s: float, keep: int) -> tuple[dict[int, str], float]:
+    """Which finished clients count (``ok``) or come too late (``late``), and the round's length.
+
+    ``times`` holds the simulated completion time of every client that ran to the end.
+    ``wait``: everyone counts; the slowest sets the round time. ``deadline``: replies
+    after ``deadline_s`` are late; the round ends at the deadline or when the last
+    reply arrives, whichever is first. ``overselect``: the first ``keep`` to finish
+    count (ties by client id); the round ends with the last of them.
+    """
+    if not times:
+        return {}, 0.0
+    if policy == "wait":
+        return {c: OK for c in times}, max(times.values())
+    if policy == "deadline":
+        return {c: OK if t <= deadline_s else LATE for c, t in times.items()}, min(deadline_s, max(times.values()))
+    if policy == "overselect":
+        order = sorted(times, key=lambda c: (times[c], c))
+        kept = order[:keep]
+        return {c: OK if c in kept else LATE for c in times}, max(times[c] for c in kept) if kept else 0.0
+    raise ValueError(f"unknown straggler policy {policy!r}")

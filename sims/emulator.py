@@ -1,0 +1,125 @@
+"""Device emulation for a run: every client's simulated time, presence, and round outcomes.
+
+Glue between the pure cost model (``sims/clock.py``) and the server loop: it knows each
+client's tier profile, data size and submodel cost, and turns a round's sampled clients
+into who is sent work and, once replies are in, who counted, who was late, and how
+long the round took on the virtual clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fl_ee.config import Config
+from fl_ee.models import EarlyExitCNN, measure_flops, slice_state, state_bytes
+from sims.clock import (
+    FAILED,
+    OK,
+    OUTCOMES,
+    UNAVAILABLE,
+    ClientTime,
+    Presence,
+    client_time,
+    personal_flops,
+    presence,
+    settle,
+    speed_factors,
+    training_flops,
+)
+from strategies import ClientInfo
+
+
+def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> dict[int, ClientTime]:
+    """Each client's simulated round time from its tier profile, data size and submodel."""
+    flops = measure_flops(model)
+    state = model.state_dict()
+    tiers = {t.name: t for t in cfg.tiers}
+    factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
+    times = {}
+    for client, factor in zip(clients, factors):
+        tier, d = tiers[client.tier], client.depth
+        work = training_flops(flops.exit_costs()[d - 1], client.num_train, cfg.training.local_epochs)
+        if cfg.personalisation.mode == "exits":
+            work += personal_flops(sum(flops.stages[:d]), sum(flops.exits[:d]), client.num_train,
+                                   cfg.personalisation.epochs)
+        size = state_bytes(slice_state(state, d))
+        times[client.client_id] = client_time(size, size, work, tier.compute_gflops * factor,
+                                              tier.download_mbps, tier.upload_mbps)
+    return times
+
+
+@dataclass
+class RoundClock:
+    """One training round on the virtual clock."""
+
+    sampled: list[ClientInfo]
+    presence: dict[int, Presence]
+    outcomes: dict[int, str] = field(default_factory=dict)
+    round_time_s: float = 0.0
+
+    def runs(self, client: ClientInfo) -> bool:
+        """Whether the client is online and does not drop out, so it is sent work."""
+        p = self.presence[client.client_id]
+        return p.available and not p.fails
+
+
+class DeviceEmulator:
+    """Simulated devices of one run; the virtual clock advances with every settled round."""
+
+    def __init__(self, cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> None:
+        self.cfg = cfg
+        self.tiers = {t.name: t for t in cfg.tiers}
+        self.times = client_times(cfg, model, clients)
+        self.virtual_time_s = 0.0
+
+    def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
+        """Draw who of the sampled clients is online and who will drop out this round."""
+        sampled = list(sampled)
+        draws = {
+            c.client_id: presence(c.client_id, self.tiers[c.tier].availability, self.tiers[c.tier].failure_rate,
+                                  self.cfg.seed, server_round)
+            for c in sampled
+        }
+        return RoundClock(sampled, draws)
+
+    def pace_seconds(self, client: ClientInfo) -> float:
+        """Real seconds a paced client sleeps: its simulated time scaled by ``time_scale``."""
+        return self.times[client.client_id].total_s * self.cfg.simulation.time_scale
+
+    def settle(self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Iterable[ClientInfo], keep: int) -> None:
+        """Apply the straggler policy to the clients that finished, and advance the clock."""
+        sim = self.cfg.simulation
+        completion = {c.client_id: self.times[c.client_id].total_s for c in finished}
+        clock.outcomes, clock.round_time_s = settle(completion, sim.straggler_policy, sim.deadline_s, keep)
+        for c in clock.sampled:
+            p = clock.presence[c.client_id]
+            if not p.available:
+                clock.outcomes[c.client_id] = UNAVAILABLE
+            elif p.fails:
+                clock.outcomes[c.client_id] = FAILED
+        for c in errored:  # the client crashed for real: its update is lost like a dropout's
+            clock.outcomes[c.client_id] = FAILED
+        self.virtual_time_s += clock.round_time_s
+
+    def record(self, clock: RoundClock) -> dict[str, Any]:
+        """The round's ``clock`` entry in ``rounds.jsonl``."""
+        clients, wasted = [], 0.0
+        by_tier = {t: dict.fromkeys(("sampled", *OUTCOMES), 0) for t in self.tiers}
+        for c in clock.sampled:
+            outcome, t = clock.outcomes[c.client_id], self.times[c.client_id]
+            p = clock.presence[c.client_id]
+            time_s = None if outcome == UNAVAILABLE else t.total_s * (p.fail_at if p.fails else 1.0)
+            if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing
+                wasted += t.compute_s * (p.fail_at if p.fails else 1.0)
+            clients.append({"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome})
+            by_tier[c.tier]["sampled"] += 1
+            by_tier[c.tier][outcome] += 1
+        return {
+            "round_time_s": clock.round_time_s,
+            "virtual_time_s": self.virtual_time_s,
+            "wasted_compute_s": wasted,
+            "clients": clients,
+            "by_tier": by_tier,
+        }

@@ -1,0 +1,57 @@
+"""Straggler policies on short real runs of the `stragglers` preset (tiers 10x apart in speed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl_ee.config import load_config
+
+
+def run(tmp_path: Path, policy: str) -> list[dict]:
+    out = tmp_path / policy
+    done = subprocess.run(
+        [sys.executable, "-m", "fl_ee.cli", "run", "stragglers", "--set", f"simulation.straggler_policy={policy}",
+         "--set", "rounds=4", "--set", "eval_every=4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line)["clock"] for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def clocks(tmp_path_factory) -> dict[str, list[dict]]:
+    tmp = tmp_path_factory.mktemp("stragglers")
+    return {policy: run(tmp, policy) for policy in ("wait", "deadline", "overselect")}
+
+
+def test_wait_lets_the_slowest_sampled_client_set_the_round_time(clocks):
+    for rnd in clocks["wait"]:
+        assert all(c["outcome"] == "ok" for c in rnd["clients"])
+        slowest = max(rnd["clients"], key=lambda c: c["time_s"])
+        assert rnd["round_time_s"] == pytest.approx(slowest["time_s"])
+        if any(c["tier"] == "slow" for c in rnd["clients"]):
+            assert slowest["tier"] == "slow"
+    assert clocks["wait"][-1]["virtual_time_s"] == pytest.approx(sum(r["round_time_s"] for r in clocks["wait"]))
+
+
+def test_deadline_drops_mostly_the_slow_tiers_updates(clocks):
+    deadline = load_config("stragglers").simulation.deadline_s
+    late = [c for rnd in clocks["deadline"] for c in rnd["clients"] if c["outcome"] == "late"]
+    assert late and all(c["time_s"] > deadline for c in late)
+    assert sum(c["tier"] == "slow" for c in late) > len(late) / 2
+    assert all(rnd["round_time_s"] <= deadline for rnd in clocks["deadline"])
+    assert sum(rnd["wasted_compute_s"] for rnd in clocks["deadline"]) > 0  # late work is counted as wasted
+
+
+def test_overselect_keeps_rounds_near_the_fast_tiers(clocks):
+    cfg = load_config("stragglers")
+    keep = round(cfg.strategy.fraction_train * cfg.data.num_clients)
+    mean = lambda rounds: sum(r["round_time_s"] for r in rounds) / len(rounds)  # noqa: E731
+    assert mean(clocks["overselect"]) < 0.8 * mean(clocks["wait"])
+    for rnd in clocks["overselect"]:
+        ok = [c for c in rnd["clients"] if c["outcome"] == "ok"]
+        assert len(rnd["clients"]) > keep and len(ok) == keep  # over-sampled, first k kept
+        assert max(c["time_s"] for c in ok) <= min(c["time_s"] for c in rnd["clients"] if c["outcome"] == "late")
