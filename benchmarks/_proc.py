@@ -1,0 +1,90 @@
+"""Helpers the benchmarks share: run ``fl-ee`` as a child, watch its rounds, sum the RSS of its tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Memory of a process and all its descendants (Linux /proc).
+
+    Sums each process's proportional set size, so libraries the processes share
+    (torch, Ray) count once rather than once per process.
+    """
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            total += _pss_bytes(pid)
+        except OSError:
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+@dataclass
+class Watched:
+    """What watching one ``fl-ee run`` gave: per-round arrival times and memory."""
+
+    started: float
+    ended: float = 0.0
+    round_seen_at: dict[int, float] = field(default_factory=dict)  # round -> unix time its line appeared
+    rss_at_round: dict[int, int] = field(default_factory=dict)  # round -> tree RSS when its line appeared
+    peak_rss: int = 0
+    returncode: int = 0
+    stderr: str = ""
+
+
+def watch_run(args: list[str], out: Path, poll_s: float = 0.05) -> Watched:
+    """Run ``fl-ee run ARGS --out OUT``; record when each round lands and the tree's RSS."""
+    command = [sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(out)]
+    watched = Watched(started=time.time())
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
+    reader.start()
+    rounds_file = out / "rounds.jsonl"
+    while child.poll() is None:
+        rss = tree_rss_bytes(child.pid)
+        watched.peak_rss = max(watched.peak_rss, rss)
+        if rounds_file.exists():
+            seen = len(rounds_file.read_text().splitlines())
+            for rnd in range(len(watched.round_seen_at) + 1, seen + 1):
+                watched.round_seen_at[rnd] = time.time()
+                watched.rss_at_round[rnd] = rss
+        time.sleep(poll_s)
+    reader.join()
+    watched.ended, watched.returncode, watched.stderr = time.time(), child.returncode, "".join(stderr)
+    if watched.returncode != 0:
+        raise SystemExit(f"fl-ee run failed ({watched.returncode}): {watched.stderr.strip()[-2000:]}")
+    return watched
+
+
+def read_rounds(out: Path) -> list[dict]:
+    """The run's ``rounds.jsonl`` records."""
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]

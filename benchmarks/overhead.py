@@ -1,0 +1,119 @@
+"""fl-ee against the compute floor on the reference workload; prints one JSON object.
+
+1. ``fl-ee run`` (real Flower + Ray) on the reference workload; startup (command start to
+   the first round) is reported apart from the steady-state rounds 2..R.
+2. The floor: the same clients' local training and evaluation, and the server's global
+   evaluation, replayed from that run's ``rounds.jsonl`` in a plain PyTorch loop (the
+   same model, data, batches and steps) in this process on one thread, divided by
+   the number of cores (ideal parallelism, no framework).
+
+Reference workload: Fashion-MNIST from ../shared/data (digits when absent, said in the
+JSON), 100 clients, Dirichlet 0.5, three tiers of depth 2/3/4, 10 clients per round
+(training and evaluation), one local epoch, batch 32, 5 rounds, evaluation every round.
+
+    .venv/bin/python -m benchmarks.overhead
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
+from fl_ee.client import client_data, depth_flops, model_spec
+from fl_ee.config import Config, load_config
+from fl_ee.data import load_dataset
+from fl_ee.models import EarlyExitCNN
+from fl_ee.policies import adaptive_inference
+from fl_ee.seeding import derive_seed
+from fl_ee.training import exit_logits, train_exits, train_joint
+
+ROUNDS, CLIENTS, PER_ROUND = 5, 100, 0.1
+
+
+def workload() -> tuple[list[str], str]:
+    """``fl-ee run`` arguments of the reference workload, and the dataset it uses."""
+    fmnist = (SHARED_DATA / "FashionMNIST" / "raw").is_dir()
+    data = ["--set", f"data.root={SHARED_DATA}"] if fmnist else ["--set", "data.name=digits"]
+    args = ["fmnist-3tiers", *data]
+    for key, value in {
+        "rounds": ROUNDS, "eval_every": 1, "data.num_clients": CLIENTS, "data.partitioner": "dirichlet",
+        "data.alpha": 0.5, "training.local_epochs": 1, "training.batch_size": 32, "personalisation.epochs": 1,
+        "strategy.fraction_train": PER_ROUND, "strategy.fraction_evaluate": PER_ROUND,
+    }.items():
+        args += ["--set", f"{key}={value}"]
+    for i in range(3):  # every sampled client takes part, so both sides do the same work
+        args += ["--set", f"tiers.{i}.availability=1.0", "--set", f"tiers.{i}.failure_rate=0.0"]
+    return args, "fashion-mnist" if fmnist else "digits (fallback: no ../shared/data/FashionMNIST)"
+
+
+def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
+    """Seconds of one round's client work (and global evaluation) in plain PyTorch, one thread."""
+    spec = model_spec(cfg)
+    start = time.perf_counter()
+    for client in record["clock"]["clients"]:
+        if client["outcome"] not in ("ok", "late"):  # not sent any work
+            continue
+        cid = client["client_id"]
+        x, y, _, _ = client_data(cfg, cid)
+        model = EarlyExitCNN(spec, depth_of[cid])
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 10, record["round"], cid))
+        heads = torch.nn.ModuleList(EarlyExitCNN(spec, depth_of[cid]).exits)
+        train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
+        train_joint(model, x, y, cfg.training, generator)
+    for cid in record.get("evaluate", {}).get("clients", []):
+        _, _, x, y = client_data(cfg, cid)
+        model = EarlyExitCNN(spec, depth_of[cid])
+        logits = exit_logits(model, x)
+        costs = depth_flops(spec, depth_of[cid]).exit_costs()
+        adaptive_inference(logits, y, costs, cfg.exit_policy.name, cfg.exit_policy.threshold)
+    if "evaluate" in record:
+        data = load_dataset(cfg.data)
+        exit_logits(EarlyExitCNN(spec, cfg.max_depth), data.test_x)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args, dataset = workload()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        watched = watch_run(args, out)
+        rounds = read_rounds(out)
+        cfg = load_config(str(out / "config.toml"))
+        with open(out / "clients.csv") as handle:
+            depth_of = {int(r["client_id"]): int(r["depth"]) for r in csv.DictReader(handle)}
+
+    loop_start = watched.round_seen_at[1] - rounds[0]["wall_s"]
+    steady = rounds[-1]["wall_s"] - rounds[0]["wall_s"]
+    calls = sum(sum(c["outcome"] in ("ok", "late") for c in r["clock"]["clients"]) + len(r.get("evaluate", {}).get("clients", []))
+                for r in rounds[1:])
+
+    torch.set_num_threads(1)
+    cores = os.cpu_count() or 1
+    load_dataset(cfg.data)
+    floor_round(cfg, rounds[0], depth_of)  # warm-up (data splits, allocator), not counted
+    floor_steady = sum(floor_round(cfg, r, depth_of) for r in rounds[1:]) / cores
+
+    print(json.dumps({
+        "workload": {"dataset": dataset, "clients": CLIENTS, "clients_per_round": round(PER_ROUND * CLIENTS),
+                     "rounds": ROUNDS, "tiers_depth": [t.depth for t in cfg.tiers], "batch_size": 32,
+                     "local_epochs": 1, "eval_every": 1},
+        "fl_ee": {"wall_s": round(watched.ended - watched.started, 2),
+                  "startup_s": round(loop_start - watched.started, 2),
+                  "steady_state_s": round(steady, 2),
+                  "client_calls_steady": calls,
+                  "peak_rss_mb": round(watched.peak_rss / 2**20, 1)},
+        "floor": {"steady_state_s": round(floor_steady, 2), "cores": cores, "threads": 1},
+        "ratio_steady": round(steady / floor_steady, 3),
+        "overhead_ms_per_client_call": round(1000 * (steady - floor_steady) / max(calls, 1), 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
