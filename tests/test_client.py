@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fl_ee.client import PERSONAL_KEY, app
+from fl_ee.client import PERSONAL_KEY, app, client_data
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
+from fl_ee.training import local_loss
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})
 
@@ -51,6 +52,16 @@ def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state()
     app(_message(MessageType.TRAIN, depth=2, server_round=2), context)
     second = {k: a.numpy() for k, a in context.state[PERSONAL_KEY].items()}
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
+
+
+def test_train_reports_the_local_loss_at_the_received_weights():
+    message = _message(MessageType.TRAIN, depth=3, server_round=1)
+    received = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
+    received.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    x, y, _, _ = client_data(CFG, 1)
+    expected = local_loss(received, x, y, CFG.training)
+    metrics = app(message, _context(1)).content["metrics"]
+    assert metrics["initial-loss"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_evaluate_uses_personal_exits_once_trained():
