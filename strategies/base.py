@@ -7,9 +7,11 @@ strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tens
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -36,6 +38,31 @@ class ClientInfo:
     depth: int
     num_train: int
     num_test: int
+
+
+class OptionError(ValueError):
+    """A strategy option with a bad value; ``option`` names it (reported as ``strategy.options.<option>``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+def check_option(ok: bool, option: str, message: str) -> None:
+    """Raise :class:`OptionError` for ``option`` unless ``ok``."""
+    if not ok:
+        raise OptionError(option, message)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float option value (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_config(config: ConfigRecord) -> dict[str, Any]:
+    """The resolved run config (plain values) that the server puts in every round's config."""
+    return json.loads(str(config["run-config"]))
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -71,9 +98,16 @@ class DepthAwareStrategy(Strategy):
         """Tell the strategy who is out there (node id, client id, tier, depth, sizes)."""
         self.clients = {c.node_id: c for c in clients}
 
-    def sample(self, server_round: int, fraction: float, stream: int) -> list[ClientInfo]:
-        """``max(1, round(fraction * n))`` clients, drawn by seed and round, in client-id order."""
-        pool = sorted(self.clients.values(), key=lambda c: c.client_id)
+    def train_pool(self) -> list[ClientInfo]:
+        """The clients that may be sampled for training (all of them; override to restrict)."""
+        return list(self.clients.values())
+
+    def sample(
+        self, server_round: int, fraction: float, stream: int, pool: Iterable[ClientInfo] | None = None
+    ) -> list[ClientInfo]:
+        """``max(1, round(fraction * n))`` of the ``n`` clients in ``pool`` (default: all),
+        drawn by seed and round, in client-id order."""
+        pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
         if fraction <= 0 or not pool:
             return []
         k = min(len(pool), max(1, round(fraction * len(pool))))
@@ -102,9 +136,9 @@ class DepthAwareStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients and send each the stages and exits of its depth."""
+        """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM)
+        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM, self.train_pool())
         return self._messages(clients, arrays, config, MessageType.TRAIN)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
