@@ -2,7 +2,9 @@
 
 Sampling, messaging and aggregation are separate methods, as in Flower's own
 strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tensor`
-(one shared tensor at a time) or Flower's ``configure_*``/``aggregate_*`` methods.
+(one shared tensor at a time), :meth:`DepthAwareStrategy.train_pool` (who may train), or
+Flower's ``configure_*``/``aggregate_*`` methods; its ``__init__`` keywords are its options,
+checked with :func:`check_option`.
 """
 
 from __future__ import annotations
@@ -105,8 +107,10 @@ class DepthAwareStrategy(Strategy):
     def sample(
         self, server_round: int, fraction: float, stream: int, pool: Iterable[ClientInfo] | None = None
     ) -> list[ClientInfo]:
-        """``max(1, round(fraction * n))`` of the ``n`` clients in ``pool`` (default: all),
-        drawn by seed and round, in client-id order."""
+        """``max(1, round(fraction * n))`` of the ``n`` clients in ``pool`` (default: all).
+
+        Drawn by seed and round; returned in client-id order.
+        """
         pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
         if fraction <= 0 or not pool:
             return []
