@@ -21,7 +21,7 @@ from fl_ee.data import load_dataset
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
 from fl_ee.policies import adaptive_inference
 from fl_ee.seeding import derive_seed
-from fl_ee.training import accuracy, exit_logits, train_exits, train_joint
+from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
 from partitions import client_splits
 
 PERSONAL_KEY = "personal-exits"
@@ -88,16 +88,21 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Personalise exits over the frozen received backbone, then train the shared tensors."""
+    """Personalise exits over the frozen received backbone, then train the shared tensors.
+
+    Reports ``initial-loss``, the local objective at the received weights (q-FFL weighs by it).
+    """
     cfg, client_id, server_round, model = _setup(msg, context)
     x, y, _, _ = client_data(cfg, client_id)
+    training = for_round(cfg.training, server_round)
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAIN_STREAM, server_round, client_id))
     metrics: dict[str, int | float] = {"client-id": client_id, "num-examples": len(y)}
+    metrics["initial-loss"] = local_loss(model, x, y, training)
     if cfg.personalisation.mode == "exits":
         heads = _personal_heads(model, context)
-        metrics["personal-loss"] = train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
+        metrics["personal-loss"] = train_exits(model, heads, x, y, training, cfg.personalisation.epochs, generator)
         context.state[PERSONAL_KEY] = ArrayRecord(heads.state_dict())
-    metrics["train-loss"] = train_joint(model, x, y, cfg.training, generator)
+    metrics["train-loss"] = train_joint(model, x, y, training, generator)
     time.sleep(float(msg.content["config"].get("pace-s", 0.0)))  # real pacing, when asked for
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -24,7 +24,7 @@ MAX_DEPTH = 4
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 EXIT_HEADS = ("linear", "mlp")
-DISTILLATION = ("last-exit", "none")
+DISTILLATION = ("last-exit", "mutual", "none")
 PERSONALISATION = ("exits", "none")
 EXIT_POLICIES = ("entropy", "max-prob")
 STRAGGLER_POLICIES = ("wait", "deadline", "overselect")
@@ -56,7 +56,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Local training of the shared tensors (backbone stages and global exits)."""
+    """Local training: the loss of both steps, and SGD for the shared step.
+
+    ``distillation``: ``last-exit`` (the deepest exit teaches the others), ``mutual``
+    (every exit learns from every other, DepthFL) or ``none``; its weight is 0 in rounds
+    before ``kd_warmup_rounds``. ``prox_mu`` adds FedProx's (mu/2)||w - w_global||^2 on
+    the shared tensors.
+    """
 
     local_epochs: int = 1
     batch_size: int = 32
@@ -65,6 +71,8 @@ class TrainingConfig:
     distillation: str = "last-exit"
     kd_temperature: float = 3.0
     kd_weight: float = 0.5
+    kd_warmup_rounds: int = 0
+    prox_mu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -368,6 +376,8 @@ def validate(c: Config) -> None:
     _one_of(t.distillation, DISTILLATION, "training.distillation")
     _require(t.kd_temperature > 0, "training.kd_temperature", "must be > 0")
     _require(t.kd_weight >= 0, "training.kd_weight", "must be >= 0")
+    _require(t.kd_warmup_rounds >= 0, "training.kd_warmup_rounds", "must be >= 0")
+    _require(t.prox_mu >= 0, "training.prox_mu", "must be >= 0")
 
     _one_of(c.personalisation.mode, PERSONALISATION, "personalisation.mode")
     _require(c.personalisation.epochs >= 1, "personalisation.epochs", "must be at least 1")

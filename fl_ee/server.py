@@ -159,7 +159,7 @@ def train_round(
         clock,
         finished=[strategy.client_of(m) for m in replies if not m.has_error()],
         errored=[strategy.client_of(m) for m in replies if m.has_error()],
-        keep=strategy.sample_size(strategy.fraction_train),
+        keep=strategy.sample_size(strategy.fraction_train, len(strategy.train_pool())),
     )
     counted = [m for m in replies if clock.outcomes[strategy.client_of(m).client_id] == OK]
     new_arrays, metrics = strategy.aggregate_train(rnd, counted)

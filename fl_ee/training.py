@@ -1,13 +1,15 @@
-"""Local objectives: cross-entropy on every exit plus distillation from the deepest exit.
+"""Local objectives: cross-entropy on every exit plus distillation between exits.
 
-Two schemes share one loss: :func:`train_joint` trains backbone and exits end to end
-(the shared step); :func:`train_exits` trains exit heads over a frozen backbone (the
-personal step). Nothing here knows about Flower.
+Two schemes share one loss (:func:`exit_loss`): :func:`train_joint` trains backbone and
+exits end to end (the shared step, optionally with FedProx's proximal term);
+:func:`train_exits` trains exit heads over a frozen backbone (the personal step).
+Nothing here knows about Flower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +34,38 @@ def distillation_loss(students: Sequence[torch.Tensor], teacher: torch.Tensor, t
     return loss
 
 
+def mutual_distillation_loss(logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """DepthFL's self-distillation: every exit learns from every other exit's detached output.
+
+    ``sum_i sum_{j != i} KL(softmax(z_j/T) || softmax(z_i/T)) * T^2 / (n - 1)`` for n exits.
+    """
+    n = len(logits)
+    loss = logits[0].new_zeros(())
+    for j, teacher in enumerate(logits):
+        students = [z for i, z in enumerate(logits) if i != j]
+        loss = loss + distillation_loss(students, teacher.detach(), temperature)
+    return loss / (n - 1)
+
+
 def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
-    """Cross-entropy summed over exits, plus ``kd_weight`` x last-exit distillation."""
+    """Cross-entropy summed over exits, plus ``kd_weight`` x the configured distillation."""
     loss = sum(F.cross_entropy(z, targets) for z in logits)
-    if cfg.distillation == "last-exit" and len(logits) > 1 and cfg.kd_weight > 0:
-        loss = loss + cfg.kd_weight * distillation_loss(logits[:-1], logits[-1].detach(), cfg.kd_temperature)
+    if len(logits) > 1 and cfg.kd_weight > 0:
+        if cfg.distillation == "last-exit":
+            loss = loss + cfg.kd_weight * distillation_loss(logits[:-1], logits[-1].detach(), cfg.kd_temperature)
+        elif cfg.distillation == "mutual":
+            loss = loss + cfg.kd_weight * mutual_distillation_loss(logits, cfg.kd_temperature)
     return loss
+
+
+def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
+    """The training settings of one round: no distillation before ``kd_warmup_rounds`` (ScaleFL)."""
+    return replace(cfg, kd_weight=0.0) if server_round < cfg.kd_warmup_rounds else cfg
+
+
+def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's ``(mu / 2) * sum ||w - w_global||^2`` over matching tensors."""
+    return mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -53,13 +81,20 @@ def _sgd(params, cfg: TrainingConfig) -> torch.optim.SGD:
 def train_joint(
     model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, generator: torch.Generator
 ) -> float:
-    """Train every stage and exit of ``model`` for ``cfg.local_epochs``; returns the mean loss."""
+    """Train every stage and exit of ``model`` for ``cfg.local_epochs``; returns the mean loss.
+
+    With ``cfg.prox_mu > 0`` the loss includes the proximal term to the weights ``model``
+    starts from (the received global ones).
+    """
     model.train()
     opt = _sgd(model.parameters(), cfg)
+    anchors = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
     total, steps = 0.0, 0
     for _ in range(cfg.local_epochs):
         for idx in batches(len(y), cfg.batch_size, generator):
             loss = exit_loss(model(x[idx]), y[idx], cfg)
+            if anchors is not None:
+                loss = loss + proximal_term(model.parameters(), anchors, cfg.prox_mu)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -109,6 +144,11 @@ def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | Non
     heads = model.exits if heads is None else heads
     heads.eval()
     return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, stage_features(model, x))]
+
+
+def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
+    """The local objective (:func:`exit_loss`) of ``model`` over all of ``x``, without training."""
+    return float(exit_loss(exit_logits(model, x), y, cfg)) if len(y) else 0.0
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

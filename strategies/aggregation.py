@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
+W = TypeVar("W")  # what a client's update is weighted by: usually its example count
 # (key, holders' values, holders' weights, current global value) -> new global value
-TensorRule = Callable[[str, Sequence[np.ndarray], Sequence[float], np.ndarray], np.ndarray]
+TensorRule = Callable[[str, Sequence[np.ndarray], Sequence[W], np.ndarray], np.ndarray]
 
 
 def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -25,14 +27,15 @@ def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.
 
 def holder_aggregate(
     updates: Sequence[Mapping[str, np.ndarray]],
-    weights: Sequence[float],
+    weights: Sequence[W],
     current: Mapping[str, np.ndarray],
     rule: TensorRule,
 ) -> dict[str, np.ndarray]:
     """The new global state: ``rule`` over the holders of each key; a key no one sent keeps its value.
 
     ``updates[i]`` holds only the keys client i trained (its depth's slice), weighted by
-    ``weights[i]``. Updates are combined in the order given.
+    ``weights[i]`` (an example count, or whatever per-client value ``rule`` needs).
+    Updates are combined in the order given.
     """
     unknown = {k for u in updates for k in u} - set(current)
     if unknown:

@@ -2,15 +2,19 @@
 
 Sampling, messaging and aggregation are separate methods, as in Flower's own
 strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tensor`
-(one shared tensor at a time) or Flower's ``configure_*``/``aggregate_*`` methods.
+(one shared tensor at a time), :meth:`DepthAwareStrategy.train_pool` (who may train), or
+Flower's ``configure_*``/``aggregate_*`` methods; its ``__init__`` keywords are its options,
+checked with :func:`check_option`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -37,6 +41,31 @@ class ClientInfo:
     depth: int
     num_train: int
     num_test: int
+
+
+class OptionError(ValueError):
+    """A strategy option with a bad value; ``option`` names it (reported as ``strategy.options.<option>``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+def check_option(ok: bool, option: str, message: str) -> None:
+    """Raise :class:`OptionError` for ``option`` unless ``ok``."""
+    if not ok:
+        raise OptionError(option, message)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float option value (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_config(config: ConfigRecord) -> dict[str, Any]:
+    """The resolved run config (plain values) that the server puts in every round's config."""
+    return json.loads(str(config["run-config"]))
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -79,15 +108,29 @@ class DepthAwareStrategy(Strategy):
         """Tell the strategy who is out there (node id, client id, tier, depth, sizes)."""
         self.clients = {c.node_id: c for c in clients}
 
-    def sample_size(self, fraction: float) -> int:
-        """``k = max(1, round(fraction * n))`` of the ``n`` clients (0 for fraction 0)."""
-        n = len(self.clients)
+    def train_pool(self) -> list[ClientInfo]:
+        """The clients that may be sampled for training (all of them; override to restrict)."""
+        return list(self.clients.values())
+
+    def sample_size(self, fraction: float, pool_size: int | None = None) -> int:
+        """``k = max(1, round(fraction * n))`` of ``n`` clients (default: all; 0 for fraction 0)."""
+        n = len(self.clients) if pool_size is None else pool_size
         return min(n, max(1, round(fraction * n))) if fraction > 0 and n else 0
 
-    def sample(self, server_round: int, fraction: float, stream: int, overcommit: float = 0.0) -> list[ClientInfo]:
-        """``ceil(k * (1 + overcommit))`` clients, drawn by seed and round, in client-id order."""
-        pool = sorted(self.clients.values(), key=lambda c: c.client_id)
-        size = min(len(pool), math.ceil(self.sample_size(fraction) * (1 + overcommit)))
+    def sample(
+        self,
+        server_round: int,
+        fraction: float,
+        stream: int,
+        pool: Iterable[ClientInfo] | None = None,
+        overcommit: float = 0.0,
+    ) -> list[ClientInfo]:
+        """``ceil(k * (1 + overcommit))`` clients of ``pool`` (default: all), k as :meth:`sample_size`.
+
+        Drawn by seed and round; returned in client-id order.
+        """
+        pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
+        size = min(len(pool), math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit)))
         chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
         return [pool[i] for i in sorted(chosen)]
 
@@ -113,9 +156,9 @@ class DepthAwareStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients and send each the stages and exits of its depth."""
+        """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM, self.overcommit)
+        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM, self.train_pool(), self.overcommit)
         return self._messages(clients, arrays, config, MessageType.TRAIN)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:

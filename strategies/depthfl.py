@@ -12,14 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from strategies.aggregation import weighted_mean
-from strategies.base import DepthAwareStrategy
+from strategies.base import DepthAwareStrategy, check_option
 
 
 class DepthFL(DepthAwareStrategy):
-    """Per-tensor average over holders, example-weighted unless ``weighted=False``."""
+    """DepthFL: each tensor averaged over the clients holding it (weighted: by examples, or not)."""
 
     def __init__(self, *, weighted: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
+        check_option(isinstance(weighted, bool), "weighted", f"expected true or false, got {weighted!r}")
         self.weighted = weighted
 
     def aggregate_tensor(

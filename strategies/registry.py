@@ -10,11 +10,16 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fl_ee.errors import UserError
-from strategies.base import DepthAwareStrategy
+from strategies.base import DepthAwareStrategy, OptionError
 
 ENTRY_POINT_GROUP = "fl_ee.strategies"
 SHIPPED = {
     "depthfl": "strategies.depthfl:DepthFL",
+    "exclusive": "strategies.exclusive:Exclusive",
+    "feddyn": "strategies.feddyn:FedDyn",
+    "fedadam": "strategies.fedadam:FedAdam",
+    "fedyogi": "strategies.fedyogi:FedYogi",
+    "qfedavg": "strategies.qfedavg:QFedAvg",
 }
 
 
@@ -62,6 +67,8 @@ def build_strategy(name: str, options: dict[str, Any], fraction_train: float, fr
                             key=f"strategy.options.{option}")
     try:
         return cls(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, seed=seed, **options)
+    except OptionError as exc:
+        raise UserError(exc.message, key=f"strategy.options.{exc.option}") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot build {name}: {exc}", key="strategy.options") from None
 

@@ -44,17 +44,6 @@ def _clients():
             for i, d in enumerate([1, 2, 4, 2])]
 
 
-@pytest.fixture
-def task_identity():
-    """Messages are built inside a Flower task; give this process one, as the simulation does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
 def test_each_client_is_sent_exactly_its_depth_slice(task_identity):
     model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
     arrays = ArrayRecord(model.state_dict())

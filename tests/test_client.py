@@ -4,31 +4,28 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fl_ee.client import PERSONAL_KEY, app
+from fl_ee.client import PERSONAL_KEY, app, client_data
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
+from fl_ee.training import local_loss
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-def _message(kind: str, depth: int, server_round: int, **extra) -> Message:
+def _message(kind: str, depth: int, server_round: int, cfg=CFG, seed: int | None = None, **extra) -> Message:
+    if seed is not None:
+        torch.manual_seed(seed)
     model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
     content = RecordDict(
         {
             "arrays": ArrayRecord(slice_state(model.state_dict(), depth)),
-            "config": ConfigRecord({"run-config": config_to_json(CFG), "server-round": server_round, "depth": depth,
+            "config": ConfigRecord({"run-config": config_to_json(cfg), "server-round": server_round, "depth": depth,
                                    **extra}),
         }
     )
@@ -54,6 +51,36 @@ def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state()
     app(_message(MessageType.TRAIN, depth=2, server_round=2), context)
     second = {k: a.numpy() for k, a in context.state[PERSONAL_KEY].items()}
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
+
+
+def test_train_reports_the_local_loss_at_the_received_weights():
+    message = _message(MessageType.TRAIN, depth=3, server_round=1)
+    received = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
+    received.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    x, y, _, _ = client_data(CFG, 1)
+    expected = local_loss(received, x, y, CFG.training)
+    metrics = app(message, _context(1)).content["metrics"]
+    assert metrics["initial-loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def _trained(training: dict, server_round: int) -> dict[str, np.ndarray]:
+    cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32, **training}})
+    reply = app(_message(MessageType.TRAIN, 3, server_round, cfg, seed=0), _context(0))
+    return {k: a.numpy() for k, a in reply.content["arrays"].items()}
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_distillation_warm_up_and_options_reach_training():
+    for distillation in ("last-exit", "mutual"):
+        warm = {"distillation": distillation, "kd_warmup_rounds": 3}
+        # before the warm-up round the client trains exactly as without distillation, from then on it does not
+        assert _same(_trained(warm, 2), _trained({"distillation": "none"}, 2))
+        assert not _same(_trained(warm, 3), _trained({"distillation": "none"}, 3))
+    assert not _same(_trained({"distillation": "mutual"}, 1), _trained({"distillation": "last-exit"}, 1))
+    assert not _same(_trained({"prox_mu": 0.5}, 1), _trained({}, 1))
 
 
 def test_evaluate_uses_personal_exits_once_trained():

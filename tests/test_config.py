@@ -49,7 +49,10 @@ def test_quickstart_is_the_default_and_holds_three_tiers():
         ({"data": {"name": "imagenet"}}, "data.name"),
         ({"data": {"alpha": 0}}, "data.alpha"),
         ({"data": {"test_fraction": 1.0}}, "data.test_fraction"),
-        ({"training": {"distillation": "mutual"}}, "training.distillation"),
+        ({"training": {"distillation": "all"}}, "training.distillation"),
+        ({"training": {"prox_mu": -0.1}}, "training.prox_mu"),
+        ({"training": {"kd_warmup_rounds": -1}}, "training.kd_warmup_rounds"),
+        ({"training": {"kd_warmup_rounds": 1.5}}, "training.kd_warmup_rounds"),
         ({"tiers": [{"name": "a", "share": 0.5, "depth": 2}]}, "tiers"),
         ({"tiers": [{"name": "a", "share": 1.0, "depth": 5}]}, "tiers.0.depth"),
         ({"tiers": [{"name": "a", "share": 0.5, "depth": 1}, {"name": "b", "share": 0.5, "depth": 0}]}, "tiers.1.depth"),
@@ -82,6 +85,12 @@ def test_a_tier_takes_its_device_preset_and_overrides_any_field():
     assert (tier.compute_gflops, tier.download_mbps, tier.upload_mbps) == (
         phone.compute_gflops, phone.download_mbps, phone.upload_mbps)
     assert tier.availability == 1.0 and tier.failure_rate == phone.failure_rate
+
+
+def test_training_options_for_the_baselines():
+    t = config_from_dict({"training": {"distillation": "mutual", "prox_mu": 0.01, "kd_warmup_rounds": 5}}).training
+    assert (t.distillation, t.prox_mu, t.kd_warmup_rounds) == ("mutual", 0.01, 5)
+    assert (Config().training.prox_mu, Config().training.kd_warmup_rounds) == (0.0, 0)
 
 
 def test_int_is_accepted_where_float_is_expected():

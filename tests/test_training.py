@@ -6,7 +6,18 @@ import torch.nn.functional as F
 
 from fl_ee.config import TrainingConfig
 from fl_ee.models import EarlyExitCNN, ModelSpec
-from fl_ee.training import accuracy, distillation_loss, exit_logits, exit_loss, train_exits, train_joint
+from fl_ee.training import (
+    accuracy,
+    distillation_loss,
+    exit_logits,
+    exit_loss,
+    for_round,
+    local_loss,
+    mutual_distillation_loss,
+    proximal_term,
+    train_exits,
+    train_joint,
+)
 
 
 def test_distillation_loss_by_hand():
@@ -42,6 +53,84 @@ def test_the_deepest_exit_only_teaches():
     alone = logits[1].detach().clone().requires_grad_(True)
     F.cross_entropy(alone, y).backward()
     torch.testing.assert_close(logits[1].grad, alone.grad)
+
+
+def _kl_2class(a: float, b: float, temperature: float) -> float:
+    """KL(softmax([a, 0]/T) || softmax([b, 0]/T)) for two classes, by hand."""
+    def p(z):
+        return [math.exp(z / temperature) / (math.exp(z / temperature) + 1), 1 / (math.exp(z / temperature) + 1)]
+
+    return sum(t * math.log(t / s) for t, s in zip(p(a), p(b)))
+
+
+def test_mutual_distillation_by_hand():
+    # exits 1 and 3 agree ([2, 0]); exit 2 disagrees ([0, 2] = [-2, 0] shifted), T = 2
+    z = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]])]
+    kl = _kl_2class(2.0, -2.0, 2.0)  # KL between the two distinct outputs (symmetric here)
+    # ordered pairs (teacher j, student i != j) that disagree: (1,2), (2,1), (2,3), (3,2) -> 4 kl, / (n-1) = 2
+    assert mutual_distillation_loss(z, 2.0).item() == pytest.approx(4 * kl * 4 / 2, rel=1e-5)
+    # two exits: both directions, divided by 1
+    assert mutual_distillation_loss(z[:2], 2.0).item() == pytest.approx(2 * kl * 4, rel=1e-5)
+
+
+def test_mutual_distillation_teaches_every_exit_through_detached_teachers():
+    # two exits, T = 2: d/dz_i [KL(p_j || softmax(z_i/T)) T^2] = T (softmax(z_i/T) - p_j), p_j fixed
+    z0 = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    z1 = torch.tensor([[0.0, 2.0]], requires_grad=True)
+    mutual_distillation_loss([z0, z1], 2.0).backward()
+    e = math.e
+    p0, p1 = [e / (e + 1), 1 / (e + 1)], [1 / (e + 1), e / (e + 1)]
+    torch.testing.assert_close(z0.grad, 2 * torch.tensor([[p0[0] - p1[0], p0[1] - p1[1]]]))
+    torch.testing.assert_close(z1.grad, 2 * torch.tensor([[p1[0] - p0[0], p1[1] - p0[1]]]))
+
+
+def test_exit_loss_mutual_adds_weighted_mutual_term():
+    torch.manual_seed(0)
+    logits = [torch.randn(5, 3) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ce = sum(F.cross_entropy(z, y) for z in logits).item()
+    cfg = TrainingConfig(distillation="mutual", kd_weight=0.3, kd_temperature=1.5)
+    assert exit_loss(logits, y, cfg).item() == pytest.approx(ce + 0.3 * mutual_distillation_loss(logits, 1.5).item())
+    assert exit_loss(logits[:1], y, cfg).item() == pytest.approx(F.cross_entropy(logits[0], y).item())  # one exit
+
+
+def test_distillation_is_off_before_the_warmup_round():
+    cfg = TrainingConfig(kd_weight=0.5, kd_warmup_rounds=3)
+    assert [for_round(cfg, r).kd_weight for r in (1, 2, 3, 4)] == [0.0, 0.0, 0.5, 0.5]
+    assert for_round(TrainingConfig(kd_weight=0.5), 1).kd_weight == 0.5  # no warm-up by default
+
+
+def test_proximal_term_by_hand():
+    w = [torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([[3.0]], requires_grad=True)]
+    anchors = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
+    term = proximal_term(w, anchors, mu=0.5)
+    assert term.item() == pytest.approx(0.25 * (1 + 4 + 4))  # mu/2 * (1^2 + 2^2 + 2^2)
+    term.backward()  # gradient mu * (w - anchor)
+    torch.testing.assert_close(w[0].grad, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(w[1].grad, torch.tensor([[1.0]]))
+
+
+def test_proximal_term_keeps_the_shared_step_near_the_received_weights():
+    x, y = _toy()
+
+    def drift(mu: float) -> float:
+        torch.manual_seed(0)
+        model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=2)
+        start = [p.detach().clone() for p in model.parameters()]
+        train_joint(model, x, y, TrainingConfig(local_epochs=4, prox_mu=mu), torch.Generator().manual_seed(1))
+        return proximal_term(model.parameters(), start, 2.0).item()  # ||w - w0||^2
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
+def test_local_loss_is_the_objective_over_all_local_data():
+    torch.manual_seed(0)
+    x, y = _toy(n=40)
+    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=3)
+    cfg = TrainingConfig(distillation="mutual")
+    with torch.no_grad():
+        expected = exit_loss(model.eval()(x), y, cfg).item()
+    assert local_loss(model, x, y, cfg) == pytest.approx(expected, rel=1e-5)
 
 
 def _toy(n=64, classes=3):

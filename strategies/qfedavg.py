@@ -1,0 +1,94 @@
+"""q-FedAvg: q-FFL's fairness reweighting by local loss, per tensor over its holders.
+
+Li et al., "Fair Resource Allocation in Federated Learning", ICLR 2020; conventions of
+Flower's ``flwr.serverapp.strategy.QFedAvg``. With ``L = 1 / client_learning_rate``,
+client k's loss ``F_k`` at the received weights ``w`` (its ``initial-loss``) and its
+returned weights ``w_k``::
+
+    Delta_k = L (w - w_k)
+    h_k     = q F_k^(q-1) ||Delta_k||^2 + L F_k^q      (norm over every tensor k returned)
+    w      <- w - sum_k F_k^q Delta_k / sum_k h_k     (sums over the tensor's holders)
+
+Larger ``q`` weighs high-loss clients more; ``q = 0`` is the unweighted mean of holders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from strategies.aggregation import holder_aggregate
+from strategies.base import (
+    ARRAYS_KEY,
+    METRICS_KEY,
+    DepthAwareStrategy,
+    check_option,
+    is_number,
+    run_config,
+    to_numpy,
+    to_record,
+)
+
+LOSS_KEY = "initial-loss"
+EPS = 1e-10  # as Flower: keeps F^(q-1) finite at zero loss
+
+
+def qffl_aggregate(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    losses: Sequence[float],
+    current: Mapping[str, np.ndarray],
+    q: float,
+    lipschitz: float,
+) -> dict[str, np.ndarray]:
+    """The q-FedAvg step, each tensor combined over the clients that returned it."""
+    scales = []  # per client: (F^q, h)
+    for update, loss in zip(updates, losses, strict=True):
+        sq_norm = sum(float(np.sum((lipschitz * (np.float64(current[k]) - u)) ** 2)) for k, u in update.items())
+        f = loss + EPS
+        scales.append((f**q, q * f ** (q - 1) * sq_norm + lipschitz * f**q))
+
+    def rule(key: str, values: Sequence[np.ndarray], holders: Sequence[tuple[float, float]], w: np.ndarray) -> np.ndarray:
+        w64 = np.asarray(w, np.float64)
+        step = sum(fq * lipschitz * (w64 - v) for v, (fq, _) in zip(values, holders))
+        return (w64 - step / sum(h for _, h in holders)).astype(w.dtype)
+
+    return holder_aggregate(updates, scales, current, rule)
+
+
+class QFedAvg(DepthAwareStrategy):
+    """q-FedAvg: q-FFL fairness, clients weighed up by their local loss to the power q.
+
+    ``client_learning_rate`` sets ``L = 1 / client_learning_rate``; by default it is the
+    run's ``training.lr``.
+    """
+
+    def __init__(self, *, q: float = 0.1, client_learning_rate: float | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_option(is_number(q) and q >= 0, "q", f"must be a number >= 0, got {q!r}")
+        check_option(client_learning_rate is None or (is_number(client_learning_rate) and client_learning_rate > 0),
+                     "client_learning_rate", f"must be a number > 0, got {client_learning_rate!r}")
+        self.q = float(q)
+        self.client_learning_rate = client_learning_rate
+        self._lr: float | None = client_learning_rate
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.client_learning_rate is None:
+            self._lr = float(run_config(config)["training"]["lr"])
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """q-FedAvg over the valid replies, weighing each by its ``initial-loss``."""
+        valid = self.valid_replies(replies)
+        if not valid or self._sent is None or self._lr is None:
+            return None, None
+        updates = [to_numpy(m.content[ARRAYS_KEY]) for m in valid]
+        losses = [float(m.content[METRICS_KEY][LOSS_KEY]) for m in valid]
+        new = qffl_aggregate(updates, losses, to_numpy(self._sent), self.q, 1.0 / self._lr)
+        return to_record(new), self._mean_metrics(valid)
