@@ -48,6 +48,11 @@ def _partitioner(scheme: str, num_clients: int, alpha: float, shards_per_client:
     raise ValueError(f"unknown partitioner {scheme!r}")
 
 
+def _indices(part: Dataset) -> np.ndarray:
+    """The original row indices a partition holds, read as one column (not row by row)."""
+    return np.sort(np.asarray(part.with_format("numpy")[:]["index"], dtype=np.int64))
+
+
 def partition_indices(
     labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, seed: int
 ) -> list[np.ndarray]:
@@ -63,7 +68,7 @@ def partition_indices(
     partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, seed)
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
-        parts = [np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)) for i in range(num_clients)]
+        parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
     except ValueError as exc:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
         raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}", key="data.num_clients") from None
     smallest = min(len(p) for p in parts)
