@@ -112,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("compare needs at least two run directories")
     out = Console()
     out.width = max(out.width, 40 + 16 * len(args.run_dirs))
-    out.print(compare_table([load_run(d) for d in args.run_dirs], args.run_dirs))
+    out.print(compare_table([load_run(d) for d in args.run_dirs]))
     return 0
 
 

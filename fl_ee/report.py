@@ -14,6 +14,7 @@ import csv
 import html
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,9 +346,17 @@ def _describe_strategy(cfg: Config) -> str:
     return f"{cfg.strategy.name} {options}".strip()
 
 
-def compare_table(runs: Sequence[Run], names: Sequence[str]) -> Table:
+def short_names(paths: Sequence[Path]) -> tuple[Path, list[str]]:
+    """The runs' common parent folder, and each run's path below it."""
+    resolved = [p.resolve() for p in paths]
+    parent = Path(os.path.commonpath(resolved))
+    return parent, [str(p.relative_to(parent)) if p != parent else p.name for p in resolved]
+
+
+def compare_table(runs: Sequence[Run]) -> Table:
     """One column per run, a row per key metric; the best of each row in bold green."""
-    table = Table(title="Runs compared", box=box.SIMPLE_HEAD,
+    parent, names = short_names([r.path for r in runs])
+    table = Table(title=f"Runs compared (in {parent})", box=box.SIMPLE_HEAD,
                   caption="best per row in bold green: higher accuracy and Jain; lower Gini, gap, time, FLOPs")
     table.add_column("metric")
     for name in names:
