@@ -80,7 +80,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fl_ee.rundir import SUMMARY, atomic_write
 
     run = load_run(args.run_dir)
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     renderables = report_renderables(run)
     if args.json:
         if run.summary is None:

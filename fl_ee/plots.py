@@ -143,7 +143,7 @@ def accuracy_vs_flops(run: Run) -> Figure:
     _require_efficiency(run)
     policy = run.config.exit_policy
     thresholds = sweep["thresholds"]
-    fig, ax = _axes(f"Accuracy vs. cost, {policy.name} threshold {thresholds[0]:g} to {thresholds[-1]:g}",
+    fig, ax = _axes(f"Adaptive accuracy vs. cost, {policy.name} thresholds {thresholds[0]:g} to {thresholds[-1]:g}",
                     "expected MFLOPs per sample", "adaptive accuracy (%)")
     colours = tier_colours(run.tiers)
     for tier in run.tiers:

@@ -231,7 +231,7 @@ def progress_table(run: Run) -> Table:
 
 
 def _key_values(title: str, rows: Sequence[tuple[str, str]], caption: str | None = None) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption)
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, min_width=30)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for row in rows:
@@ -249,7 +249,7 @@ def fairness_table(run: Run) -> Table | None:
         [("mean %", pct(f["mean"])), ("std %", pct(f["std"])), ("min %", pct(f["min"])),
          ("worst 10% %", pct(f["worst10"])), ("best 10% %", pct(f["best10"])), ("Jain's index", ratio(f["jain"])),
          ("Gini", ratio(f["gini"])), ("tier gap", points(f["tier_gap"]))],
-        caption="personalised accuracy at each client's deepest exit",
+        caption="of personalised accuracy at each client's deepest exit",
     )
 
 
