@@ -98,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for name, why in skipped.items():
             err.print(f"skipped plot {name}: {why}")
         if args.plots:
-            err.print(f"{len(images)} plots in {write_plots(run.path, images)}")
+            err.print(f"plots in {write_plots(run.path, images)}: {', '.join(images) or 'none'}")
         if args.html:
             atomic_write(run.path / "report.html", html_page(run, renderables, images, skipped))
             err.print(f"report in {run.path / 'report.html'}")
