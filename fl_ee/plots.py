@@ -212,10 +212,11 @@ def participation_by_tier(run: Run) -> Figure:
             ax.bar(i, share, 0.6, bottom=bottom, color=colours[tier], alpha=1.0 if outcome == "ok" else 0.4,
                    hatch=hatch, edgecolor="black", linewidth=0.5)
             if outcome == "ok" and sampled:
-                ax.text(i, share / 2, f"ok {share:.0f}%", ha="center", va="center", color="white", weight="bold")
+                ax.text(i, 101, f"ok {share:.0f}%", ha="center", va="bottom", weight="bold")
             bottom += share
     ax.set_xticks(range(len(run.tiers)), labels)
-    ax.set_ylim(0, 118)
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
     ax.legend(handles=[Patch(facecolor="0.6", alpha=1.0 if o == "ok" else 0.4, hatch=h, edgecolor="black", label=o)
                        for o, h in OUTCOMES.items()], fontsize="small", loc="upper center", ncols=len(OUTCOMES))
     return fig
