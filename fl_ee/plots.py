@@ -162,10 +162,9 @@ def accuracy_vs_flops(run: Run) -> Figure:
 
 
 def _clocks(run: Run) -> list[dict[str, Any]]:
-    clocks = [r["clock"] for r in run.rounds if "clock" in r]
-    if not clocks:
+    if not run.has_clock:
         raise Skip(NO_CLOCK)
-    return clocks
+    return run.clocks
 
 
 def round_times(run: Run) -> Figure:

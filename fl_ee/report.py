@@ -55,9 +55,20 @@ class Run:
         return [r for r in self.rounds if "evaluate" in r]
 
     @property
+    def clocks(self) -> list[dict[str, Any]]:
+        """Each round's virtual clock, where device emulation recorded one."""
+        return [r["clock"] for r in self.rounds if "clock" in r]
+
+    @property
     def has_clock(self) -> bool:
         """Whether device emulation recorded a virtual clock."""
-        return any("clock" in r for r in self.rounds)
+        return bool(self.clocks)
+
+    @property
+    def virtual_time_s(self) -> float | None:
+        """Virtual time at the end: the summary's, else the last logged round's."""
+        final = get(self.summary, "virtual_time_s")
+        return final if final is not None or not self.clocks else self.clocks[-1]["virtual_time_s"]
 
     def evaluated(self, tier: str) -> list[dict[str, str]]:
         """``clients.csv`` rows of a tier's evaluated clients."""
@@ -270,14 +281,10 @@ def efficiency_table(run: Run) -> Table | None:
 def straggler_table(run: Run) -> Table:
     """Virtual time and stragglers from device emulation; ``-`` where the run has none."""
     s = run.summary
-    clocks = [r["clock"] for r in run.rounds if "clock" in r]
-    virtual = get(s, "virtual_time_s")
-    if virtual is None and clocks:
-        virtual = clocks[-1]["virtual_time_s"]
-    caption = None if clocks or get(s, "stragglers") else "no virtual clock in this run"
+    caption = None if run.has_clock or get(s, "stragglers") else "no virtual clock in this run"
     return _key_values(
         "Stragglers",
-        [("virtual time s", secs(virtual)), ("time to accuracy s", secs(get(s, "time_to_accuracy_s"))),
+        [("virtual time s", secs(run.virtual_time_s)), ("time to accuracy s", secs(get(s, "time_to_accuracy_s"))),
          ("round time p50 s", secs(get(s, "stragglers", "round_time_s", "p50"))),
          ("round time p90 s", secs(get(s, "stragglers", "round_time_s", "p90"))),
          ("round time max s", secs(get(s, "stragglers", "round_time_s", "max"))),
@@ -319,14 +326,13 @@ def key_metrics(run: Run) -> dict[str, float | None]:
     """The compared figures: from the summary, else what the rounds log holds (unfinished runs)."""
     s = run.summary
     last = get(run.evaluations[-1], "evaluate", "personalised") if run.evaluations else None
-    clocks = [r["clock"] for r in run.rounds if "clock" in r]
     return {
         "mean": _first(get(s, "fairness", "mean"), get(last, "mean")),
         "worst10": get(s, "fairness", "worst10"),
         "jain": get(s, "fairness", "jain"),
         "gini": get(s, "fairness", "gini"),
         "tier_gap": _first(get(s, "fairness", "tier_gap"), spread(get(last, "by_tier") or {})),
-        "virtual_time_s": _first(get(s, "virtual_time_s"), clocks[-1]["virtual_time_s"] if clocks else None),
+        "virtual_time_s": run.virtual_time_s,
         "time_to_accuracy_s": get(s, "time_to_accuracy_s"),
         "expected_flops": get(s, "efficiency", "expected_flops"),
     }
@@ -384,7 +390,9 @@ def render_text(renderables: Sequence[RenderableType], width: int = 120) -> Cons
     return console
 
 
-def html_page(run: Run, renderables: Sequence[RenderableType], images: dict[str, bytes], skipped: dict[str, str]) -> str:
+def html_page(
+    run: Run, renderables: Sequence[RenderableType], images: dict[str, bytes], skipped: dict[str, str]
+) -> str:
     """A self-contained HTML report: the tables as rich renders them, the plots as inline PNGs."""
     tables = render_text(renderables).export_html(
         inline_styles=True, code_format='<pre class="tables"><code>{code}</code></pre>'
