@@ -1,4 +1,4 @@
-"""``fl-ee``: run simulations and list what can be plugged in."""
+"""``fl-ee``: run simulations, report and compare their run directories, list what can be plugged in."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
+    report.add_argument("--plots", action="store_true", help="write PNG plots under RUN_DIR/plots/")
+    report.add_argument("--html", action="store_true", help="write a self-contained RUN_DIR/report.html")
+    compare = sub.add_parser("compare", help="key metrics of several runs side by side")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     listing = sub.add_parser("list", help="list strategies or presets")
     listing.add_argument("what", choices=("strategies", "presets"))
     return parser
@@ -35,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.client import app as client_app
     from fl_ee.data import load_dataset
-    from fl_ee.report import accuracy_table
+    from fl_ee.report import load_run, tier_table
     from fl_ee.rundir import RunDir, default_run_dir
     from fl_ee.server import build_strategy_for, make_server_app, resolve_paths
     from sims.engine import simulate
@@ -63,8 +70,49 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
     out = Console()
     out.width = max(out.width, 100)
-    out.print(accuracy_table(run_dir.path))
+    out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fl_ee.report import html_page, load_run, report_renderables
+    from fl_ee.rundir import SUMMARY, atomic_write
+
+    run = load_run(args.run_dir)
+    err = Console(stderr=True, soft_wrap=True)
+    renderables = report_renderables(run)
+    if args.json:
+        if run.summary is None:
+            raise UserError(f"{run.path} has no {SUMMARY} (the run did not finish); drop --json to see its rounds")
+        sys.stdout.write((run.path / SUMMARY).read_text())
+    else:
+        out = Console()
+        out.width = max(out.width, 120)
+        for part in renderables:
+            out.print(part)
+    if args.plots or args.html:
+        from fl_ee.plots import render_plots, write_plots
+
+        images, skipped = render_plots(run)
+        for name, why in skipped.items():
+            err.print(f"skipped plot {name}: {why}")
+        if args.plots:
+            err.print(f"plots in {write_plots(run.path, images)}: {', '.join(images) or 'none'}")
+        if args.html:
+            atomic_write(run.path / "report.html", html_page(run, renderables, images, skipped))
+            err.print(f"report in {run.path / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fl_ee.report import compare_table, load_run
+
+    if len(args.run_dirs) < 2:
+        raise UserError("compare needs at least two run directories")
+    out = Console()
+    out.width = max(out.width, 40 + 16 * len(args.run_dirs))
+    out.print(compare_table([load_run(d) for d in args.run_dirs]))
     return 0
 
 
@@ -89,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+        commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)
         return 2

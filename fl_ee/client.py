@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from fl_ee.config import Config, config_from_dict
 from fl_ee.data import load_dataset
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
-from fl_ee.policies import adaptive_inference
+from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.seeding import derive_seed
 from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
 from partitions import client_splits
@@ -110,13 +110,20 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
+    """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs.
+
+    ``sweep-accuracy`` / ``sweep-flops`` repeat the adaptive figures under the run's
+    policy at each threshold of ``SWEEP_THRESHOLDS``; ``full-flops`` is the cost per
+    sample of running the whole submodel.
+    """
     cfg, client_id, _, model = _setup(msg, context)
     _, _, x, y = client_data(cfg, client_id)
     heads = _personal_heads(model, context) if cfg.personalisation.mode == "exits" else model.exits
     logits = exit_logits(model, x, heads)
     costs = depth_flops(model.spec, model.depth).exit_costs()
-    adaptive = adaptive_inference(logits, y, costs, cfg.exit_policy.name, cfg.exit_policy.threshold)
+    policy = cfg.exit_policy.name
+    adaptive = adaptive_inference(logits, y, costs, policy, cfg.exit_policy.threshold)
+    sweep = [adaptive_inference(logits, y, costs, policy, t) for t in SWEEP_THRESHOLDS]
     metrics = MetricRecord(
         {
             "client-id": client_id,
@@ -126,6 +133,9 @@ def evaluate(msg: Message, context: Context) -> Message:
             "adaptive-accuracy": adaptive.accuracy,
             "expected-flops": adaptive.expected_flops,
             "exit-fractions": list(adaptive.exit_fractions),
+            "full-flops": float(costs[-1]),
+            "sweep-accuracy": [r.accuracy for r in sweep],
+            "sweep-flops": [r.expected_flops for r in sweep],
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,7 +1,12 @@
-"""Pure summaries of per-client results (no I/O)."""
+"""Pure summaries of per-client results (no I/O).
+
+Fairness is measured over per-client values (each client counts once); efficiency
+over test samples (each sample counts once), so its figures are per-sample costs.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +18,12 @@ def mean_or_none(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float | None:
+    """``sum(w * v) / sum(w)``, or ``None`` when the weights sum to zero."""
+    total = sum(weights)
+    return sum(w * v for v, w in zip(values, weights)) / total if total else None
+
+
 def group_means(values: Sequence[float], groups: Sequence[str], order: Sequence[str]) -> dict[str, float | None]:
     """Mean of ``values`` per group, for every group in ``order`` (``None`` where empty)."""
     return {g: mean_or_none([v for v, h in zip(values, groups) if h == g]) for g in order}
@@ -21,6 +32,114 @@ def group_means(values: Sequence[float], groups: Sequence[str], order: Sequence[
 def exit_means(per_client: Sequence[Sequence[float]], num_exits: int) -> dict[str, float | None]:
     """Mean accuracy at exit 1..num_exits over the clients holding that exit (ragged input)."""
     return {str(i + 1): mean_or_none([acc[i] for acc in per_client if len(acc) > i]) for i in range(num_exits)}
+
+
+# ------------------------------------------------------------------------ fairness
+
+
+def population_std(values: Sequence[float]) -> float | None:
+    """Standard deviation with divisor n (the clients are the whole population)."""
+    mean = mean_or_none(values)
+    return None if mean is None else math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def tail_mean(values: Sequence[float], percent: int = 10, *, highest: bool = False) -> float | None:
+    """Mean of the lowest (or highest) ``ceil(percent% of n)`` values, at least one (q-FFL's worst/best 10%)."""
+    if not values:
+        return None
+    k = max(1, -(-len(values) * percent // 100))  # integer ceil: no 0.1 * 30 = 3.0000000000000004
+    ordered = sorted(values, reverse=highest)
+    return sum(ordered[:k]) / k
+
+
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's index ``(sum x)^2 / (n sum x^2)``: 1 when all equal, 1/n when one client has everything.
+
+    All zeros count as equal (1.0).
+    """
+    if not values:
+        return None
+    squares = sum(v * v for v in values)
+    return sum(values) ** 2 / (len(values) * squares) if squares else 1.0
+
+
+def gini(values: Sequence[float]) -> float | None:
+    """Gini coefficient ``sum_ij |x_i - x_j| / (2 n^2 mean)``: 0 when all equal; all zeros give 0."""
+    if not values:
+        return None
+    n, total = len(values), sum(values)
+    if not total:
+        return 0.0
+    # sum_ij |x_i - x_j| = 2 * sum_i (2i - n - 1) x_(i) over the ascending order, i = 1..n
+    pairwise = 2 * sum((2 * i - n - 1) * x for i, x in enumerate(sorted(values), start=1))
+    return pairwise / (2 * n * total)
+
+
+def spread(by_group: Mapping[str, float | None]) -> float | None:
+    """Largest minus smallest group value, ignoring groups without one (``None`` if none has)."""
+    present = [v for v in by_group.values() if v is not None]
+    return max(present) - min(present) if present else None
+
+
+def fairness(values: Sequence[float], groups: Sequence[str], order: Sequence[str]) -> dict[str, Any]:
+    """The ``fairness`` section: per-client ``values`` (with each client's group) summarised."""
+    by_group = group_means(values, groups, order)
+    return {
+        "mean": mean_or_none(values),
+        "std": population_std(values),
+        "min": min(values) if values else None,
+        "worst10": tail_mean(values, 10),
+        "best10": tail_mean(values, 10, highest=True),
+        "jain": jain_index(values),
+        "gini": gini(values),
+        "by_tier": by_group,
+        "tier_gap": spread(by_group),
+    }
+
+
+# ---------------------------------------------------------------------- efficiency
+
+
+def exit_distribution(
+    fractions: Sequence[Sequence[float]], weights: Sequence[float], num_exits: int
+) -> dict[str, float | None]:
+    """Share of all test samples leaving at exit 1..num_exits.
+
+    ``fractions[c]`` is client c's share per exit it holds (ragged), ``weights[c]`` its
+    number of test samples; an exit a client does not hold gets none of its samples.
+    """
+    return {
+        str(i + 1): weighted_mean([f[i] if len(f) > i else 0.0 for f in fractions], weights)
+        for i in range(num_exits)
+    }
+
+
+def flops_saving(expected: float | None, full: float | None) -> float | None:
+    """``1 - expected / full``: the share of compute the exit policy saves."""
+    return None if expected is None or not full else 1 - expected / full
+
+
+def efficiency(
+    fractions: Sequence[Sequence[float]],
+    expected_flops: Sequence[float],
+    full_flops: Sequence[float],
+    weights: Sequence[float],
+    num_exits: int,
+) -> dict[str, Any]:
+    """The ``efficiency`` section over clients weighted by their test samples.
+
+    ``expected_flops`` is FLOPs per sample under the exit policy, ``full_flops`` FLOPs per
+    sample of the client's whole submodel; the saving compares their per-sample means.
+    """
+    expected = weighted_mean(expected_flops, weights)
+    return {
+        "exit_distribution": exit_distribution(fractions, weights, num_exits),
+        "expected_flops": expected,
+        "flops_saving": flops_saving(expected, weighted_mean(full_flops, weights)),
+    }
+
+
+# ---------------------------------------------------------------------- stragglers
 
 
 def round_time_stats(round_times: Sequence[float]) -> dict[str, float | None]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+SWEEP_THRESHOLDS = tuple(i / 10 for i in range(11))  # the grid of thresholds clients evaluate at
+
 
 def confident(logits: torch.Tensor, policy: str, threshold: float) -> torch.Tensor:
     """Which rows may exit here.

@@ -23,6 +23,7 @@ from fl_ee.metrics import exit_means, group_means, mean_or_none, straggler_summa
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.rundir import RunDir, default_run_dir
 from fl_ee.seeding import derive_seed
+from fl_ee.summary import outcome_sections
 from fl_ee.training import accuracy, exit_logits
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
@@ -104,6 +105,7 @@ def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCN
 def client_row(client: ClientInfo, metrics: dict[str, Any] | None, max_depth: int) -> dict[str, Any]:
     """One ``clients.csv`` row: identity, sizes and the client's latest evaluation."""
     exits = list(metrics["exit-accuracy"]) if metrics else []
+    fractions = list(metrics["exit-fractions"]) if metrics else []
     row: dict[str, Any] = {
         "client_id": client.client_id,
         "tier": client.tier,
@@ -116,6 +118,9 @@ def client_row(client: ClientInfo, metrics: dict[str, Any] | None, max_depth: in
         row[f"accuracy_exit{i + 1}"] = round(exits[i], 6) if i < len(exits) else ""
     row["adaptive_accuracy"] = round(metrics["adaptive-accuracy"], 6) if metrics else ""
     row["expected_flops"] = round(metrics["expected-flops"], 1) if metrics else ""
+    row["full_flops"] = round(metrics["full-flops"], 1) if metrics else ""
+    for i in range(max_depth):
+        row[f"exit_fraction{i + 1}"] = round(fractions[i], 6) if i < len(fractions) else ""
     return row
 
 
@@ -217,6 +222,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
             "personalised": personalised_summary(clients, results, cfg),
             "global": {"by_exit": global_by_exit},
         },
+        **outcome_sections(clients, results, [t.name for t in cfg.tiers], cfg.max_depth),
         "clients": {"total": len(clients), "by_tier": {t.name: sum(c.tier == t.name for c in clients) for t in cfg.tiers}},
         "rounds": cfg.rounds,
         "seed": cfg.seed,

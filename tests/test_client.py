@@ -103,3 +103,16 @@ def test_a_paced_client_sleeps_its_simulated_time():
 def test_query_reports_the_clients_data_sizes():
     reply = app(_message(MessageType.QUERY, depth=1, server_round=0), _context(3)).content["metrics"]
     assert reply["client-id"] == 3 and reply["num-train"] > reply["num-test"] > 0
+
+
+def test_evaluate_reports_the_full_cost_and_a_threshold_sweep():
+    from fl_ee.client import depth_flops, model_spec
+    from fl_ee.policies import SWEEP_THRESHOLDS
+
+    m = app(_message(MessageType.EVALUATE, depth=3, server_round=1), _context(0)).content["metrics"]
+    costs = depth_flops(model_spec(CFG), 3).exit_costs()
+    assert m["full-flops"] == costs[-1] >= m["expected-flops"]
+    assert len(m["sweep-accuracy"]) == len(m["sweep-flops"]) == len(SWEEP_THRESHOLDS)
+    at = SWEEP_THRESHOLDS.index(CFG.exit_policy.threshold)  # the run's own threshold is on the grid
+    assert m["sweep-accuracy"][at] == m["adaptive-accuracy"] and m["sweep-flops"][at] == m["expected-flops"]
+    assert m["sweep-flops"][-1] == costs[0]  # normalised entropy <= 1: every sample leaves at exit 1

@@ -1,0 +1,256 @@
+"""Plots of a run directory (matplotlib, Agg): one colour per tier, the same in every plot.
+
+Each plot is a function of a :class:`~fl_ee.report.Run` returning a figure, or raising
+:class:`Skip` with the reason when the run has no data for it (an unfinished run has no
+``clients.csv``; a run without device emulation has no virtual clock).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from fl_ee.metrics import exit_distribution, mean_or_none
+from fl_ee.report import Run, column, deepest_accuracy, exit_fractions, get, row_efficiency
+
+matplotlib.use("Agg")
+
+OUTCOMES = {"ok": "", "late": "//", "unavailable": "..", "failed": "xx"}  # outcome -> hatch
+NO_CLOCK = "no virtual clock in rounds.jsonl (device emulation was off)"
+NO_CLIENTS = "no clients.csv (the run did not finish)"
+
+
+class Skip(Exception):
+    """The run holds no data for this plot; the message says why."""
+
+
+def tier_colours(tiers: Sequence[str]) -> dict[str, Any]:
+    """A fixed colour per tier, by its position in the config."""
+    palette = matplotlib.colormaps["tab10"].colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(tiers)}
+
+
+def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _label(run: Run, tier: str) -> str:
+    return f"{tier} (depth {next(t.depth for t in run.config.tiers if t.name == tier)})"
+
+
+def _accuracy_lines(run: Run, records: list[dict[str, Any]], xs: list[float], xlabel: str, title: str) -> Figure:
+    fig, ax = _axes(title, xlabel, "personalised accuracy (%)")
+    colours = tier_colours(run.tiers)
+    for tier in run.tiers:
+        points = [(x, get(r, "evaluate", "personalised", "by_tier", tier)) for x, r in zip(xs, records)]
+        points = [(x, 100 * y) for x, y in points if y is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", color=colours[tier], label=_label(run, tier))
+    ax.plot(xs, [100 * r["evaluate"]["personalised"]["mean"] for r in records], "k--", marker=".",
+            label="all clients")
+    _legend(ax)
+    return fig
+
+
+def _legend(ax: Axes) -> None:
+    ax.legend(title="accuracy at each client's deepest exit", fontsize="small", title_fontsize="small")
+
+
+def accuracy_over_rounds(run: Run) -> Figure:
+    """Personalised accuracy per tier at each evaluation round."""
+    records = run.evaluations
+    if not records:
+        raise Skip("no evaluation round in rounds.jsonl yet")
+    fig = _accuracy_lines(run, records, [r["round"] for r in records], "round", "Personalised accuracy over rounds")
+    fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def accuracy_over_time(run: Run) -> Figure:
+    """Personalised accuracy per tier against the virtual clock."""
+    records = [r for r in run.evaluations if "clock" in r]
+    if not records:
+        raise Skip(NO_CLOCK)
+    fig = _accuracy_lines(run, records, [r["clock"]["virtual_time_s"] for r in records], "virtual time (s)",
+                          "Personalised accuracy over virtual time")
+    reached = get(run.summary, "time_to_accuracy_s")
+    if reached is not None:
+        ax = fig.axes[0]
+        ax.axvline(reached, color="0.3", linestyle=":", label=f"target reached at {reached:,.0f} s")
+        _legend(ax)
+    return fig
+
+
+def client_accuracy_cdf(run: Run) -> Figure:
+    """Empirical CDF of the clients' accuracy at their deepest exit, per tier."""
+    if not run.clients:
+        raise Skip(NO_CLIENTS)
+    fig, ax = _axes("Client accuracy CDF by tier", "client accuracy at its deepest exit (%)", "fraction of clients")
+    colours = tier_colours(run.tiers)
+    for tier in run.tiers:
+        values = [100 * deepest_accuracy(r) for r in run.evaluated(tier)]
+        if values:
+            ax.ecdf(values, color=colours[tier], label=f"{_label(run, tier)}, {len(values)} clients")
+    ax.set_xlim(0, 100)
+    ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def _require_efficiency(run: Run) -> None:
+    if not run.clients:
+        raise Skip(NO_CLIENTS)
+    if "full_flops" not in run.clients[0]:
+        raise Skip("clients.csv has no exit fractions (a run from an older fl-ee)")
+
+
+def exit_distribution_by_tier(run: Run) -> Figure:
+    """Share of each tier's test samples leaving at each exit under the exit policy."""
+    _require_efficiency(run)
+    policy, depth = run.config.exit_policy, run.config.max_depth
+    fig, ax = _axes(f"Exit distribution by tier ({policy.name} policy, threshold {policy.threshold})",
+                    "exit", "share of the tier's test samples (%)")
+    colours, width = tier_colours(run.tiers), 0.8 / len(run.tiers)
+    for j, tier in enumerate(run.tiers):
+        rows = run.evaluated(tier)
+        if rows:
+            shares = exit_distribution([exit_fractions(r) for r in rows], column(rows, "num_test"), depth)
+            xs = [i + 1 + (j - (len(run.tiers) - 1) / 2) * width for i in range(depth)]
+            ax.bar(xs, [100 * shares[str(i + 1)] for i in range(depth)], width, color=colours[tier],
+                   label=_label(run, tier))
+    ax.set_xticks(range(1, depth + 1), [f"exit {i}" for i in range(1, depth + 1)])
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def accuracy_vs_flops(run: Run) -> Figure:
+    """Adaptive accuracy against FLOPs per sample as the exit threshold sweeps its grid, per tier."""
+    sweep = get(run.summary, "exit_sweep")
+    if sweep is None:
+        raise Skip("no exit_sweep in summary.json (the run did not finish, or an older fl-ee wrote it)")
+    _require_efficiency(run)
+    policy = run.config.exit_policy
+    thresholds = sweep["thresholds"]
+    fig, ax = _axes(f"Adaptive accuracy vs. cost, {policy.name} thresholds {thresholds[0]:g} to {thresholds[-1]:g}",
+                    "expected MFLOPs per sample", "adaptive accuracy (%)")
+    colours = tier_colours(run.tiers)
+    for tier in run.tiers:
+        curve, rows = sweep["by_tier"].get(tier), run.evaluated(tier)
+        if curve is None or not rows:
+            continue
+        ax.plot([f / 1e6 for f in curve["expected_flops"]], [100 * a for a in curve["adaptive_accuracy"]],
+                marker="o", markersize=4, color=colours[tier], label=_label(run, tier))
+        here = row_efficiency(rows, run.config.max_depth)["expected_flops"]
+        ax.scatter([here / 1e6], [100 * mean_or_none(column(rows, "adaptive_accuracy"))], marker="*", s=250,
+                   color=colours[tier], edgecolors="black", zorder=3)
+    ax.scatter([], [], marker="*", s=150, color="white", edgecolors="black",
+               label=f"this run's threshold ({policy.threshold})")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _clocks(run: Run) -> list[dict[str, Any]]:
+    if not run.has_clock:
+        raise Skip(NO_CLOCK)
+    return run.clocks
+
+
+def round_times(run: Run) -> Figure:
+    """Histogram of round times (virtual), and each tier's client times."""
+    clocks = _clocks(run)
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.hist([c["round_time_s"] for c in clocks], bins=min(20, max(5, len(clocks) // 2)), color="0.5")
+    for q, style in (("p50", "-"), ("p90", "--")):
+        value = get(run.summary, "stragglers", "round_time_s", q)
+        if value is not None:
+            left.axvline(value, color="black", linestyle=style, label=f"{q} {value:,.1f} s")
+    left.set(title=f"Round time over {len(clocks)} rounds", xlabel="round time (virtual s)", ylabel="rounds")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if left.get_legend_handles_labels()[0]:
+        left.legend(fontsize="small")
+    colours = tier_colours(run.tiers)
+    times = {t: [c["time_s"] for k in clocks for c in k["clients"] if c["tier"] == t and c["time_s"] is not None]
+             for t in run.tiers}
+    tiers = [t for t in run.tiers if times[t]]
+    boxes = right.boxplot([times[t] for t in tiers], tick_labels=[_label(run, t) for t in tiers], patch_artist=True,
+                          medianprops={"color": "black"})
+    for patch, tier in zip(boxes["boxes"], tiers):
+        patch.set_facecolor(colours[tier])
+    right.set(title="Client time by tier", xlabel="tier", ylabel="client time per round (virtual s)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def participation_by_tier(run: Run) -> Figure:
+    """Outcomes of the sampled clients per tier over all rounds: ok, late, unavailable, failed."""
+    clocks = _clocks(run)
+    fig, ax = _axes("Participation by tier (all rounds)", "tier", "share of sampled clients (%)")
+    colours = tier_colours(run.tiers)
+    labels = []
+    for i, tier in enumerate(run.tiers):
+        counts = [k.get("by_tier", {}).get(tier, {}) for k in clocks]
+        sampled = sum(c.get("sampled", 0) for c in counts)
+        labels.append(f"{_label(run, tier)}\n{sampled} sampled")
+        bottom = 0.0
+        for outcome, hatch in OUTCOMES.items():
+            share = 100 * sum(c.get(outcome, 0) for c in counts) / sampled if sampled else 0.0
+            ax.bar(i, share, 0.6, bottom=bottom, color=colours[tier], alpha=1.0 if outcome == "ok" else 0.4,
+                   hatch=hatch, edgecolor="black", linewidth=0.5)
+            if outcome == "ok" and sampled:
+                ax.text(i, 101, f"ok {share:.0f}%", ha="center", va="bottom", weight="bold")
+            bottom += share
+    ax.set_xticks(range(len(run.tiers)), labels)
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(handles=[Patch(facecolor="0.6", alpha=1.0 if o == "ok" else 0.4, hatch=h, edgecolor="black", label=o)
+                       for o, h in OUTCOMES.items()], fontsize="small", loc="upper center", ncols=len(OUTCOMES))
+    return fig
+
+
+PLOTS: dict[str, Callable[[Run], Figure]] = {
+    "accuracy_rounds": accuracy_over_rounds,
+    "accuracy_time": accuracy_over_time,
+    "client_accuracy_cdf": client_accuracy_cdf,
+    "exit_distribution": exit_distribution_by_tier,
+    "accuracy_vs_flops": accuracy_vs_flops,
+    "round_time": round_times,
+    "participation": participation_by_tier,
+}
+
+
+def render_plots(run: Run) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Every plot as PNG bytes by name, and the skipped ones with the reason."""
+    images, skipped = {}, {}
+    for name, plot in PLOTS.items():
+        try:
+            figure = plot(run)
+        except Skip as why:
+            skipped[name] = str(why)
+            continue
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        images[name] = buffer.getvalue()
+    return images, skipped
+
+
+def write_plots(run_dir: Path, images: dict[str, bytes]) -> Path:
+    """Write the PNGs under ``run_dir/plots/``; return that folder."""
+    folder = run_dir / "plots"
+    folder.mkdir(exist_ok=True)
+    for name, png in images.items():
+        (folder / f"{name}.png").write_bytes(png)
+    return folder

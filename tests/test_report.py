@@ -1,0 +1,243 @@
+"""``fl-ee report`` / ``fl-ee compare`` on real tiny runs (one with late stragglers) and on an
+interrupted one."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl_ee.cli import main
+from fl_ee.metrics import efficiency, fairness, mean_or_none
+from fl_ee.plots import PLOTS
+from fl_ee.report import best_of, load_run
+
+TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=6",
+        "--set", "strategy.fraction_train=1.0"]
+DEADLINE = ["stragglers", "--set", "rounds=2", "--set", "eval_every=1", "--set", "simulation.straggler_policy=deadline"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Real tiny runs, started side by side: two that differ only in the strategy's weighting,
+    and one of the `stragglers` preset under a deadline (its slow tier comes late)."""
+    parent = tmp_path_factory.mktemp("report")
+    arguments = {
+        "weighted": [*TINY, "--set", "strategy.options.weighted=true"],
+        "unweighted": [*TINY, "--set", "strategy.options.weighted=false"],
+        "deadline": DEADLINE,
+    }
+    started = {
+        name: subprocess.Popen([sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(parent / name)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for name, args in arguments.items()
+    }
+    for process in started.values():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    return {name: parent / name for name in started}
+
+
+@pytest.fixture
+def run_dir(runs) -> Path:
+    return runs["weighted"]
+
+
+@pytest.fixture
+def copy_of(run_dir, tmp_path):
+    """A scratch copy of the real run, to damage or extend."""
+    def make(name: str) -> Path:
+        return Path(shutil.copytree(run_dir, tmp_path / name, ignore=shutil.ignore_patterns("plots", "report.html")))
+    return make
+
+
+def _clients(path: Path) -> list[dict[str, str]]:
+    with open(path / "clients.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _report(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["report", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- summary.json sections
+
+
+def test_summary_fairness_and_efficiency_follow_from_clients_csv(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [r for r in _clients(run_dir) if r["evaluated_round"]]
+    tiers = list(summary["clients"]["by_tier"])
+    deepest = [float(r[f"accuracy_exit{r['depth']}"]) for r in rows]
+    f = summary["fairness"]
+    assert list(f) == ["mean", "std", "min", "worst10", "best10", "jain", "gini", "by_tier", "tier_gap"]
+    by_hand = fairness(deepest, [r["tier"] for r in rows], tiers)
+    assert f["by_tier"] == pytest.approx(by_hand.pop("by_tier"), abs=1e-6)  # clients.csv rounds to 1e-6
+    assert {k: v for k, v in f.items() if k != "by_tier"} == pytest.approx(by_hand, abs=1e-6)
+    assert f["mean"] == pytest.approx(summary["accuracy"]["personalised"]["mean"])
+    assert f["by_tier"] == pytest.approx(summary["accuracy"]["personalised"]["by_tier"])
+
+    e = summary["efficiency"]
+    assert list(e) == ["exit_distribution", "expected_flops", "flops_saving"]
+    fractions = [[float(r[f"exit_fraction{i}"]) for i in range(1, int(r["depth"]) + 1)] for r in rows]
+    by_hand = efficiency(fractions, [float(r["expected_flops"]) for r in rows], [float(r["full_flops"]) for r in rows],
+                         [int(r["num_test"]) for r in rows], 4)
+    assert e["exit_distribution"] == pytest.approx(by_hand["exit_distribution"], abs=1e-5)
+    assert e["expected_flops"] == pytest.approx(by_hand["expected_flops"], rel=1e-5)
+    assert sum(e["exit_distribution"].values()) == pytest.approx(1.0)
+    assert 0 <= e["flops_saving"] < 1
+
+
+def test_clients_report_their_full_cost_and_exit_shares(run_dir):
+    for row in _clients(run_dir):
+        depth = int(row["depth"])
+        shares = [row[f"exit_fraction{i}"] for i in range(1, 5)]
+        assert all(s == "" for s in shares[depth:])
+        assert sum(float(s) for s in shares[:depth]) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["expected_flops"]) <= float(row["full_flops"])
+    full = {int(r["depth"]): float(r["full_flops"]) for r in _clients(run_dir)}
+    assert sorted(full) == [2, 3, 4] and full[2] < full[3] < full[4]  # the deeper, the dearer
+
+
+def test_exit_sweep_meets_the_runs_own_threshold(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sweep = summary["exit_sweep"]
+    assert sweep["thresholds"] == pytest.approx([i / 10 for i in range(11)])
+    at = sweep["thresholds"].index(0.5)  # the run's threshold (the default)
+    for tier, curve in sweep["by_tier"].items():
+        rows = [r for r in _clients(run_dir) if r["tier"] == tier]
+        assert curve["adaptive_accuracy"][at] == pytest.approx(
+            mean_or_none([float(r["adaptive_accuracy"]) for r in rows]), abs=1e-6)
+        weights = [int(r["num_test"]) for r in rows]
+        own = sum(w * float(r["expected_flops"]) for w, r in zip(weights, rows)) / sum(weights)
+        assert curve["expected_flops"][at] == pytest.approx(own, rel=1e-6)
+        flops = curve["expected_flops"]
+        assert all(a >= b for a, b in zip(flops, flops[1:]))  # a looser entropy bound exits earlier
+        assert flops[0] <= max(float(r["full_flops"]) for r in rows)
+    # normalised entropy is at most 1: at threshold 1 every sample leaves at exit 1, whose cost all tiers share
+    assert len({curve["expected_flops"][-1] for curve in sweep["by_tier"].values()}) == 1
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_report_prints_the_tables(run_dir, capsys):
+    code, out, _ = _report(capsys, str(run_dir))
+    assert code == 0
+    for text in ("per tier after 2 rounds", "over rounds", "Fairness", "Jain's index", "Efficiency",
+                 "Stragglers", "particip. %", "virtual s", "iot", "phone", "laptop", "global"):
+        assert text in out
+
+
+def test_report_json_prints_the_summary(run_dir, capsys):
+    code, out, _ = _report(capsys, str(run_dir), "--json")
+    assert code == 0 and json.loads(out) == json.loads((run_dir / "summary.json").read_text())
+
+
+def test_report_plots_and_self_contained_html(copy_of, capsys):
+    path = copy_of("plots")
+    code, _, err = _report(capsys, str(path), "--plots", "--html")
+    assert code == 0
+    written = {p.stem for p in (path / "plots").glob("*.png")}
+    assert written == set(PLOTS) and "skipped" not in err
+    assert all((path / "plots" / f"{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in written)
+    page = (path / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(written)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "Fairness" in page and "Jain" in page
+
+
+def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):
+    path = copy_of("interrupted")
+    lines = (path / "rounds.jsonl").read_text().splitlines()
+    (path / "rounds.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
+    (path / "summary.json").unlink()
+    (path / "clients.csv").unlink()
+    code, out, err = _report(capsys, str(path), "--plots", "--html")
+    assert code == 0
+    assert "unfinished run: 1 of 2 rounds logged" in out and "per tier after" not in out
+    first = json.loads(lines[0])["evaluate"]["personalised"]
+    assert f"{100 * first['mean']:.1f}" in out
+    assert {p.stem for p in (path / "plots").glob("*.png")} == {"accuracy_rounds", "accuracy_time", "round_time",
+                                                                 "participation"}  # what rounds.jsonl alone gives
+    assert "skipped plot client_accuracy_cdf: no clients.csv" in err
+    assert (path / "report.html").is_file()
+
+    code, _, err = _report(capsys, str(path), "--json")
+    assert code == 2 and "did not finish" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make", ["missing", "foreign", "file"])
+def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make):
+    target = tmp_path / "x"
+    if make == "foreign":
+        target.mkdir()
+        (target / "notes.txt").write_text("hello")
+    elif make == "file":
+        target.write_text("hello")
+    for command in (["report", str(target)], ["compare", str(target), str(target)]):
+        done = subprocess.run([sys.executable, "-m", "fl_ee.cli", *command], capture_output=True, text=True)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.startswith("fl-ee: error:") and len(done.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- stragglers
+
+
+def test_report_shows_late_stragglers_of_a_deadline_run(runs, capsys):
+    path = runs["deadline"]
+    summary = json.loads((path / "summary.json").read_text())
+    stragglers = summary["stragglers"]
+    assert stragglers["late_fraction"] > 0  # the slow tier misses the deadline
+    code, out, err = _report(capsys, str(path), "--plots")
+    assert code == 0 and "skipped" not in err
+    for pattern in (rf"virtual time s +{summary['virtual_time_s']:.1f}", rf"late % +{100 * stragglers['late_fraction']:.1f}",
+                    rf"dropped updates +{stragglers['dropped_updates']}"):
+        assert re.search(pattern, out), pattern
+    slow = next(line for line in out.splitlines() if line.strip().startswith("slow"))
+    assert slow.split()[3] == f"{100 * stragglers['participation_by_tier']['slow']:.1f}"
+    assert {p.stem for p in (path / "plots").glob("*.png")} == set(PLOTS)
+
+
+def test_an_interrupted_run_shows_its_virtual_time(runs, tmp_path, capsys):
+    path = Path(shutil.copytree(runs["deadline"], tmp_path / "cut", ignore=shutil.ignore_patterns("plots")))
+    first = json.loads((path / "rounds.jsonl").read_text().splitlines()[0])
+    (path / "summary.json").unlink()
+    (path / "clients.csv").unlink()
+    (path / "rounds.jsonl").write_text(json.dumps(first) + "\n")
+    code, out, _ = _report(capsys, str(path))
+    assert code == 0 and re.search(rf"virtual time s +{first['clock']['virtual_time_s']:.1f}", out)
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def test_best_of_highlights_every_tie_and_ignores_missing():
+    assert best_of([0.5, None, 0.7, 0.7], higher_is_better=True) == {2, 3}
+    assert best_of([3.0, 1.0, None], higher_is_better=False) == {1}
+    assert best_of([None, None], higher_is_better=True) == set()
+
+
+def test_compare_shows_two_strategies_side_by_side(runs, capsys):
+    run_dir, other = runs["weighted"], runs["unweighted"]
+    assert main(["compare", str(run_dir), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"Runs compared (in {run_dir.parent})" in out
+    assert re.search(r"metric +weighted +unweighted", out)
+    assert "depthfl weighted=true" in out and "depthfl weighted=false" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for label in ("personalised", "worst", "Jain's", "Gini", "tier", "virtual", "time", "expected"):
+        assert label in rows
+    jain = [load_run(p).summary["fairness"]["jain"] for p in (run_dir, other)]
+    assert jain[0] != jain[1]  # the aggregation weights change who is served well
+    assert f"{jain[0]:.3f}" in rows["Jain's"] and f"{jain[1]:.3f}" in rows["Jain's"]
+
+
+def test_compare_needs_two_runs(run_dir, capsys):
+    assert main(["compare", str(run_dir)]) == 2
+    assert "at least two" in capsys.readouterr().err
