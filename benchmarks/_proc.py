@@ -60,7 +60,7 @@ class Watched:
     stderr: str = ""
 
 
-def watch_run(args: list[str], out: Path, poll_s: float = 0.05) -> Watched:
+def watch_run(args: list[str], out: Path, poll_s: float = 0.5) -> Watched:
     """Run ``fl-ee run ARGS --out OUT``; record when each round lands and the tree's RSS."""
     command = [sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(out)]
     watched = Watched(started=time.time())

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
-from fl_ee.client import client_data, depth_flops, model_spec
+from fl_ee.client import depth_flops, model_spec
+from fl_ee.data import client_data
 from fl_ee.config import Config, load_config
 from fl_ee.data import load_dataset
 from fl_ee.models import EarlyExitCNN

@@ -17,14 +17,14 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_ee.config import Config, config_from_dict
-from fl_ee.data import load_dataset
+from fl_ee.data import client_data, load_dataset
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
 from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.seeding import derive_seed
 from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
-from partitions import client_splits
 
 PERSONAL_KEY = "personal-exits"
+INITIAL_LOSS = "initial-loss"  # config flag asking for, and metric reporting, the loss at the received weights
 TRAIN_STREAM = 10  # seed stream for local training
 
 app = ClientApp()
@@ -40,17 +40,6 @@ def run_config(text: str) -> Config:
 def depth_flops(spec: ModelSpec, depth: int) -> Flops:
     """Per-block FLOPs of a depth-``depth`` network (measured once per process)."""
     return measure_flops(EarlyExitCNN(spec, depth))
-
-
-def client_data(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This client's local train and test tensors (x_train, y_train, x_test, y_test)."""
-    data = load_dataset(cfg.data)
-    d = cfg.data
-    split = client_splits(
-        data.train_y.numpy(), d.num_clients, d.partitioner, d.alpha, d.shards_per_client, d.test_fraction, cfg.seed
-    )[client_id]
-    train, test = torch.from_numpy(split.train), torch.from_numpy(split.test)
-    return data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test]
 
 
 def model_spec(cfg: Config) -> ModelSpec:
@@ -90,14 +79,16 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Personalise exits over the frozen received backbone, then train the shared tensors.
 
-    Reports ``initial-loss``, the local objective at the received weights (q-FFL weighs by it).
+    When the message's config sets ``initial-loss`` (q-FFL does), it also reports the
+    local objective at the received weights under that name; it costs a forward pass.
     """
     cfg, client_id, server_round, model = _setup(msg, context)
     x, y, _, _ = client_data(cfg, client_id)
     training = for_round(cfg.training, server_round)
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAIN_STREAM, server_round, client_id))
     metrics: dict[str, int | float] = {"client-id": client_id, "num-examples": len(y)}
-    metrics["initial-loss"] = local_loss(model, x, y, training)
+    if msg.content["config"].get(INITIAL_LOSS, False):
+        metrics[INITIAL_LOSS] = local_loss(model, x, y, training)
     if cfg.personalisation.mode == "exits":
         heads = _personal_heads(model, context)
         metrics["personal-loss"] = train_exits(model, heads, x, y, training, cfg.personalisation.epochs, generator)

@@ -1,22 +1,35 @@
-"""Datasets as in-memory tensors: decoded once per process, normalised per channel.
+"""Datasets as in-memory tensors: decoded once, normalised per channel.
 
 ``digits`` (scikit-learn's 1797 real 8x8 handwritten digits) ships with scikit-learn
 and needs no download. ``mnist``, ``fashion-mnist`` and ``cifar10`` go through
 torchvision's own dataset classes; ``imagefolder`` reads ``root/{train,test}/<class>/*``.
+
+Decoded file datasets are cached as ``.npy`` files under ``$FL_EE_CACHE`` (default
+``~/.cache/fl-ee``), keyed by the source files' names, sizes and modification times.
+Every process (the server and each Ray worker) memory-maps the same cache, so a
+dataset is decoded once per machine, loads in a fraction of a second, and its pages
+are shared between processes.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fl_ee.config import DataConfig
+from fl_ee.cache import cache_root
+from fl_ee.config import Config, DataConfig
 from fl_ee.errors import UserError
 from fl_ee.models import ModelSpec
+from partitions import ClientSplit, client_splits
 
 DIGITS_TEST_FRACTION = 0.25
 
@@ -118,16 +131,86 @@ def _image_folder(root: str) -> TensorDataset:
     return _normalised("imagefolder", tr_x, tr_y, te_x, te_y)
 
 
+SOURCE_DIRS = {  # where each file dataset's files live under data.root
+    "mnist": ("MNIST/raw",),
+    "fashion-mnist": ("FashionMNIST/raw",),
+    "cifar10": ("cifar-10-batches-py",),
+    "imagefolder": ("train", "test"),
+}
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _source_key(name: str, root: str) -> str | None:
+    """A digest of the dataset's source files (names, sizes, mtimes); ``None`` if absent."""
+    entries = []
+    for sub in SOURCE_DIRS[name]:
+        folder = Path(root) / sub
+        if not folder.is_dir():
+            return None
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                entries.append(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
+    payload = json.dumps([name, root, entries]).encode()
+    return f"{name}-{hashlib.sha1(payload).hexdigest()[:16]}"
+
+
+def _read_cache(folder: Path, name: str) -> TensorDataset:
+    arrays = {a: torch.from_numpy(np.load(folder / f"{a}.npy", mmap_mode="c")) for a in ARRAYS}
+    meta = json.loads((folder / "meta.json").read_text())
+    return TensorDataset(name=name, num_classes=meta["num_classes"], **arrays)
+
+
+def _write_cache(folder: Path, data: TensorDataset) -> None:
+    """Write the arrays to a temporary folder, then rename it into place (atomic)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for a in ARRAYS:
+            np.save(tmp / f"{a}.npy", getattr(data, a).numpy())
+        (tmp / "meta.json").write_text(json.dumps({"num_classes": data.num_classes}))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every process of the user
+        os.replace(tmp, folder)
+    except OSError:  # another process cached it first, or the cache is not writable
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _decode(name: str, root: str, download: bool) -> TensorDataset:
+    if name == "imagefolder":
+        return _image_folder(root)
+    return _torchvision(name, root, download)
+
+
 @functools.lru_cache(maxsize=2)
 def _load(name: str, root: str, download: bool) -> TensorDataset:
     if name == "digits":
         return _digits()
-    if name == "imagefolder":
-        return _image_folder(root)
-    return _torchvision(name, root, download)
+    key = _source_key(name, root)
+    if key is not None and (cache_root() / key / "meta.json").is_file():
+        return _read_cache(cache_root() / key, name)
+    data = _decode(name, root, download)
+    key = key or _source_key(name, root)  # a download has just created the files
+    if key is not None:
+        _write_cache(cache_root() / key, data)
+    return data
 
 
 def load_dataset(cfg: DataConfig) -> TensorDataset:
     """The configured dataset, decoded once per process and kept in memory."""
     root = str(Path(cfg.root).expanduser().resolve())
     return _load(cfg.name, root, cfg.download)
+
+
+def run_splits(cfg: Config) -> tuple[ClientSplit, ...]:
+    """Every client's train/test indices into the dataset's train split."""
+    d = cfg.data
+    labels = load_dataset(d).train_y.numpy()
+    return client_splits(labels, d.num_clients, d.partitioner, d.alpha, d.shards_per_client, d.test_fraction, cfg.seed)
+
+
+def client_data(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This client's local train and test tensors (x_train, y_train, x_test, y_test)."""
+    data = load_dataset(cfg.data)
+    split = run_splits(cfg)[client_id]
+    train, test = torch.from_numpy(split.train), torch.from_numpy(split.test)
+    return data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.config import Config, config_to_json, config_to_toml, load_config, parse_overrides
-from fl_ee.data import TensorDataset, load_dataset
+from fl_ee.data import TensorDataset, load_dataset, run_splits
 from fl_ee.metrics import exit_means, group_means, mean_or_none, straggler_summary, time_to_accuracy
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.rundir import RunDir, default_run_dir
@@ -182,6 +183,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
     if cfg.simulation.straggler_policy == "overselect":
         strategy.overcommit = cfg.simulation.overcommit
     config_text = config_to_json(cfg)
+    run_splits(cfg)  # computed here while Ray starts; the clients then read the split cache
     clients = discover_clients(grid, cfg, config_text)
     strategy.register_clients(clients)
     emulator = DeviceEmulator(cfg, model, clients)
@@ -192,30 +194,33 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
     clocks: list[dict[str, Any]] = []
     accuracy_at: list[tuple[float, float | None]] = []  # (virtual time, personalised mean) per evaluation
     started = time.perf_counter()
-    for rnd in range(1, cfg.rounds + 1):
-        config = ConfigRecord({"run-config": config_text, "server-round": rnd})
-        arrays, train = train_round(grid, strategy, emulator, rnd, arrays, config)
-        clocks.append(train.pop("clock"))
-        record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
-            _check(ev, f"evaluate in round {rnd}")
-            aggregated = strategy.aggregate_evaluate(rnd, ev)
-            for reply in strategy.valid_replies(ev):
-                results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
-            global_by_exit = evaluate_global(arrays, data, model, cfg.max_depth)
-            personalised = personalised_summary(clients, results, cfg)
-            accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
-            record["evaluate"] = {
-                "clients": sorted(strategy.client_of(m).client_id for m in ev if not m.has_error()),
-                "aggregated": dict(aggregated or {}),
-                "personalised": personalised,
-                "global": {"by_exit": global_by_exit},
-            }
-        record["wall_s"] = round(time.perf_counter() - started, 3)
-        run_dir.append_round(record)
-        if on_round is not None:
-            on_round(record)
+    with ThreadPoolExecutor(max_workers=1) as background:  # the server's own evaluation
+        for rnd in range(1, cfg.rounds + 1):
+            config = ConfigRecord({"run-config": config_text, "server-round": rnd})
+            arrays, train = train_round(grid, strategy, emulator, rnd, arrays, config)
+            clocks.append(train.pop("clock"))
+            record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
+            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+                # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
+                global_eval = background.submit(evaluate_global, arrays, data, model, cfg.max_depth)
+                ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+                _check(ev, f"evaluate in round {rnd}")
+                aggregated = strategy.aggregate_evaluate(rnd, ev)
+                for reply in strategy.valid_replies(ev):
+                    results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
+                global_by_exit = global_eval.result()
+                personalised = personalised_summary(clients, results, cfg)
+                accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
+                record["evaluate"] = {
+                    "clients": sorted(strategy.client_of(m).client_id for m in ev if not m.has_error()),
+                    "aggregated": dict(aggregated or {}),
+                    "personalised": personalised,
+                    "global": {"by_exit": global_by_exit},
+                }
+            record["wall_s"] = round(time.perf_counter() - started, 3)
+            run_dir.append_round(record)
+            if on_round is not None:
+                on_round(record)
 
     summary = {
         "accuracy": {

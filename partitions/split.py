@@ -7,12 +7,17 @@ along), so they decide who holds which sample without touching the images.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner, Partitioner
 
+from fl_ee.cache import cache_root
 from fl_ee.errors import UserError
 
 MIN_CLIENT_SAMPLES = 2  # one to train on, one to test on
@@ -87,17 +92,49 @@ def local_split(indices: np.ndarray, test_fraction: float, seed: int) -> ClientS
     return ClientSplit(train=np.sort(order[n_test:]), test=np.sort(order[:n_test]))
 
 
+def _compute_splits(
+    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards: int, test_fraction: float, seed: int
+) -> tuple[ClientSplit, ...]:
+    parts = partition_indices(labels, num_clients, scheme, alpha, shards, seed)
+    return tuple(local_split(p, test_fraction, seed + 1 + cid) for cid, p in enumerate(parts))
+
+
+def _read(path: Path, num_clients: int) -> tuple[ClientSplit, ...]:
+    with np.load(path) as stored:
+        return tuple(ClientSplit(stored[f"train{i}"], stored[f"test{i}"]) for i in range(num_clients))
+
+
+def _write(path: Path, splits: tuple[ClientSplit, ...]) -> None:
+    """Save to a temporary file, then rename it into place (atomic; the first writer wins)."""
+    arrays = {f"{kind}{i}": getattr(s, kind) for i, s in enumerate(splits) for kind in ("train", "test")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError:  # an unwritable cache only costs the next process a recomputation
+        pass
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_splits(
     labels: bytes, num_clients: int, scheme: str, alpha: float, shards: int, test_fraction: float, seed: int
 ) -> tuple[ClientSplit, ...]:
-    parts = partition_indices(np.frombuffer(labels, dtype=np.int64), num_clients, scheme, alpha, shards, seed)
-    return tuple(local_split(p, test_fraction, seed + 1 + cid) for cid, p in enumerate(parts))
+    params = (num_clients, scheme, alpha, shards, test_fraction, seed)
+    digest = hashlib.sha1(labels + repr(params).encode()).hexdigest()[:16]
+    path = cache_root() / f"splits-{digest}.npz"
+    if path.is_file():
+        return _read(path, num_clients)
+    splits = _compute_splits(np.frombuffer(labels, dtype=np.int64), *params)
+    _write(path, splits)
+    return splits
 
 
 def client_splits(
     labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, test_fraction: float, seed: int
 ) -> tuple[ClientSplit, ...]:
-    """Every client's train/test indices; computed once per process for the same inputs."""
+    """Every client's train/test indices: computed once per machine (cached on disk), kept per process."""
     key = np.ascontiguousarray(labels, dtype=np.int64).tobytes()
     return _cached_splits(key, num_clients, scheme, alpha, shards_per_client, test_fraction, seed)

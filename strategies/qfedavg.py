@@ -32,7 +32,7 @@ from strategies.base import (
     to_record,
 )
 
-LOSS_KEY = "initial-loss"
+LOSS_KEY = "initial-loss"  # asked for in the train config, reported in the train metrics
 EPS = 1e-10  # as Flower: keeps F^(q-1) finite at zero loss
 
 
@@ -79,7 +79,7 @@ class QFedAvg(DepthAwareStrategy):
     ) -> Iterable[Message]:
         if self.client_learning_rate is None:
             self._lr = float(run_config(config)["training"]["lr"])
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays, ConfigRecord({**config, LOSS_KEY: True}), grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

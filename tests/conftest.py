@@ -1,11 +1,18 @@
 """Shared fixtures: paths to the offline datasets, and tiny run configs."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Each test session caches datasets and splits in its own folder (subprocesses inherit it)."""
+    os.environ["FL_EE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

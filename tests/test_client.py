@@ -7,7 +7,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fl_ee.client import PERSONAL_KEY, app, client_data
+from fl_ee.client import PERSONAL_KEY, app
+from fl_ee.data import client_data
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
 from fl_ee.training import local_loss
@@ -53,8 +54,9 @@ def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state()
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
 
 
-def test_train_reports_the_local_loss_at_the_received_weights():
-    message = _message(MessageType.TRAIN, depth=3, server_round=1)
+def test_train_reports_the_local_loss_at_the_received_weights_when_asked():
+    assert "initial-loss" not in app(_message(MessageType.TRAIN, depth=3, server_round=1), _context(1)).content["metrics"]
+    message = _message(MessageType.TRAIN, depth=3, server_round=1, **{"initial-loss": True})
     received = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
     received.load_state_dict(message.content["arrays"].to_torch_state_dict())
     x, y, _, _ = client_data(CFG, 1)

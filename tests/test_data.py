@@ -57,3 +57,25 @@ def test_imagefolder_errors_are_user_errors(tmp_path):
     _write_images(tmp_path, "test", {"a": (4, 4), "b": (4, 4)})
     with pytest.raises(UserError, match="differ in size"):
         load_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
+
+
+def test_decoded_datasets_are_cached_and_keyed_by_their_files(tmp_path, monkeypatch):
+    from fl_ee.data import _load
+
+    monkeypatch.setenv("FL_EE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    _write_images(root, "train", {"a": (4, 4), "b": (4, 4)})
+    _write_images(root, "test", {"a": (4, 4), "b": (4, 4)})
+    cfg = DataConfig(name="imagefolder", root=str(root))
+    _load.cache_clear()
+    decoded = load_dataset(cfg)
+    cached = sorted((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and {p.name for p in cached[0].iterdir()} >= {"train_x.npy", "meta.json"}
+    _load.cache_clear()
+    again = load_dataset(cfg)  # read back from the cache
+    assert torch.equal(again.train_x, decoded.train_x) and torch.equal(again.test_y, decoded.test_y)
+    Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8)).save(root / "train" / "a" / "0.png")  # data changed
+    _load.cache_clear()
+    changed = load_dataset(cfg)
+    assert len(list((tmp_path / "cache").iterdir())) == 2 and not torch.equal(changed.train_x, decoded.train_x)
+    _load.cache_clear()

@@ -81,3 +81,18 @@ def test_tier_assignment_is_a_seeded_shuffle_with_exact_counts():
     assert np.bincount(a).tolist() == [6, 8, 6]
     assert np.array_equal(a, assign_tiers([0.3, 0.4, 0.3], 20, seed=0))
     assert not np.array_equal(a, assign_tiers([0.3, 0.4, 0.3], 20, seed=1))
+
+
+def test_client_splits_are_cached_on_disk(tmp_path, monkeypatch):
+    from partitions.split import _cached_splits
+
+    monkeypatch.setenv("FL_EE_CACHE", str(tmp_path))
+    _cached_splits.cache_clear()
+    first = client_splits(LABELS, 5, "dirichlet", 0.3, 2, 0.2, 7)
+    assert len(list(tmp_path.glob("splits-*.npz"))) == 1
+    _cached_splits.cache_clear()
+    second = client_splits(LABELS, 5, "dirichlet", 0.3, 2, 0.2, 7)  # read from disk
+    assert all(np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test) for a, b in zip(first, second))
+    client_splits(LABELS, 5, "dirichlet", 0.3, 2, 0.2, 8)  # another seed, another entry
+    assert len(list(tmp_path.glob("splits-*.npz"))) == 2
+    _cached_splits.cache_clear()

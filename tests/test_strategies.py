@@ -164,8 +164,9 @@ def test_qfedavg_weighs_by_reported_loss_with_the_runs_learning_rate(task_identi
     current = _arrays({"stages.0.w": [1.0], "stages.1.w": [0.0]})
     replies = {0: _arrays({"stages.0.w": [0.0]}), 1: _arrays({"stages.0.w": [2.0], "stages.1.w": [1.0]})}
     losses = {0: {"initial-loss": 1.0}, 1: {"initial-loss": 3.0}}
-    _, new = _round_trip(strategy, current, replies, losses, config)
+    sent, new = _round_trip(strategy, current, replies, losses, config)
     assert new["stages.0.w"][0] == pytest.approx(1.2) and new["stages.1.w"][0] == pytest.approx(3 / 7)  # L = 1/0.5
+    assert all(m.content["config"]["initial-loss"] for m in sent)  # clients are asked to report the loss
 
 
 # ------------------------------------------------------------------- registry
