@@ -60,22 +60,29 @@ class Watched:
     stderr: str = ""
 
 
-def watch_run(args: list[str], out: Path, poll_s: float = 0.5) -> Watched:
-    """Run ``fl-ee run ARGS --out OUT``; record when each round lands and the tree's RSS."""
+def watch_run(args: list[str], out: Path, poll_s: float = 0.1, memory_every_s: float = 2.0) -> Watched:
+    """Run ``fl-ee run ARGS --out OUT``; record when each round lands and the tree's memory.
+
+    Round arrivals are polled every ``poll_s``; memory (costly to read: ~0.1 s of CPU)
+    every ``memory_every_s`` and whenever a round lands.
+    """
     command = [sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(out)]
     watched = Watched(started=time.time())
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
     reader.start()
-    rounds_file = out / "rounds.jsonl"
+    rounds_file, last_memory = out / "rounds.jsonl", 0.0
     while child.poll() is None:
-        rss = tree_rss_bytes(child.pid)
-        watched.peak_rss = max(watched.peak_rss, rss)
-        if rounds_file.exists():
-            seen = len(rounds_file.read_text().splitlines())
-            for rnd in range(len(watched.round_seen_at) + 1, seen + 1):
-                watched.round_seen_at[rnd] = time.time()
+        seen = len(rounds_file.read_text().splitlines()) if rounds_file.exists() else 0
+        landed = range(len(watched.round_seen_at) + 1, seen + 1)
+        now = time.time()
+        for rnd in landed:
+            watched.round_seen_at[rnd] = now
+        if landed or now - last_memory >= memory_every_s:
+            rss, last_memory = tree_rss_bytes(child.pid), now
+            watched.peak_rss = max(watched.peak_rss, rss)
+            for rnd in landed:
                 watched.rss_at_round[rnd] = rss
         time.sleep(poll_s)
     reader.join()

@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
             return 1
     out = Console()
-    out.width = max(out.width, 100)
+    out.width = max(out.width, 110)
     out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
     return 0

@@ -173,6 +173,18 @@ def train_round(
     return (new_arrays if new_arrays is not None else arrays), record
 
 
+def evaluate_round(
+    grid: Grid, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord
+) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """Federated evaluation: each sampled client's metrics by client id, and the round's record."""
+    replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+    _check(replies, f"evaluate in round {rnd}")
+    aggregated = strategy.aggregate_evaluate(rnd, replies)
+    evaluated = {strategy.client_of(m).client_id: {**dict(m.content["metrics"]), "round": rnd}
+                 for m in strategy.valid_replies(replies)}
+    return evaluated, {"clients": sorted(evaluated), "aggregated": dict(aggregated or {})}
+
+
 def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCallback | None = None) -> dict[str, Any]:
     """Run every round, write the run directory, and return the summary."""
     cfg = resolve_paths(cfg)
@@ -194,29 +206,21 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
     clocks: list[dict[str, Any]] = []
     accuracy_at: list[tuple[float, float | None]] = []  # (virtual time, personalised mean) per evaluation
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as background:  # the server's own evaluation
+    # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
+    with ThreadPoolExecutor(max_workers=1) as background:
         for rnd in range(1, cfg.rounds + 1):
             config = ConfigRecord({"run-config": config_text, "server-round": rnd})
             arrays, train = train_round(grid, strategy, emulator, rnd, arrays, config)
             clocks.append(train.pop("clock"))
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
                 global_eval = background.submit(evaluate_global, arrays, data, model, cfg.max_depth)
-                ev = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
-                _check(ev, f"evaluate in round {rnd}")
-                aggregated = strategy.aggregate_evaluate(rnd, ev)
-                for reply in strategy.valid_replies(ev):
-                    results[strategy.client_of(reply).client_id] = {**dict(reply.content["metrics"]), "round": rnd}
+                evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, arrays, config)
+                results.update(evaluated)
                 global_by_exit = global_eval.result()
                 personalised = personalised_summary(clients, results, cfg)
+                record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": global_by_exit}}
                 accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
-                record["evaluate"] = {
-                    "clients": sorted(strategy.client_of(m).client_id for m in ev if not m.has_error()),
-                    "aggregated": dict(aggregated or {}),
-                    "personalised": personalised,
-                    "global": {"by_exit": global_by_exit},
-                }
             record["wall_s"] = round(time.perf_counter() - started, 3)
             run_dir.append_round(record)
             if on_round is not None:
