@@ -8,7 +8,7 @@ Nothing here knows about Flower.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import torch
@@ -74,8 +74,25 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
     yield from order.split(batch_size)
 
 
-def _sgd(params, cfg: TrainingConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+def _fit(
+    params: Iterable[torch.Tensor],
+    cfg: TrainingConfig,
+    epochs: int,
+    n: int,
+    generator: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+) -> float:
+    """SGD (``cfg.lr``, ``cfg.momentum``) over shuffled batches of ``range(n)``; the mean batch loss."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for idx in batches(n, cfg.batch_size, generator):
+            loss = batch_loss(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
 
 
 def train_joint(
@@ -87,19 +104,13 @@ def train_joint(
     starts from (the received global ones).
     """
     model.train()
-    opt = _sgd(model.parameters(), cfg)
     anchors = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
-    total, steps = 0.0, 0
-    for _ in range(cfg.local_epochs):
-        for idx in batches(len(y), cfg.batch_size, generator):
-            loss = exit_loss(model(x[idx]), y[idx], cfg)
-            if anchors is not None:
-                loss = loss + proximal_term(model.parameters(), anchors, cfg.prox_mu)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, steps = total + loss.item(), steps + 1
-    return total / max(steps, 1)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        loss = exit_loss(model(x[idx]), y[idx], cfg)
+        return loss if anchors is None else loss + proximal_term(model.parameters(), anchors, cfg.prox_mu)
+
+    return _fit(model.parameters(), cfg, cfg.local_epochs, len(y), generator, batch_loss)
 
 
 @torch.no_grad()
@@ -125,17 +136,11 @@ def train_exits(
     """
     features = stage_features(model, x)
     heads.train()
-    opt = _sgd(heads.parameters(), cfg)
-    total, steps = 0.0, 0
-    for _ in range(epochs):
-        for idx in batches(len(y), cfg.batch_size, generator):
-            logits = [head(f[idx]) for head, f in zip(heads, features)]
-            loss = exit_loss(logits, y[idx], cfg)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, steps = total + loss.item(), steps + 1
-    return total / max(steps, 1)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return exit_loss([head(f[idx]) for head, f in zip(heads, features)], y[idx], cfg)
+
+    return _fit(heads.parameters(), cfg, epochs, len(y), generator, batch_loss)
 
 
 @torch.no_grad()
