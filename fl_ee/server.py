@@ -20,11 +20,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.config import Config, config_to_json, config_to_toml, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset, run_splits
-from fl_ee.metrics import exit_means, group_means, mean_or_none, straggler_summary, time_to_accuracy
+from fl_ee.metrics import straggler_summary, time_to_accuracy
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.rundir import RunDir, default_run_dir
 from fl_ee.seeding import derive_seed
-from fl_ee.summary import outcome_sections
+from fl_ee.summary import outcome_sections, personalised_summary
 from fl_ee.training import accuracy, exit_logits
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
@@ -125,22 +125,6 @@ def client_row(client: ClientInfo, metrics: dict[str, Any] | None, max_depth: in
     return row
 
 
-def personalised_summary(
-    clients: Sequence[ClientInfo], results: dict[int, dict[str, Any]], cfg: Config
-) -> dict[str, Any]:
-    """Mean accuracy at each client's deepest exit, overall, by tier and by exit."""
-    evaluated = [c for c in clients if c.client_id in results]
-    deepest = [results[c.client_id]["exit-accuracy"][-1] for c in evaluated]
-    return {
-        "mean": mean_or_none(deepest),
-        "by_tier": group_means(deepest, [c.tier for c in evaluated], [t.name for t in cfg.tiers]),
-        "by_exit": exit_means([results[c.client_id]["exit-accuracy"] for c in evaluated], cfg.max_depth),
-        "adaptive_accuracy": mean_or_none([results[c.client_id]["adaptive-accuracy"] for c in evaluated]),
-        "expected_flops": mean_or_none([results[c.client_id]["expected-flops"] for c in evaluated]),
-        "evaluated_clients": len(evaluated),
-    }
-
-
 def train_round(
     grid: Grid, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
     config: ConfigRecord,
@@ -218,7 +202,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
                 evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, arrays, config)
                 results.update(evaluated)
                 global_by_exit = global_eval.result()
-                personalised = personalised_summary(clients, results, cfg)
+                personalised = personalised_summary(clients, results, [t.name for t in cfg.tiers], cfg.max_depth)
                 record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": global_by_exit}}
                 accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["wall_s"] = round(time.perf_counter() - started, 3)
@@ -228,7 +212,7 @@ def run_federation(grid: Grid, cfg: Config, run_dir: RunDir, on_round: RoundCall
 
     summary = {
         "accuracy": {
-            "personalised": personalised_summary(clients, results, cfg),
+            "personalised": personalised_summary(clients, results, [t.name for t in cfg.tiers], cfg.max_depth),
             "global": {"by_exit": global_by_exit},
         },
         **outcome_sections(clients, results, [t.name for t in cfg.tiers], cfg.max_depth),

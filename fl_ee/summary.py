@@ -1,4 +1,4 @@
-"""The ``fairness``, ``efficiency`` and ``exit_sweep`` sections of ``summary.json``.
+"""The ``accuracy.personalised``, ``fairness``, ``efficiency`` and ``exit_sweep`` sections of ``summary.json``.
 
 Glue from the clients' latest evaluate replies (``exit-accuracy``, ``exit-fractions``,
 ``expected-flops``, ``full-flops``, ``sweep-*``, ``num-examples``) to :mod:`fl_ee.metrics`.
@@ -9,11 +9,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fl_ee.metrics import efficiency, fairness, mean_or_none, weighted_mean
+from fl_ee.metrics import efficiency, exit_means, fairness, group_means, mean_or_none, weighted_mean
 from fl_ee.policies import SWEEP_THRESHOLDS
 from strategies import ClientInfo
 
 Results = Mapping[int, Mapping[str, Any]]  # client id -> its latest evaluate metrics
+
+
+def personalised_summary(
+    clients: Sequence[ClientInfo], results: Results, tiers: Sequence[str], max_depth: int
+) -> dict[str, Any]:
+    """Mean accuracy at each client's deepest exit, overall, by tier and by exit."""
+    evaluated = [c for c in clients if c.client_id in results]
+    deepest = [results[c.client_id]["exit-accuracy"][-1] for c in evaluated]
+    return {
+        "mean": mean_or_none(deepest),
+        "by_tier": group_means(deepest, [c.tier for c in evaluated], tiers),
+        "by_exit": exit_means([results[c.client_id]["exit-accuracy"] for c in evaluated], max_depth),
+        "adaptive_accuracy": mean_or_none([results[c.client_id]["adaptive-accuracy"] for c in evaluated]),
+        "expected_flops": mean_or_none([results[c.client_id]["expected-flops"] for c in evaluated]),
+        "evaluated_clients": len(evaluated),
+    }
 
 
 def tier_sweep(members: Sequence[Mapping[str, Any]]) -> dict[str, list[float]] | None:
