@@ -37,6 +37,7 @@ def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]
     state = model.state_dict()
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
+    slice_bytes = {d: state_bytes(slice_state(state, d)) for d in {c.depth for c in clients}}
     times = {}
     for client, factor in zip(clients, factors):
         tier, d = tiers[client.tier], client.depth
@@ -44,7 +45,7 @@ def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]
         if cfg.personalisation.mode == "exits":
             work += personal_flops(sum(flops.stages[:d]), sum(flops.exits[:d]), client.num_train,
                                    cfg.personalisation.epochs)
-        size = state_bytes(slice_state(state, d))
+        size = slice_bytes[d]
         times[client.client_id] = client_time(size, size, work, tier.compute_gflops * factor,
                                               tier.download_mbps, tier.upload_mbps)
     return times
