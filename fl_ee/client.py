@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_ee.config import Config, config_from_dict
-from fl_ee.data import client_data, load_dataset
+from fl_ee.data import client_data, load_dataset, run_splits
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
 from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.seeding import derive_seed
@@ -70,8 +70,8 @@ def query(msg: Message, context: Context) -> Message:
     """Report who this node is: its client id and local data sizes."""
     cfg = run_config(str(msg.content["config"]["run-config"]))
     client_id = int(context.node_config["partition-id"])
-    _, y_train, _, y_test = client_data(cfg, client_id)
-    metrics = MetricRecord({"client-id": client_id, "num-train": len(y_train), "num-test": len(y_test)})
+    split = run_splits(cfg)[client_id]  # sizes only: no need to gather the images
+    metrics = MetricRecord({"client-id": client_id, "num-train": len(split.train), "num-test": len(split.test)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
