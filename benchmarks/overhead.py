@@ -32,7 +32,7 @@ from fl_ee.config import Config, load_config
 from fl_ee.data import load_dataset
 from fl_ee.models import EarlyExitCNN
 from fl_ee.policies import adaptive_inference
-from fl_ee.seeding import derive_seed
+from fl_ee.seeding import Stream, derive_seed
 from fl_ee.training import exit_logits, train_exits, train_joint
 
 ROUNDS, CLIENTS, PER_ROUND = 5, 100, 0.1
@@ -64,7 +64,7 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
         cid = client["client_id"]
         x, y, _, _ = client_data(cfg, cid)
         model = EarlyExitCNN(spec, depth_of[cid])
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 10, record["round"], cid))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, record["round"], cid))
         heads = torch.nn.ModuleList(EarlyExitCNN(spec, depth_of[cid]).exits)
         train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
         train_joint(model, x, y, cfg.training, generator)

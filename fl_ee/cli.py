@@ -7,7 +7,6 @@ import sys
 from typing import NoReturn
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fl_ee.config import load_config, parse_overrides
 from fl_ee.errors import UserError
@@ -41,29 +40,19 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.client import app as client_app
-    from fl_ee.data import load_dataset
-    from fl_ee.report import load_run, tier_table
-    from fl_ee.rundir import RunDir, default_run_dir
-    from fl_ee.server import build_strategy_for, make_server_app, resolve_paths
+    from fl_ee.preflight import preflight
+    from fl_ee.progress import ProgressBar
+    from fl_ee.report import tier_table
+    from fl_ee.rundir import RunDir, default_run_dir, load_run
+    from fl_ee.server import make_server_app
     from sims.engine import simulate
 
-    cfg = resolve_paths(load_config(args.config, parse_overrides(args.overrides)))
-    load_dataset(cfg.data)  # fail fast, before Ray starts, on missing data
-    build_strategy_for(cfg)  # ... and on an unknown strategy or option
+    cfg = preflight(load_config(args.config, parse_overrides(args.overrides)))
     run_dir = RunDir.create(args.out or default_run_dir())
     err = Console(stderr=True)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task("rounds", total=cfg.rounds, status="starting Ray")
-
-        def on_round(record: dict) -> None:
-            mean = record.get("evaluate", {}).get("personalised", {}).get("mean")
-            status = f"personalised acc {100 * mean:.1f}%" if mean is not None else ""
-            progress.update(task, advance=1, status=status)
-
+    with ProgressBar(cfg.rounds, err) as progress:
         try:
-            simulate(make_server_app(cfg, run_dir, on_round), client_app, cfg)
+            simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg)
         except RuntimeError as exc:
             cause = exc.__cause__ or exc
             err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
@@ -76,8 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fl_ee.report import html_page, load_run, report_renderables
-    from fl_ee.rundir import SUMMARY, atomic_write
+    from fl_ee.report import html_page, report_renderables
+    from fl_ee.rundir import SUMMARY, atomic_write, load_run
 
     run = load_run(args.run_dir)
     err = Console(stderr=True, soft_wrap=True)
@@ -106,7 +95,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fl_ee.report import compare_table, load_run
+    from fl_ee.report import compare_table
+    from fl_ee.rundir import load_run
 
     if len(args.run_dirs) < 2:
         raise UserError("compare needs at least two run directories")

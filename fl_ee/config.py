@@ -413,3 +413,8 @@ def validate(c: Config) -> None:
         _require(tier.speed_sigma >= 0, f"tiers.{i}.speed_sigma", "must be >= 0")
     total = sum(tier.share for tier in c.tiers)
     _require(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")
+
+
+def config_from_saved(raw: dict[str, Any]) -> Config:
+    """A run directory's stored config."""
+    return config_from_dict(raw)

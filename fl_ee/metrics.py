@@ -157,7 +157,7 @@ def straggler_summary(tier_counts: Sequence[Mapping[str, Mapping[str, int]]], ro
     ``late_fraction``: late updates over sampled client-rounds. ``dropped_updates``:
     updates started but not aggregated (late + failed). ``participation_by_tier``: the
     fraction of a tier's sampled clients whose update was aggregated (``None`` if never
-    sampled).
+    sampled). ``outcomes_by_tier``: the tiers' sampled clients and outcomes, summed over rounds.
     """
     totals: dict[str, dict[str, int]] = {}
     for rnd in tier_counts:
@@ -176,6 +176,7 @@ def straggler_summary(tier_counts: Sequence[Mapping[str, Mapping[str, int]]], ro
         "participation_by_tier": {t: (c.get("ok", 0) / c["sampled"] if c.get("sampled") else None)
                                   for t, c in totals.items()},
         "wasted_compute_s": float(sum(wasted_compute_s)),
+        "outcomes_by_tier": totals,
     }
 
 

@@ -18,14 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from fl_ee.metrics import exit_distribution, mean_or_none
-from fl_ee.report import Run, column, deepest_accuracy, exit_fractions, get, row_efficiency
+from fl_ee.rundir import Run, deepest_accuracy, get
 
 matplotlib.use("Agg")
 
-OUTCOMES = {"ok": "", "late": "//", "unavailable": "..", "failed": "xx"}  # outcome -> hatch
+OUTCOME_HATCHES = {"ok": "", "late": "//", "unavailable": "..", "failed": "xx"}
 NO_CLOCK = "no virtual clock in rounds.jsonl (device emulation was off)"
 NO_CLIENTS = "no clients.csv (the run did not finish)"
+NO_SUMMARY = "no summary.json (the run did not finish)"
 
 
 class Skip(Exception):
@@ -47,7 +47,7 @@ def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
 
 
 def _label(run: Run, tier: str) -> str:
-    return f"{tier} (depth {next(t.depth for t in run.config.tiers if t.name == tier)})"
+    return f"{tier} (depth {run.depth(tier)})"
 
 
 def _accuracy_lines(run: Run, records: list[dict[str, Any]], xs: list[float], xlabel: str, title: str) -> Figure:
@@ -108,24 +108,26 @@ def client_accuracy_cdf(run: Run) -> Figure:
     return fig
 
 
-def _require_efficiency(run: Run) -> None:
-    if not run.clients:
-        raise Skip(NO_CLIENTS)
-    if "full_flops" not in run.clients[0]:
-        raise Skip("clients.csv has no exit fractions (a run from an older fl-ee)")
+def _tier_efficiency(run: Run) -> dict[str, Any]:
+    """``efficiency.by_tier`` of the summary."""
+    if run.summary is None:
+        raise Skip(NO_SUMMARY)
+    by_tier = get(run.summary, "efficiency", "by_tier")
+    if by_tier is None:
+        raise Skip("summary.json has no efficiency by tier (a run from an older fl-ee)")
+    return by_tier
 
 
 def exit_distribution_by_tier(run: Run) -> Figure:
     """Share of each tier's test samples leaving at each exit under the exit policy."""
-    _require_efficiency(run)
+    by_tier = _tier_efficiency(run)
     policy, depth = run.config.exit_policy, run.config.max_depth
     fig, ax = _axes(f"Exit distribution by tier ({policy.name} policy, threshold {policy.threshold})",
                     "exit", "share of the tier's test samples (%)")
     colours, width = tier_colours(run.tiers), 0.8 / len(run.tiers)
     for j, tier in enumerate(run.tiers):
-        rows = run.evaluated(tier)
-        if rows:
-            shares = exit_distribution([exit_fractions(r) for r in rows], column(rows, "num_test"), depth)
+        shares = get(by_tier, tier, "exit_distribution")
+        if shares is not None:
             xs = [i + 1 + (j - (len(run.tiers) - 1) / 2) * width for i in range(depth)]
             ax.bar(xs, [100 * shares[str(i + 1)] for i in range(depth)], width, color=colours[tier],
                    label=_label(run, tier))
@@ -140,21 +142,23 @@ def accuracy_vs_flops(run: Run) -> Figure:
     sweep = get(run.summary, "exit_sweep")
     if sweep is None:
         raise Skip("no exit_sweep in summary.json (the run did not finish, or an older fl-ee wrote it)")
-    _require_efficiency(run)
+    by_tier = _tier_efficiency(run)
+    adaptive = get(run.summary, "accuracy", "personalised", "adaptive_by_tier")
     policy = run.config.exit_policy
     thresholds = sweep["thresholds"]
     fig, ax = _axes(f"Adaptive accuracy vs. cost, {policy.name} thresholds {thresholds[0]:g} to {thresholds[-1]:g}",
                     "expected MFLOPs per sample", "adaptive accuracy (%)")
     colours = tier_colours(run.tiers)
     for tier in run.tiers:
-        curve, rows = sweep["by_tier"].get(tier), run.evaluated(tier)
-        if curve is None or not rows:
+        curve = sweep["by_tier"].get(tier)
+        if curve is None:
             continue
         ax.plot([f / 1e6 for f in curve["expected_flops"]], [100 * a for a in curve["adaptive_accuracy"]],
                 marker="o", markersize=4, color=colours[tier], label=_label(run, tier))
-        here = row_efficiency(rows, run.config.max_depth)["expected_flops"]
-        ax.scatter([here / 1e6], [100 * mean_or_none(column(rows, "adaptive_accuracy"))], marker="*", s=250,
-                   color=colours[tier], edgecolors="black", zorder=3)
+        here, accuracy = get(by_tier, tier, "expected_flops"), get(adaptive, tier)
+        if here is not None and accuracy is not None:
+            ax.scatter([here / 1e6], [100 * accuracy], marker="*", s=250, color=colours[tier], edgecolors="black",
+                       zorder=3)
     ax.scatter([], [], marker="*", s=150, color="white", edgecolors="black",
                label=f"this run's threshold ({policy.threshold})")
     ax.legend(fontsize="small")
@@ -197,17 +201,19 @@ def round_times(run: Run) -> Figure:
 
 def participation_by_tier(run: Run) -> Figure:
     """Outcomes of the sampled clients per tier over all rounds: ok, late, unavailable, failed."""
-    clocks = _clocks(run)
+    outcomes = get(run.stragglers, "outcomes_by_tier")
+    if outcomes is None:
+        raise Skip(NO_CLOCK if not run.has_clock else "summary.json has no outcomes by tier (an older fl-ee)")
     fig, ax = _axes("Participation by tier (all rounds)", "tier", "share of sampled clients (%)")
     colours = tier_colours(run.tiers)
     labels = []
     for i, tier in enumerate(run.tiers):
-        counts = [k.get("by_tier", {}).get(tier, {}) for k in clocks]
-        sampled = sum(c.get("sampled", 0) for c in counts)
+        counts = outcomes.get(tier, {})
+        sampled = counts.get("sampled", 0)
         labels.append(f"{_label(run, tier)}\n{sampled} sampled")
         bottom = 0.0
-        for outcome, hatch in OUTCOMES.items():
-            share = 100 * sum(c.get(outcome, 0) for c in counts) / sampled if sampled else 0.0
+        for outcome, hatch in OUTCOME_HATCHES.items():
+            share = 100 * counts.get(outcome, 0) / sampled if sampled else 0.0
             ax.bar(i, share, 0.6, bottom=bottom, color=colours[tier], alpha=1.0 if outcome == "ok" else 0.4,
                    hatch=hatch, edgecolor="black", linewidth=0.5)
             if outcome == "ok" and sampled:
@@ -217,7 +223,8 @@ def participation_by_tier(run: Run) -> Figure:
     ax.set_ylim(0, 125)
     ax.set_yticks(range(0, 101, 20))
     ax.legend(handles=[Patch(facecolor="0.6", alpha=1.0 if o == "ok" else 0.4, hatch=h, edgecolor="black", label=o)
-                       for o, h in OUTCOMES.items()], fontsize="small", loc="upper center", ncols=len(OUTCOMES))
+                       for o, h in OUTCOME_HATCHES.items()], fontsize="small", loc="upper center",
+              ncols=len(OUTCOME_HATCHES))
     return fig
 
 

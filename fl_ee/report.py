@@ -10,13 +10,11 @@ device emulation and is shown only where present.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,103 +24,15 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fl_ee.config import Config, load_config
+from fl_ee.config import Config
 from fl_ee.errors import UserError
-from fl_ee.metrics import efficiency, mean_or_none, spread
-from fl_ee.rundir import CLIENTS, CONFIG, ROUNDS, SUMMARY
+from fl_ee.metrics import spread
+from fl_ee.rundir import Run, get
 
 RECENT_EVALUATIONS = 10  # rows of the accuracy-over-rounds table
 
 
-@dataclass(frozen=True)
-class Run:
-    """Everything a run directory holds, parsed."""
-
-    path: Path
-    config: Config
-    rounds: list[dict[str, Any]]
-    clients: list[dict[str, str]]  # clients.csv rows; empty until the run finishes
-    summary: dict[str, Any] | None  # None until the run finishes
-
-    @property
-    def tiers(self) -> list[str]:
-        """Tier names in config order (which also fixes each tier's colour in plots)."""
-        return [t.name for t in self.config.tiers]
-
-    @property
-    def evaluations(self) -> list[dict[str, Any]]:
-        """The round records that carry an evaluation."""
-        return [r for r in self.rounds if "evaluate" in r]
-
-    @property
-    def clocks(self) -> list[dict[str, Any]]:
-        """Each round's virtual clock, where device emulation recorded one."""
-        return [r["clock"] for r in self.rounds if "clock" in r]
-
-    @property
-    def has_clock(self) -> bool:
-        """Whether device emulation recorded a virtual clock."""
-        return bool(self.clocks)
-
-    @property
-    def virtual_time_s(self) -> float | None:
-        """Virtual time at the end: the summary's, else the last logged round's."""
-        final = get(self.summary, "virtual_time_s")
-        return final if final is not None or not self.clocks else self.clocks[-1]["virtual_time_s"]
-
-    def evaluated(self, tier: str) -> list[dict[str, str]]:
-        """``clients.csv`` rows of a tier's evaluated clients."""
-        return [r for r in self.clients if r["tier"] == tier and r["evaluated_round"] != ""]
-
-
-def _read_rounds(path: Path) -> list[dict[str, Any]]:
-    """Round records; a half-written last line (a run killed mid-write) is dropped."""
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise UserError(f"{path}: line {number} is not JSON") from None
-    return records
-
-
-def load_run(path: str | Path) -> Run:
-    """Read a run directory; a missing or foreign one is a :class:`UserError`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"no run directory at {path}")
-    for name in (CONFIG, ROUNDS):
-        if not (path / name).is_file():
-            raise UserError(f"{path} is not an fl-ee run directory (no {name})")
-    try:
-        config = load_config(str(path / CONFIG))
-    except UserError as exc:
-        raise UserError(f"{path / CONFIG}: {exc}") from None
-    clients: list[dict[str, str]] = []
-    if (path / CLIENTS).is_file():
-        with open(path / CLIENTS, newline="") as handle:
-            clients = list(csv.DictReader(handle))
-    summary = None
-    if (path / SUMMARY).is_file():
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{path / SUMMARY} is not JSON") from None
-    return Run(path, config, _read_rounds(path / ROUNDS), clients, summary)
-
-
-# ------------------------------------------------------------------ values and formats
-
-
-def get(tree: dict[str, Any] | None, *keys: str) -> Any:
-    """``tree[k1][k2]...``, or ``None`` where any level is missing."""
-    for key in keys:
-        if not isinstance(tree, dict):
-            return None
-        tree = tree.get(key)
-    return tree
+# ---------------------------------------------------------------------------- formats
 
 
 def pct(value: float | None) -> str:
@@ -149,67 +59,37 @@ def count(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def column(rows: Sequence[dict[str, str]], name: str) -> list[float]:
-    """The non-empty values of a ``clients.csv`` column, as floats."""
-    return [float(r[name]) for r in rows if r.get(name, "") != ""]
-
-
-def deepest_accuracy(row: dict[str, str]) -> float:
-    """A client's accuracy at its deepest exit."""
-    return float(row[f"accuracy_exit{row['depth']}"])
-
-
-def exit_fractions(row: dict[str, str]) -> list[float]:
-    """A client's share of test samples leaving at each exit it holds."""
-    return [float(row[f"exit_fraction{i}"]) for i in range(1, int(row["depth"]) + 1)]
-
-
-def row_efficiency(rows: Sequence[dict[str, str]], num_exits: int) -> dict[str, Any] | None:
-    """The ``efficiency`` figures of evaluated ``clients.csv`` rows (``None`` for runs without them)."""
-    if not rows or "full_flops" not in rows[0]:
-        return None
-    return efficiency(
-        [exit_fractions(r) for r in rows],
-        column(rows, "expected_flops"),
-        column(rows, "full_flops"),
-        column(rows, "num_test"),
-        num_exits,
-    )
-
-
 # ------------------------------------------------------------------------------ tables
 
 
 def tier_table(run: Run) -> Table:
-    """Per tier (from ``clients.csv``): clients, depth, participation, accuracy per exit,
+    """Per tier (from ``summary.json``): clients, depth, participation, accuracy per exit,
     adaptive accuracy, FLOPs per sample under the exit policy and its saving."""
-    cfg = run.config
+    cfg, s = run.config, run.summary
     exits = range(1, cfg.max_depth + 1)
-    participation = get(run.summary, "stragglers", "participation_by_tier")
+    participation = get(s, "stragglers", "participation_by_tier")
+    personalised = get(s, "accuracy", "personalised")
     table = Table(title=f"Personalised accuracy (%) per tier after {len(run.rounds)} rounds", box=box.SIMPLE_HEAD)
     headers = ["tier", "depth", "clients", *(["particip. %"] if participation else []),
                *(f"exit{i}" for i in exits), "adaptive", "MFLOPs", "saving %"]
     for name in headers:
         table.add_column(name, justify="left" if name == "tier" else "right")
 
-    def cells(rows: list[dict[str, str]]) -> list[str]:
-        eff = row_efficiency(rows, cfg.max_depth)
-        return [*(pct(mean_or_none(column(rows, f"accuracy_exit{i}"))) for i in exits),
-                pct(mean_or_none(column(rows, "adaptive_accuracy"))),
-                mflops(get(eff, "expected_flops")), pct(get(eff, "flops_saving"))]
+    def cells(by_exit: Any, adaptive: Any, efficiency: Any) -> list[str]:
+        return [*(pct(get(by_exit, str(i))) for i in exits), pct(adaptive),
+                mflops(get(efficiency, "expected_flops")), pct(get(efficiency, "flops_saving"))]
 
     for tier in cfg.tiers:
         share = [pct(get(participation, tier.name))] if participation else []
-        members = sum(r["tier"] == tier.name for r in run.clients)
-        table.add_row(tier.name, str(tier.depth), str(members), *share, *cells(run.evaluated(tier.name)))
+        table.add_row(tier.name, str(tier.depth), count(get(s, "clients", "by_tier", tier.name)), *share,
+                      *cells(get(personalised, "by_tier_exit", tier.name), get(personalised, "adaptive_by_tier", tier.name),
+                             get(s, "efficiency", "by_tier", tier.name)))
     table.add_section()
-    everyone = [r for t in run.tiers for r in run.evaluated(t)]
-    table.add_row("all", "", str(len(run.clients)), *([""] if participation else []), *cells(everyone))
-    global_by_exit = get(run.evaluations[-1], "evaluate", "global", "by_exit") if run.evaluations else None
+    table.add_row("all", "", count(get(s, "clients", "total")), *([""] if participation else []),
+                  *cells(get(personalised, "by_exit"), get(personalised, "adaptive_accuracy"), get(s, "efficiency")))
     table.add_row("global", "", "", *([""] if participation else []),
-                  *(pct(get(global_by_exit, str(i))) for i in exits), "", "", "")
-    mean = mean_or_none([deepest_accuracy(r) for r in everyone])
-    table.caption = f"personalised mean at each client's deepest exit: {pct(mean)}%"
+                  *(pct(get(run.global_by_exit, str(i))) for i in exits), "", "", "")
+    table.caption = f"personalised mean at each client's deepest exit: {pct(get(personalised, 'mean'))}%"
     return table
 
 
@@ -279,24 +159,25 @@ def efficiency_table(run: Run) -> Table | None:
 
 
 def straggler_table(run: Run) -> Table:
-    """Virtual time and stragglers from device emulation; ``-`` where the run has none."""
-    s = run.summary
-    caption = None if run.has_clock or get(s, "stragglers") else "no virtual clock in this run"
+    """Virtual time and stragglers from device emulation (over the logged rounds of an unfinished run)."""
+    st = run.stragglers
+    caption = None if st else "no virtual clock in this run"
     return _key_values(
         "Stragglers",
-        [("virtual time s", secs(run.virtual_time_s)), ("time to accuracy s", secs(get(s, "time_to_accuracy_s"))),
-         ("round time p50 s", secs(get(s, "stragglers", "round_time_s", "p50"))),
-         ("round time p90 s", secs(get(s, "stragglers", "round_time_s", "p90"))),
-         ("round time max s", secs(get(s, "stragglers", "round_time_s", "max"))),
-         ("late %", pct(get(s, "stragglers", "late_fraction"))),
-         ("dropped updates", count(get(s, "stragglers", "dropped_updates")))],
+        [("virtual time s", secs(run.virtual_time_s)),
+         ("time to accuracy s", secs(get(run.summary, "time_to_accuracy_s"))),
+         ("round time p50 s", secs(get(st, "round_time_s", "p50"))),
+         ("round time p90 s", secs(get(st, "round_time_s", "p90"))),
+         ("round time max s", secs(get(st, "round_time_s", "max"))),
+         ("late %", pct(get(st, "late_fraction"))),
+         ("dropped updates", count(get(st, "dropped_updates")))],
         caption=caption,
     )
 
 
 def report_renderables(run: Run) -> list[RenderableType]:
     """Everything ``fl-ee report`` prints, in order."""
-    parts: list[RenderableType] = [tier_table(run)] if run.clients else []
+    parts: list[RenderableType] = [tier_table(run)] if run.summary else []
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]
     parts.append(Columns([*blocks, straggler_table(run)], padding=(0, 4)))
@@ -324,14 +205,13 @@ def _first(*values: Any) -> Any:
 
 def key_metrics(run: Run) -> dict[str, float | None]:
     """The compared figures: from the summary, else what the rounds log holds (unfinished runs)."""
-    s = run.summary
-    last = get(run.evaluations[-1], "evaluate", "personalised") if run.evaluations else None
+    s, personalised = run.summary, run.personalised
     return {
-        "mean": _first(get(s, "fairness", "mean"), get(last, "mean")),
+        "mean": get(personalised, "mean"),
         "worst10": get(s, "fairness", "worst10"),
         "jain": get(s, "fairness", "jain"),
         "gini": get(s, "fairness", "gini"),
-        "tier_gap": _first(get(s, "fairness", "tier_gap"), spread(get(last, "by_tier") or {})),
+        "tier_gap": _first(get(s, "fairness", "tier_gap"), spread(get(personalised, "by_tier") or {})),
         "virtual_time_s": run.virtual_time_s,
         "time_to_accuracy_s": get(s, "time_to_accuracy_s"),
         "expected_flops": get(s, "efficiency", "expected_flops"),

@@ -1,7 +1,11 @@
-"""The run directory: ``config.toml``, ``rounds.jsonl``, ``clients.csv``, ``summary.json``.
+"""The run directory, written and read here alone: ``config.toml``, ``rounds.jsonl``, ``clients.csv``, ``summary.json``.
 
-Whole files are written atomically (temporary file, then rename); rounds are appended
-one JSON line at a time, so an interrupted run keeps every finished round.
+:class:`RunDir` writes a run as an observer of the round loop: whole files atomically
+(temporary file, then rename), rounds appended one JSON line at a time, so an
+interrupted run keeps every finished round. :func:`load_run` reads one back as a
+:class:`Run`; reports and plots read values from it and compute nothing themselves.
+``summary.json`` is assembled by :func:`fl_ee.summary.build_summary`; ``clients.csv``
+rows by :func:`client_row`.
 """
 
 from __future__ import annotations
@@ -11,12 +15,21 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fl_ee.config import Config, config_from_saved, config_to_toml
 from fl_ee.errors import UserError
+from fl_ee.metrics import straggler_summary
+from fl_ee.observers import Observer
+
+if TYPE_CHECKING:
+    from fl_ee.summary import Evaluation
+    from strategies import ClientInfo
 
 CONFIG, ROUNDS, CLIENTS, SUMMARY = "config.toml", "rounds.jsonl", "clients.csv", "summary.json"
 
@@ -41,8 +54,42 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-class RunDir:
-    """Writes one run's files under ``path``."""
+# ------------------------------------------------------------------------------ schemas
+
+
+def client_row(client: ClientInfo, latest: Evaluation | None, max_depth: int) -> dict[str, Any]:
+    """One ``clients.csv`` row: identity, sizes and the client's latest evaluation (blank if none)."""
+    r = latest.reply if latest else None
+    exits = r.exit_accuracy if r else ()
+    fractions = r.exit_fractions if r else ()
+    row: dict[str, Any] = {
+        "client_id": client.client_id,
+        "tier": client.tier,
+        "depth": client.depth,
+        "num_train": client.num_train,
+        "num_test": client.num_test,
+        "evaluated_round": latest.round if latest else "",
+    }
+    for i in range(max_depth):
+        row[f"accuracy_exit{i + 1}"] = round(exits[i], 6) if i < len(exits) else ""
+    row["adaptive_accuracy"] = round(r.adaptive_accuracy, 6) if r else ""
+    row["expected_flops"] = round(r.expected_flops, 1) if r else ""
+    row["full_flops"] = round(r.full_flops, 1) if r else ""
+    for i in range(max_depth):
+        row[f"exit_fraction{i + 1}"] = round(fractions[i], 6) if i < len(fractions) else ""
+    return row
+
+
+def deepest_accuracy(row: Mapping[str, str]) -> float:
+    """A ``clients.csv`` row's accuracy at the client's deepest exit."""
+    return float(row[f"accuracy_exit{row['depth']}"])
+
+
+# ------------------------------------------------------------------------------- writer
+
+
+class RunDir(Observer):
+    """Writes one run's files under ``path`` as the round loop reports them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -60,19 +107,140 @@ class RunDir:
         (path / ROUNDS).write_text("")
         return cls(path)
 
-    def write_config(self, toml_text: str) -> None:
-        atomic_write(self.path / CONFIG, toml_text)
+    def on_start(self, cfg: Config, clients: Sequence[ClientInfo]) -> None:
+        atomic_write(self.path / CONFIG, config_to_toml(cfg))
 
-    def append_round(self, record: dict[str, Any]) -> None:
+    def after_round(self, record: Mapping[str, Any]) -> None:
         with open(self.path / ROUNDS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def write_clients(self, rows: Sequence[dict[str, Any]]) -> None:
+    def on_end(self, summary: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]]) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=list(client_rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(client_rows)
         atomic_write(self.path / CLIENTS, buffer.getvalue())
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------- reader
+
+
+def get(tree: Any, *keys: str) -> Any:
+    """``tree[k1][k2]...``, or ``None`` where any level is missing."""
+    for key in keys:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything a run directory holds, parsed.
+
+    A finished run has ``clients.csv`` and ``summary.json``; an interrupted one only
+    what its rounds log holds, and the accessors fall back to that.
+    """
+
+    path: Path
+    config: Config
+    rounds: list[dict[str, Any]]
+    clients: list[dict[str, str]]  # clients.csv rows; empty until the run finishes
+    summary: dict[str, Any] | None  # None until the run finishes
+
+    @property
+    def tiers(self) -> list[str]:
+        """Tier names in config order (which also fixes each tier's colour in plots)."""
+        return [t.name for t in self.config.tiers]
+
+    def depth(self, tier: str) -> int:
+        """The depth a tier holds."""
+        return next(t.depth for t in self.config.tiers if t.name == tier)
+
+    @property
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The round records that carry an evaluation."""
+        return [r for r in self.rounds if "evaluate" in r]
+
+    @property
+    def clocks(self) -> list[dict[str, Any]]:
+        """Each round's virtual clock, where device emulation recorded one."""
+        return [r["clock"] for r in self.rounds if "clock" in r]
+
+    @property
+    def has_clock(self) -> bool:
+        """Whether device emulation recorded a virtual clock."""
+        return bool(self.clocks)
+
+    @property
+    def virtual_time_s(self) -> float | None:
+        """Virtual time at the end: the summary's, else the last logged round's."""
+        final = get(self.summary, "virtual_time_s")
+        return final if final is not None or not self.clocks else self.clocks[-1]["virtual_time_s"]
+
+    @property
+    def stragglers(self) -> dict[str, Any] | None:
+        """The summary's ``stragglers``; for an interrupted run, the same over its logged rounds."""
+        if (final := get(self.summary, "stragglers")) is not None or not self.clocks:
+            return final
+        return straggler_summary([c["by_tier"] for c in self.clocks], [c["round_time_s"] for c in self.clocks],
+                                 [c["wasted_compute_s"] for c in self.clocks])
+
+    @property
+    def personalised(self) -> dict[str, Any] | None:
+        """Personalised accuracy: the summary's, else the latest evaluation round's."""
+        final = get(self.summary, "accuracy", "personalised")
+        if final is None and self.evaluations:
+            return get(self.evaluations[-1], "evaluate", "personalised")
+        return final
+
+    @property
+    def global_by_exit(self) -> dict[str, float] | None:
+        """The global model's accuracy per exit at the latest evaluation."""
+        return get(self.evaluations[-1], "evaluate", "global", "by_exit") if self.evaluations else None
+
+    def evaluated(self, tier: str) -> list[dict[str, str]]:
+        """``clients.csv`` rows of a tier's evaluated clients."""
+        return [r for r in self.clients if r["tier"] == tier and r["evaluated_round"] != ""]
+
+
+def _read_rounds(path: Path) -> list[dict[str, Any]]:
+    """Round records; a half-written last line (a run killed mid-write) is dropped."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}: line {number} is not JSON") from None
+    return records
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory; a missing or foreign one is a :class:`UserError`.
+
+    Its ``config.toml`` is read even where today's validation would refuse it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"no run directory at {path}")
+    for name in (CONFIG, ROUNDS):
+        if not (path / name).is_file():
+            raise UserError(f"{path} is not an fl-ee run directory (no {name})")
+    try:
+        config = config_from_saved(tomllib.loads((path / CONFIG).read_text()))
+    except (tomllib.TOMLDecodeError, UserError) as exc:
+        raise UserError(f"{path / CONFIG}: {exc}") from None
+    clients: list[dict[str, str]] = []
+    if (path / CLIENTS).is_file():
+        with open(path / CLIENTS, newline="") as handle:
+            clients = list(csv.DictReader(handle))
+    summary = None
+    if (path / SUMMARY).is_file():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path / SUMMARY} is not JSON") from None
+    return Run(path, config, _read_rounds(path / ROUNDS), clients, summary)

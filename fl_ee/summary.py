@@ -1,66 +1,121 @@
-"""The ``accuracy.personalised``, ``fairness``, ``efficiency`` and ``exit_sweep`` sections of ``summary.json``.
+"""``summary.json``, assembled in one place, and the personalised accuracy of every evaluation round.
 
-Glue from the clients' latest evaluate replies (``exit-accuracy``, ``exit-fractions``,
-``expected-flops``, ``full-flops``, ``sweep-*``, ``num-examples``) to :mod:`fl_ee.metrics`.
+Glue from the clients' latest :class:`~fl_ee.protocol.EvaluateReply` and the rounds'
+clock records to the pure functions of :mod:`fl_ee.metrics`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from fl_ee.metrics import efficiency, exit_means, fairness, group_means, mean_or_none, weighted_mean
+from fl_ee.config import Config
+from fl_ee.metrics import (
+    efficiency,
+    exit_means,
+    fairness,
+    group_means,
+    mean_or_none,
+    straggler_summary,
+    time_to_accuracy,
+    weighted_mean,
+)
 from fl_ee.policies import SWEEP_THRESHOLDS
+from fl_ee.protocol import EvaluateReply
 from strategies import ClientInfo
 
-Results = Mapping[int, Mapping[str, Any]]  # client id -> its latest evaluate metrics
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A client's latest evaluation and the round it happened in."""
+
+    round: int
+    reply: EvaluateReply
+
+
+Results = Mapping[int, Evaluation]  # client id -> its latest evaluation
+
+
+def _evaluated(clients: Sequence[ClientInfo], results: Results) -> tuple[list[ClientInfo], list[EvaluateReply]]:
+    evaluated = [c for c in clients if c.client_id in results]
+    return evaluated, [results[c.client_id].reply for c in evaluated]
 
 
 def personalised_summary(
     clients: Sequence[ClientInfo], results: Results, tiers: Sequence[str], max_depth: int
 ) -> dict[str, Any]:
-    """Mean accuracy at each client's deepest exit, overall, by tier and by exit."""
-    evaluated = [c for c in clients if c.client_id in results]
-    deepest = [results[c.client_id]["exit-accuracy"][-1] for c in evaluated]
+    """Mean accuracy at each client's deepest exit (overall and by tier), by exit (overall and
+    by tier), and adaptive accuracy (overall and by tier) under the exit policy."""
+    evaluated, replies = _evaluated(clients, results)
+    deepest = [r.exit_accuracy[-1] for r in replies]
+    groups = [c.tier for c in evaluated]
+    adaptive = [r.adaptive_accuracy for r in replies]
     return {
         "mean": mean_or_none(deepest),
-        "by_tier": group_means(deepest, [c.tier for c in evaluated], tiers),
-        "by_exit": exit_means([results[c.client_id]["exit-accuracy"] for c in evaluated], max_depth),
-        "adaptive_accuracy": mean_or_none([results[c.client_id]["adaptive-accuracy"] for c in evaluated]),
-        "expected_flops": mean_or_none([results[c.client_id]["expected-flops"] for c in evaluated]),
+        "by_tier": group_means(deepest, groups, tiers),
+        "by_exit": exit_means([r.exit_accuracy for r in replies], max_depth),
+        "adaptive_accuracy": mean_or_none(adaptive),
+        "expected_flops": mean_or_none([r.expected_flops for r in replies]),
         "evaluated_clients": len(evaluated),
+        "by_tier_exit": {t: exit_means([r.exit_accuracy for r, g in zip(replies, groups) if g == t], max_depth)
+                         for t in tiers},
+        "adaptive_by_tier": group_means(adaptive, groups, tiers),
     }
 
 
-def tier_sweep(members: Sequence[Mapping[str, Any]]) -> dict[str, list[float]] | None:
+def _efficiency(replies: Sequence[EvaluateReply], max_depth: int) -> dict[str, Any]:
+    return efficiency([r.exit_fractions for r in replies], [r.expected_flops for r in replies],
+                      [r.full_flops for r in replies], [r.num_examples for r in replies], max_depth)
+
+
+def _tier_sweep(replies: Sequence[EvaluateReply]) -> dict[str, list[float | None]] | None:
     """A tier's adaptive accuracy (mean over clients) and FLOPs per sample at each sweep threshold."""
-    if not members:
+    if not replies:
         return None
-    weights, columns = [m["num-examples"] for m in members], range(len(SWEEP_THRESHOLDS))
+    weights, columns = [r.num_examples for r in replies], range(len(SWEEP_THRESHOLDS))
     return {
-        "adaptive_accuracy": [mean_or_none([m["sweep-accuracy"][j] for m in members]) for j in columns],
-        "expected_flops": [weighted_mean([m["sweep-flops"][j] for m in members], weights) for j in columns],
+        "adaptive_accuracy": [mean_or_none([r.sweep_accuracy[j] for r in replies]) for j in columns],
+        "expected_flops": [weighted_mean([r.sweep_flops[j] for r in replies], weights) for j in columns],
     }
 
 
-def outcome_sections(
-    clients: Sequence[ClientInfo], results: Results, tiers: Sequence[str], max_depth: int
+def build_summary(
+    cfg: Config,
+    clients: Sequence[ClientInfo],
+    results: Results,
+    global_by_exit: Mapping[str, float],
+    clocks: Sequence[Mapping[str, Any]],
+    accuracy_at: Sequence[tuple[float, float | None]],
 ) -> dict[str, Any]:
-    """``fairness`` over each evaluated client's deepest-exit accuracy, ``efficiency`` over
-    its test samples, and ``exit_sweep``: accuracy vs. FLOPs per tier across thresholds."""
-    evaluated = [c for c in clients if c.client_id in results]
-    res = [results[c.client_id] for c in evaluated]
+    """``summary.json``: the run's final figures.
+
+    ``results`` holds each client's latest evaluation, ``global_by_exit`` the global
+    model's last evaluation, ``clocks`` every round's clock record, and ``accuracy_at``
+    the (virtual time, personalised mean) of every evaluation round.
+    """
+    tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
+    evaluated, replies = _evaluated(clients, results)
+    by_tier = {t: [r for c, r in zip(evaluated, replies) if c.tier == t] for t in tiers}
     return {
-        "fairness": fairness([r["exit-accuracy"][-1] for r in res], [c.tier for c in evaluated], tiers),
-        "efficiency": efficiency(
-            [r["exit-fractions"] for r in res],
-            [r["expected-flops"] for r in res],
-            [r["full-flops"] for r in res],
-            [r["num-examples"] for r in res],
-            max_depth,
-        ),
+        "accuracy": {
+            "personalised": personalised_summary(clients, results, tiers, depth),
+            "global": {"by_exit": dict(global_by_exit)},
+        },
+        "fairness": fairness([r.exit_accuracy[-1] for r in replies], [c.tier for c in evaluated], tiers),
+        "efficiency": {
+            **_efficiency(replies, depth),
+            "by_tier": {t: _efficiency(members, depth) if members else None for t, members in by_tier.items()},
+        },
         "exit_sweep": {
             "thresholds": list(SWEEP_THRESHOLDS),
-            "by_tier": {t: tier_sweep([r for c, r in zip(evaluated, res) if c.tier == t]) for t in tiers},
+            "by_tier": {t: _tier_sweep(members) for t, members in by_tier.items()},
         },
+        "clients": {"total": len(clients), "by_tier": {t: sum(c.tier == t for c in clients) for t in tiers}},
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+        "virtual_time_s": clocks[-1]["virtual_time_s"] if clocks else 0.0,
+        "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
+        "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
+                                        [c["wasted_compute_s"] for c in clocks]),
     }

@@ -19,8 +19,10 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Path
 
 from fl_ee.cache import cache_root
 from fl_ee.errors import UserError
+from fl_ee.seeding import Stream, derive_seed, rng
 
 MIN_CLIENT_SAMPLES = 2  # one to train on, one to test on
+CACHE_VERSION = 2  # bumped whenever the same parameters would give other splits (2: seed streams)
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,16 @@ def partition_indices(
     shuffled by ``seed`` first, so ``iid`` does not hand out label-sorted blocks.
     """
     labels = np.asarray(labels)
-    if scheme == "shards" and shards_per_client > len(np.unique(labels)):
-        raise UserError(f"must be at most the number of classes ({len(np.unique(labels))})", key="data.shards_per_client")
-    order = np.random.default_rng(seed).permutation(len(labels))
-    partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, seed)
+    most = len(labels) // MIN_CLIENT_SAMPLES
+    if num_clients > most:
+        raise UserError(f"{num_clients} clients need {MIN_CLIENT_SAMPLES} samples each, but the dataset has "
+                        f"{len(labels)} training samples; use at most {most} clients", key="data.num_clients")
+    classes = len(np.unique(labels))
+    if scheme == "shards" and shards_per_client > classes:
+        raise UserError(f"must be at most the number of classes ({classes})", key="data.shards_per_client")
+    split_seed = derive_seed(seed, Stream.PARTITION)
+    order = np.random.default_rng(split_seed).permutation(len(labels))
+    partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, split_seed)
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
         parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
@@ -85,9 +93,9 @@ def partition_indices(
     return parts
 
 
-def local_split(indices: np.ndarray, test_fraction: float, seed: int) -> ClientSplit:
+def local_split(indices: np.ndarray, test_fraction: float, generator: np.random.Generator) -> ClientSplit:
     """Shuffle a client's samples and hold out ``test_fraction`` (at least one) for its tests."""
-    order = np.random.default_rng(seed).permutation(indices)
+    order = generator.permutation(indices)
     n_test = min(len(order) - 1, max(1, round(test_fraction * len(order))))
     return ClientSplit(train=np.sort(order[n_test:]), test=np.sort(order[:n_test]))
 
@@ -96,7 +104,7 @@ def _compute_splits(
     labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards: int, test_fraction: float, seed: int
 ) -> tuple[ClientSplit, ...]:
     parts = partition_indices(labels, num_clients, scheme, alpha, shards, seed)
-    return tuple(local_split(p, test_fraction, seed + 1 + cid) for cid, p in enumerate(parts))
+    return tuple(local_split(p, test_fraction, rng(seed, Stream.LOCAL_SPLIT, cid)) for cid, p in enumerate(parts))
 
 
 def _read(path: Path, num_clients: int) -> tuple[ClientSplit, ...]:
@@ -123,7 +131,7 @@ def _cached_splits(
     labels: bytes, num_clients: int, scheme: str, alpha: float, shards: int, test_fraction: float, seed: int
 ) -> tuple[ClientSplit, ...]:
     params = (num_clients, scheme, alpha, shards, test_fraction, seed)
-    digest = hashlib.sha1(labels + repr(params).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(labels + repr((CACHE_VERSION, *params)).encode()).hexdigest()[:16]
     path = cache_root() / f"splits-{digest}.npz"
     if path.is_file():
         return _read(path, num_clients)

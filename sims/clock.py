@@ -19,11 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_ee.seeding import rng
+from fl_ee.seeding import Stream, rng
 
 OK, LATE, UNAVAILABLE, FAILED = "ok", "late", "unavailable", "failed"
 OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED)
-PRESENCE_STREAM, SPEED_STREAM = 5, 6  # seed streams
 
 
 def transfer_seconds(num_bytes: float, mbps: float) -> float:
@@ -67,7 +66,7 @@ def client_time(
 
 def speed_factors(sigmas: Sequence[float], seed: int) -> np.ndarray:
     """A fixed compute-speed factor per client: lognormal with median 1 and log-sd ``sigmas[i]``."""
-    return np.exp(rng(seed, SPEED_STREAM).normal(size=len(sigmas)) * np.asarray(sigmas, dtype=float))
+    return np.exp(rng(seed, Stream.SPEED).normal(size=len(sigmas)) * np.asarray(sigmas, dtype=float))
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class Presence:
 
 def presence(client_id: int, availability: float, failure_rate: float, seed: int, server_round: int) -> Presence:
     """Seeded draws for one client in one round, independent of who else was sampled."""
-    u_online, u_fail, u_when = rng(seed, PRESENCE_STREAM, server_round, client_id).random(3)
+    u_online, u_fail, u_when = rng(seed, Stream.PRESENCE, server_round, client_id).random(3)
     available = bool(u_online < availability)
     fails = available and bool(u_fail < failure_rate)
     return Presence(available, fails, float(u_when) if fails else 0.0)

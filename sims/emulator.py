@@ -86,8 +86,9 @@ class DeviceEmulator:
         return RoundClock(sampled, draws)
 
     def pace_seconds(self, client: ClientInfo) -> float:
-        """Real seconds a paced client sleeps: its simulated time scaled by ``time_scale``."""
-        return self.times[client.client_id].total_s * self.cfg.simulation.time_scale
+        """Real seconds a client sleeps: its simulated time x ``time_scale`` when paced, else 0."""
+        sim = self.cfg.simulation
+        return self.times[client.client_id].total_s * sim.time_scale if sim.pace else 0.0
 
     def settle(self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Iterable[ClientInfo], keep: int) -> None:
         """Apply the straggler policy to the clients that finished, and advance the clock."""

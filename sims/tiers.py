@@ -6,9 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fl_ee.seeding import rng
-
-TIER_STREAM = 1  # seed stream for tier assignment
+from fl_ee.seeding import Stream, rng
 
 
 def tier_counts(shares: Sequence[float], num_clients: int) -> list[int]:
@@ -23,4 +21,4 @@ def tier_counts(shares: Sequence[float], num_clients: int) -> list[int]:
 def assign_tiers(shares: Sequence[float], num_clients: int, seed: int) -> np.ndarray:
     """The tier index of every client id, shuffled by ``seed``; counts follow :func:`tier_counts`."""
     labels = np.repeat(np.arange(len(shares)), tier_counts(shares, num_clients))
-    return rng(seed, TIER_STREAM).permutation(labels)
+    return rng(seed, Stream.TIERS).permutation(labels)

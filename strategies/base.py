@@ -9,7 +9,7 @@ checked with :func:`check_option`.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,18 +17,17 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fl_ee.models import slice_state
-from fl_ee.seeding import rng
+from fl_ee.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
+from fl_ee.seeding import Stream, rng
 from strategies.aggregation import holder_aggregate, weighted_mean
 
-TRAIN_STREAM, EVALUATE_STREAM = 2, 3  # seed streams for client sampling
-ARRAYS_KEY, CONFIG_KEY, METRICS_KEY = "arrays", "config", "metrics"
-WEIGHT_KEY = "num-examples"
+NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
 
 @dataclass(frozen=True)
@@ -63,11 +62,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def run_config(config: ConfigRecord) -> dict[str, Any]:
-    """The resolved run config (plain values) that the server puts in every round's config."""
-    return json.loads(str(config["run-config"]))
-
-
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord as named NumPy arrays."""
     return {key: array.numpy() for key, array in record.items()}
@@ -87,19 +81,18 @@ class DepthAwareStrategy(Strategy):
         Fraction of clients sampled each round for training / evaluation (at least one).
     seed : int
         Seeds client sampling, so the same seed samples the same clients.
-
-    Attributes
-    ----------
     overcommit : float
-        Set by the server under the ``overselect`` straggler policy: training samples
+        Under the ``overselect`` straggler policy: training samples
         ``ceil(k * (1 + overcommit))`` clients, of which the first ``k`` to finish count.
     """
 
-    def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0
+    ) -> None:
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.seed = seed
-        self.overcommit = 0.0
+        self.overcommit = overcommit
         self.clients: dict[int, ClientInfo] = {}
         self._sent: ArrayRecord | None = None
 
@@ -117,11 +110,15 @@ class DepthAwareStrategy(Strategy):
         n = len(self.clients) if pool_size is None else pool_size
         return min(n, max(1, round(fraction * n))) if fraction > 0 and n else 0
 
+    def train_quota(self) -> int:
+        """``k``: how many training updates a round asks for (the straggler policy keeps at most these)."""
+        return self.sample_size(self.fraction_train, len(self.train_pool()))
+
     def sample(
         self,
         server_round: int,
         fraction: float,
-        stream: int,
+        stream: Stream,
         pool: Iterable[ClientInfo] | None = None,
         overcommit: float = 0.0,
     ) -> list[ClientInfo]:
@@ -134,23 +131,24 @@ class DepthAwareStrategy(Strategy):
         chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
         return [pool[i] for i in sorted(chosen)]
 
-    def client_of(self, message: Message) -> ClientInfo:
+    def sender(self, reply: Message) -> ClientInfo:
         """The client a reply came from."""
-        return self.clients[message.metadata.src_node_id]
+        return self.clients[reply.metadata.src_node_id]
+
+    def recipient(self, message: Message) -> ClientInfo:
+        """The client a message goes to."""
+        return self.clients[message.metadata.dst_node_id]
 
     def _messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:
-        messages = []
-        for client in clients:
-            content = RecordDict(
-                {
-                    ARRAYS_KEY: ArrayRecord(slice_state(arrays, client.depth)),
-                    CONFIG_KEY: ConfigRecord({**config, "depth": client.depth}),
-                }
-            )
-            messages.append(Message(content=content, dst_node_id=client.node_id, message_type=message_type))
-        return messages
+        """One message per client: its depth's slice, and the round's instructions with its depth."""
+        instructions = Instructions.from_record(config)
+        return [
+            instruction_message(ArrayRecord(slice_state(arrays, c.depth)), dataclasses.replace(instructions, depth=c.depth),
+                                c.node_id, message_type)
+            for c in clients
+        ]
 
     # ------------------------------------------------------------------ training
     def configure_train(
@@ -158,13 +156,13 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, TRAIN_STREAM, self.train_pool(), self.overcommit)
+        clients = self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit)
         return self._messages(clients, arrays, config, MessageType.TRAIN)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, in client-id order (so aggregation is deterministic)."""
         ok = [m for m in replies if not m.has_error()]
-        return sorted(ok, key=lambda m: self.client_of(m).client_id)
+        return sorted(ok, key=lambda m: self.sender(m).client_id)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -173,8 +171,8 @@ class DepthAwareStrategy(Strategy):
         valid = self.valid_replies(replies)
         if not valid or self._sent is None:
             return None, None
-        updates = [to_numpy(m.content[ARRAYS_KEY]) for m in valid]
-        weights = [float(m.content[METRICS_KEY][WEIGHT_KEY]) for m in valid]
+        updates = [to_numpy(m.content[ARRAYS]) for m in valid]
+        weights = [float(payload_of(m, TrainReply).num_examples) for m in valid]
         new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
         return to_record(new), self._mean_metrics(valid)
 
@@ -192,7 +190,7 @@ class DepthAwareStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample clients for evaluation and send each its depth's slice of the global model."""
-        clients = self.sample(server_round, self.fraction_evaluate, EVALUATE_STREAM)
+        clients = self.sample(server_round, self.fraction_evaluate, Stream.SAMPLE_EVALUATE)
         return self._messages(clients, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -202,11 +200,11 @@ class DepthAwareStrategy(Strategy):
 
     @staticmethod
     def _mean_metrics(replies: Sequence[Message]) -> MetricRecord:
-        records = [m.content[METRICS_KEY] for m in replies]
-        weights = np.array([float(r[WEIGHT_KEY]) for r in records])
+        records = [m.content[METRICS] for m in replies]
+        weights = np.array([float(r[NUM_EXAMPLES]) for r in records])
         scalars = [k for k, v in records[0].items() if isinstance(v, float)]
         out = {k: float(weighted_mean([np.float64(r[k]) for r in records], weights)) for k in scalars}
-        out[WEIGHT_KEY] = int(weights.sum())
+        out[NUM_EXAMPLES] = int(weights.sum())
         return MetricRecord(out)
 
     def summary(self) -> None:

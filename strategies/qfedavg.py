@@ -14,25 +14,17 @@ Larger ``q`` weighs high-loss clients more; ``q = 0`` is the unweighted mean of 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fl_ee.protocol import ARRAYS, Instructions, TrainReply, payload_of
 from strategies.aggregation import holder_aggregate
-from strategies.base import (
-    ARRAYS_KEY,
-    METRICS_KEY,
-    DepthAwareStrategy,
-    check_option,
-    is_number,
-    run_config,
-    to_numpy,
-    to_record,
-)
+from strategies.base import DepthAwareStrategy, check_option, is_number, to_numpy, to_record
 
-LOSS_KEY = "initial-loss"  # asked for in the train config, reported in the train metrics
 EPS = 1e-10  # as Flower: keeps F^(q-1) finite at zero loss
 
 
@@ -58,6 +50,13 @@ def qffl_aggregate(
     return holder_aggregate(updates, scales, current, rule)
 
 
+def _initial_loss(reply: Message) -> float:
+    loss = payload_of(reply, TrainReply).initial_loss
+    if loss is None:
+        raise ValueError("a training reply lacks the initial-loss q-FedAvg asked for")
+    return loss
+
+
 class QFedAvg(DepthAwareStrategy):
     """q-FedAvg: q-FFL fairness, clients weighed up by their local loss to the power q.
 
@@ -77,9 +76,11 @@ class QFedAvg(DepthAwareStrategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        instructions = Instructions.from_record(config)
         if self.client_learning_rate is None:
-            self._lr = float(run_config(config)["training"]["lr"])
-        return super().configure_train(server_round, arrays, ConfigRecord({**config, LOSS_KEY: True}), grid)
+            self._lr = instructions.config.training.lr
+        asking = dataclasses.replace(instructions, want_initial_loss=True).to_record()
+        return super().configure_train(server_round, arrays, asking, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -88,7 +89,7 @@ class QFedAvg(DepthAwareStrategy):
         valid = self.valid_replies(replies)
         if not valid or self._sent is None or self._lr is None:
             return None, None
-        updates = [to_numpy(m.content[ARRAYS_KEY]) for m in valid]
-        losses = [float(m.content[METRICS_KEY][LOSS_KEY]) for m in valid]
+        updates = [to_numpy(m.content[ARRAYS]) for m in valid]
+        losses = [_initial_loss(m) for m in valid]
         new = qffl_aggregate(updates, losses, to_numpy(self._sent), self.q, 1.0 / self._lr)
         return to_record(new), self._mean_metrics(valid)

@@ -9,6 +9,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
+from fl_ee.config import Config
 from fl_ee.errors import UserError
 from strategies.base import DepthAwareStrategy, OptionError
 
@@ -56,21 +57,26 @@ def strategy_class(name: str) -> type[DepthAwareStrategy]:
     return cls
 
 
-def build_strategy(name: str, options: dict[str, Any], fraction_train: float, fraction_evaluate: float,
-                   seed: int) -> DepthAwareStrategy:
-    """Instantiate a strategy; ``options`` become constructor arguments and unknown ones fail."""
-    cls = strategy_class(name)
-    accepted = _constructor_parameters(cls)
-    for option in options:
-        if option not in accepted or option in ("fraction_train", "fraction_evaluate", "seed"):
-            raise UserError(f"unknown option for {name}; it takes {', '.join(sorted(accepted - {'fraction_train', 'fraction_evaluate', 'seed'})) or 'none'}",
+FRAMEWORK_ARGUMENTS = ("fraction_train", "fraction_evaluate", "seed", "overcommit")  # set from the config, not options
+
+
+def build_strategy(cfg: Config) -> DepthAwareStrategy:
+    """The configured strategy; ``strategy.options`` become constructor arguments and unknown ones fail."""
+    s = cfg.strategy
+    cls = strategy_class(s.name)
+    accepted = _constructor_parameters(cls) - set(FRAMEWORK_ARGUMENTS)
+    for option in s.options:
+        if option not in accepted:
+            raise UserError(f"unknown option for {s.name}; it takes {', '.join(sorted(accepted)) or 'none'}",
                             key=f"strategy.options.{option}")
+    overcommit = cfg.simulation.overcommit if cfg.simulation.straggler_policy == "overselect" else 0.0
     try:
-        return cls(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, seed=seed, **options)
+        return cls(fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate, seed=cfg.seed,
+                   overcommit=overcommit, **s.options)
     except OptionError as exc:
         raise UserError(exc.message, key=f"strategy.options.{exc.option}") from None
     except (TypeError, ValueError) as exc:
-        raise UserError(f"cannot build {name}: {exc}", key="strategy.options") from None
+        raise UserError(f"cannot build {s.name}: {exc}", key="strategy.options") from None
 
 
 def _constructor_parameters(cls: type) -> set[str]:

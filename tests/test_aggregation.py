@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MessageType
+from flwr.app import ArrayRecord, MessageType
 
+from fl_ee.config import config_from_dict, config_to_json
+from fl_ee.protocol import Instructions, instructions_of
+from fl_ee.seeding import Stream
 from fl_ee.models import EarlyExitCNN, ModelSpec
 from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
 from strategies.base import to_numpy
@@ -49,12 +52,13 @@ def test_each_client_is_sent_exactly_its_depth_slice(task_identity):
     arrays = ArrayRecord(model.state_dict())
     strategy = DepthAwareStrategy(fraction_train=1.0)
     strategy.register_clients(_clients())
-    messages = list(strategy.configure_train(1, arrays, ConfigRecord({"server-round": 1}), grid=None))
+    config = Instructions(config_to_json(config_from_dict({})), server_round=1).to_record()
+    messages = list(strategy.configure_train(1, arrays, config, grid=None))
     assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102, 103]
     for message, depth in zip(messages, [1, 2, 4, 2]):
         keys = set(message.content["arrays"])
         assert keys == {k for k in arrays if int(k.split(".")[1]) < depth}
-        assert message.content["config"]["depth"] == depth
+        assert instructions_of(message).depth == depth
         assert message.metadata.message_type == MessageType.TRAIN
 
 
@@ -62,7 +66,7 @@ def test_sampling_is_seeded_and_sized_by_fraction():
     def sample(seed, rnd):
         s = DepthAwareStrategy(fraction_train=0.5, seed=seed)
         s.register_clients(_clients())
-        return [c.client_id for c in s.sample(rnd, 0.5, 2)]
+        return [c.client_id for c in s.sample(rnd, 0.5, Stream.SAMPLE_TRAIN)]
 
     assert len(sample(0, 1)) == 2
     assert sample(0, 1) == sample(0, 1)

@@ -47,10 +47,10 @@ def test_partitions_are_deterministic_by_seed():
 
 def test_local_split_holds_out_a_test_share_from_the_clients_own_samples():
     indices = np.arange(100, 150)
-    split = local_split(indices, 0.2, seed=0)
+    split = local_split(indices, 0.2, np.random.default_rng(0))
     assert len(split.test) == 10 and len(split.train) == 40
     assert set(split.train) | set(split.test) == set(indices) and not set(split.train) & set(split.test)
-    tiny = local_split(np.array([7, 9]), 0.2, seed=0)
+    tiny = local_split(np.array([7, 9]), 0.2, np.random.default_rng(0))
     assert len(tiny.test) == 1 and len(tiny.train) == 1
 
 
@@ -67,6 +67,20 @@ def test_impossible_splits_are_user_errors():
     with pytest.raises(UserError) as info:
         partition_indices(LABELS, 4, "shards", 0.5, shards_per_client=11, seed=0)
     assert info.value.key == "data.shards_per_client"
+    with pytest.raises(UserError, match="use at most 300 clients") as info:  # 600 samples, 2 each at least
+        partition_indices(LABELS, 301, "dirichlet", 0.5, 2, seed=0)
+    assert info.value.key == "data.num_clients"
+
+
+def test_seed_streams_never_coincide_across_runs_or_clients():
+    # under "seed + 1 + cid", client 1 of seed 0 and client 0 of seed 1 drew the same local split
+    splits = {s: client_splits(LABELS, 4, "iid", 0.5, 2, 0.25, s) for s in (0, 1)}
+    same = np.array_equal(np.sort(splits[0][1].test), np.sort(splits[1][0].test))
+    assert not same
+    from fl_ee.seeding import Stream, derive_seed
+
+    assert len({derive_seed(0, s) for s in Stream}) == len(Stream)
+    assert derive_seed(0, Stream.LOCAL_SPLIT, 1) != derive_seed(1, Stream.LOCAL_SPLIT, 0)
 
 
 def test_tier_counts_follow_shares_by_largest_remainder():

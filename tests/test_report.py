@@ -14,7 +14,8 @@ import pytest
 from fl_ee.cli import main
 from fl_ee.metrics import efficiency, fairness, mean_or_none
 from fl_ee.plots import PLOTS
-from fl_ee.report import best_of, load_run
+from fl_ee.report import best_of
+from fl_ee.rundir import load_run
 
 TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=6",
         "--set", "strategy.fraction_train=1.0"]

@@ -6,11 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord
 
 from fl_ee.cli import main
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.errors import UserError
+from fl_ee.protocol import Instructions, TrainReply, instructions_of, reply
 from strategies import ClientInfo, DepthAwareStrategy, Exclusive, FedAdam, FedDyn, FedYogi, QFedAvg, build_strategy
 from strategies.aggregation import holder_aggregate
 from strategies.exclusive import full_depth_clients
@@ -30,14 +31,13 @@ def _arrays(values: dict[str, list[float]]) -> dict[str, np.ndarray]:
 
 def _round_trip(strategy, current, client_arrays, metrics, config=None):
     """Send ``current`` through ``configure_train``, reply with ``client_arrays[client_id]``, aggregate."""
-    config = config or ConfigRecord({"server-round": 1})
+    config = config or Instructions(config_to_json(config_from_dict({})), server_round=1).to_record()
     sent = list(strategy.configure_train(1, ArrayRecord(_as_arrays(current)), config, grid=None))
     replies = []
     for message in sent:
-        cid = strategy.clients[message.metadata.dst_node_id].client_id
-        content = RecordDict({"arrays": ArrayRecord(_as_arrays(client_arrays[cid])),
-                              "metrics": MetricRecord({"num-examples": 10, **metrics[cid]})})
-        replies.append(Message(content, reply_to=message))
+        cid = strategy.recipient(message).client_id
+        payload = TrainReply(cid, num_examples=10, train_loss=0.0, **metrics[cid])
+        replies.append(reply(message, payload, ArrayRecord(_as_arrays(client_arrays[cid]))))
     new, _ = strategy.aggregate_train(1, replies[::-1])  # arrival order must not matter
     return sent, {k: a.numpy() for k, a in new.items()}
 
@@ -69,7 +69,8 @@ def test_exclusive_trains_only_full_depth_clients(task_identity):
     half.register_clients(_clients([1, 2, 4, 2, 4]))
     assert len(half.sample(1, 0.5, 2, half.train_pool())) == 1  # the fraction applies among full-depth clients
     # evaluation still reaches everyone
-    evaluated = strategy.configure_evaluate(1, ArrayRecord(_as_arrays(current)), ConfigRecord({}), grid=None)
+    config = Instructions(config_to_json(config_from_dict({})), server_round=1).to_record()
+    evaluated = strategy.configure_evaluate(1, ArrayRecord(_as_arrays(current)), config, grid=None)
     assert len(list(evaluated)) == 5
 
 
@@ -160,13 +161,13 @@ def test_qffl_aggregate_by_hand():
 def test_qfedavg_weighs_by_reported_loss_with_the_runs_learning_rate(task_identity):
     strategy = QFedAvg(q=1.0)
     strategy.register_clients(_clients([1, 2]))
-    config = ConfigRecord({"server-round": 1, "run-config": config_to_json(config_from_dict({"training": {"lr": 0.5}}))})
+    config = Instructions(config_to_json(config_from_dict({"training": {"lr": 0.5}})), server_round=1).to_record()
     current = _arrays({"stages.0.w": [1.0], "stages.1.w": [0.0]})
     replies = {0: _arrays({"stages.0.w": [0.0]}), 1: _arrays({"stages.0.w": [2.0], "stages.1.w": [1.0]})}
-    losses = {0: {"initial-loss": 1.0}, 1: {"initial-loss": 3.0}}
+    losses = {0: {"initial_loss": 1.0}, 1: {"initial_loss": 3.0}}
     sent, new = _round_trip(strategy, current, replies, losses, config)
     assert new["stages.0.w"][0] == pytest.approx(1.2) and new["stages.1.w"][0] == pytest.approx(3 / 7)  # L = 1/0.5
-    assert all(m.content["config"]["initial-loss"] for m in sent)  # clients are asked to report the loss
+    assert all(instructions_of(m).want_initial_loss for m in sent)  # clients are asked to report the loss
 
 
 # ------------------------------------------------------------------- registry
@@ -176,7 +177,7 @@ def test_every_shipped_strategy_builds_and_cites_its_source():
     for name, path in SHIPPED.items():
         cls = strategy_class(name)
         assert issubclass(cls, DepthAwareStrategy) and path.endswith(f":{cls.__name__}")
-        assert isinstance(build_strategy(name, {}, 1.0, 1.0, 0), cls)
+        assert isinstance(build_strategy(config_from_dict({"strategy": {"name": name}})), cls)
         source = sys.modules[cls.__module__].__doc__
         assert re.search(r"et al\., .*(ICLR|NeurIPS|KDD|ICML) 20\d\d", source), name  # authors, venue, year
 
@@ -194,12 +195,13 @@ def test_every_shipped_strategy_builds_and_cites_its_source():
 )
 def test_bad_options_name_their_key(name, options, key):
     with pytest.raises(UserError) as info:
-        build_strategy(name, options, 1.0, 1.0, 0)
+        build_strategy(config_from_dict({"strategy": {"name": name, "options": options}}))
     assert info.value.key == key
 
 
 def test_options_become_constructor_arguments():
-    s = build_strategy("fedadam", {"eta": 0.01, "beta_1": 0.5, "weighted": False}, 0.5, 1.0, 3)
+    s = build_strategy(config_from_dict({"seed": 3, "strategy": {"name": "fedadam", "fraction_train": 0.5,
+                                                                "options": {"eta": 0.01, "beta_1": 0.5, "weighted": False}}}))
     assert (s.eta, s.beta_1, s.beta_2, s.tau, s.weighted, s.fraction_train, s.seed) == (0.01, 0.5, 0.99, 1e-3, False, 0.5, 3)
 
 

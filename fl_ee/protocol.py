@@ -1,0 +1,162 @@
+"""The wire protocol between the ServerApp and the ClientApp: every record key and payload, typed.
+
+A message from the server carries the client's slice of the global model under
+:data:`ARRAYS` and :class:`Instructions` under :data:`CONFIG`; a reply carries a
+:class:`ClientReport`, :class:`TrainReply` or :class:`EvaluateReply` under
+:data:`METRICS` (and, after training, the updated shared tensors under :data:`ARRAYS`).
+Each payload field travels under its name with ``-`` for ``_`` (``num_examples`` is
+``num-examples``); optional fields that are ``None`` are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fl_ee.config import Config, config_from_dict
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # RecordDict keys of every message
+PERSONAL_EXITS = "personal-exits"  # the client's own exit heads in its Context.state (never sent)
+
+P = TypeVar("P", bound="Payload")
+
+
+def wire_key(field: str) -> str:
+    """The record key a payload field travels under."""
+    return field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A typed record: ``to_values`` for the wire, ``from_values`` back (lists come back as tuples)."""
+
+    record_type: ClassVar[type[ConfigRecord] | type[MetricRecord]] = MetricRecord
+
+    def to_record(self) -> Any:
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                values[wire_key(f.name)] = list(value) if isinstance(value, tuple) else value
+        return self.record_type(values)
+
+    @classmethod
+    def from_record(cls: type[P], record: ConfigRecord | MetricRecord) -> P:
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = wire_key(f.name)
+            if key in record:
+                value = record[key]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Instructions(Payload):
+    """What the server tells a client in every message.
+
+    ``run_config`` is the resolved run config as canonical JSON; ``depth`` the client's
+    submodel depth (set per client by the strategy); ``want_initial_loss`` asks for the
+    local objective at the received weights (q-FFL needs it); ``pace_s`` is how long a
+    paced client sleeps after training.
+    """
+
+    record_type: ClassVar[type[ConfigRecord]] = ConfigRecord
+
+    run_config: str
+    server_round: int = 0
+    depth: int = 0
+    want_initial_loss: bool = False
+    pace_s: float = 0.0
+
+    @property
+    def config(self) -> Config:
+        """The run config, parsed once per process."""
+        return _parse_config(self.run_config)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_config(text: str) -> Config:
+    return config_from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class ClientReport(Payload):
+    """A client's answer to the start-up query: who it is and how much data it holds."""
+
+    client_id: int
+    num_train: int
+    num_test: int
+
+
+@dataclass(frozen=True)
+class TrainReply(Payload):
+    """The metrics of a client's training round; its shared tensors travel beside them.
+
+    ``personal_loss`` is ``None`` without personal exits, ``initial_loss`` unless asked for.
+    """
+
+    client_id: int
+    num_examples: int
+    train_loss: float
+    personal_loss: float | None = None
+    initial_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateReply(Payload):
+    """A client's evaluation with its personal exits on its local test split.
+
+    Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
+    there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
+    sample) under the policy; ``full_flops`` per sample of its whole submodel; and the
+    adaptive figures at every threshold of ``fl_ee.policies.SWEEP_THRESHOLDS``.
+    """
+
+    client_id: int
+    num_examples: int
+    accuracy: float
+    exit_accuracy: tuple[float, ...]
+    adaptive_accuracy: float
+    expected_flops: float
+    exit_fractions: tuple[float, ...]
+    full_flops: float
+    sweep_accuracy: tuple[float, ...]
+    sweep_flops: tuple[float, ...]
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def instructions_of(message: Message) -> Instructions:
+    """The instructions a server message carries."""
+    return Instructions.from_record(message.content[CONFIG])
+
+
+def with_instructions(message: Message, instructions: Instructions) -> None:
+    """Replace the instructions of an outgoing message."""
+    message.content[CONFIG] = instructions.to_record()
+
+
+def instruction_message(arrays: ArrayRecord, instructions: Instructions, node_id: int, message_type: str) -> Message:
+    """A message from the server: a model slice and the instructions for it."""
+    content = RecordDict({ARRAYS: arrays, CONFIG: instructions.to_record()})
+    return Message(content=content, dst_node_id=node_id, message_type=message_type)
+
+
+def reply(to: Message, payload: Payload, arrays: ArrayRecord | None = None) -> Message:
+    """A client's reply: the payload's metrics, and arrays where it sends tensors back."""
+    content = RecordDict({METRICS: payload.to_record()})
+    if arrays is not None:
+        content[ARRAYS] = arrays
+    return Message(content, reply_to=to)
+
+
+def payload_of(message: Message, kind: type[P]) -> P:
+    """The typed payload of a client's reply."""
+    return kind.from_record(message.content[METRICS])
