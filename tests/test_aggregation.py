@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, MessageType
+from flwr.app import ArrayRecord, Message, MessageType
+from flwr.clientapp import ClientApp
 
 from fl_ee.config import config_from_dict, config_to_json
-from fl_ee.protocol import Instructions, instructions_of
+from fl_ee.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from fl_ee.seeding import Stream
 from fl_ee.models import EarlyExitCNN, ModelSpec
 from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
-from strategies.base import to_numpy
+from inprocess import InProcessGrid
+from strategies.base import to_numpy, to_record
 
 
 def test_weighted_mean_by_hand():
@@ -73,14 +75,60 @@ def test_sampling_is_seeded_and_sized_by_fraction():
     assert len({tuple(sample(0, r)) for r in range(1, 20)}) > 1  # rounds draw different clients
 
 
-def test_custom_rule_plugs_in_through_aggregate_tensor():
-    class Frozen(DepthAwareStrategy):
-        def aggregate_tensor(self, key, values, weights, current):
-            return current
+def _constant_app() -> ClientApp:
+    """A ClientApp whose training sets every received tensor to ``partition-id + 1`` and reports
+    ``10 * (partition-id + 1)`` examples; partition 4 raises (its error reply must not count)."""
+    app = ClientApp()
 
-    current = {"stages.0.w": np.array([5.0])}
-    new = holder_aggregate([{"stages.0.w": np.array([1.0])}], [1], current, Frozen().aggregate_tensor)
-    assert new == current
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        p = int(context.node_config["partition-id"])
+        if p == 4:
+            raise RuntimeError("out of memory")
+        arrays = {k: np.full_like(v, p + 1.0) for k, v in to_numpy(msg.content[ARRAYS]).items()}
+        return reply(msg, TrainReply(p, num_examples=10 * (p + 1), train_loss=0.0), to_record(arrays))
+
+    return app
+
+
+def test_custom_rule_plugs_in_through_aggregate_train():
+    """A rule overriding ``aggregate_tensor`` sees each key's holders, in client-id order, through the
+    strategy's real ``aggregate_train`` on real (out-of-order, one failed) reply messages."""
+    seen = {}
+
+    class Median(DepthAwareStrategy):
+        def aggregate_tensor(self, key, values, weights, current):
+            seen[key] = ([float(v.flat[0]) for v in values], list(weights), float(current.flat[0]))
+            return np.median(np.stack(values), axis=0)
+
+    depths = [1, 2, 4, 2, 4]
+    with InProcessGrid(len(depths), _constant_app(), seed=3) as grid:
+        clients = [ClientInfo(grid.node_of_partition(i), i, f"t{d}", d, 10, 2) for i, d in enumerate(depths)]
+        model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
+        sent = {k: np.full_like(v, -1.0) for k, v in to_numpy(ArrayRecord(model.state_dict())).items()}
+        results = {}
+        for strategy in (Median(), DepthAwareStrategy()):
+            strategy.register_clients(clients)
+            config = Instructions(config_to_json(config_from_dict({})), server_round=1).to_record()
+            messages = strategy.configure_train(1, to_record(sent), config, grid)
+            replies = list(grid.send_and_receive(messages))
+            assert sum(m.has_error() for m in replies) == 1  # partition 4
+            new, metrics = strategy.aggregate_train(1, replies)
+            results[type(strategy).__name__] = to_numpy(new)
+            assert metrics["num-examples"] == 10 + 20 + 30 + 40
+
+    # clients 0..3 send 1, 2, 3, 4 with 10, 20, 30, 40 examples; client 2 is the only depth-4 one left
+    assert seen["stages.0.0.weight"] == ([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0], -1.0)
+    assert seen["stages.1.0.weight"] == ([2.0, 3.0, 4.0], [20.0, 30.0, 40.0], -1.0)
+    assert seen["stages.3.0.weight"] == ([3.0], [30.0], -1.0)
+    median, mean = results["Median"], results["DepthAwareStrategy"]
+    expected_median = {0: 2.5, 1: 3.0, 2: 3.0, 3: 3.0}  # by hand: median(1,2,3,4), median(2,3,4), 3, 3
+    expected_mean = {0: (10 + 40 + 90 + 160) / 100, 1: (40 + 90 + 160) / 90, 2: 3.0, 3: 3.0}  # example-weighted
+    for key in sent:
+        stage = int(key.split(".")[1])
+        np.testing.assert_allclose(median[key], expected_median[stage], rtol=1e-6)
+        np.testing.assert_allclose(mean[key], expected_mean[stage], rtol=1e-6)
+    assert set(seen) == set(sent)  # every key has a holder: client 2 holds the whole model
 
 
 def test_to_numpy_round_trip():

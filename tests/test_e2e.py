@@ -11,6 +11,8 @@ import pytest
 
 from fl_ee.config import load_config
 
+pytestmark = pytest.mark.e2e
+
 TINY = [
     "--set", "rounds=3",
     "--set", "eval_every=2",

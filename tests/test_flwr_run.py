@@ -24,6 +24,7 @@ def test_run_config_maps_onto_the_same_config():
     assert cfg == load_config(None) and out.parent == Path("runs")
 
 
+@pytest.mark.e2e
 def test_flwr_run_runs_a_simulation(tmp_path):
     flwr = Path(sys.executable).parent / "flwr"
     if not flwr.exists():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from flwr.app import ArrayRecord
 
 from fl_ee.cli import main
@@ -51,6 +52,7 @@ def install_entry_point(folder: Path, name: str, value: str) -> None:
     (info / "entry_points.txt").write_text(f"[fl_ee.strategies]\n{name} = {value}\n")
 
 
+@pytest.mark.e2e
 def test_readme_example_runs_as_written(tmp_path):
     filename, code, args = readme_example()
     (tmp_path / filename).write_text(code)
@@ -66,6 +68,7 @@ def test_readme_example_runs_as_written(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "fl-ee: error: strategy.options.trim: must be an integer >= 0"
 
 
+@pytest.mark.e2e
 def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
     (tmp_path / "frozen_plugin.py").write_text(FROZEN)
     install_entry_point(tmp_path, "frozen", "frozen_plugin:Frozen")

@@ -5,7 +5,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,31 +15,26 @@ from fl_ee.metrics import efficiency, fairness, mean_or_none
 from fl_ee.plots import PLOTS
 from fl_ee.report import best_of
 from fl_ee.rundir import load_run
+from inprocess import run_inprocess
 
-TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=6",
-        "--set", "strategy.fraction_train=1.0"]
-DEADLINE = ["stragglers", "--set", "rounds=2", "--set", "eval_every=1", "--set", "simulation.straggler_policy=deadline"]
+TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0"]
+DEADLINE = ["rounds=2", "eval_every=1", "simulation.straggler_policy=deadline"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Real tiny runs, started side by side: two that differ only in the strategy's weighting,
-    and one of the `stragglers` preset under a deadline (its slow tier comes late)."""
+    """Real tiny runs through the in-process grid (the same files ``fl-ee run`` writes): two that
+    differ only in the strategy's weighting, and one of the `stragglers` preset under a deadline
+    (its slow tier comes late)."""
     parent = tmp_path_factory.mktemp("report")
     arguments = {
-        "weighted": [*TINY, "--set", "strategy.options.weighted=true"],
-        "unweighted": [*TINY, "--set", "strategy.options.weighted=false"],
-        "deadline": DEADLINE,
+        "weighted": (None, [*TINY, "strategy.options.weighted=true"]),
+        "unweighted": (None, [*TINY, "strategy.options.weighted=false"]),
+        "deadline": ("stragglers", DEADLINE),
     }
-    started = {
-        name: subprocess.Popen([sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(parent / name)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for name, args in arguments.items()
-    }
-    for process in started.values():
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-    return {name: parent / name for name in started}
+    for name, (preset, overrides) in arguments.items():
+        run_inprocess(parent / name, overrides, preset)
+    return {name: parent / name for name in arguments}
 
 
 @pytest.fixture
@@ -84,12 +78,18 @@ def test_summary_fairness_and_efficiency_follow_from_clients_csv(run_dir):
     assert f["by_tier"] == pytest.approx(summary["accuracy"]["personalised"]["by_tier"])
 
     e = summary["efficiency"]
-    assert list(e) == ["exit_distribution", "expected_flops", "flops_saving"]
-    fractions = [[float(r[f"exit_fraction{i}"]) for i in range(1, int(r["depth"]) + 1)] for r in rows]
-    by_hand = efficiency(fractions, [float(r["expected_flops"]) for r in rows], [float(r["full_flops"]) for r in rows],
-                         [int(r["num_test"]) for r in rows], 4)
-    assert e["exit_distribution"] == pytest.approx(by_hand["exit_distribution"], abs=1e-5)
-    assert e["expected_flops"] == pytest.approx(by_hand["expected_flops"], rel=1e-5)
+    assert list(e) == ["exit_distribution", "expected_flops", "flops_saving", "by_tier"]
+
+    def efficiency_of(rows):
+        fractions = [[float(r[f"exit_fraction{i}"]) for i in range(1, int(r["depth"]) + 1)] for r in rows]
+        return efficiency(fractions, [float(r["expected_flops"]) for r in rows],
+                          [float(r["full_flops"]) for r in rows], [int(r["num_test"]) for r in rows], 4)
+
+    for part, members in [(e, rows), *((e["by_tier"][t], [r for r in rows if r["tier"] == t]) for t in tiers)]:
+        by_hand = efficiency_of(members)
+        assert part["exit_distribution"] == pytest.approx(by_hand["exit_distribution"], abs=1e-5)
+        assert part["expected_flops"] == pytest.approx(by_hand["expected_flops"], rel=1e-5)
+        assert part["flops_saving"] == pytest.approx(by_hand["flops_saving"], abs=1e-6)
     assert sum(e["exit_distribution"].values()) == pytest.approx(1.0)
     assert 0 <= e["flops_saving"] < 1
 
@@ -135,6 +135,88 @@ def test_report_prints_the_tables(run_dir, capsys):
         assert text in out
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _cells(out: str, label: str) -> list[str]:
+    """The cells after ``label`` on the one printed line that starts with it (for the full-width tables)."""
+    lines = [line.split() for line in out.splitlines() if line.split()[:1] == [label]]
+    assert len(lines) == 1, (label, lines)
+    return lines[0][1:]
+
+
+def _value(out: str, label: str) -> str:
+    """The value printed beside ``label`` in a metric/value table (several stand side by side)."""
+    found = re.findall(rf"(?:^|\s){re.escape(label)} +(\S+(?: pp)?)(?=\s|$)", out, re.M)
+    assert len(found) == 1, (label, found)
+    return found[0]
+
+
+def _near(printed: str, value: float, scale: float = 100.0, unit: float = 0.1) -> bool:
+    """``printed`` is ``scale * value`` rounded to ``unit`` (allowing for the last bit of a mean)."""
+    return abs(float(printed) - scale * value) <= unit / 2 + 1e-9
+
+
+def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
+    """Every figure ``fl-ee report`` prints, recomputed from summary.json, clients.csv and rounds.jsonl."""
+    code, out, _ = _report(capsys, str(run_dir))
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = _clients(run_dir)
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    participation = summary["stragglers"]["participation_by_tier"]
+
+    # tier table: means over each tier's clients.csv rows; the "all" row's FLOPs are the summary's
+    for tier, depth in (("iot", 2), ("phone", 3), ("laptop", 4)):
+        members = [r for r in rows if r["tier"] == tier]
+        cells = _cells(out, tier)
+        assert cells[:3] == [str(depth), str(len(members)), _pct(participation[tier])]
+        for i in range(1, 5):
+            held = [float(r[f"accuracy_exit{i}"]) for r in members if r[f"accuracy_exit{i}"]]
+            assert (cells[2 + i] == "-") if not held else _near(cells[2 + i], sum(held) / len(held)), (tier, i)
+        assert _near(cells[7], sum(float(r["adaptive_accuracy"]) for r in members) / len(members))
+        weights = [int(r["num_test"]) for r in members]
+        expected = sum(w * float(r["expected_flops"]) for w, r in zip(weights, members)) / sum(weights)
+        full = sum(w * float(r["full_flops"]) for w, r in zip(weights, members)) / sum(weights)
+        assert _near(cells[8], expected, 1e-6, 0.001) and _near(cells[9], 1 - expected / full)
+    everyone = _cells(out, "all")
+    assert everyone[0] == "6"
+    for i in range(1, 5):
+        held = [float(r[f"accuracy_exit{i}"]) for r in rows if r[f"accuracy_exit{i}"]]
+        assert _near(everyone[i], sum(held) / len(held))
+    assert everyone[6:] == [f"{summary['efficiency']['expected_flops'] / 1e6:.3f}",
+                            _pct(summary["efficiency"]["flops_saving"])]
+    assert _cells(out, "global") == [_pct(v) for v in summary["accuracy"]["global"]["by_exit"].values()]
+    mean = summary["accuracy"]["personalised"]["mean"]
+    assert f"personalised mean at each client's deepest exit: {_pct(mean)}%" in out
+
+    # progress table: one row per evaluation, from rounds.jsonl
+    for record in rounds:
+        personalised = record["evaluate"]["personalised"]
+        assert _cells(out, str(record["round"])) == [
+            f"{record['clock']['virtual_time_s']:,.1f}", _pct(personalised["mean"]),
+            *(_pct(personalised["by_tier"][t]) for t in ("iot", "phone", "laptop")),
+            _pct(record["evaluate"]["global"]["by_exit"]["4"])]
+
+    # fairness, efficiency and stragglers: the summary's sections, as formatted
+    f, e, s = summary["fairness"], summary["efficiency"], summary["stragglers"]
+    expected_values = {
+        "mean %": _pct(f["mean"]), "std %": _pct(f["std"]), "min %": _pct(f["min"]),
+        "worst 10% %": _pct(f["worst10"]), "best 10% %": _pct(f["best10"]),
+        "Jain's index": f"{f['jain']:.3f}", "Gini": f"{f['gini']:.3f}", "tier gap": f"{100 * f['tier_gap']:.1f} pp",
+        **{f"exit {i} share %": _pct(v) for i, v in e["exit_distribution"].items()},
+        "expected MFLOPs": f"{e['expected_flops'] / 1e6:.3f}", "saving vs full %": _pct(e["flops_saving"]),
+        "virtual time s": f"{summary['virtual_time_s']:,.1f}", "time to accuracy s": "-",
+        "round time p50 s": f"{s['round_time_s']['p50']:,.1f}", "round time p90 s": f"{s['round_time_s']['p90']:,.1f}",
+        "round time max s": f"{s['round_time_s']['max']:,.1f}", "late %": _pct(s["late_fraction"]),
+        "dropped updates": str(s["dropped_updates"]),
+    }
+    assert f["mean"] == mean and summary["time_to_accuracy_s"] is None
+    for label, value in expected_values.items():
+        assert _value(out, label) == value, label
+
+
 def test_report_json_prints_the_summary(run_dir, capsys):
     code, out, _ = _report(capsys, str(run_dir), "--json")
     assert code == 0 and json.loads(out) == json.loads((run_dir / "summary.json").read_text())
@@ -174,7 +256,7 @@ def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):
 
 
 @pytest.mark.parametrize("make", ["missing", "foreign", "file"])
-def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make):
+def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make, capsys):
     target = tmp_path / "x"
     if make == "foreign":
         target.mkdir()
@@ -182,9 +264,10 @@ def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make):
     elif make == "file":
         target.write_text("hello")
     for command in (["report", str(target)], ["compare", str(target), str(target)]):
-        done = subprocess.run([sys.executable, "-m", "fl_ee.cli", *command], capture_output=True, text=True)
-        assert done.returncode == 2 and done.stdout == ""
-        assert done.stderr.startswith("fl-ee: error:") and len(done.stderr.strip().splitlines()) == 1
+        code = main(command)  # in process: the CLI's own error path, without a Python start per case
+        out, err = capsys.readouterr()
+        assert code == 2 and out == ""
+        assert err.startswith("fl-ee: error:") and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------- stragglers
@@ -231,12 +314,22 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
     assert f"Runs compared (in {run_dir.parent})" in out
     assert re.search(r"metric +weighted +unweighted", out)
     assert "depthfl weighted=true" in out and "depthfl weighted=false" in out
-    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    for label in ("personalised", "worst", "Jain's", "Gini", "tier", "virtual", "time", "expected"):
-        assert label in rows
-    jain = [load_run(p).summary["fairness"]["jain"] for p in (run_dir, other)]
-    assert jain[0] != jain[1]  # the aggregation weights change who is served well
-    assert f"{jain[0]:.3f}" in rows["Jain's"] and f"{jain[1]:.3f}" in rows["Jain's"]
+    summaries = [json.loads((p / "summary.json").read_text()) for p in (run_dir, other)]
+    assert summaries[0]["fairness"]["jain"] != summaries[1]["fairness"]["jain"]  # the weights change who is served
+    by_label = {
+        "personalised mean %": lambda s: _pct(s["fairness"]["mean"]),
+        "worst 10% %": lambda s: _pct(s["fairness"]["worst10"]),
+        "Jain's index": lambda s: f"{s['fairness']['jain']:.3f}",
+        "Gini": lambda s: f"{s['fairness']['gini']:.3f}",
+        "tier gap": lambda s: f"{100 * s['fairness']['tier_gap']:.1f} pp",
+        "virtual time s": lambda s: f"{s['virtual_time_s']:,.1f}",
+        "time to accuracy s": lambda s: "-",
+        "expected MFLOPs": lambda s: f"{s['efficiency']['expected_flops'] / 1e6:.3f}",
+    }
+    for label, show in by_label.items():
+        cells = [show(s) for s in summaries]
+        assert re.search(rf"^ *{re.escape(label)} +{re.escape(cells[0])} +{re.escape(cells[1])} *$", out, re.M), label
+    assert re.search(r"^ *seed +0 +0 *$", out, re.M) and re.search(r"^ *rounds +2/2 +2/2 *$", out, re.M)
 
 
 def test_compare_needs_two_runs(run_dir, capsys):

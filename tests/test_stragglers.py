@@ -9,6 +9,8 @@ import pytest
 
 from fl_ee.config import load_config
 
+pytestmark = pytest.mark.e2e
+
 
 def run(tmp_path: Path, policy: str) -> list[dict]:
     out = tmp_path / policy
