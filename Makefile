@@ -4,13 +4,18 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test flwr-run clean
+.PHONY: run test lint flwr-run clean
 
 run: $(STAMP)
 	$(VENV)/bin/fl-ee run
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# Lint (ruff) and type-check (mypy), as CI does before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The same apps under Flower's CLI: a local SuperLink in simulation mode (started on
 # first use, on 127.0.0.1:39091) runs them with this venv's packages.

@@ -70,7 +70,9 @@ def watch_run(args: list[str], out: Path, poll_s: float = 0.1, memory_every_s: f
     watched = Watched(started=time.time())
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
+    pipe = child.stderr
+    assert pipe is not None  # stderr=PIPE
+    reader = threading.Thread(target=lambda: stderr.append(pipe.read()), daemon=True)
     reader.start()
     rounds_file, last_memory = out / "rounds.jsonl", 0.0
     while child.poll() is None:

@@ -27,9 +27,8 @@ import torch
 
 from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
 from fl_ee.client import depth_flops, model_spec
-from fl_ee.data import client_data
 from fl_ee.config import Config, load_config
-from fl_ee.data import load_dataset
+from fl_ee.data import client_data, load_dataset
 from fl_ee.models import EarlyExitCNN
 from fl_ee.policies import adaptive_inference
 from fl_ee.seeding import Stream, derive_seed
@@ -92,8 +91,8 @@ def main() -> None:
 
     loop_start = watched.round_seen_at[1] - rounds[0]["wall_s"]
     steady = rounds[-1]["wall_s"] - rounds[0]["wall_s"]
-    calls = sum(sum(c["outcome"] in ("ok", "late") for c in r["clock"]["clients"]) + len(r.get("evaluate", {}).get("clients", []))
-                for r in rounds[1:])
+    calls = sum(sum(c["outcome"] in ("ok", "late") for c in r["clock"]["clients"])
+                + len(r.get("evaluate", {}).get("clients", [])) for r in rounds[1:])
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1

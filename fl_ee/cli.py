@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``fl-ee run``: preflight, then the simulation with the run directory and a progress bar."""
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.client import app as client_app
     from fl_ee.preflight import preflight
@@ -65,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``fl-ee report``: the tables of one run directory, and its plots or HTML page on request."""
     from fl_ee.report import html_page, report_renderables
     from fl_ee.rundir import SUMMARY, atomic_write, load_run
 
@@ -95,6 +97,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``fl-ee compare``: key metrics of several run directories side by side."""
     from fl_ee.report import compare_table
     from fl_ee.rundir import load_run
 
@@ -107,6 +110,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``fl-ee list``: the strategies (plug-ins included) or the shipped presets."""
     from importlib import resources
 
     if args.what == "strategies":

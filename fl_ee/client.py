@@ -57,7 +57,7 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitCNN]:
     cfg = instructions.config
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
     model = EarlyExitCNN(model_spec(cfg), instructions.depth)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     return instructions, cfg, model
 
 
@@ -65,7 +65,7 @@ def _personal_heads(model: EarlyExitCNN, context: Context) -> torch.nn.ModuleLis
     """The client's own exit heads: from its state, or copies of the global ones at first."""
     heads = copy.deepcopy(model.exits)
     if PERSONAL_EXITS in context.state:
-        heads.load_state_dict(context.state[PERSONAL_EXITS].to_torch_state_dict())
+        heads.load_state_dict(context.state.array_records[PERSONAL_EXITS].to_torch_state_dict())
     return heads
 
 

@@ -209,7 +209,7 @@ def run_splits(cfg: Config) -> tuple[ClientSplit, ...]:
 
 
 def client_data(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This client's local train and test tensors (x_train, y_train, x_test, y_test)."""
+    """A client's local train and test tensors (x_train, y_train, x_test, y_test)."""
     data = load_dataset(cfg.data)
     split = run_splits(cfg)[client_id]
     train, test = torch.from_numpy(split.train), torch.from_numpy(split.test)

@@ -18,7 +18,7 @@ def mean_or_none(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float | None:
+def weighted_average(values: Sequence[float], weights: Sequence[float]) -> float | None:
     """``sum(w * v) / sum(w)``, or ``None`` when the weights sum to zero."""
     total = sum(weights)
     return sum(w * v for v, w in zip(values, weights)) / total if total else None
@@ -109,7 +109,7 @@ def exit_distribution(
     number of test samples; an exit a client does not hold gets none of its samples.
     """
     return {
-        str(i + 1): weighted_mean([f[i] if len(f) > i else 0.0 for f in fractions], weights)
+        str(i + 1): weighted_average([f[i] if len(f) > i else 0.0 for f in fractions], weights)
         for i in range(num_exits)
     }
 
@@ -131,11 +131,11 @@ def efficiency(
     ``expected_flops`` is FLOPs per sample under the exit policy, ``full_flops`` FLOPs per
     sample of the client's whole submodel; the saving compares their per-sample means.
     """
-    expected = weighted_mean(expected_flops, weights)
+    expected = weighted_average(expected_flops, weights)
     return {
         "exit_distribution": exit_distribution(fractions, weights, num_exits),
         "expected_flops": expected,
-        "flops_saving": flops_saving(expected, weighted_mean(full_flops, weights)),
+        "flops_saving": flops_saving(expected, weighted_average(full_flops, weights)),
     }
 
 

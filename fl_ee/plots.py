@@ -34,7 +34,8 @@ class Skip(Exception):
 
 def tier_colours(tiers: Sequence[str]) -> dict[str, Any]:
     """A fixed colour per tier, by its position in the config."""
-    palette = matplotlib.colormaps["tab10"].colors
+    tab10 = matplotlib.colormaps["tab10"]
+    palette = [tab10(i) for i in range(tab10.N)]
     return {t: palette[i % len(palette)] for i, t in enumerate(tiers)}
 
 

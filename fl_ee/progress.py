@@ -22,13 +22,16 @@ class ProgressBar(Observer):
         self.task = self.progress.add_task("rounds", total=rounds, status="starting Ray")
 
     def __enter__(self) -> ProgressBar:
+        """Show the bar."""
         self.progress.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        """Stop drawing the bar."""
         self.progress.stop()
 
     def after_round(self, record: Mapping[str, Any]) -> None:
+        """Advance one round; show the personalised mean where the round evaluated."""
         mean = record.get("evaluate", {}).get("personalised", {}).get("mean")
         status = f"personalised acc {100 * mean:.1f}%" if mean is not None else ""
         self.progress.update(self.task, advance=1, status=status)

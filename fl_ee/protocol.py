@@ -38,6 +38,7 @@ class Payload:
     record_type: ClassVar[type[ConfigRecord] | type[MetricRecord]] = MetricRecord
 
     def to_record(self) -> Any:
+        """The payload as the Flower record it travels in."""
         values = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -47,6 +48,7 @@ class Payload:
 
     @classmethod
     def from_record(cls: type[P], record: ConfigRecord | MetricRecord) -> P:
+        """The payload a record carries (fields it lacks take their defaults)."""
         values = {}
         for f in dataclasses.fields(cls):
             key = wire_key(f.name)
@@ -135,7 +137,7 @@ class EvaluateReply(Payload):
 
 def instructions_of(message: Message) -> Instructions:
     """The instructions a server message carries."""
-    return Instructions.from_record(message.content[CONFIG])
+    return Instructions.from_record(message.content.config_records[CONFIG])
 
 
 def with_instructions(message: Message, instructions: Instructions) -> None:
@@ -159,4 +161,4 @@ def reply(to: Message, payload: Payload, arrays: ArrayRecord | None = None) -> M
 
 def payload_of(message: Message, kind: type[P]) -> P:
     """The typed payload of a client's reply."""
-    return kind.from_record(message.content[METRICS])
+    return kind.from_record(message.content.metric_records[METRICS])

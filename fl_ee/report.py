@@ -25,7 +25,6 @@ from rich.table import Table
 from rich.text import Text
 
 from fl_ee.config import Config
-from fl_ee.errors import UserError
 from fl_ee.metrics import spread
 from fl_ee.rundir import Run, get
 
@@ -36,26 +35,32 @@ RECENT_EVALUATIONS = 10  # rows of the accuracy-over-rounds table
 
 
 def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; ``-`` for none."""
     return "-" if value is None else f"{100 * value:.1f}"
 
 
 def mflops(value: float | None) -> str:
+    """FLOPs as MFLOPs with three decimals; ``-`` for none."""
     return "-" if value is None else f"{value / 1e6:.3f}"
 
 
 def secs(value: float | None) -> str:
+    """Seconds with one decimal; ``-`` for none."""
     return "-" if value is None else f"{value:,.1f}"
 
 
 def ratio(value: float | None) -> str:
+    """A ratio with three decimals; ``-`` for none."""
     return "-" if value is None else f"{value:.3f}"
 
 
 def points(value: float | None) -> str:
+    """A difference of fractions in percentage points; ``-`` for none."""
     return "-" if value is None else f"{100 * value:.1f} pp"
 
 
 def count(value: int | None) -> str:
+    """A count; ``-`` for none."""
     return "-" if value is None else str(value)
 
 
@@ -63,8 +68,11 @@ def count(value: int | None) -> str:
 
 
 def tier_table(run: Run) -> Table:
-    """Per tier (from ``summary.json``): clients, depth, participation, accuracy per exit,
-    adaptive accuracy, FLOPs per sample under the exit policy and its saving."""
+    """The tier table of ``summary.json``.
+
+    Per tier: clients, depth, participation, accuracy per exit, adaptive accuracy, FLOPs
+    per sample under the exit policy and its saving.
+    """
     cfg, s = run.config, run.summary
     exits = range(1, cfg.max_depth + 1)
     participation = get(s, "stragglers", "participation_by_tier")
@@ -81,9 +89,9 @@ def tier_table(run: Run) -> Table:
 
     for tier in cfg.tiers:
         share = [pct(get(participation, tier.name))] if participation else []
-        table.add_row(tier.name, str(tier.depth), count(get(s, "clients", "by_tier", tier.name)), *share,
-                      *cells(get(personalised, "by_tier_exit", tier.name), get(personalised, "adaptive_by_tier", tier.name),
-                             get(s, "efficiency", "by_tier", tier.name)))
+        accuracy = cells(get(personalised, "by_tier_exit", tier.name), get(personalised, "adaptive_by_tier", tier.name),
+                         get(s, "efficiency", "by_tier", tier.name))
+        table.add_row(tier.name, str(tier.depth), count(get(s, "clients", "by_tier", tier.name)), *share, *accuracy)
     table.add_section()
     table.add_row("all", "", count(get(s, "clients", "total")), *([""] if participation else []),
                   *cells(get(personalised, "by_exit"), get(personalised, "adaptive_accuracy"), get(s, "efficiency")))

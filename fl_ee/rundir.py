@@ -15,12 +15,13 @@ import io
 import json
 import os
 import tempfile
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from fl_ee.config import Config, config_from_saved, config_to_toml
 from fl_ee.errors import UserError
@@ -108,13 +109,16 @@ class RunDir(Observer):
         return cls(path)
 
     def on_start(self, cfg: Config, clients: Sequence[ClientInfo]) -> None:
+        """Write ``config.toml``: the resolved config, which loads back to the same one."""
         atomic_write(self.path / CONFIG, config_to_toml(cfg))
 
     def after_round(self, record: Mapping[str, Any]) -> None:
+        """Append the round's line to ``rounds.jsonl``."""
         with open(self.path / ROUNDS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def on_end(self, summary: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write ``clients.csv``, then ``summary.json`` (whose presence marks a finished run)."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(client_rows[0]), lineterminator="\n")
         writer.writeheader()

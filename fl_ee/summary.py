@@ -19,7 +19,7 @@ from fl_ee.metrics import (
     mean_or_none,
     straggler_summary,
     time_to_accuracy,
-    weighted_mean,
+    weighted_average,
 )
 from fl_ee.policies import SWEEP_THRESHOLDS
 from fl_ee.protocol import EvaluateReply
@@ -45,8 +45,11 @@ def _evaluated(clients: Sequence[ClientInfo], results: Results) -> tuple[list[Cl
 def personalised_summary(
     clients: Sequence[ClientInfo], results: Results, tiers: Sequence[str], max_depth: int
 ) -> dict[str, Any]:
-    """Mean accuracy at each client's deepest exit (overall and by tier), by exit (overall and
-    by tier), and adaptive accuracy (overall and by tier) under the exit policy."""
+    """Personalised accuracy of the evaluated clients.
+
+    The mean at each client's deepest exit (overall and by tier), by exit (overall and by
+    tier), and adaptive accuracy (overall and by tier) under the exit policy.
+    """
     evaluated, replies = _evaluated(clients, results)
     deepest = [r.exit_accuracy[-1] for r in replies]
     groups = [c.tier for c in evaluated]
@@ -76,7 +79,7 @@ def _tier_sweep(replies: Sequence[EvaluateReply]) -> dict[str, list[float | None
     weights, columns = [r.num_examples for r in replies], range(len(SWEEP_THRESHOLDS))
     return {
         "adaptive_accuracy": [mean_or_none([r.sweep_accuracy[j] for r in replies]) for j in columns],
-        "expected_flops": [weighted_mean([r.sweep_flops[j] for r in replies], weights) for j in columns],
+        "expected_flops": [weighted_average([r.sweep_flops[j] for r in replies], weights) for j in columns],
     }
 
 

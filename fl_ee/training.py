@@ -8,6 +8,8 @@ Nothing here knows about Flower.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
@@ -49,7 +51,7 @@ def mutual_distillation_loss(logits: Sequence[torch.Tensor], temperature: float)
 
 def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
     """Cross-entropy summed over exits, plus ``kd_weight`` x the configured distillation."""
-    loss = sum(F.cross_entropy(z, targets) for z in logits)
+    loss = functools.reduce(operator.add, [F.cross_entropy(z, targets) for z in logits])
     if len(logits) > 1 and cfg.kd_weight > 0:
         if cfg.distillation == "last-exit":
             loss = loss + cfg.kd_weight * distillation_loss(logits[:-1], logits[-1].detach(), cfg.kd_temperature)
@@ -65,7 +67,7 @@ def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
 
 def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's ``(mu / 2) * sum ||w - w_global||^2`` over matching tensors."""
-    return mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+    return mu / 2 * functools.reduce(operator.add, [((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)])
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -148,7 +150,8 @@ def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | Non
     """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
     heads = model.exits if heads is None else heads
     heads.eval()
-    return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, stage_features(model, x))]
+    features = stage_features(model, x)
+    return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, features)]
 
 
 def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:

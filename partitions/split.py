@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner, Partitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
 from fl_ee.cache import cache_root
 from fl_ee.errors import UserError
@@ -83,7 +83,8 @@ def partition_indices(
     try:
         parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
     except ValueError as exc:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
-        raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}", key="data.num_clients") from None
+        raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}",
+                        key="data.num_clients") from None
     smallest = min(len(p) for p in parts)
     if smallest < MIN_CLIENT_SAMPLES:
         raise UserError(
@@ -141,7 +142,13 @@ def _cached_splits(
 
 
 def client_splits(
-    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, test_fraction: float, seed: int
+    labels: np.ndarray,
+    num_clients: int,
+    scheme: str,
+    alpha: float,
+    shards_per_client: int,
+    test_fraction: float,
+    seed: int,
 ) -> tuple[ClientSplit, ...]:
     """Every client's train/test indices: computed once per machine (cached on disk), kept per process."""
     key = np.ascontiguousarray(labels, dtype=np.int64).tobytes()

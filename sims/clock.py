@@ -50,6 +50,7 @@ class ClientTime:
 
     @property
     def total_s(self) -> float:
+        """The whole round: download + compute + upload."""
         return self.download_s + self.compute_s + self.upload_s
 
 

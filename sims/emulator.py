@@ -90,7 +90,9 @@ class DeviceEmulator:
         sim = self.cfg.simulation
         return self.times[client.client_id].total_s * sim.time_scale if sim.pace else 0.0
 
-    def settle(self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Iterable[ClientInfo], keep: int) -> None:
+    def settle(
+        self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Iterable[ClientInfo], keep: int
+    ) -> None:
         """Apply the straggler policy to the clients that finished, and advance the clock."""
         sim = self.cfg.simulation
         completion = {c.client_id: self.times[c.client_id].total_s for c in finished}

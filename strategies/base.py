@@ -62,6 +62,13 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _scalar(value: object) -> float:
+    """A metric that must be a single number."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord as named NumPy arrays."""
     return {key: array.numpy() for key, array in record.items()}
@@ -145,8 +152,8 @@ class DepthAwareStrategy(Strategy):
         """One message per client: its depth's slice, and the round's instructions with its depth."""
         instructions = Instructions.from_record(config)
         return [
-            instruction_message(ArrayRecord(slice_state(arrays, c.depth)), dataclasses.replace(instructions, depth=c.depth),
-                                c.node_id, message_type)
+            instruction_message(ArrayRecord(slice_state(arrays, c.depth)),
+                                dataclasses.replace(instructions, depth=c.depth), c.node_id, message_type)
             for c in clients
         ]
 
@@ -156,7 +163,8 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit)
+        clients = self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(),
+                              self.overcommit)
         return self._messages(clients, arrays, config, MessageType.TRAIN)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
@@ -171,7 +179,7 @@ class DepthAwareStrategy(Strategy):
         valid = self.valid_replies(replies)
         if not valid or self._sent is None:
             return None, None
-        updates = [to_numpy(m.content[ARRAYS]) for m in valid]
+        updates = [to_numpy(m.content.array_records[ARRAYS]) for m in valid]
         weights = [float(payload_of(m, TrainReply).num_examples) for m in valid]
         new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
         return to_record(new), self._mean_metrics(valid)
@@ -200,11 +208,13 @@ class DepthAwareStrategy(Strategy):
 
     @staticmethod
     def _mean_metrics(replies: Sequence[Message]) -> MetricRecord:
-        records = [m.content[METRICS] for m in replies]
-        weights = np.array([float(r[NUM_EXAMPLES]) for r in records])
+        records = [m.content.metric_records[METRICS] for m in replies]
+        weights = [_scalar(r[NUM_EXAMPLES]) for r in records]
         scalars = [k for k, v in records[0].items() if isinstance(v, float)]
-        out = {k: float(weighted_mean([np.float64(r[k]) for r in records], weights)) for k in scalars}
-        out[NUM_EXAMPLES] = int(weights.sum())
+        out: dict[str, int | float | list[int] | list[float]] = {
+            k: float(weighted_mean([np.array(_scalar(r[k])) for r in records], weights)) for k in scalars
+        }
+        out[NUM_EXAMPLES] = int(sum(weights))
         return MetricRecord(out)
 
     def summary(self) -> None:

@@ -26,4 +26,5 @@ class DepthFL(DepthAwareStrategy):
     def aggregate_tensor(
         self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray
     ) -> np.ndarray:
+        """The new value of one shared tensor from its holders (see the module docstring)."""
         return weighted_mean(values, weights if self.weighted else [1.0] * len(values))

@@ -28,4 +28,5 @@ class Exclusive(DepthFL):
     """
 
     def train_pool(self) -> list[ClientInfo]:
+        """Only the clients of the run's deepest tier train."""
         return full_depth_clients(self.clients.values())

@@ -23,7 +23,9 @@ class FedAdam(FedOpt):
         super().__init__(eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **kwargs)
 
     def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The second-moment update of the module docstring."""
         return self.beta_2 * v + (1 - self.beta_2) * delta**2
 
     def step_size(self, t: int) -> float:
+        """Adam's bias-corrected server learning rate at the tensor's ``t``-th update."""
         return self.eta * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)

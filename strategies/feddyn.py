@@ -45,6 +45,7 @@ class FedDyn(DepthFL):
     def aggregate_tensor(
         self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray
     ) -> np.ndarray:
+        """The new value of one shared tensor from its holders (see the module docstring)."""
         average = super().aggregate_tensor(key, values, weights, current)
         h = self.h.get(key, np.zeros(current.shape))
         new, self.h[key] = feddyn_correction(average, current, h, self.alpha, len(values), len(self.clients))

@@ -48,6 +48,7 @@ class FedOpt(DepthFL):
     def aggregate_tensor(
         self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray
     ) -> np.ndarray:
+        """The new value of one shared tensor from its holders (see the module docstring)."""
         w = np.asarray(current, np.float64)
         delta = np.asarray(super().aggregate_tensor(key, values, weights, current), np.float64) - w
         m = self.beta_1 * self.m.get(key, np.zeros_like(w)) + (1 - self.beta_1) * delta

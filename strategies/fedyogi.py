@@ -22,4 +22,5 @@ class FedYogi(FedOpt):
         super().__init__(eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **kwargs)
 
     def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The second-moment update of the module docstring."""
         return v - (1 - self.beta_2) * delta**2 * np.sign(v - delta**2)

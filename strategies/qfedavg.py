@@ -42,7 +42,9 @@ def qffl_aggregate(
         f = loss + EPS
         scales.append((f**q, q * f ** (q - 1) * sq_norm + lipschitz * f**q))
 
-    def rule(key: str, values: Sequence[np.ndarray], holders: Sequence[tuple[float, float]], w: np.ndarray) -> np.ndarray:
+    def rule(
+        key: str, values: Sequence[np.ndarray], holders: Sequence[tuple[float, float]], w: np.ndarray
+    ) -> np.ndarray:
         w64 = np.asarray(w, np.float64)
         step = sum(fq * lipschitz * (w64 - v) for v, (fq, _) in zip(values, holders))
         return (w64 - step / sum(h for _, h in holders)).astype(w.dtype)
@@ -76,6 +78,7 @@ class QFedAvg(DepthAwareStrategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Sample as the base strategy does, asking every client for its ``initial-loss``."""
         instructions = Instructions.from_record(config)
         if self.client_learning_rate is None:
             self._lr = instructions.config.training.lr
@@ -89,7 +92,7 @@ class QFedAvg(DepthAwareStrategy):
         valid = self.valid_replies(replies)
         if not valid or self._sent is None or self._lr is None:
             return None, None
-        updates = [to_numpy(m.content[ARRAYS]) for m in valid]
+        updates = [to_numpy(m.content.array_records[ARRAYS]) for m in valid]
         losses = [_initial_loss(m) for m in valid]
         new = qffl_aggregate(updates, losses, to_numpy(self._sent), self.q, 1.0 / self._lr)
         return to_record(new), self._mean_metrics(valid)

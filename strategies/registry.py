@@ -48,7 +48,8 @@ def strategy_class(name: str) -> type[DepthAwareStrategy]:
     else:
         names = available()
         if name not in names:
-            raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(names))} or package.module:Class",
+            choices = ", ".join(sorted(names))
+            raise UserError(f"unknown strategy {name!r}; choose one of {choices} or package.module:Class",
                             key="strategy.name")
         path = names[name]
     cls = _import(path)

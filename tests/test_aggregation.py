@@ -4,11 +4,11 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fl_ee.config import config_from_dict, config_to_json
+from fl_ee.models import EarlyExitCNN, ModelSpec
 from fl_ee.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from fl_ee.seeding import Stream
-from fl_ee.models import EarlyExitCNN, ModelSpec
-from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
 from inprocess import InProcessGrid
+from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
 from strategies.base import to_numpy, to_record
 
 

@@ -11,7 +11,15 @@ from fl_ee.client import app
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.data import client_data
 from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
-from fl_ee.protocol import PERSONAL_EXITS, ClientReport, EvaluateReply, Instructions, TrainReply, instruction_message, payload_of
+from fl_ee.protocol import (
+    PERSONAL_EXITS,
+    ClientReport,
+    EvaluateReply,
+    Instructions,
+    TrainReply,
+    instruction_message,
+    payload_of,
+)
 from fl_ee.training import local_loss
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})

@@ -4,10 +4,10 @@ import csv
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fl_ee.config import load_config
 

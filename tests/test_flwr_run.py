@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_run_config_maps_onto_the_same_config():
-    cfg, out = from_run_config({"preset": "quickstart", "out": "/tmp/x", "set": "rounds=3 data.alpha=0.1 tiers.0.depth=1"})
+    overrides = "rounds=3 data.alpha=0.1 tiers.0.depth=1"
+    cfg, out = from_run_config({"preset": "quickstart", "out": "/tmp/x", "set": overrides})
     assert out == Path("/tmp/x")
     assert cfg == load_config("quickstart", {"rounds": 3, "data.alpha": 0.1, "tiers.0.depth": 1})
     cfg, out = from_run_config({"preset": "quickstart", "out": "", "set": ""})

@@ -8,8 +8,8 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fl_ee.protocol import PERSONAL_EXITS
 from fl_ee.config import load_config
+from fl_ee.protocol import PERSONAL_EXITS
 from inprocess import REVERSED, InProcessGrid, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]

@@ -12,7 +12,7 @@ from fl_ee.metrics import (
     population_std,
     spread,
     tail_mean,
-    weighted_mean,
+    weighted_average,
 )
 
 
@@ -89,4 +89,4 @@ def test_efficiency_of_no_client_is_none():
     assert e == {"exit_distribution": {"1": None, "2": None}, "expected_flops": None, "flops_saving": None}
     assert exit_distribution([[1.0]], [0], 1) == {"1": None}
     assert flops_saving(None, 10.0) is None and flops_saving(5.0, 0.0) is None
-    assert weighted_mean([1.0, 3.0], [1, 3]) == pytest.approx(2.5)
+    assert weighted_average([1.0, 3.0], [1, 3]) == pytest.approx(2.5)

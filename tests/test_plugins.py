@@ -17,7 +17,8 @@ from fl_ee.data import load_dataset
 from fl_ee.server import evaluate_global, initial_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5", "--set", "strategy.fraction_train=1.0"]
+TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5",
+        "--set", "strategy.fraction_train=1.0"]
 
 FROZEN = '''from strategies import DepthAwareStrategy
 
@@ -73,7 +74,8 @@ def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
     (tmp_path / "frozen_plugin.py").write_text(FROZEN)
     install_entry_point(tmp_path, "frozen", "frozen_plugin:Frozen")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    done = fl_ee(["run", "--set", "strategy.name=frozen", *TINY, "--out", str(tmp_path / "run")], cwd=tmp_path.parent, env=env)
+    done = fl_ee(["run", "--set", "strategy.name=frozen", *TINY, "--out", str(tmp_path / "run")],
+                 cwd=tmp_path.parent, env=env)
     assert done.returncode == 0, done.stderr
 
     cfg = load_config(str(tmp_path / "run" / "config.toml"))
@@ -102,7 +104,8 @@ def test_plugin_paths_and_options_fail_in_one_line(tmp_path, monkeypatch, capsys
     (tmp_path / "frozen_plugin.py").write_text(FROZEN)
     monkeypatch.chdir(tmp_path)  # module:Class paths import from the working directory
     for overrides, needle in [
-        (["strategy.name=frozen_plugin:Nope"], "strategy.name: cannot import 'frozen_plugin:Nope': module 'frozen_plugin' has no attribute 'Nope'"),
+        (["strategy.name=frozen_plugin:Nope"],
+         "strategy.name: cannot import 'frozen_plugin:Nope': module 'frozen_plugin' has no attribute 'Nope'"),
         (["strategy.name=frozen_plugin:Frozen", "strategy.options.speed=2"],
          "strategy.options.speed: unknown option for frozen_plugin:Frozen; it takes none"),
     ]:

@@ -5,7 +5,6 @@ import csv
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from fl_ee.cli import main
 from fl_ee.metrics import efficiency, fairness, mean_or_none
 from fl_ee.plots import PLOTS
 from fl_ee.report import best_of
-from fl_ee.rundir import load_run
 from inprocess import run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0"]
@@ -280,7 +278,8 @@ def test_report_shows_late_stragglers_of_a_deadline_run(runs, capsys):
     assert stragglers["late_fraction"] > 0  # the slow tier misses the deadline
     code, out, err = _report(capsys, str(path), "--plots")
     assert code == 0 and "skipped" not in err
-    for pattern in (rf"virtual time s +{summary['virtual_time_s']:.1f}", rf"late % +{100 * stragglers['late_fraction']:.1f}",
+    for pattern in (rf"virtual time s +{summary['virtual_time_s']:.1f}",
+                    rf"late % +{100 * stragglers['late_fraction']:.1f}",
                     rf"dropped updates +{stragglers['dropped_updates']}"):
         assert re.search(pattern, out), pattern
     slow = next(line for line in out.splitlines() if line.strip().startswith("slow"))

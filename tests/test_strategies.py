@@ -200,9 +200,11 @@ def test_bad_options_name_their_key(name, options, key):
 
 
 def test_options_become_constructor_arguments():
-    s = build_strategy(config_from_dict({"seed": 3, "strategy": {"name": "fedadam", "fraction_train": 0.5,
-                                                                "options": {"eta": 0.01, "beta_1": 0.5, "weighted": False}}}))
-    assert (s.eta, s.beta_1, s.beta_2, s.tau, s.weighted, s.fraction_train, s.seed) == (0.01, 0.5, 0.99, 1e-3, False, 0.5, 3)
+    options = {"eta": 0.01, "beta_1": 0.5, "weighted": False}
+    strategy = {"name": "fedadam", "fraction_train": 0.5, "options": options}
+    s = build_strategy(config_from_dict({"seed": 3, "strategy": strategy}))
+    got = (s.eta, s.beta_1, s.beta_2, s.tau, s.weighted, s.fraction_train, s.seed)
+    assert got == (0.01, 0.5, 0.99, 1e-3, False, 0.5, 3)
 
 
 def test_list_strategies_shows_every_shipped_name_with_a_description(capsys):

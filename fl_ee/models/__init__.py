@@ -2,7 +2,7 @@
 
 from fl_ee.models.cnn import NUM_STAGES, EarlyExitCNN, ModelSpec
 from fl_ee.models.flops import Flops, measure_flops
-from fl_ee.models.state import block_index, exit_state, is_exit_key, slice_state, state_bytes, state_depth
+from fl_ee.models.state import block_index, slice_state, state_bytes
 
 __all__ = [
     "NUM_STAGES",
@@ -10,10 +10,7 @@ __all__ = [
     "Flops",
     "ModelSpec",
     "block_index",
-    "exit_state",
-    "is_exit_key",
     "measure_flops",
     "slice_state",
     "state_bytes",
-    "state_depth",
 ]

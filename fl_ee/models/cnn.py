@@ -17,8 +17,8 @@ class ModelSpec:
     """Everything needed to build the same network on the server and every client."""
 
     in_channels: int
-    height: int
-    width: int
+    image_height: int
+    image_width: int
     num_classes: int
     base_width: int = 16
     exit_head: str = "mlp"
@@ -70,7 +70,7 @@ class EarlyExitCNN(nn.Module):
         self.depth = depth
         self.stages = nn.ModuleList()
         self.exits = nn.ModuleList()
-        c_in, size = spec.in_channels, min(spec.height, spec.width)
+        c_in, size = spec.in_channels, min(spec.image_height, spec.image_width)
         for c_out in spec.channels[:depth]:
             pool = size >= 2
             self.stages.append(_stage(c_in, c_out, pool))
@@ -86,6 +86,7 @@ class EarlyExitCNN(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The logits of every exit, shallowest first."""
         return [head(f) for head, f in zip(self.exits, self.features(x))]
 
     def submodel(self, depth: int) -> EarlyExitCNN:

@@ -36,7 +36,7 @@ def _count(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]
 def measure_flops(model: EarlyExitCNN) -> Flops:
     """Count one sample's forward FLOPs through each stage and each exit head."""
     spec = model.spec
-    x = torch.zeros(1, spec.in_channels, spec.height, spec.width)
+    x = torch.zeros(1, spec.in_channels, spec.image_height, spec.image_width)
     stages, exits = [], []
     for stage, head in zip(model.stages, model.exits):
         flops, x = _count(stage, x)

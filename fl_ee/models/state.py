@@ -5,7 +5,7 @@ slices and aggregates by name, without model code.
 """
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -18,26 +18,11 @@ def block_index(key: str) -> int:
     return int(index)
 
 
-def is_exit_key(key: str) -> bool:
-    """Whether a key belongs to an exit head rather than a backbone stage."""
-    return key.startswith("exits.")
-
-
 def slice_state(state: Mapping[str, T], depth: int) -> dict[str, T]:
     """The entries a depth-``depth`` submodel holds: stages and exits 0..depth-1."""
     return {k: v for k, v in state.items() if block_index(k) < depth}
 
 
-def exit_state(state: Mapping[str, T]) -> dict[str, T]:
-    """Only the exit-head entries of a state."""
-    return {k: v for k, v in state.items() if is_exit_key(k)}
-
-
-def state_depth(state: Mapping[str, object]) -> int:
-    """The depth a (sliced) state covers: one more than its highest index."""
-    return 1 + max(block_index(k) for k in state)
-
-
-def state_bytes(state: Mapping[str, object]) -> int:
+def state_bytes(state: Mapping[str, Any]) -> int:
     """Bytes of a state's tensors or arrays (what a message carries, before framing)."""
     return sum(v.numel() * v.element_size() if hasattr(v, "element_size") else v.nbytes for v in state.values())
