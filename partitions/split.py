@@ -10,6 +10,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def partition_indices(
     partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, split_seed)
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
-        parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
+        with warnings.catch_warnings():  # flwr-datasets warns on every Dirichlet resample; a failure says it once
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
     except ValueError as exc:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
         raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}",
                         key="data.num_clients") from None
