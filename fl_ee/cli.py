@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, parse_overrides(args.overrides))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.client import app as client_app
     from fl_ee.data import load_dataset
@@ -47,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fl_ee.server import build_strategy_for, make_server_app, resolve_paths
     from sims.engine import simulate
 
-    cfg = resolve_paths(load_config(args.config, parse_overrides(args.overrides)))
+    cfg = resolve_paths(cfg)
     load_dataset(cfg.data)  # fail fast, before Ray starts, on missing data
     build_strategy_for(cfg)  # ... and on an unknown strategy or option
     run_dir = RunDir.create(args.out or default_run_dir())

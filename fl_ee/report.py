@@ -26,7 +26,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from fl_ee.config import Config, load_config
+from fl_ee.config import Config, config_from_saved, read_toml
 from fl_ee.errors import UserError
 from fl_ee.metrics import efficiency, mean_or_none, spread
 from fl_ee.rundir import CLIENTS, CONFIG, ROUNDS, SUMMARY
@@ -97,7 +97,7 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).is_file():
             raise UserError(f"{path} is not an fl-ee run directory (no {name})")
     try:
-        config = load_config(str(path / CONFIG))
+        config = config_from_saved(read_toml(path / CONFIG))
     except UserError as exc:
         raise UserError(f"{path / CONFIG}: {exc}") from None
     clients: list[dict[str, str]] = []

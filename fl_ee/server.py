@@ -10,7 +10,6 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,8 @@ RoundCallback = Callable[[dict[str, Any]], None]
 
 def resolve_paths(cfg: Config) -> Config:
     """Make ``data.root`` absolute, so every process (Ray workers too) reads the same files."""
-    return replace(cfg, data=replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve())))
+    root = str(Path(cfg.data.root).expanduser().resolve())
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
 
 
 def build_strategy_for(cfg: Config) -> DepthAwareStrategy:

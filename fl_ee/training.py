@@ -9,7 +9,6 @@ Nothing here knows about Flower.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +59,7 @@ def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: Traini
 
 def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
     """The training settings of one round: no distillation before ``kd_warmup_rounds`` (ScaleFL)."""
-    return replace(cfg, kd_weight=0.0) if server_round < cfg.kd_warmup_rounds else cfg
+    return cfg.model_copy(update={"kd_weight": 0.0}) if server_round < cfg.kd_warmup_rounds else cfg
 
 
 def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:
