@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``fl-ee run``: preflight, then the simulation with the run directory and a progress bar."""
+    cfg = load_config(args.config, parse_overrides(args.overrides))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.client import app as client_app
     from fl_ee.preflight import preflight
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fl_ee.server import make_server_app
     from sims.engine import simulate
 
-    cfg = preflight(load_config(args.config, parse_overrides(args.overrides)))
+    cfg = preflight(cfg)
     run_dir = RunDir.create(args.out or default_run_dir())
     err = Console(stderr=True)
     with ProgressBar(cfg.rounds, err) as progress:

@@ -1,8 +1,11 @@
 """The run configuration: a TOML file plus dotted overrides, typed and validated once.
 
-Every section is a frozen dataclass; :func:`load_config` is the only way in, so a
-``Config`` that exists is a valid one. Problems raise :class:`UserError` naming the
-dotted key (``data.alpha``, ``tiers.1.depth``).
+Every section is a frozen, strict pydantic model whose fields carry their type, range,
+choices and one-line description. :func:`load_config` and :func:`config_from_dict`
+validate (ints are accepted for floats; bools and strings are never numbers) and report
+the first problem as a :class:`UserError` naming the dotted key (``data.alpha``,
+``tiers.1.depth``); :func:`config_from_saved` reads old run directories leniently.
+``strategy.options`` is a dict, so configs are not hashable.
 """
 
 from __future__ import annotations
@@ -10,152 +13,174 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomli_w
 import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from fl_ee.errors import UserError
+from sims.devices import DEVICES
 
 MAX_DEPTH = 4
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
-PARTITIONERS = ("iid", "dirichlet", "shards")
-EXIT_HEADS = ("linear", "mlp")
-DISTILLATION = ("last-exit", "mutual", "none")
-PERSONALISATION = ("exits", "none")
-EXIT_POLICIES = ("entropy", "max-prob")
-STRAGGLER_POLICIES = ("wait", "deadline", "overselect")
 DEFAULT_PRESET = "quickstart"
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _rule(ok: bool, field: str, message: str) -> None:
+    """A cross-field check; its error names ``field`` of the model being validated."""
+    if not ok:
+        raise PydanticCustomError("rule", "{message}", {"message": message, "field": field})
+
+
+class DataConfig(_Section):
     """Which dataset, where it lives, and how it is split over clients."""
 
-    name: str = "digits"
-    root: str = "data"
-    download: bool = False
-    num_clients: int = 20
-    partitioner: str = "dirichlet"
-    alpha: float = 0.5
-    shards_per_client: int = 2
-    test_fraction: float = 0.2
+    name: Annotated[Literal["digits", "mnist", "fashion-mnist", "cifar10", "imagefolder"],
+                    Field(description="the dataset (digits is built in and offline)")] = "digits"
+    root: Annotated[str, Field(description="where torchvision datasets / image folders live")] = "data"
+    download: Annotated[bool, Field(description="let torchvision download missing files")] = False
+    num_clients: Annotated[int, Field(ge=1, description="simulated clients (one Flower node each)")] = 20
+    partitioner: Annotated[Literal["iid", "dirichlet", "shards"],
+                           Field(description="how labels are split")] = "dirichlet"
+    alpha: Annotated[float, Field(gt=0, description="Dirichlet concentration")] = 0.5
+    shards_per_client: Annotated[int, Field(ge=1, description="classes per client for shards")] = 2
+    test_fraction: Annotated[float,
+                             Field(gt=0, lt=1, description="share of each client's samples held out to test")] = 0.2
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """The early-exit backbone: ``cnn`` has 4 stages of widths w, 2w, 4w, 4w."""
 
-    backbone: str = "cnn"
-    exit_head: str = "mlp"
-    width: int = 16
+    backbone: Annotated[Literal["cnn"], Field(description="the backbone network")] = "cnn"
+    exit_head: Annotated[Literal["linear", "mlp"], Field(description="the classifier at each exit")] = "mlp"
+    width: Annotated[int, Field(ge=1, description="w, the first stage's channels")] = 16
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Local training: the loss of both steps, and SGD for the shared step.
+class TrainingConfig(_Section):
+    """Local training: the loss of both steps, and SGD for the shared step."""
 
-    ``distillation``: ``last-exit`` (the deepest exit teaches the others), ``mutual``
-    (every exit learns from every other, DepthFL) or ``none``; its weight is 0 in rounds
-    before ``kd_warmup_rounds``. ``prox_mu`` adds FedProx's (mu/2)||w - w_global||^2 on
-    the shared tensors.
-    """
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    distillation: str = "last-exit"
-    kd_temperature: float = 3.0
-    kd_weight: float = 0.5
-    kd_warmup_rounds: int = 0
-    prox_mu: float = 0.0
+    local_epochs: Annotated[int, Field(ge=1, description="epochs of the shared step")] = 1
+    batch_size: Annotated[int, Field(ge=1, description="SGD batch size")] = 32
+    lr: Annotated[float, Field(gt=0, description="SGD learning rate")] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
+    distillation: Annotated[Literal["last-exit", "mutual", "none"],
+                            Field(description="last-exit: deepest exit teaches; mutual: all teach all")] = "last-exit"
+    kd_temperature: Annotated[float, Field(gt=0, description="distillation temperature T")] = 3.0
+    kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term")] = 0.5
+    kd_warmup_rounds: Annotated[int, Field(ge=0, description="distillation is off in rounds before this one")] = 0
+    prox_mu: Annotated[float,
+                       Field(ge=0, description="FedProx's mu: (mu/2)||w - w_global||^2 on the shared tensors")] = 0.0
 
 
-@dataclass(frozen=True)
-class PersonalisationConfig:
+class PersonalisationConfig(_Section):
     """Personal exit heads trained over the frozen global backbone, kept on the client."""
 
-    mode: str = "exits"
-    epochs: int = 1
+    mode: Annotated[Literal["exits", "none"],
+                    Field(description="personal heads, or evaluate the global heads")] = "exits"
+    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step each round")] = 1
 
 
-@dataclass(frozen=True)
-class StrategyConfig:
+class StrategyConfig(_Section):
     """Server aggregation: a registered name or ``package.module:Class``."""
 
-    name: str = "depthfl"
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Annotated[str, Field(description="a registered strategy or package.module:Class")] = "depthfl"
+    fraction_train: Annotated[float,
+                              Field(gt=0, le=1, description="share of clients sampled to train each round")] = 1.0
+    fraction_evaluate: Annotated[float, Field(ge=0, le=1, description="share of clients sampled to evaluate")] = 1.0
+    options: Annotated[dict[str, Any], Field(default_factory=dict, description="constructor arguments of the strategy")]
 
 
-@dataclass(frozen=True)
-class ExitPolicyConfig:
+class ExitPolicyConfig(_Section):
     """When a sample leaves the network early at inference time."""
 
-    name: str = "entropy"
-    threshold: float = 0.5
+    name: Annotated[Literal["entropy", "max-prob"], Field(description="the early-exit rule")] = "entropy"
+    threshold: Annotated[float, Field(ge=0, le=1, description="the rule's threshold t")] = 0.5
 
 
-@dataclass(frozen=True)
-class SimulationConfig:
-    """The virtual clock's straggler policy, optional real pacing, and Ray resources.
+class SimulationConfig(_Section):
+    """The virtual clock's straggler policy, optional real pacing, and Ray resources."""
 
-    ``deadline_s`` and ``target_accuracy`` are unset at 0; ``ray_address`` empty starts
-    a local Ray instance, ``auto`` or ``host:port`` attaches to a running cluster.
-    """
+    straggler_policy: Annotated[Literal["wait", "deadline", "overselect"],
+                                Field(description="how slow clients are met")] = "wait"
+    deadline_s: Annotated[float,
+                          Field(ge=0, description="replies simulated to arrive later are discarded (0: unset)")] = 0.0
+    overcommit: Annotated[float,
+                          Field(ge=0, description="overselect samples ceil(k(1+overcommit)), keeps the first k")] = 0.3
+    target_accuracy: Annotated[float, Field(ge=0, le=1, description="time-to-accuracy target (0: unset)")] = 0.0
+    pace: Annotated[bool, Field(description="clients also sleep their simulated time")] = False
+    time_scale: Annotated[float, Field(gt=0, description="factor on the paced sleep")] = 1.0
+    client_cpus: Annotated[float, Field(gt=0, description="Ray CPUs (and torch threads) per client")] = 1.0
+    client_gpus: Annotated[float, Field(ge=0, description="Ray GPUs per client")] = 0.0
+    ray_address: Annotated[str,
+                           Field(description="empty: start a local Ray; auto or host:port: attach to a cluster")] = ""
 
-    straggler_policy: str = "wait"
-    deadline_s: float = 0.0
-    overcommit: float = 0.3
-    target_accuracy: float = 0.0
-    pace: bool = False
-    time_scale: float = 1.0
-    client_cpus: float = 1.0
-    client_gpus: float = 0.0
-    ray_address: str = ""
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """A device tier: its share of clients, the depth they hold, and how fast they are.
-
-    ``preset`` names a device profile (``sims/devices.py``) whose fields fill in any
-    left unset. ``speed_sigma`` spreads clients' compute speeds within the tier
-    (lognormal with median 1, fixed per client).
-    """
-
-    name: str
-    share: float
-    depth: int
-    preset: str = ""
-    compute_gflops: float = 20.0
-    download_mbps: float = 30.0
-    upload_mbps: float = 10.0
-    availability: float = 1.0
-    failure_rate: float = 0.0
-    speed_sigma: float = 0.0
+    @model_validator(mode="after")
+    def _deadline_is_set(self) -> SimulationConfig:
+        _rule(self.straggler_policy != "deadline" or self.deadline_s > 0, "deadline_s",
+              "must be set (> 0) when straggler_policy is deadline")
+        return self
 
 
-@dataclass(frozen=True)
-class Config:
+class TierConfig(_Section):
+    """A device tier: its share of clients, the depth they hold, and how fast they are."""
+
+    name: Annotated[str, Field(min_length=1, description="the tier's name")]
+    share: Annotated[float, Field(gt=0, le=1, description="share of the clients in this tier")]
+    depth: Annotated[int, Field(ge=1, le=MAX_DEPTH, description="stages (and exits) the tier's clients hold")]
+    preset: Annotated[str, Field(description="a device profile (sims/devices.py) that fills the fields not set")] = ""
+    compute_gflops: Annotated[float, Field(gt=0, description="sustained training throughput")] = 20.0
+    download_mbps: Annotated[float, Field(gt=0, description="download link speed")] = 30.0
+    upload_mbps: Annotated[float, Field(gt=0, description="upload link speed")] = 10.0
+    availability: Annotated[float, Field(ge=0, le=1, description="chance a sampled client is online")] = 1.0
+    failure_rate: Annotated[float, Field(ge=0, le=1, description="chance a client drops out mid-round")] = 0.0
+    speed_sigma: Annotated[float,
+                           Field(ge=0, description="per-client compute-speed spread (lognormal, median 1)")] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_preset(cls, raw: Any) -> Any:
+        name = raw.get("preset", "") if isinstance(raw, dict) else ""
+        if not name:
+            return raw
+        _rule(name in DEVICES, "preset", f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+        return {**dataclasses.asdict(DEVICES[name]), **raw}
+
+
+class Config(_Section):
     """A whole run."""
 
-    seed: int = 0
-    rounds: int = 10
-    eval_every: int = 1
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    personalisation: PersonalisationConfig = field(default_factory=PersonalisationConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    exit_policy: ExitPolicyConfig = field(default_factory=ExitPolicyConfig)
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    tiers: tuple[TierConfig, ...] = (TierConfig("full", 1.0, MAX_DEPTH),)
+    seed: Annotated[int, Field(description="seeds the split, tiers, sampling, initial weights and local training")] = 0
+    rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 10
+    eval_every: Annotated[int, Field(ge=1, description="evaluate every n rounds (and always after the last)")] = 1
+    data: Annotated[DataConfig, Field(default_factory=DataConfig, description="the dataset and its split")]
+    model: Annotated[ModelConfig, Field(default_factory=ModelConfig, description="the early-exit network")]
+    training: Annotated[TrainingConfig, Field(default_factory=TrainingConfig, description="local training")]
+    personalisation: Annotated[PersonalisationConfig,
+                               Field(default_factory=PersonalisationConfig, description="personal exits")]
+    strategy: Annotated[StrategyConfig, Field(default_factory=StrategyConfig, description="server aggregation")]
+    exit_policy: Annotated[ExitPolicyConfig,
+                           Field(default_factory=ExitPolicyConfig, description="early exit at inference")]
+    simulation: Annotated[SimulationConfig,
+                          Field(default_factory=SimulationConfig, description="clock, pacing and Ray")]
+    tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1, strict=False,  # strict=False: TOML gives lists
+                                                   description="device tiers; shares sum to 1")] = (
+        TierConfig(name="full", share=1.0, depth=MAX_DEPTH),)
+
+    @model_validator(mode="after")
+    def _tiers_fit_together(self) -> Config:
+        names = [tier.name for tier in self.tiers]
+        _rule(len(set(names)) == len(names), "tiers", f"tier names must be unique, got {names}")
+        total = sum(tier.share for tier in self.tiers)
+        _rule(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")
+        return self
 
     @property
     def max_depth(self) -> int:
@@ -247,16 +272,29 @@ def load_config(spec: str | None = None, overrides: dict[str, Any] | None = None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from plain values."""
-    config = _build(Config, _with_device_presets(raw), "")
-    validate(config)
-    return config
+    """Build and validate a :class:`Config` from plain values; the first problem is a :class:`UserError`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _user_error(exc.errors()[0]) from None
+
+
+def config_from_saved(raw: dict[str, Any]) -> Config:
+    """The config of an existing run directory, valid or not under today's rules.
+
+    Values that no longer validate are kept as they are, unknown keys dropped and
+    missing ones defaulted, so an old run directory can always be read.
+    """
+    try:
+        return config_from_dict(raw)
+    except UserError:
+        return _construct(Config, raw)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain values (tiers as a list of tables), ready for TOML or JSON."""
-    raw = dataclasses.asdict(config)
-    raw["tiers"] = [dict(t) for t in raw["tiers"]]
+    raw = config.model_dump()
+    raw["tiers"] = list(raw["tiers"])
     return raw
 
 
@@ -270,151 +308,68 @@ def config_to_json(config: Config) -> str:
     return json.dumps(config_to_dict(config), sort_keys=True)
 
 
-# ------------------------------------------------------------------ typed building
+# ------------------------------------------------------------------------ internals
 
 
-def _with_device_presets(raw: dict[str, Any]) -> dict[str, Any]:
-    """Fill each tier's unset fields from the device profile its ``preset`` names."""
-    from sims.devices import DEVICES
-
-    tiers = raw.get("tiers")
-    if not isinstance(tiers, list):
-        return raw
-    filled = []
-    for i, tier in enumerate(tiers):
-        name = tier.get("preset", "") if isinstance(tier, dict) else ""
-        if name:
-            if name not in DEVICES:
-                raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}", key=f"tiers.{i}.preset")
-            tier = {**dataclasses.asdict(DEVICES[name]), **tier}
-        filled.append(tier)
-    return {**raw, "tiers": filled}
-
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise UserError("expected a table", key=prefix.rstrip(".") or None)
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise UserError("unknown key", key=f"{prefix}{key}")
+def _construct(cls: type[BaseModel], raw: Any) -> Any:
+    """``cls`` from ``raw`` without validation: known keys only, sections recursively."""
+    raw = raw if isinstance(raw, dict) else {}
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise UserError("missing", key=key)
+    for name, info in cls.model_fields.items():
+        if name not in raw:
             continue
-        values[f.name] = _coerce(hints[f.name], raw[f.name], key)
-    return cls(**values)
+        kind, value = info.annotation, raw[name]
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            value = _construct(kind, value)
+        elif get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(_construct(get_args(kind)[0], item) for item in value)
+        values[name] = value
+    return cls.model_construct(**values)
 
 
-def _coerce(kind: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, f"{key}.")
-    origin = get_origin(kind)
-    if origin is tuple:
-        item = get_args(kind)[0]
-        if not isinstance(value, list) or not value:
-            raise UserError("expected a non-empty array of tables", key=key)
-        return tuple(_coerce(item, v, f"{key}.{i}") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError("expected a table", key=key)
-        return dict(value)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+_MESSAGES = {"extra_forbidden": "unknown key", "missing": "missing", "string_too_short": "must not be empty",
+             "tuple_type": "expected a non-empty array of tables", "too_short": "expected a non-empty array of tables"}
+_TYPES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+          "model_type": "a table", "dict_type": "a table"}
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _user_error(error: ErrorDetails) -> UserError:
+    """One pydantic error as a ``key: message`` line."""
+    loc, ctx = [str(part) for part in error["loc"]], error.get("ctx", {})
+    if "field" in ctx:  # a cross-field rule (_rule)
+        return UserError(error["msg"], key=".".join([*loc, ctx["field"]]))
+    kind = error["type"]
+    if kind in _MESSAGES:
+        message = _MESSAGES[kind]
+    elif kind in _TYPES:
+        message = f"expected {_TYPES[kind]}, got {error['input']!r}"
+    elif kind == "literal_error":
+        choices = get_args(_field_at(error["loc"]).annotation)
+        message = f"unknown value {error['input']!r}; choose one of {', '.join(choices)}"
+    elif kind in _BOUNDS:
+        message = _range(_field_at(error["loc"]))
     else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise UserError(f"expected {kind.__name__}, got {value!r}", key=key)
-    return value
+        message = error["msg"]
+    return UserError(message, key=".".join(loc) or None)
 
 
-# --------------------------------------------------------------------- validation
+def _field_at(loc: tuple[str | int, ...]) -> FieldInfo:
+    """The field an error of a known field points at (list indices skipped)."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, str):
+            info = model.model_fields[part]
+            model = get_args(info.annotation)[0] if get_origin(info.annotation) is tuple else info.annotation
+    return info
 
 
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise UserError(message, key=key)
-
-
-def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
-    _require(value in choices, key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
-
-
-def validate(c: Config) -> None:
-    """Check value ranges and choices; raises :class:`UserError` on the first problem."""
-    _require(c.rounds >= 1, "rounds", "must be at least 1")
-    _require(c.eval_every >= 1, "eval_every", "must be at least 1")
-
-    d = c.data
-    _one_of(d.name, DATASETS, "data.name")
-    _one_of(d.partitioner, PARTITIONERS, "data.partitioner")
-    _require(d.num_clients >= 1, "data.num_clients", "must be at least 1")
-    _require(d.alpha > 0, "data.alpha", "must be > 0")
-    _require(d.shards_per_client >= 1, "data.shards_per_client", "must be at least 1")
-    _require(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
-
-    m = c.model
-    _one_of(m.backbone, ("cnn",), "model.backbone")
-    _one_of(m.exit_head, EXIT_HEADS, "model.exit_head")
-    _require(m.width >= 1, "model.width", "must be at least 1")
-
-    t = c.training
-    _require(t.local_epochs >= 1, "training.local_epochs", "must be at least 1")
-    _require(t.batch_size >= 1, "training.batch_size", "must be at least 1")
-    _require(t.lr > 0, "training.lr", "must be > 0")
-    _require(0 <= t.momentum < 1, "training.momentum", "must be in [0, 1)")
-    _one_of(t.distillation, DISTILLATION, "training.distillation")
-    _require(t.kd_temperature > 0, "training.kd_temperature", "must be > 0")
-    _require(t.kd_weight >= 0, "training.kd_weight", "must be >= 0")
-    _require(t.kd_warmup_rounds >= 0, "training.kd_warmup_rounds", "must be >= 0")
-    _require(t.prox_mu >= 0, "training.prox_mu", "must be >= 0")
-
-    _one_of(c.personalisation.mode, PERSONALISATION, "personalisation.mode")
-    _require(c.personalisation.epochs >= 1, "personalisation.epochs", "must be at least 1")
-
-    s = c.strategy
-    _require(0 < s.fraction_train <= 1, "strategy.fraction_train", "must be in (0, 1]")
-    _require(0 <= s.fraction_evaluate <= 1, "strategy.fraction_evaluate", "must be in [0, 1]")
-
-    _one_of(c.exit_policy.name, EXIT_POLICIES, "exit_policy.name")
-    _require(0 <= c.exit_policy.threshold <= 1, "exit_policy.threshold", "must be in [0, 1]")
-
-    sim = c.simulation
-    _one_of(sim.straggler_policy, STRAGGLER_POLICIES, "simulation.straggler_policy")
-    _require(sim.deadline_s >= 0, "simulation.deadline_s", "must be >= 0")
-    _require(sim.straggler_policy != "deadline" or sim.deadline_s > 0, "simulation.deadline_s",
-             "must be set (> 0) when straggler_policy is deadline")
-    _require(sim.overcommit >= 0, "simulation.overcommit", "must be >= 0")
-    _require(0 <= sim.target_accuracy <= 1, "simulation.target_accuracy", "must be in [0, 1] (0: unset)")
-    _require(sim.time_scale > 0, "simulation.time_scale", "must be > 0")
-    _require(sim.client_cpus > 0, "simulation.client_cpus", "must be > 0")
-    _require(sim.client_gpus >= 0, "simulation.client_gpus", "must be >= 0")
-
-    names = [tier.name for tier in c.tiers]
-    _require(len(set(names)) == len(names), "tiers", f"tier names must be unique, got {names}")
-    for i, tier in enumerate(c.tiers):
-        _require(bool(tier.name), f"tiers.{i}.name", "must not be empty")
-        _require(0 < tier.share <= 1, f"tiers.{i}.share", "must be in (0, 1]")
-        _require(1 <= tier.depth <= MAX_DEPTH, f"tiers.{i}.depth", f"must be in 1..{MAX_DEPTH}")
-        for key in ("compute_gflops", "download_mbps", "upload_mbps"):
-            _require(getattr(tier, key) > 0, f"tiers.{i}.{key}", "must be > 0")
-        _require(0 <= tier.availability <= 1, f"tiers.{i}.availability", "must be in [0, 1]")
-        _require(0 <= tier.failure_rate <= 1, f"tiers.{i}.failure_rate", "must be in [0, 1]")
-        _require(tier.speed_sigma >= 0, f"tiers.{i}.speed_sigma", "must be >= 0")
-    total = sum(tier.share for tier in c.tiers)
-    _require(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")
-
-
-def config_from_saved(raw: dict[str, Any]) -> Config:
-    """A run directory's stored config."""
-    return config_from_dict(raw)
+def _range(info: FieldInfo) -> str:
+    """A field's whole allowed range: ``must be in 1..4``, ``must be in (0, 1]``, ``must be > 0``."""
+    bounds = {name: getattr(m, name) for m in info.metadata for name in ("gt", "ge", "lt", "le") if hasattr(m, name)}
+    low, high = bounds.get("gt", bounds.get("ge")), bounds.get("lt", bounds.get("le"))
+    if high is None:
+        return f"must be {'>' if 'gt' in bounds else '>='} {low}"
+    if info.annotation is int and "ge" in bounds and "le" in bounds:
+        return f"must be in {low}..{high}"
+    return f"must be in {'(' if 'gt' in bounds else '['}{low}, {high}{')' if 'lt' in bounds else ']'}"

@@ -7,7 +7,6 @@ option) ends as one line and exit code 2 before anything is started or written.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from fl_ee.config import Config
@@ -18,7 +17,7 @@ from strategies import build_strategy
 def resolve_paths(cfg: Config) -> Config:
     """Make ``data.root`` absolute, so every process (Ray workers too) reads the same files."""
     root = str(Path(cfg.data.root).expanduser().resolve())
-    return replace(cfg, data=replace(cfg.data, root=root))  # MERGE: model_copy
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
 
 
 def preflight(cfg: Config) -> Config:

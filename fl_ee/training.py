@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +61,7 @@ def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: Traini
 
 def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
     """The training settings of one round: no distillation before ``kd_warmup_rounds`` (ScaleFL)."""
-    return replace(cfg, kd_weight=0.0) if server_round < cfg.kd_warmup_rounds else cfg
+    return cfg.model_copy(update={"kd_weight": 0.0}) if server_round < cfg.kd_warmup_rounds else cfg
 
 
 def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:

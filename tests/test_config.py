@@ -1,16 +1,28 @@
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
 import pytest
+import tomllib
+from pydantic import BaseModel
 
 from fl_ee.cli import main
 from fl_ee.config import (
     Config,
     apply_overrides,
     config_from_dict,
+    config_from_saved,
+    config_to_dict,
+    config_to_json,
     config_to_toml,
     load_config,
     parse_overrides,
     preset_path,
 )
 from fl_ee.errors import UserError
+from fl_ee.training import for_round
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def error_key(raw: dict) -> str | None:
@@ -88,14 +100,126 @@ def test_a_tier_takes_its_device_preset_and_overrides_any_field():
     assert tier.availability == 1.0 and tier.failure_rate == phone.failure_rate
 
 
-def test_training_options_for_the_baselines():
-    t = config_from_dict({"training": {"distillation": "mutual", "prox_mu": 0.01, "kd_warmup_rounds": 5}}).training
-    assert (t.distillation, t.prox_mu, t.kd_warmup_rounds) == ("mutual", 0.01, 5)
-    assert (Config().training.prox_mu, Config().training.kd_warmup_rounds) == (0.0, 0)
+def test_training_options_reach_each_round():
+    cfg = config_from_dict({"training": {"distillation": "mutual", "kd_weight": 1, "kd_warmup_rounds": 2}})
+    early, late = for_round(cfg.training, 1), for_round(cfg.training, 2)
+    assert (early.kd_weight, early.distillation) == (0.0, "mutual")  # no distillation during the warm-up
+    assert late == cfg.training and type(late.kd_weight) is float
+    assert cfg.training.kd_weight == 1.0  # the run's config is not changed
 
 
-def test_int_is_accepted_where_float_is_expected():
-    assert config_from_dict({"training": {"lr": 1}}).training.lr == 1.0
+def test_int_is_accepted_where_float_is_expected_but_not_bool_or_str():
+    cfg = config_from_dict({"training": {"lr": 1}, "data": {"alpha": 2}})
+    assert type(cfg.training.lr) is float and cfg.training.lr == 1.0
+    assert '"alpha": 2.0' in config_to_json(cfg)  # clients see the same JSON as for alpha = 2.0
+    for bad in (True, "1"):
+        assert error_key({"training": {"lr": bad}}) == "training.lr"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"tiers": [{"name": "a", "share": 0.5, "depth": 1}, {"name": "b", "share": 0.5, "depth": 7}]},
+         "tiers.1.depth: must be in 1..4"),
+        ({"data": {"alpha": 0}}, "data.alpha: must be > 0"),
+        ({"data": {"test_fraction": 1}}, "data.test_fraction: must be in (0, 1)"),
+        ({"data": {"partitioner": "x"}}, "data.partitioner: unknown value 'x'; choose one of iid, dirichlet, shards"),
+        ({"data": {"bogus": 1}}, "data.bogus: unknown key"),
+        ({"rounds": "x"}, "rounds: expected int, got 'x'"),
+        ({"data": {"download": 1}}, "data.download: expected bool, got 1"),
+        ({"data": "digits"}, "data: expected a table, got 'digits'"),
+        ({"tiers": []}, "tiers: expected a non-empty array of tables"),
+        ({"tiers": [{"name": "", "share": 1.0, "depth": 1}]}, "tiers.0.name: must not be empty"),
+        ({"tiers": [{"name": "a", "share": 1.0}]}, "tiers.0.depth: missing"),
+        ({"tiers": [{"name": "a", "share": 0.5, "depth": 1}] * 2}, "tiers: tier names must be unique, got ['a', 'a']"),
+        ({"tiers": [{"name": "a", "share": 1.0, "depth": 1, "preset": "toaster"}]},
+         "tiers.0.preset: unknown device 'toaster'; choose one of iot-board, budget-phone"),
+        ({"strategy": {"fraction_train": 0}}, "strategy.fraction_train: must be in (0, 1]"),
+    ],
+)
+def test_errors_are_one_line_naming_the_key_and_the_rule(raw, message):
+    with pytest.raises(UserError) as info:
+        config_from_dict(raw)
+    assert str(info.value).startswith(message)
+
+
+def test_a_saved_config_is_read_even_when_no_longer_valid():
+    raw = config_to_dict(load_config("quickstart"))
+    assert config_from_saved(raw) == load_config("quickstart")
+    raw["tiers"][0]["depth"] = 7  # rules got stricter since the run was written ...
+    raw["data"]["retired"] = True  # ... a key was dropped ...
+    del raw["training"]["lr"]  # ... and one added
+    cfg = config_from_saved(raw)
+    assert cfg.tiers[0].depth == 7 and cfg.max_depth == 7 and isinstance(cfg.tiers, tuple)
+    assert cfg.training.lr == 0.05 and "retired" not in config_to_dict(cfg)["data"]
+    assert cfg.data.name == "digits" and cfg.tiers[1] == load_config("quickstart").tiers[1]
+    assert config_from_saved({"data": "digits", "bogus": 1}) == Config()
+
+
+# ------------------------------------------------------------ the README's table
+
+
+def schema_leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field by dotted key; a tier's fields as ``tiers.<field>``."""
+    leaves = {}
+    for name, info in model.model_fields.items():
+        kind = get_args(info.annotation)[0] if get_origin(info.annotation) is tuple else info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            leaves.update(schema_leaves(kind, f"{prefix}{name}."))
+        else:
+            leaves[f"{prefix}{name}"] = info
+    return leaves
+
+
+def readme_rows() -> list[tuple[list[str], list[Any], str]]:
+    """(keys, defaults, meaning) of each row of the README's configuration table.
+
+    A row lists one dotted key then more of the same section (`training.lr`, `momentum`), or
+    `[[tiers]]` then tier fields; its defaults are comma-separated, one per key: `word` is a
+    string, anything else a TOML literal, a trailing "(unset)" aside.
+    """
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("key", "---"):
+            continue
+        names = re.findall(r"`([^`]+)`", cells[0])
+        if names[0] == "[[tiers]]":
+            section, names = "tiers", names[1:]
+        else:
+            section, _, names[0] = names[0].rpartition(".")
+        keys = [f"{section}.{name}" if section else name for name in names]
+        defaults = [_readme_value(text) for text in cells[1].split(", ")]
+        assert len(defaults) == len(keys), line
+        rows.append((keys, defaults, cells[2]))
+    return rows
+
+
+def _readme_value(text: str) -> Any:
+    text = re.sub(r"\s*\(unset\)$", "", text)
+    if text.startswith("`") and text.endswith("`"):
+        return text[1:-1]
+    return tomllib.loads(f"v = {text}")["v"]
+
+
+def test_the_readme_table_documents_the_schema_exactly():
+    leaves = schema_leaves()
+    rows = readme_rows()
+    documented = [key for keys, _, _ in rows for key in keys]
+    assert sorted(documented) == sorted(leaves)  # every key, each once, and nothing else
+    tier = Config().tiers[0]  # a tier field's default is the default tier's value
+    for keys, defaults, meaning in rows:
+        for key, value in zip(keys, defaults, strict=True):
+            info = leaves[key]
+            if key.startswith("tiers."):
+                default = getattr(tier, key.removeprefix("tiers."))
+            else:
+                default = info.get_default(call_default_factory=True)
+            assert value == default and isinstance(value, bool) == isinstance(default, bool), (key, value, default)
+            if get_origin(info.annotation) is Literal:
+                assert len(keys) == 1, f"{key}: a field with choices gets its own row"
+                assert set(re.findall(r"`([^`]+)`", meaning)) == set(get_args(info.annotation)), key
 
 
 def test_overrides_parse_toml_literals_and_bare_strings():

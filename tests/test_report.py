@@ -253,6 +253,14 @@ def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):
     assert code == 2 and "did not finish" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_run_written_under_older_config_rules_still_reports(copy_of, capsys):
+    path = copy_of("old")
+    text = (path / "config.toml").read_text().replace("kd_weight = 0.5", "kd_weight = -1.0")
+    (path / "config.toml").write_text(text.replace("[training]", "[training]\nretired_option = 1"))
+    code, out, _ = _report(capsys, str(path))
+    assert code == 0 and "per tier after" in out
+
+
 @pytest.mark.parametrize("make", ["missing", "foreign", "file"])
 def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make, capsys):
     target = tmp_path / "x"
