@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
     report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
@@ -52,18 +55,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = preflight(cfg)
     run_dir = RunDir.create(args.out or default_run_dir())
     err = Console(stderr=True)
+    failure: Exception | None = None
     with ProgressBar(cfg.rounds, err) as progress:
         try:
             simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg)
-        except RuntimeError as exc:
-            cause = exc.__cause__ or exc
-            err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
-            return 1
+        except UserError:
+            raise
+        except Exception as exc:
+            failure = exc
+    if failure is not None:  # said once the progress bar is gone
+        return _stopped(failure, run_dir.path, args.debug)
     out = Console()
     out.width = max(out.width, 110)
     out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
     return 0
+
+
+def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
+    """Say in one line why a run stopped, keep the traceback in ``RUN_DIR/error.log``; the exit code.
+
+    3: training diverged; 1: a strategy fault or any other failure.
+    """
+    from fl_ee.faults import Diverged
+    from fl_ee.rundir import ERROR_LOG, atomic_write
+
+    cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
+    trace = "".join(traceback.format_exception(cause))
+    atomic_write(run_dir / ERROR_LOG, f"{cause}\n\n{trace}")
+    if debug:
+        sys.stderr.write(trace)
+    kept = sum(1 for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip())
+    what = str(cause) if isinstance(cause, Diverged) else f"simulation failed: {cause}"
+    print(f"fl-ee: error: {what}; {kept} finished rounds kept in {run_dir} (traceback in {run_dir / ERROR_LOG})",
+          file=sys.stderr)
+    return 3 if isinstance(cause, Diverged) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

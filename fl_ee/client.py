@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 import functools
 import time
+import traceback
+from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fl_ee.config import Config
 from fl_ee.data import client_data, load_dataset, run_splits
@@ -33,6 +36,26 @@ from fl_ee.seeding import Stream, derive_seed
 from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
 
 app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+
+
+def reports_errors(handler: Handler) -> Handler:
+    """Answer an exception with an error reply carrying its traceback, instead of raising.
+
+    The server counts the client as failed and files the traceback in the run directory;
+    nothing reaches Flower's logger (which would print it on the terminal).
+    """
+
+    @functools.wraps(handler)
+    def guarded(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=traceback.format_exc()),
+                           reply_to=msg)
+
+    return guarded
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,6 +93,7 @@ def _personal_heads(model: EarlyExitCNN, context: Context) -> torch.nn.ModuleLis
 
 
 @app.query()
+@reports_errors
 def query(msg: Message, context: Context) -> Message:
     """Report who this node is: its client id and local data sizes."""
     client_id = client_id_of(context)
@@ -78,6 +102,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@reports_errors
 def train(msg: Message, context: Context) -> Message:
     """Personalise exits over the frozen received backbone, then train the shared tensors.
 
@@ -103,6 +128,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@reports_errors
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
     _, cfg, model = _setup(msg)

@@ -119,6 +119,8 @@ class SimulationConfig(_Section):
     time_scale: Annotated[float, Field(gt=0, description="factor on the paced sleep")] = 1.0
     client_cpus: Annotated[float, Field(gt=0, description="Ray CPUs (and torch threads) per client")] = 1.0
     client_gpus: Annotated[float, Field(ge=0, description="Ray GPUs per client")] = 0.0
+    max_bad_rounds: Annotated[int,
+                              Field(ge=1, description="stop (exit 3) after this many non-finite rounds in a row")] = 3
     ray_address: Annotated[str,
                            Field(description="empty: start a local Ray; auto or host:port: attach to a cluster")] = ""
 

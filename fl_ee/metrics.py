@@ -155,7 +155,7 @@ def straggler_summary(tier_counts: Sequence[Mapping[str, Mapping[str, int]]], ro
     """Stragglers over a run from each round's outcome counts per tier.
 
     ``late_fraction``: late updates over sampled client-rounds. ``dropped_updates``:
-    updates started but not aggregated (late + failed). ``participation_by_tier``: the
+    updates started but not aggregated (late + failed + rejected). ``participation_by_tier``: the
     fraction of a tier's sampled clients whose update was aggregated (``None`` if never
     sampled). ``outcomes_by_tier``: the tiers' sampled clients and outcomes, summed over rounds.
     """
@@ -168,10 +168,11 @@ def straggler_summary(tier_counts: Sequence[Mapping[str, Mapping[str, int]]], ro
     sampled = sum(c.get("sampled", 0) for c in totals.values())
     late = sum(c.get("late", 0) for c in totals.values())
     failed = sum(c.get("failed", 0) for c in totals.values())
+    rejected = sum(c.get("rejected", 0) for c in totals.values())
     return {
         "round_time_s": round_time_stats(round_times),
         "late_fraction": late / sampled if sampled else 0.0,
-        "dropped_updates": late + failed,
+        "dropped_updates": late + failed + rejected,
         "unavailable": sum(c.get("unavailable", 0) for c in totals.values()),
         "participation_by_tier": {t: (c.get("ok", 0) / c["sampled"] if c.get("sampled") else None)
                                   for t, c in totals.items()},

@@ -123,6 +123,8 @@ def progress_table(run: Run) -> Table:
         notes.append(f"last {len(shown)} of {len(evaluations)} evaluations")
     if run.summary is None:
         notes.append(f"unfinished run: {len(run.rounds)} of {cfg.rounds} rounds logged")
+    if run.stopped:
+        notes.append(f"stopped: {run.stopped}")
     if not evaluations:
         notes.append("no evaluation yet")
     table.caption = "; ".join(notes) or None

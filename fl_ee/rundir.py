@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from strategies import ClientInfo
 
 CONFIG, ROUNDS, CLIENTS, SUMMARY = "config.toml", "rounds.jsonl", "clients.csv", "summary.json"
+CLIENT_ERRORS, ERROR_LOG = "client-errors.log", "error.log"  # clients' tracebacks; why the run stopped
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -48,6 +50,35 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_safe(tree: Any) -> Any:
+    """``tree`` with every NaN or infinity replaced by ``None``.
+
+    A top-level dict that held one gets a ``non_finite`` list naming the dotted paths
+    replaced, so a reader sees why a value is missing.
+    """
+    found: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return value
+
+    cleaned = clean(tree, "")
+    if found and isinstance(cleaned, dict):
+        cleaned["non_finite"] = found
+    return cleaned
+
+
+def to_json(tree: Any, **kwargs: Any) -> str:
+    """Strict JSON (never ``NaN`` or ``Infinity``) of :func:`json_safe` ``(tree)``."""
+    return json.dumps(json_safe(tree), allow_nan=False, **kwargs)
 
 
 def default_run_dir() -> Path:
@@ -113,9 +144,15 @@ class RunDir(Observer):
         atomic_write(self.path / CONFIG, config_to_toml(cfg))
 
     def after_round(self, record: Mapping[str, Any]) -> None:
-        """Append the round's line to ``rounds.jsonl``."""
+        """Append the round's line to ``rounds.jsonl``; clients' tracebacks go to ``client-errors.log``."""
+        errors = record.get("client_errors", {})
         with open(self.path / ROUNDS, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(to_json({k: v for k, v in record.items() if k != "client_errors"}) + "\n")
+        if errors:
+            with open(self.path / CLIENT_ERRORS, "a") as handle:
+                for step, by_client in errors.items():
+                    for client_id, reason in by_client.items():
+                        handle.write(f"--- round {record['round']}, {step}, client {client_id}\n{reason.rstrip()}\n")
 
     def on_end(self, summary: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]]) -> None:
         """Write ``clients.csv``, then ``summary.json`` (whose presence marks a finished run)."""
@@ -124,7 +161,7 @@ class RunDir(Observer):
         writer.writeheader()
         writer.writerows(client_rows)
         atomic_write(self.path / CLIENTS, buffer.getvalue())
-        atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        atomic_write(self.path / SUMMARY, to_json(summary, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------- reader
@@ -152,6 +189,7 @@ class Run:
     rounds: list[dict[str, Any]]
     clients: list[dict[str, str]]  # clients.csv rows; empty until the run finishes
     summary: dict[str, Any] | None  # None until the run finishes
+    stopped: str | None = None  # why the run stopped early (the first line of error.log)
 
     @property
     def tiers(self) -> list[str]:
@@ -247,4 +285,7 @@ def load_run(path: str | Path) -> Run:
             summary = json.loads((path / SUMMARY).read_text())
         except json.JSONDecodeError:
             raise UserError(f"{path / SUMMARY} is not JSON") from None
-    return Run(path, config, _read_rounds(path / ROUNDS), clients, summary)
+    stopped = None
+    if (path / ERROR_LOG).is_file():
+        stopped = (path / ERROR_LOG).read_text().partition("\n")[0]
+    return Run(path, config, _read_rounds(path / ROUNDS), clients, summary, stopped)

@@ -21,10 +21,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
+from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.observers import Observer
 from fl_ee.preflight import preflight
 from fl_ee.protocol import (
+    ARRAYS,
     ClientReport,
     EvaluateReply,
     Instructions,
@@ -41,6 +43,7 @@ from sims.clock import OK
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy
+from strategies.base import to_numpy
 
 NODE_WAIT_S = 120.0
 
@@ -96,18 +99,39 @@ def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCN
     return {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)}
 
 
+def _guarded(strategy: DepthAwareStrategy, method: str, rnd: int, *args: Any) -> Any:
+    """Call a strategy method; any exception becomes a :class:`StrategyFault` naming it."""
+    try:
+        return getattr(strategy, method)(*args)
+    except Exception as exc:
+        raise StrategyFault(type(strategy).__name__, method, rnd, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _error_line(reason: str) -> str:
+    """The last line of an error reply's reason (a traceback ends with the exception)."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _errors(strategy: DepthAwareStrategy, replies: Sequence[Message]) -> dict[ClientInfo, str]:
+    """The clients whose reply is an error, with the reason they reported."""
+    return {strategy.sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
+
+
 def train_round(
     grid: Grid, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
     config: ConfigRecord,
-) -> tuple[ArrayRecord, dict[str, Any]]:
-    """One training round on the virtual clock: sample, emulate presence, train, settle, aggregate.
+) -> tuple[ArrayRecord, dict[str, Any], bool]:
+    """One training round on the virtual clock: sample, emulate presence, train, settle, check, aggregate.
 
     Unavailable and dropping-out clients are not sent work; every client that runs
     trains (so its personal exits move on), but only the replies the straggler policy
-    counts reach the strategy. Returns the new global arrays and the round's
-    ``metrics`` (the strategy's) and ``clock`` records.
+    counts, and whose update passes :func:`~fl_ee.faults.update_problem`, reach the
+    strategy; its aggregate is checked too. Returns the new global arrays, the round's
+    record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
+    whether the round was *bad*: it produced nothing finite to aggregate.
     """
-    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, grid))
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
     for message, client in zip(messages, clock.sampled):
@@ -117,28 +141,50 @@ def train_round(
             send.append(message)
     replies = list(grid.send_and_receive(send)) if send else []
     _check(replies, f"train in round {rnd}")
-    emulator.settle(
-        clock,
-        finished=[strategy.sender(m) for m in replies if not m.has_error()],
-        errored=[strategy.sender(m) for m in replies if m.has_error()],
-        keep=strategy.train_quota(),
-    )
-    counted = [m for m in replies if clock.outcomes[strategy.sender(m).client_id] == OK]
-    new_arrays, metrics = strategy.aggregate_train(rnd, counted)
-    record = {"metrics": dict(metrics or {}), "clock": emulator.record(clock)}
-    return (new_arrays if new_arrays is not None else arrays), record
+    errors = _errors(strategy, replies)
+    emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
+                    errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
+    current = to_numpy(arrays)
+    counted = []
+    for reply in replies:
+        client = strategy.sender(reply)
+        if clock.outcomes[client.client_id] != OK:
+            continue
+        problem = update_problem(slice_state(current, client.depth), to_numpy(reply.content.array_records[ARRAYS]))
+        if problem is None:
+            counted.append(reply)
+        else:
+            clock.reject(client, problem)
+    new_arrays, metrics = _guarded(strategy, "aggregate_train", rnd, rnd, counted)
+    record: dict[str, Any] = {"metrics": dict(metrics or {})}
+    bad = not counted and any(is_non_finite(r) for r in clock.reasons.values())
+    if new_arrays is not None:
+        broken, non_finite = aggregate_problem(current, to_numpy(new_arrays))
+        if broken:
+            raise StrategyFault(type(strategy).__name__, "aggregate_train", rnd,
+                                f"returned a bad global state: {broken}")
+        if non_finite:
+            record["aggregate_rejected"] = non_finite
+            new_arrays, bad = None, True
+    record["clock"] = emulator.record(clock)
+    record["errors"] = {c.client_id: reason for c, reason in errors.items()}
+    return (new_arrays if new_arrays is not None else arrays), record, bad
 
 
 def evaluate_round(
     grid: Grid, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord
 ) -> tuple[dict[int, Evaluation], dict[str, Any]]:
     """Federated evaluation: each sampled client's evaluation by client id, and the round's record."""
-    replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+    replies = list(grid.send_and_receive(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, grid)))
     _check(replies, f"evaluate in round {rnd}")
-    aggregated = strategy.aggregate_evaluate(rnd, replies)
+    aggregated = _guarded(strategy, "aggregate_evaluate", rnd, rnd, replies)
     evaluated = {strategy.sender(m).client_id: Evaluation(rnd, payload_of(m, EvaluateReply))
                  for m in strategy.valid_replies(replies)}
-    return evaluated, {"clients": sorted(evaluated), "aggregated": dict(aggregated or {})}
+    record = {"clients": sorted(evaluated), "aggregated": dict(aggregated or {})}
+    if errors := _errors(strategy, replies):
+        record["failed"] = {c.client_id: _error_line(reason) for c, reason in errors.items()}
+        record["errors"] = {c.client_id: reason for c, reason in errors.items()}
+    return evaluated, record
 
 
 def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) -> dict[str, Any]:
@@ -151,7 +197,7 @@ def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) 
     strategy = build_strategy(cfg)
     config_text = config_to_json(cfg)
     clients = discover_clients(grid, cfg, Instructions(config_text))
-    strategy.register_clients(clients)
+    _guarded(strategy, "register_clients", 0, clients)
     emulator = DeviceEmulator(cfg, model, clients)
     tiers = [t.name for t in cfg.tiers]
     for observer in observers:
@@ -162,25 +208,31 @@ def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) 
     global_by_exit: dict[str, float] = {}
     clocks: list[dict[str, Any]] = []
     accuracy_at: list[tuple[float, float | None]] = []  # (virtual time, personalised mean) per evaluation
+    guard = DivergenceGuard(cfg.simulation.max_bad_rounds)
     started = time.perf_counter()
     # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
     with ThreadPoolExecutor(max_workers=1) as background:
         for rnd in range(1, cfg.rounds + 1):
             config = Instructions(config_text, server_round=rnd).to_record()
-            arrays, train = train_round(grid, strategy, emulator, rnd, arrays, config)
+            arrays, train, bad = train_round(grid, strategy, emulator, rnd, arrays, config)
             clocks.append(train.pop("clock"))
+            errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 global_eval = background.submit(evaluate_global, arrays, data, model, cfg.max_depth)
                 evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, arrays, config)
+                errors["evaluate"] = record["evaluate"].pop("errors", {})
                 results.update(evaluated)
                 global_by_exit = global_eval.result()
                 personalised = personalised_summary(clients, results, tiers, cfg.max_depth)
                 record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": global_by_exit}}
                 accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["wall_s"] = round(time.perf_counter() - started, 3)
+            if any(errors.values()):
+                record["client_errors"] = {step: e for step, e in errors.items() if e}
             for observer in observers:
                 observer.after_round(record)
+            guard.after_round(rnd, bad)
 
     summary = build_summary(cfg, clients, results, global_by_exit, clocks, accuracy_at)
     rows = [client_row(c, results.get(c.client_id), cfg.max_depth) for c in clients]

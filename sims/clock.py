@@ -21,8 +21,8 @@ import numpy as np
 
 from fl_ee.seeding import Stream, rng
 
-OK, LATE, UNAVAILABLE, FAILED = "ok", "late", "unavailable", "failed"
-OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED)
+OK, LATE, UNAVAILABLE, FAILED, REJECTED = "ok", "late", "unavailable", "failed", "rejected"
+OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED, REJECTED)  # rejected: the server refused the update (fl_ee/faults.py)
 
 
 def transfer_seconds(num_bytes: float, mbps: float) -> float:

@@ -8,7 +8,7 @@ long the round took on the virtual clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from sims.clock import (
     FAILED,
     OK,
     OUTCOMES,
+    REJECTED,
     UNAVAILABLE,
     ClientTime,
     Presence,
@@ -58,12 +59,18 @@ class RoundClock:
     sampled: list[ClientInfo]
     presence: dict[int, Presence]
     outcomes: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # why a client failed or was rejected
     round_time_s: float = 0.0
 
     def runs(self, client: ClientInfo) -> bool:
         """Whether the client is online and does not drop out, so it is sent work."""
         p = self.presence[client.client_id]
         return p.available and not p.fails
+
+    def reject(self, client: ClientInfo, reason: str) -> None:
+        """The server refused this client's update (after settling): it counts as wasted work."""
+        self.outcomes[client.client_id] = REJECTED
+        self.reasons[client.client_id] = reason
 
 
 class DeviceEmulator:
@@ -91,9 +98,12 @@ class DeviceEmulator:
         return self.times[client.client_id].total_s * sim.time_scale if sim.pace else 0.0
 
     def settle(
-        self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Iterable[ClientInfo], keep: int
+        self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Mapping[ClientInfo, str], keep: int
     ) -> None:
-        """Apply the straggler policy to the clients that finished, and advance the clock."""
+        """Apply the straggler policy to the clients that finished, and advance the clock.
+
+        ``errored`` maps the clients whose ClientApp raised to the error they reported.
+        """
         sim = self.cfg.simulation
         completion = {c.client_id: self.times[c.client_id].total_s for c in finished}
         clock.outcomes, clock.round_time_s = settle(completion, sim.straggler_policy, sim.deadline_s, keep)
@@ -103,8 +113,9 @@ class DeviceEmulator:
                 clock.outcomes[c.client_id] = UNAVAILABLE
             elif p.fails:
                 clock.outcomes[c.client_id] = FAILED
-        for c in errored:  # the client crashed for real: its update is lost like a dropout's
+        for c, reason in errored.items():  # the client crashed for real: its update is lost like a dropout's
             clock.outcomes[c.client_id] = FAILED
+            clock.reasons[c.client_id] = reason
         self.virtual_time_s += clock.round_time_s
 
     def record(self, clock: RoundClock) -> dict[str, Any]:
@@ -117,7 +128,10 @@ class DeviceEmulator:
             time_s = None if outcome == UNAVAILABLE else t.total_s * (p.fail_at if p.fails else 1.0)
             if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing
                 wasted += t.compute_s * (p.fail_at if p.fails else 1.0)
-            clients.append({"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome})
+            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome}
+            if c.client_id in clock.reasons:
+                entry["reason"] = clock.reasons[c.client_id]
+            clients.append(entry)
             by_tier[c.tier]["sampled"] += 1
             by_tier[c.tier][outcome] += 1
         return {

@@ -1,0 +1,91 @@
+"""Fault isolation: what the server checks in every update and aggregate, and how a run stops.
+
+A client update is checked against the slice it was sent (the same keys, shapes and
+dtypes, every value finite); a failing one is *rejected*, never averaged in. A
+strategy's aggregate is checked against the global state: a wrong key, shape or dtype
+is a fault of the strategy (:class:`StrategyFault`); non-finite values are rejected and
+the global model keeps its value. Rounds whose training stays non-finite are counted by
+:class:`DivergenceGuard`, which stops the run (:class:`Diverged`) after
+``simulation.max_bad_rounds`` of them in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+NON_FINITE = "non-finite"  # the start of every reason that counts towards divergence
+
+
+class StrategyFault(Exception):
+    """A strategy (shipped or plug-in) raised, or broke its contract, in one of its methods."""
+
+    def __init__(self, strategy: str, method: str, server_round: int, detail: str) -> None:
+        super().__init__(f"strategy {strategy} failed in {method} (round {server_round}): {detail}")
+        self.strategy, self.method, self.server_round = strategy, method, server_round
+
+
+class Diverged(Exception):
+    """Training stayed non-finite for too many rounds in a row."""
+
+    def __init__(self, server_round: int, bad_rounds: int) -> None:
+        first = server_round - bad_rounds + 1
+        span = f"round {server_round}" if bad_rounds == 1 else f"rounds {first}-{server_round}"
+        super().__init__(f"training diverged: no finite update or aggregate in {span} "
+                         f"(simulation.max_bad_rounds = {bad_rounds})")
+        self.server_round = server_round
+
+
+def _mismatch(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> str | None:
+    """Why ``got`` does not have exactly the keys, shapes and dtypes of ``expected`` (``None`` if it does)."""
+    if set(got) != set(expected):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        parts = [f"missing {', '.join(missing[:3])}" if missing else "",
+                 f"unexpected {', '.join(extra[:3])}" if extra else ""]
+        return "; ".join(p for p in parts if p)
+    for key, want in expected.items():
+        have = got[key]
+        if have.shape != want.shape or have.dtype != want.dtype:
+            return f"{key} is {have.dtype}{list(have.shape)}, expected {want.dtype}{list(want.shape)}"
+    return None
+
+
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """``"non-finite values in KEY"`` for the first array holding NaN or infinity."""
+    for key, value in arrays.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return f"{NON_FINITE} values in {key}"
+    return None
+
+
+def update_problem(sent: Mapping[str, np.ndarray], returned: Mapping[str, np.ndarray]) -> str | None:
+    """Why a client's update cannot be aggregated, or ``None``: same keys, shapes, dtypes as sent; finite."""
+    return _mismatch(sent, returned) or _non_finite(returned)
+
+
+def aggregate_problem(
+    current: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray]
+) -> tuple[str | None, str | None]:
+    """(a broken contract, non-finite values) of a strategy's new global state; ``None`` where fine."""
+    return _mismatch(current, new), _non_finite(new)
+
+
+class DivergenceGuard:
+    """Counts rounds in a row whose training produced nothing finite, and stops the run at ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bad_in_a_row = 0
+
+    def after_round(self, server_round: int, bad: bool) -> None:
+        """Record one round; raise :class:`Diverged` at the ``limit``-th bad round in a row."""
+        self.bad_in_a_row = self.bad_in_a_row + 1 if bad else 0
+        if self.bad_in_a_row >= self.limit:
+            raise Diverged(server_round, self.bad_in_a_row)
+
+
+def is_non_finite(reason: Any) -> bool:
+    """Whether a rejection reason is about non-finite values."""
+    return isinstance(reason, str) and reason.startswith(NON_FINITE)
