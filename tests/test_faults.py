@@ -191,3 +191,16 @@ def test_a_diverged_run_exits_3_in_one_line_and_stays_reportable(tmp_path):
     assert load_run(out).stopped.startswith("training diverged")
     report = _fl_ee("report", str(out), cwd=tmp_path)
     assert report.returncode == 0 and "stopped: training diverged" in report.stdout
+
+
+@pytest.mark.e2e
+def test_a_plugin_exception_ends_the_run_in_one_line_naming_it(tmp_path, monkeypatch):
+    name = _plugin(tmp_path, monkeypatch, "raise ValueError('boom')")
+    out = tmp_path / "run"
+    overrides = [a for o in [*TINY, name] for a in ("--set", o)]
+    done = _fl_ee("run", *overrides, "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.lstrip().startswith("rounds ")]
+    assert lines == [f"fl-ee: error: simulation failed: strategy Faulty failed in aggregate_train (round 1): "
+                     f"ValueError: boom; 0 finished rounds kept in {out} (traceback in {out / 'error.log'})"]
+    assert "raise ValueError('boom')" in (out / "error.log").read_text()
