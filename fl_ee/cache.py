@@ -32,6 +32,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def unreadable(exc: BaseException) -> str:
+    """Why numpy could not load a cached file, in one line (pickles are refused, never loaded)."""
+    if "allow_pickle" in str(exc):
+        return "holds pickled Python objects, which are never loaded"
+    return one_line(exc)
+
+
 def checksum(*arrays: np.ndarray) -> str:
     """xxh3-128 of the arrays' dtypes, shapes and bytes (~0.05 s per GB once the pages are cached)."""
     h = xxhash.xxh3_128()
@@ -52,7 +59,7 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
     except FileNotFoundError:
         raise CacheDamaged(f"{path.name} is missing") from None
     except (OSError, ValueError, EOFError) as exc:  # truncated, object dtype, a pickle, not .npy at all
-        raise CacheDamaged(f"{path.name} is unreadable ({one_line(exc)})") from None
+        raise CacheDamaged(f"{path.name} is unreadable ({unreadable(exc)})") from None
 
 
 def warn(message: str) -> None:

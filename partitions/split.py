@@ -19,7 +19,7 @@ import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
-from fl_ee.cache import CacheDamaged, cache_root, checksum, one_line, warn
+from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable, warn
 from fl_ee.errors import UserError
 from fl_ee.seeding import Stream, derive_seed, rng
 
@@ -129,7 +129,7 @@ def _read(path: Path, num_clients: int, num_samples: int) -> tuple[ClientSplit, 
     except FileNotFoundError:
         raise CacheDamaged("missing") from None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated, pickled, not a zip
-        raise CacheDamaged(f"unreadable ({one_line(exc)})") from None
+        raise CacheDamaged(f"unreadable ({unreadable(exc)})") from None
     if stored_sum.shape != () or stored_sum.item() != checksum(*arrays.values()):
         raise CacheDamaged("does not match its checksum (edited or damaged)")
     for name, array in arrays.items():
