@@ -34,7 +34,7 @@ def one_line(exc: BaseException) -> str:
 
 def unreadable(exc: BaseException) -> str:
     """Why numpy could not load a cached file, in one line (pickles are refused, never loaded)."""
-    if "allow_pickle" in str(exc):
+    if "allow_pickle" in str(exc) or "Python objects" in str(exc):  # a pickle, or an object array
         return "holds pickled Python objects, which are never loaded"
     return one_line(exc)
 

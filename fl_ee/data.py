@@ -317,7 +317,7 @@ def _read_cache(folder: Path, name: str) -> TensorDataset:
 
     Every array's shape and dtype, its file size (a truncated file cannot be mapped) and
     its xxh3-128 checksum are verified, in every process: hashing Fashion-MNIST's 220 MB
-    costs ~0.01-0.02 s. Raises :class:`CacheDamaged` when anything does not match.
+    costs 0.01-0.05 s. Raises :class:`CacheDamaged` when anything does not match.
     """
     meta = _read_meta(folder, name)
     arrays = {}

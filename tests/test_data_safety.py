@@ -157,7 +157,7 @@ def test_truncated_jpeg_is_named(cifar_jpegs, tmp_path, capsys):
     os.truncate(path, path.stat().st_size // 2)
     err = run_error(capsys, tmp_path, "data.name=imagefolder", f"data.root={cifar_jpegs}")
     assert err.startswith(f"fl-ee: error: data.root: {path}: cannot decode the image: ")
-    assert "truncated" in err
+    assert "truncated" in err.lower()
 
 
 def test_text_file_named_jpg_is_named(cifar_jpegs):
@@ -210,7 +210,7 @@ REASONS = {
     "meta-not-json": "meta.json is unreadable",
     "missing-meta": "meta.json is missing",
     "old-format-meta": "meta.json is in another format",
-    "object-npy": "train_x.npy is unreadable (Array can't be memory-mapped: Python objects in dtype.)",
+    "object-npy": "train_x.npy is unreadable (holds pickled Python objects, which are never loaded)",
     "pickle-as-npy": "test_x.npy is unreadable (holds pickled Python objects, which are never loaded)",
 }
 
