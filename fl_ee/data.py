@@ -3,12 +3,16 @@
 ``digits`` (scikit-learn's 1797 real 8x8 handwritten digits) ships with scikit-learn
 and needs no download. ``mnist``, ``fashion-mnist`` and ``cifar10`` go through
 torchvision's own dataset classes; ``imagefolder`` reads ``root/{train,test}/<class>/*``.
+Source files are checked before they are decoded (IDX headers and sizes, CIFAR-10's
+md5s, every image), and labels outside the dataset's classes are refused, each
+problem as one line naming the file.
 
 Decoded file datasets are cached as ``.npy`` files under ``$FL_EE_CACHE`` (default
-``~/.cache/fl-ee``), keyed by the source files' names, sizes and modification times.
-Every process (the server and each Ray worker) memory-maps the same cache, so a
+``~/.cache/fl-ee``), keyed by the source files' names, sizes and modification times,
+with each array's dtype, shape and xxh3-128 checksum in ``meta.json``. Every process
+(the server and each Ray worker) memory-maps the same cache after verifying it, so a
 dataset is decoded once per machine, loads in a fraction of a second, and its pages
-are shared between processes.
+are shared between processes; a damaged cache is decoded again and replaced.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_ee.cache import cache_root
+from fl_ee.cache import CacheDamaged, cache_root, checksum, discard, load_array, one_line, warn
 from fl_ee.config import Config, DataConfig
 from fl_ee.errors import UserError
 from fl_ee.models import ModelSpec
@@ -51,22 +57,41 @@ class TensorDataset:
         return ModelSpec(c, h, w, self.num_classes, base_width, exit_head)
 
 
-def _normalised(name: str, train: np.ndarray, train_y, test: np.ndarray, test_y) -> TensorDataset:
+def _normalised(name: str, train: np.ndarray, train_y, test: np.ndarray, test_y, num_classes: int) -> TensorDataset:
     """Scale to [0, 1] floats by the train maximum, then standardise each channel."""
     scale = float(train.max()) or 1.0
     tr = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32) / scale)
     te = torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32) / scale)
     mean = tr.mean(dim=(0, 2, 3), keepdim=True)
     std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    labels = np.concatenate([np.asarray(train_y), np.asarray(test_y)])
     return TensorDataset(
         name=name,
         train_x=(tr - mean) / std,
         train_y=torch.as_tensor(np.asarray(train_y), dtype=torch.int64),
         test_x=(te - mean) / std,
         test_y=torch.as_tensor(np.asarray(test_y), dtype=torch.int64),
-        num_classes=int(labels.max()) + 1,
+        num_classes=num_classes,
     )
+
+
+def _bad_label(labels: np.ndarray, num_classes: int) -> str | None:
+    """Why ``labels`` are not all in 0..num_classes-1, or ``None`` when they are."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return f"labels must be one integer per sample, found {labels.dtype} of shape {labels.shape}"
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(outside):
+        i = int(outside[0])
+        return (f"label {int(labels[i])} of sample {i} is outside the {num_classes} classes 0..{num_classes - 1}"
+                f" ({len(outside)} such label{'s' if len(outside) > 1 else ''})")
+    return None
+
+
+def _check_labels(source: str, labels, num_classes: int) -> None:
+    """Refuse labels outside the dataset's classes, naming the file they came from."""
+    problem = _bad_label(np.asarray(labels), num_classes)
+    if problem:
+        raise UserError(f"{source}: {problem}", key="data.root")
 
 
 def _digits() -> TensorDataset:
@@ -78,34 +103,128 @@ def _digits() -> TensorDataset:
     tr_x, te_x, tr_y, te_y = train_test_split(
         images, bunch.target, test_size=DIGITS_TEST_FRACTION, stratify=bunch.target, random_state=0
     )
-    return _normalised("digits", tr_x, tr_y, te_x, te_y)
+    return _normalised("digits", tr_x, tr_y, te_x, te_y, num_classes=10)
+
+
+TORCHVISION_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10}
+IDX_FILES = {  # torchvision's raw MNIST layout: (images, labels) per split
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _check_idx(path: Path, ndim: int) -> tuple[int, ...]:
+    """Check an IDX file of unsigned bytes (magic, dimensions, size) before torchvision reads it.
+
+    torchvision's reader asserts on a bad magic number and fails a truncated file with an
+    error that reads as "not found"; this names the file and the problem instead.
+    """
+    header_size = 4 + 4 * ndim
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = handle.read(header_size)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or one_line(exc)}", key="data.root") from None
+    magic = bytes([0, 0, 0x08, ndim])
+    if header[:2] == b"\x1f\x8b":
+        raise UserError(f"{path}: is gzip-compressed; extract it (gunzip) first", key="data.root")
+    if len(header) >= 4 and header[:4] != magic:
+        raise UserError(f"{path}: bad magic number 0x{header[:4].hex()}, expected 0x{magic.hex()} "
+                        f"(an IDX file of unsigned bytes with {ndim} dimension{'s' if ndim > 1 else ''})",
+                        key="data.root")
+    if len(header) < header_size:
+        raise UserError(f"{path}: truncated: expected at least {header_size} bytes (the IDX header), found {size}",
+                        key="data.root")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        problem = "truncated" if size < expected else "too long"
+        raise UserError(f"{path}: {problem}: expected {expected} bytes ({' x '.join(map(str, dims))} "
+                        f"values after the header), found {size}", key="data.root")
+    return dims
+
+
+def _check_source_files(name: str, root: str) -> None:
+    """Check the files torchvision is about to read; unpickle nothing.
+
+    MNIST-style IDX files get their header and size checked. CIFAR-10's batches are
+    pickles: each must match the md5 torchvision knows for the published file, so a
+    damaged or planted batch is refused here, before anything is unpickled.
+    """
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    if name == "cifar10":
+        folder = Path(root) / datasets.CIFAR10.base_folder
+        files = [*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list,
+                 (datasets.CIFAR10.meta["filename"], datasets.CIFAR10.meta["md5"])]
+        for filename, md5 in files:
+            if not check_integrity(str(folder / filename), md5):
+                raise UserError(f"{folder / filename}: corrupted: its md5 is not that of the published CIFAR-10 "
+                                f"file (torchvision unpickles only the published files; use data.name=imagefolder "
+                                f"for other copies)", key="data.root")
+        return
+    raw = Path(root) / SOURCE_DIRS[name][0]
+    for images_file, labels_file in IDX_FILES.values():
+        images = _check_idx(raw / images_file, 3)
+        labels = _check_idx(raw / labels_file, 1)
+        if images[0] != labels[0]:
+            raise UserError(f"{raw / labels_file}: {labels[0]} labels for the {images[0]} images of {images_file}",
+                            key="data.root")
+
+
+def _missing_source(name: str, root: str) -> Path | None:
+    """The first file torchvision needs for ``name`` that is not under ``root``."""
+    if name == "cifar10":
+        from torchvision import datasets
+
+        folder = Path(root) / datasets.CIFAR10.base_folder
+        names = [f for f, _ in (*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list)]
+        names.append(datasets.CIFAR10.meta["filename"])
+    else:
+        folder = Path(root) / SOURCE_DIRS[name][0]
+        names = [f for pair in IDX_FILES.values() for f in pair]
+    return next((folder / f for f in names if not (folder / f).is_file()), None)
 
 
 def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    missing = _missing_source(name, root)
+    if missing is not None and not download:
+        raise UserError(
+            f"{name} not found under {root!r} (no {Path(missing).relative_to(root)}); set data.download=true to "
+            f"fetch it, or point data.root at a folder that holds it (e.g. ../shared/data)",
+            key="data.root",
+        )
+    if missing is None:
+        _check_source_files(name, root)
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
     except RuntimeError as exc:
         if download:
-            raise UserError(f"could not download {name} into {root!r}: {exc}", key="data.download") from None
-        raise UserError(
-            f"{name} not found under {root!r}; set data.download=true to fetch it, "
-            f"or point data.root at a folder that holds it (e.g. ../shared/data)",
-            key="data.root",
-        ) from None
+            raise UserError(f"could not download {name} into {root!r}: {one_line(exc)}", key="data.download") from None
+        raise UserError(f"{name} under {root!r} could not be read: {one_line(exc)}", key="data.root") from None
+    except (AssertionError, ValueError, TypeError, EOFError, OSError, struct.error) as exc:  # checked above; a race
+        raise UserError(f"{name} under {root!r} could not be read: {one_line(exc)}", key="data.root") from None
 
     def images(ds) -> np.ndarray:
         data = np.asarray(ds.data)
         return data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)  # to NCHW
 
-    return _normalised(name, images(train), train.targets, images(test), test.targets)
+    classes = TORCHVISION_CLASSES[name]
+    for split, ds in (("train", train), ("test", test)):
+        source = (Path(root) / SOURCE_DIRS[name][0] / IDX_FILES[split][1] if name != "cifar10"
+                  else f"{Path(root) / datasets.CIFAR10.base_folder} ({split} batches)")
+        _check_labels(str(source), np.asarray(ds.targets), classes)
+    return _normalised(name, images(train), train.targets, images(test), test.targets, classes)
 
 
 def _image_folder(root: str) -> TensorDataset:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
     splits = {}
@@ -116,19 +235,35 @@ def _image_folder(root: str) -> TensorDataset:
         try:
             splits[split] = ImageFolder(str(path))
         except (FileNotFoundError, RuntimeError) as exc:
-            raise UserError(f"{path}: {exc}", key="data.root") from None
+            raise UserError(f"{path}: {one_line(exc)}", key="data.root") from None
     if splits["train"].classes != splits["test"].classes:
         raise UserError("train/ and test/ must hold the same class folders", key="data.root")
 
+    def read(path: str) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except UnidentifiedImageError:
+            raise UserError(f"{path}: not an image file (PIL cannot identify it)", key="data.root") from None
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+            raise UserError(f"{path}: cannot decode the image: {one_line(exc)}", key="data.root") from None
+
     def decode(ds: ImageFolder) -> tuple[np.ndarray, np.ndarray]:
-        arrays = [np.asarray(Image.open(p).convert("RGB")) for p, _ in ds.samples]
-        if len({a.shape for a in arrays}) != 1:
-            raise UserError(f"{ds.root}: images differ in size; resize them to one size first", key="data.root")
+        arrays = [read(p) for p, _ in ds.samples]
+        odd = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
+        if odd is not None:
+            raise UserError(f"{ds.root}: images differ in size ({ds.samples[odd][0]} is "
+                            f"{arrays[odd].shape[1]}x{arrays[odd].shape[0]}, {ds.samples[0][0]} is "
+                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}); resize them to one size first",
+                            key="data.root")
         return np.stack(arrays).transpose(0, 3, 1, 2), np.asarray(ds.targets)
 
+    classes = len(splits["train"].classes)
     tr_x, tr_y = decode(splits["train"])
     te_x, te_y = decode(splits["test"])
-    return _normalised("imagefolder", tr_x, tr_y, te_x, te_y)
+    _check_labels(str(Path(root) / "train"), tr_y, classes)
+    _check_labels(str(Path(root) / "test"), te_y, classes)
+    return _normalised("imagefolder", tr_x, tr_y, te_x, te_y, classes)
 
 
 SOURCE_DIRS = {  # where each file dataset's files live under data.root
@@ -138,6 +273,7 @@ SOURCE_DIRS = {  # where each file dataset's files live under data.root
     "imagefolder": ("train", "test"),
 }
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+CACHE_FORMAT = 2  # the layout of meta.json; a cache in another layout is rebuilt
 
 
 def _source_key(name: str, root: str) -> str | None:
@@ -155,24 +291,82 @@ def _source_key(name: str, root: str) -> str | None:
     return f"{name}-{hashlib.sha1(payload).hexdigest()[:16]}"
 
 
-def _read_cache(folder: Path, name: str) -> TensorDataset:
-    arrays = {a: torch.from_numpy(np.load(folder / f"{a}.npy", mmap_mode="c")) for a in ARRAYS}
-    meta = json.loads((folder / "meta.json").read_text())
-    return TensorDataset(name=name, num_classes=meta["num_classes"], **arrays)
+def _meta_checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _write_cache(folder: Path, data: TensorDataset) -> None:
-    """Write the arrays to a temporary folder, then rename it into place (atomic)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+def _read_meta(folder: Path, name: str) -> dict:
     try:
-        for a in ARRAYS:
-            np.save(tmp / f"{a}.npy", getattr(data, a).numpy())
-        (tmp / "meta.json").write_text(json.dumps({"num_classes": data.num_classes}))
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        raise CacheDamaged("meta.json is missing") from None
+    except (OSError, ValueError) as exc:
+        raise CacheDamaged(f"meta.json is unreadable ({one_line(exc)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise CacheDamaged("meta.json is in another format (an older fl-ee wrote it)")
+    if meta.get("checksum") != _meta_checksum(meta):
+        raise CacheDamaged("meta.json does not match its checksum (edited or damaged)")
+    if meta.get("name") != name or set(meta.get("arrays", ())) != set(ARRAYS):
+        raise CacheDamaged(f"meta.json describes another dataset than {name}")
+    return meta
+
+
+def _read_cache(folder: Path, name: str) -> TensorDataset:
+    """The cached tensors, memory-mapped, after checking them against ``meta.json``.
+
+    Every array's shape and dtype, its file size (a truncated file cannot be mapped) and
+    its xxh3-128 checksum are verified, in every process: hashing Fashion-MNIST's 220 MB
+    costs 0.01-0.05 s. Raises :class:`CacheDamaged` when anything does not match.
+    """
+    meta = _read_meta(folder, name)
+    arrays = {}
+    for a in ARRAYS:
+        array = load_array(folder / f"{a}.npy")
+        want = meta["arrays"][a]
+        if array.dtype.str != want["dtype"] or list(array.shape) != want["shape"]:
+            raise CacheDamaged(f"{a}.npy holds {array.dtype.str} {list(array.shape)}, "
+                               f"meta.json says {want['dtype']} {want['shape']}")
+        if checksum(array) != want["xxh3_128"]:
+            raise CacheDamaged(f"{a}.npy does not match its checksum (edited or damaged)")
+        arrays[a] = array
+    for a in ("train_y", "test_y"):
+        problem = _bad_label(arrays[a], meta["num_classes"])
+        if problem:
+            raise CacheDamaged(f"{a}.npy: {problem}")
+    return TensorDataset(name=name, num_classes=meta["num_classes"],
+                         **{a: torch.from_numpy(array) for a, array in arrays.items()})
+
+
+def _write_cache(folder: Path, data: TensorDataset, replace: bool = False) -> None:
+    """Write the arrays and their checksums to a temporary folder, then rename it into place (atomic).
+
+    ``replace`` first moves a damaged folder out of the way; otherwise a folder another
+    process cached first is kept.
+    """
+    arrays = {a: getattr(data, a).numpy() for a in ARRAYS}
+    meta: dict = {
+        "format": CACHE_FORMAT,
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "arrays": {a: {"dtype": x.dtype.str, "shape": list(x.shape), "xxh3_128": checksum(x)}
+                   for a, x in arrays.items()},
+    }
+    meta["checksum"] = _meta_checksum(meta)
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        for a, x in arrays.items():
+            np.save(tmp / f"{a}.npy", x, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta))
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every process of the user
+        if replace:
+            discard(folder)
         os.replace(tmp, folder)
     except OSError:  # another process cached it first, or the cache is not writable
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _decode(name: str, root: str, download: bool) -> TensorDataset:
@@ -186,12 +380,17 @@ def _load(name: str, root: str, download: bool) -> TensorDataset:
     if name == "digits":
         return _digits()
     key = _source_key(name, root)
-    if key is not None and (cache_root() / key / "meta.json").is_file():
-        return _read_cache(cache_root() / key, name)
+    damaged = False
+    if key is not None and (cache_root() / key).exists():
+        try:
+            return _read_cache(cache_root() / key, name)
+        except CacheDamaged as exc:
+            warn(f"{cache_root() / key}: {exc}; decoding {name} again")
+            damaged = True
     data = _decode(name, root, download)
     key = key or _source_key(name, root)  # a download has just created the files
     if key is not None:
-        _write_cache(cache_root() / key, data)
+        _write_cache(cache_root() / key, data, replace=damaged)
     return data
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
-from fl_ee.cache import cache_root
+from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable, warn
 from fl_ee.errors import UserError
 from fl_ee.seeding import Stream, derive_seed, rng
 
@@ -111,19 +112,42 @@ def _compute_splits(
     return tuple(local_split(p, test_fraction, rng(seed, Stream.LOCAL_SPLIT, cid)) for cid, p in enumerate(parts))
 
 
-def _read(path: Path, num_clients: int) -> tuple[ClientSplit, ...]:
-    with np.load(path) as stored:
-        return tuple(ClientSplit(stored[f"train{i}"], stored[f"test{i}"]) for i in range(num_clients))
+def _read(path: Path, num_clients: int, num_samples: int) -> tuple[ClientSplit, ...]:
+    """Cached splits, checked: no pickles, exactly the expected arrays, valid indices, the stored checksum.
+
+    Raises :class:`~fl_ee.cache.CacheDamaged` when anything does not match.
+    """
+    names = [f"{kind}{i}" for i in range(num_clients) for kind in ("train", "test")]
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise CacheDamaged("not an .npz archive")
+            if set(stored.files) != {*names, "checksum"}:
+                raise CacheDamaged(f"holds other arrays than the {num_clients} clients' splits")
+            arrays = {n: stored[n] for n in names}
+            stored_sum = stored["checksum"]
+    except FileNotFoundError:
+        raise CacheDamaged("missing") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated, pickled, not a zip
+        raise CacheDamaged(f"unreadable ({unreadable(exc)})") from None
+    if stored_sum.shape != () or stored_sum.item() != checksum(*arrays.values()):
+        raise CacheDamaged("does not match its checksum (edited or damaged)")
+    for name, array in arrays.items():
+        valid = array.dtype == np.int64 and array.ndim == 1 and len(array) > 0
+        if not valid or not 0 <= array.min() <= array.max() < num_samples:
+            raise CacheDamaged(f"{name} is not a list of sample indices below {num_samples}")
+    return tuple(ClientSplit(arrays[f"train{i}"], arrays[f"test{i}"]) for i in range(num_clients))
 
 
 def _write(path: Path, splits: tuple[ClientSplit, ...]) -> None:
-    """Save to a temporary file, then rename it into place (atomic; the first writer wins)."""
-    arrays = {f"{kind}{i}": getattr(s, kind) for i, s in enumerate(splits) for kind in ("train", "test")}
+    """Save with a checksum to a temporary file, then rename it into place (atomic; replaces a damaged file)."""
+    arrays = {f"{kind}{i}": np.asarray(getattr(s, kind), dtype=np.int64)
+              for i, s in enumerate(splits) for kind in ("train", "test")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, allow_pickle=False, checksum=np.array(checksum(*arrays.values())), **arrays)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError:  # an unwritable cache only costs the next process a recomputation
@@ -137,8 +161,12 @@ def _cached_splits(
     params = (num_clients, scheme, alpha, shards, test_fraction, seed)
     digest = hashlib.sha1(labels + repr((CACHE_VERSION, *params)).encode()).hexdigest()[:16]
     path = cache_root() / f"splits-{digest}.npz"
-    if path.is_file():
-        return _read(path, num_clients)
+    num_samples = len(labels) // np.dtype(np.int64).itemsize
+    if path.exists():
+        try:
+            return _read(path, num_clients, num_samples)
+        except CacheDamaged as exc:
+            warn(f"{path}: {exc}; computing the splits again")
     splits = _compute_splits(np.frombuffer(labels, dtype=np.int64), *params)
     _write(path, splits)
     return splits
