@@ -58,8 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg, run_dir.path)
         except Interrupted as exc:
             progress.progress.stop()
-            print(exc, file=sys.stderr)
-            return 130
+            exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)
         except RuntimeError as exc:
             cause = exc.__cause__ or exc
             err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")

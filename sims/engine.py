@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -169,6 +169,19 @@ def check_backend(cfg: Config) -> None:
 # ------------------------------------------------------------------------ while it runs
 
 
+def _leave(line: str) -> NoReturn:
+    """Write ``line`` to stderr and exit with 130 without the interpreter's teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if sys.stderr.isatty():
+        line = "\x1b[?25h" + line  # a progress bar may have hidden the cursor
+    os.write(2, (line + "\n").encode())
+    os._exit(130)
+
+
 class SimulationStopped(Exception):
     """Raised in the ServerApp thread by :class:`StoppableGrid` once the run is stopping."""
 
@@ -179,6 +192,14 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+    def leave(self) -> NoReturn:
+        """Print the message and exit with 130 now.
+
+        Everything is written and Ray is shut down by then; only the interpreter's
+        teardown is skipped, where Ray's and torch's native libraries can take seconds.
+        """
+        _leave(str(self))
 
 
 class StoppableGrid(Grid):
@@ -250,7 +271,7 @@ def stoppable(server_app: ServerApp, stop: threading.Event) -> ServerApp:
         try:
             server_app(StoppableGrid(grid, stop), context)
         except SimulationStopped:
-            pass  # the engine reports why
+            pass  # the engine says why
 
     return app
 
@@ -276,20 +297,31 @@ def interrupted_message(signum: int, run_dir: Path | None) -> str:
             f"resume with `fl-ee resume {run_dir}`")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from ``/proc`` (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_children() -> None:
     """SIGKILL every process this one started, and theirs (the local Ray: GCS, raylet, workers, agents)."""
-    import psutil
-
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
+    for pid in _descendants(os.getpid()):
         try:
-            child.kill()
-        except psutil.Error:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             pass
-    psutil.wait_procs(children, timeout=1.0)
 
 
 class _Stopper:
@@ -303,9 +335,11 @@ class _Stopper:
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Handle SIGINT and SIGTERM here; again after ``ray.init``, whose core worker takes SIGTERM."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.handle)
+                previous = signal.signal(sig, self.handle)
+                self.previous.setdefault(sig, previous)
 
     def restore(self) -> None:
         self.done.set()
@@ -324,12 +358,10 @@ class _Stopper:
         if not self.done.wait(GRACE_S):
             self.hard_exit()
 
-    def hard_exit(self) -> None:
+    def hard_exit(self) -> NoReturn:
         """Kill our Ray processes, say what was kept, and leave without waiting for any thread."""
         kill_children()
-        sys.stderr.write("\n" + interrupted_message(self.signum or signal.SIGINT, self.run_dir) + "\n")
-        sys.stderr.flush()
-        os._exit(130)
+        _leave("\n" + interrupted_message(self.signum or signal.SIGINT, self.run_dir))
 
 
 _FLOWER_WRAPPERS = ("An error was encountered. Ending simulation.", "Simulation Runtime crashed.")
@@ -342,10 +374,15 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-class _DropDeprecation(logging.Filter):
-    """Hide Flower's notice that ``run_simulation`` is deprecated in favour of ``flwr run``."""
+class _Quiet(logging.Filter):
+    """Hide Flower's deprecation notice of ``run_simulation`` and its runtime's crash tracebacks.
+
+    :func:`simulate` raises the root cause of a crash instead of the tracebacks.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName in ("run_api", "_main_loop") and record.levelno >= logging.WARNING:
+            return False
         return "run_simulation" not in record.getMessage()
 
 
@@ -358,12 +395,17 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir:
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
-    level, quiet = flwr_logger.level, _DropDeprecation()
+    level, quiet = flwr_logger.level, _Quiet()
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.addFilter(quiet)
     stopper = _Stopper(run_dir)
     stopper.install()
     try:
+        import ray
+
+        if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
+            init_ray(cfg)
+        stopper.install()
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),
             client_app=client_app,
