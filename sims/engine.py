@@ -297,31 +297,52 @@ def interrupted_message(signum: int, run_dir: Path | None) -> str:
             f"resume with `fl-ee resume {run_dir}`")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, read from ``/proc`` (empty where there is none)."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, str]]:
+    """``pid -> (parent pid, start time)`` of every process, from ``/proc`` (empty where there is none)."""
+    table = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., starttime (20th)
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(pid: int) -> set[tuple[int, str]]:
+    """``(pid, start time)`` of every live descendant of ``pid``."""
+    table = _processes()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
-            found.append(child)
+            found.add((child, table[child][1]))
             todo.append(child)
     return found
 
 
-def kill_children() -> None:
-    """SIGKILL every process this one started, and theirs (the local Ray: GCS, raylet, workers, agents)."""
-    for pid in _descendants(os.getpid()):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+def kill_processes(processes: set[tuple[int, str]]) -> None:
+    """SIGKILL each ``(pid, start time)`` still running (the start time guards against a reused pid)."""
+    table = _processes()
+    for pid, started in processes:
+        if pid in table and table[pid][1] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def kill_children(known: Iterable[tuple[int, str]] = ()) -> None:
+    """SIGKILL every process this one started, and theirs (the local Ray: GCS, raylet, workers, agents).
+
+    ``known`` adds descendants seen earlier: Ray workers whose raylet has gone are no
+    longer this process's descendants.
+    """
+    kill_processes(descendants(os.getpid()) | set(known))
 
 
 class _Stopper:
@@ -332,6 +353,7 @@ class _Stopper:
         self.stop = threading.Event()
         self.done = threading.Event()
         self.signum: int | None = None
+        self.ours: set[tuple[int, str]] = set()
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -350,6 +372,7 @@ class _Stopper:
         if self.signum is not None:  # a second signal: no more waiting
             self.hard_exit()
         self.signum = signum
+        self.ours = descendants(os.getpid())  # Ray's workers are orphaned once ray.shutdown() stops the raylet
         logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)  # the winding down is not news
         self.stop.set()
         threading.Thread(target=self.deadline, name="fl-ee-deadline", daemon=True).start()
@@ -360,7 +383,7 @@ class _Stopper:
 
     def hard_exit(self) -> NoReturn:
         """Kill our Ray processes, say what was kept, and leave without waiting for any thread."""
-        kill_children()
+        kill_children(self.ours)
         _leave("\n" + interrupted_message(self.signum or signal.SIGINT, self.run_dir))
 
 
@@ -415,7 +438,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir:
     except BaseException as exc:
         stopper.stop.set()  # a ServerApp thread still waiting for replies gives up
         if stopper.signum is not None:
-            kill_children()
+            kill_children(stopper.ours)
             raise Interrupted(interrupted_message(stopper.signum, run_dir), stopper.signum) from None
         cause = _root_cause(exc)
         if cause is exc:
@@ -426,5 +449,5 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir:
         flwr_logger.removeFilter(quiet)
         flwr_logger.setLevel(level)
     if stopper.signum is not None:
-        kill_children()  # what ray.shutdown() left of our local Ray, if anything
+        kill_children(stopper.ours)  # what ray.shutdown() left of our local Ray, if anything
         raise Interrupted(interrupted_message(stopper.signum, run_dir), stopper.signum)
