@@ -182,8 +182,12 @@ def _leave(line: str) -> NoReturn:
     os._exit(130)
 
 
-class SimulationStopped(Exception):
-    """Raised in the ServerApp thread by :class:`StoppableGrid` once the run is stopping."""
+class SimulationStopped(BaseException):
+    """Raised in the ServerApp thread by :class:`StoppableGrid` once the run is stopping.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` in the round
+    loop may take it for a failed round and carry on.
+    """
 
 
 class Interrupted(Exception):
