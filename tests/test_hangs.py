@@ -1,6 +1,7 @@
 """Nothing hangs: resources Ray cannot host, unreachable clusters, crashes, SIGINT and SIGTERM."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -185,9 +186,16 @@ except RuntimeError as exc:
 """
 
 
+@pytest.fixture
+def raytmp():
+    """This test's own Ray temp dir (short: Ray's socket paths must stay short), to find its processes by."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.e2e
-def test_a_crashed_runtime_ends_the_process():
-    raytmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Ray's socket paths must stay short
+def test_a_crashed_runtime_ends_the_process(raytmp):
     done = subprocess.run([sys.executable, "-c", CRASH], capture_output=True, text=True, timeout=90, cwd=REPO,
                           env=env(RAY_TMPDIR=raytmp))
     assert done.returncode == 1, done.stderr
@@ -216,9 +224,8 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_ends_the_run_within_5s_and_leaves_no_ray_behind(signum, tmp_path):
+def test_a_signal_ends_the_run_within_5s_and_leaves_no_ray_behind(signum, tmp_path, raytmp):
     out = tmp_path / "run"
-    raytmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     run = subprocess.Popen(
         [sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=30", "--set", "data.num_clients=6",
          "--out", str(out)],
