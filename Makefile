@@ -21,7 +21,7 @@ lint: $(STAMP)
 # first use, on 127.0.0.1:39091) runs them with this venv's packages.
 CLIENTS ?= 20
 flwr-run: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 FLWR_TELEMETRY_ENABLED=0 \
 	  flwr run . --stream --run-config "out='$(CURDIR)/runs/flwr-$$(date +%Y%m%d-%H%M%S)' set='$(SET)'" \
 	  --federation-config "num-supernodes=$(CLIENTS) client-resources-num-cpus=1"
 

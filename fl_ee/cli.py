@@ -50,15 +50,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fl_ee.report import tier_table
     from fl_ee.rundir import RunDir, default_run_dir, load_run
     from fl_ee.server import make_server_app
-    from sims.engine import simulate
+    from sims.engine import Interrupted, check_backend, simulate
 
+    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
     cfg = preflight(cfg)
     run_dir = RunDir.create(args.out or default_run_dir())
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     failure: Exception | None = None
     with ProgressBar(cfg.rounds, err) as progress:
         try:
-            simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg)
+            simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg, run_dir.path)
+        except Interrupted as exc:
+            progress.progress.stop()
+            exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)
         except UserError:
             raise
         except Exception as exc:

@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# No test talks to the internet: Flower's telemetry and Ray's usage statistics stay off in every
+# process the tests start (Flower's own CLI included, which never imports fl-ee).
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -1,0 +1,273 @@
+"""Nothing hangs: resources Ray cannot host, unreachable clusters, crashes, SIGINT and SIGTERM."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fl_ee.config import load_config, parse_overrides
+from fl_ee.errors import UserError
+from sims import engine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def env(**extra: str) -> dict[str, str]:
+    pythonpath = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=pythonpath, FLWR_TELEMETRY_ENABLED="0", **extra)
+
+
+def cfg_with(*overrides: str):
+    return load_config(None, parse_overrides(list(overrides)))
+
+
+# ---------------------------------------------------------------------------------- fast
+
+
+def test_client_resources_beyond_every_node_are_refused():
+    with pytest.raises(UserError, match=r"^simulation.client_cpus: 4 CPUs per client, but this machine has 2"):
+        engine.check_fit(cfg_with("simulation.client_cpus=4"), [{"CPU": 2.0}], "this machine")
+    with pytest.raises(UserError, match=r"^simulation.client_gpus: 1 GPUs per client, .* has 0; set it to 0"):
+        engine.check_fit(cfg_with("simulation.client_gpus=1"), [{"CPU": 2.0}], "this machine")
+    # one client must fit on one node, as Flower sizes its actor pool per node
+    with pytest.raises(UserError, match="client_cpus"):
+        engine.check_fit(cfg_with("simulation.client_cpus=3"), [{"CPU": 2.0}, {"CPU": 2.0}], "the cluster")
+    engine.check_fit(cfg_with("simulation.client_cpus=2", "simulation.client_gpus=0.5"),
+                     [{"CPU": 1.0, "GPU": 4.0}, {"CPU": 2.0, "GPU": 1.0}], "the cluster")
+
+
+def test_a_local_check_compares_with_this_machine(monkeypatch):
+    monkeypatch.setattr(engine, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    with pytest.raises(UserError, match="client_cpus: 8 CPUs per client, but this machine has 2; use at most 2"):
+        engine.check_backend(cfg_with("simulation.client_cpus=8"))
+    engine.check_backend(cfg_with("simulation.client_cpus=2"))
+
+
+def test_an_unreachable_address_fails_at_once():
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^simulation.ray_address: no Ray cluster answers at 127.0.0.1:\d+"):
+        engine.probe(f"127.0.0.1:{closed_port()}")
+    assert time.monotonic() - started < engine.PROBE_TIMEOUT_S + 1
+
+
+def test_auto_without_a_cluster_says_so(monkeypatch):
+    import ray._private.services as services
+
+    def nothing(addr, temp_dir=None):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", nothing)
+    with pytest.raises(UserError, match="ray_address: auto: no running Ray cluster found"):
+        engine.resolve_address("auto")
+
+
+def test_addresses_are_split_into_host_and_port():
+    assert engine._host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert engine._host_port("ray://head:10001") == ("head", 10001)
+    assert engine._host_port("[::1]:6379") == ("::1", 6379)
+    assert engine._host_port("local") is None
+
+
+class FakeGrid:
+    """Replies to nothing: the grid of a runtime that has crashed."""
+
+    pull_interval = 0.01
+
+    def get_node_ids(self):
+        return [1, 2]
+
+    def push_messages(self, messages):
+        return ["a", "b"]
+
+    def pull_messages(self, ids):
+        return []
+
+
+def test_a_stopped_grid_ends_a_wait_for_replies():
+    stop = threading.Event()
+    grid = engine.StoppableGrid(FakeGrid(), stop)  # type: ignore[arg-type]
+    assert list(grid.get_node_ids()) == [1, 2]
+    assert grid.send_and_receive([], timeout=0.05) == []
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(engine.SimulationStopped):
+        grid.send_and_receive([])
+    assert time.monotonic() - started < 1
+    with pytest.raises(engine.SimulationStopped):
+        grid.get_node_ids()
+
+
+def test_the_interruption_line_counts_the_kept_rounds(tmp_path):
+    (tmp_path / "rounds.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"round": 3')  # a torn last line
+    line = engine.interrupted_message(signal.SIGINT, tmp_path)
+    assert line == (f"fl-ee: interrupted (SIGINT); 2 finished rounds kept in {tmp_path}; "
+                    f"resume with `fl-ee resume {tmp_path}`")
+
+
+def test_flowers_crash_wrappers_are_unwrapped():
+    root = ValueError("ActorPool is empty.")
+    try:
+        try:
+            raise RuntimeError("Simulation Runtime crashed.") from root
+        except RuntimeError as inner:
+            raise RuntimeError("An error was encountered. Ending simulation.") from inner
+    except RuntimeError as outer:
+        assert engine._root_cause(outer) is root
+    mine = RuntimeError("every client failed to train in round 3")
+    assert engine._root_cause(mine) is mine
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+def fl_ee(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fl_ee.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env(**extra))
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+def test_client_cpus_beyond_this_machine_are_refused_before_anything_starts(tmp_path):
+    cpus = os.cpu_count() or 1
+    started = time.monotonic()
+    done = fl_ee("run", "--set", f"simulation.client_cpus={cpus * 2}", "--out", str(tmp_path / "run"), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done.stderr) == [done.stderr.strip()]
+    assert done.stderr.startswith(f"fl-ee: error: simulation.client_cpus: {cpus * 2} CPUs per client, ")
+    assert not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.e2e
+def test_an_unreachable_ray_address_fails_within_30s(tmp_path):
+    started = time.monotonic()
+    done = fl_ee("run", "--set", f"simulation.ray_address=127.0.0.1:{closed_port()}", "--out", str(tmp_path / "run"),
+                 timeout=60)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done.stderr) == [done.stderr.strip()]
+    assert done.stderr.startswith("fl-ee: error: simulation.ray_address: no Ray cluster answers at 127.0.0.1:")
+    assert not (tmp_path / "run").exists()
+
+
+CRASH = """
+import sys
+from fl_ee.client import app as client_app
+from fl_ee.config import load_config, parse_overrides
+from fl_ee.preflight import preflight
+from fl_ee.server import make_server_app
+from sims.engine import simulate
+
+# more CPUs per client than any node has: Flower's actor pool comes up empty and its runtime
+# crashes while the ServerApp thread waits for the clients' first replies
+cfg = preflight(load_config(None, parse_overrides(["rounds=2", "data.num_clients=4", "simulation.client_cpus=64"])))
+try:
+    simulate(make_server_app(cfg, []), client_app, cfg)
+except RuntimeError as exc:
+    print(f"crashed: {exc.__cause__ or exc}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def raytmp():
+    """This test's own Ray temp dir (short: Ray's socket paths must stay short), to find its processes by."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_a_crashed_runtime_ends_the_process(raytmp):
+    done = subprocess.run([sys.executable, "-c", CRASH], capture_output=True, text=True, timeout=90, cwd=REPO,
+                          env=env(RAY_TMPDIR=raytmp))
+    assert done.returncode == 1, done.stderr
+    assert error_lines(done.stderr)[-1].startswith("crashed: ActorPool is empty."), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not ours_alive(raytmp)
+
+
+def ours_alive(raytmp: str) -> list[str]:
+    """Processes whose command line names this run's Ray temp dir (raylet, GCS, workers, agents)."""
+    found = subprocess.run(["pgrep", "-af", raytmp], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def descendants(pid: int) -> list[int]:
+    return [p for p, _ in engine.descendants(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_run_within_5s_and_leaves_no_ray_behind(signum, tmp_path, raytmp):
+    out = tmp_path / "run"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=30", "--set", "data.num_clients=6",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env(RAY_TMPDIR=raytmp),
+    )
+    try:
+        deadline = time.monotonic() + 150
+        while not (out / "rounds.jsonl").exists() or len((out / "rounds.jsonl").read_text().splitlines()) < 2:
+            assert run.poll() is None, run.communicate()[1]
+            assert time.monotonic() < deadline, "round 2 never came"
+            time.sleep(0.05)
+        ours = descendants(run.pid)
+        assert ours and ours_alive(raytmp), "no Ray processes of this run to check"
+        sent = time.monotonic()
+        run.send_signal(signum)
+        _, stderr = run.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, stderr
+    assert took < 5, f"took {took:.1f}s"
+    kept = len((out / "rounds.jsonl").read_text().splitlines())
+    assert kept >= 2
+    name = signal.Signals(signum).name
+    last = error_lines(stderr)[-1]
+    assert last == (f"fl-ee: interrupted ({name}); {kept} finished rounds kept in {out}; "
+                    f"resume with `fl-ee resume {out}`"), stderr
+    assert "Traceback" not in stderr and "Exception" not in stderr and "SIGTERM received" not in stderr, stderr
+    time.sleep(0.5)
+    assert not [pid for pid in ours if alive(pid)], "Ray processes of this run outlived it"
+    assert not ours_alive(raytmp)
+
+
+def test_descendants_are_found_and_killed_by_pid_and_start_time():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ours = engine.descendants(os.getpid())
+        assert child.pid in {pid for pid, _ in ours}
+        engine.kill_processes({(child.pid, "not its start time")})  # a reused pid is spared
+        assert child.poll() is None
+        engine.kill_processes(ours)
+        assert child.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        child.kill()
