@@ -60,7 +60,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
             return 1
     out = Console()
-    out.width = max(out.width, 110)
     out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
     return 0
@@ -80,7 +79,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write((run.path / SUMMARY).read_text())
     else:
         out = Console()
-        out.width = max(out.width, 120)
         for part in renderables:
             out.print(part)
     if args.plots or args.html:
@@ -105,7 +103,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
     out = Console()
-    out.width = max(out.width, 40 + 16 * len(args.run_dirs))
     out.print(compare_table([load_run(d) for d in args.run_dirs]))
     return 0
 
