@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    check = sub.add_parser("check", help="validate a config, its data, split and strategy; print the plan")
+    check.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value by dotted key, as for run")
     report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
@@ -62,6 +66,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Console()
     out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``fl-ee check``: the preflight of ``fl-ee run``, then the plan; starts nothing, writes nothing."""
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    from fl_ee.plan import make_plan, plan_renderables
+    from fl_ee.preflight import preflight
+
+    out = Console()
+    for part in plan_renderables(make_plan(preflight(cfg))):
+        out.print(part)
     return 0
 
 
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
+        commands = {"run": cmd_run, "check": cmd_check, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)
