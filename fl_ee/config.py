@@ -149,7 +149,7 @@ class TierConfig(_Section):
     @classmethod
     def _device_preset(cls, raw: Any) -> Any:
         name = raw.get("preset", "") if isinstance(raw, dict) else ""
-        if not name:
+        if not name or not isinstance(name, str):  # a wrong type is the field's own error
             return raw
         _rule(name in DEVICES, "preset", f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
         return {**dataclasses.asdict(DEVICES[name]), **raw}

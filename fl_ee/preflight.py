@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fl_ee.config import Config
-from fl_ee.data import run_splits
-from fl_ee.errors import warn
+from fl_ee.data import load_dataset, run_splits
+from fl_ee.errors import UserError, warn
+from fl_ee.models import EarlyExitCNN, measure_flops
 from sims.tiers import tier_counts
 from strategies import build_strategy
 
@@ -32,10 +33,22 @@ def preflight(cfg: Config) -> Config:
     """
     cfg = resolve_paths(cfg)
     run_splits(cfg)  # loads the dataset, then splits it over the clients
+    check_model(cfg)
     build_strategy(cfg)
     for line in config_warnings(cfg):
         warn(line)
     return cfg
+
+
+def check_model(cfg: Config) -> None:
+    """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted)."""
+    data = load_dataset(cfg.data)
+    spec = data.model_spec(cfg.model.width, cfg.model.exit_head)
+    try:
+        measure_flops(EarlyExitCNN(spec))
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"a network of width {cfg.model.width} cannot run on {spec.image_height}x{spec.image_width} "
+                        f"images ({exc}); raise model.width", key="model.width") from None
 
 
 def config_warnings(cfg: Config) -> list[str]:
