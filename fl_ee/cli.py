@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
+    check = sub.add_parser("check", help="validate a config, its data, split and strategy; print the plan")
+    check.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value by dotted key, as for run")
     report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
@@ -70,7 +74,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failure is not None:  # said once the progress bar is gone
         return _stopped(failure, run_dir.path, args.debug)
     out = Console()
-    out.width = max(out.width, 110)
     out.print(tier_table(load_run(run_dir.path)))
     err.print(f"results in {run_dir.path}")
     return 0
@@ -96,6 +99,20 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
     return 3 if isinstance(cause, Diverged) else 1
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """``fl-ee check``: the preflight of ``fl-ee run``, then the plan; starts nothing, writes nothing."""
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    from fl_ee.plan import make_plan, plan_renderables
+    from fl_ee.preflight import preflight
+    from sims.engine import check_backend
+
+    check_backend(cfg)
+    out = Console()
+    for part in plan_renderables(make_plan(preflight(cfg))):
+        out.print(part)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``fl-ee report``: the tables of one run directory, and its plots or HTML page on request."""
     from fl_ee.report import html_page, report_renderables
@@ -110,7 +127,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write((run.path / SUMMARY).read_text())
     else:
         out = Console()
-        out.width = max(out.width, 120)
         for part in renderables:
             out.print(part)
     if args.plots or args.html:
@@ -135,7 +151,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
     out = Console()
-    out.width = max(out.width, 40 + 16 * len(args.run_dirs))
     out.print(compare_table([load_run(d) for d in args.run_dirs]))
     return 0
 
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
+        commands = {"run": cmd_run, "check": cmd_check, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)

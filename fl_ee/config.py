@@ -94,7 +94,8 @@ class StrategyConfig(_Section):
     name: Annotated[str, Field(description="a registered strategy or package.module:Class")] = "depthfl"
     fraction_train: Annotated[float,
                               Field(gt=0, le=1, description="share of clients sampled to train each round")] = 1.0
-    fraction_evaluate: Annotated[float, Field(ge=0, le=1, description="share of clients sampled to evaluate")] = 1.0
+    fraction_evaluate: Annotated[float, Field(
+        ge=0, le=1, description="share of clients sampled to evaluate (0: none, the global model only)")] = 1.0
     options: Annotated[dict[str, Any], Field(default_factory=dict, description="constructor arguments of the strategy")]
 
 
@@ -150,7 +151,7 @@ class TierConfig(_Section):
     @classmethod
     def _device_preset(cls, raw: Any) -> Any:
         name = raw.get("preset", "") if isinstance(raw, dict) else ""
-        if not name:
+        if not name or not isinstance(name, str):  # a wrong type is the field's own error
             return raw
         _rule(name in DEVICES, "preset", f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
         return {**dataclasses.asdict(DEVICES[name]), **raw}
@@ -159,7 +160,8 @@ class TierConfig(_Section):
 class Config(_Section):
     """A whole run."""
 
-    seed: Annotated[int, Field(description="seeds the split, tiers, sampling, initial weights and local training")] = 0
+    seed: Annotated[int, Field(
+        ge=0, description="seeds the split, tiers, sampling, initial weights and local training")] = 0
     rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 10
     eval_every: Annotated[int, Field(ge=1, description="evaluate every n rounds (and always after the last)")] = 1
     data: Annotated[DataConfig, Field(default_factory=DataConfig, description="the dataset and its split")]

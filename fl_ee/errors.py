@@ -1,4 +1,6 @@
-"""The one exception family that reaches the user as a one-line message."""
+"""The one exception family that reaches the user as a one-line message, and one-line warnings."""
+
+import sys
 
 
 class UserError(Exception):
@@ -10,3 +12,8 @@ class UserError(Exception):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+
+
+def warn(message: str) -> None:
+    """One line on stderr, ``fl-ee: warning: <message>``: the run goes on, but the user should know."""
+    print(f"fl-ee: warning: {message}", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from fl_ee.rundir import Run, deepest_accuracy, get
+from fl_ee.rundir import CLIENTS, Run, get
 
 matplotlib.use("Agg")
 
@@ -26,10 +26,16 @@ OUTCOME_HATCHES = {"ok": "", "late": "//", "unavailable": "..", "failed": "xx"}
 NO_CLOCK = "no virtual clock in rounds.jsonl (device emulation was off)"
 NO_CLIENTS = "no clients.csv (the run did not finish)"
 NO_SUMMARY = "no summary.json (the run did not finish)"
+NO_EVALUATION = "no client was evaluated"
 
 
 class Skip(Exception):
     """The run holds no data for this plot; the message says why."""
+
+
+def _no_evaluation(run: Run) -> Skip:
+    why = " (strategy.fraction_evaluate = 0)" if run.config.strategy.fraction_evaluate == 0 else ""
+    return Skip(NO_EVALUATION + why)
 
 
 def tier_colours(tiers: Sequence[str]) -> dict[str, Any]:
@@ -52,15 +58,18 @@ def _label(run: Run, tier: str) -> str:
 
 
 def _accuracy_lines(run: Run, records: list[dict[str, Any]], xs: list[float], xlabel: str, title: str) -> Figure:
+    means = [(x, get(r, "evaluate", "personalised", "mean")) for x, r in zip(xs, records)]
+    means = [(x, 100 * y) for x, y in means if isinstance(y, (int, float))]
+    if not means:
+        raise _no_evaluation(run)
     fig, ax = _axes(title, xlabel, "personalised accuracy (%)")
     colours = tier_colours(run.tiers)
     for tier in run.tiers:
         points = [(x, get(r, "evaluate", "personalised", "by_tier", tier)) for x, r in zip(xs, records)]
-        points = [(x, 100 * y) for x, y in points if y is not None]
+        points = [(x, 100 * y) for x, y in points if isinstance(y, (int, float))]
         if points:
             ax.plot(*zip(*points), marker="o", color=colours[tier], label=_label(run, tier))
-    ax.plot(xs, [100 * r["evaluate"]["personalised"]["mean"] for r in records], "k--", marker=".",
-            label="all clients")
+    ax.plot(*zip(*means), "k--", marker=".", label="all clients")
     _legend(ax)
     return fig
 
@@ -94,14 +103,46 @@ def accuracy_over_time(run: Run) -> Figure:
     return fig
 
 
-def client_accuracy_cdf(run: Run) -> Figure:
-    """Empirical CDF of the clients' accuracy at their deepest exit, per tier."""
+def client_accuracies(run: Run) -> dict[str, list[float]]:
+    """Each tier's evaluated clients' accuracy at their deepest exit, from ``clients.csv``.
+
+    Raises :class:`Skip` naming the file and line where ``clients.csv`` is missing, damaged
+    (a column gone, a cell that is not a number, a truncated line) or holds no evaluation.
+    """
     if not run.clients:
         raise Skip(NO_CLIENTS)
+    where = run.path / CLIENTS
+    columns = set(run.clients[0])
+    for needed in ("tier", "depth", "evaluated_round"):
+        if needed not in columns:
+            raise Skip(f"{where}: no {needed} column (the file is damaged)")
+    found: dict[str, list[float]] = {t: [] for t in run.tiers}
+    for line, row in enumerate(run.clients, start=2):  # line 1 is the header
+        if None in row or any(v is None for v in row.values()):
+            raise Skip(f"{where}: line {line} does not have one cell per column (the file is damaged)")
+        if row["evaluated_round"] == "" or row["tier"] not in found:
+            continue
+        if not row["depth"].isdigit():
+            raise Skip(f"{where}: line {line}: depth {row['depth']!r} is not a whole number")
+        column = f"accuracy_exit{row['depth']}"
+        if column not in columns:
+            raise Skip(f"{where}: no {column} column (the file is damaged)")
+        try:
+            found[row["tier"]].append(float(row[column]))
+        except ValueError:
+            raise Skip(f"{where}: line {line}: {column} {row[column]!r} is not a number") from None
+    if not any(found.values()):
+        raise _no_evaluation(run)
+    return found
+
+
+def client_accuracy_cdf(run: Run) -> Figure:
+    """Empirical CDF of the clients' accuracy at their deepest exit, per tier."""
+    by_tier = client_accuracies(run)
     fig, ax = _axes("Client accuracy CDF by tier", "client accuracy at its deepest exit (%)", "fraction of clients")
     colours = tier_colours(run.tiers)
     for tier in run.tiers:
-        values = [100 * deepest_accuracy(r) for r in run.evaluated(tier)]
+        values = [100 * v for v in by_tier[tier]]
         if values:
             ax.ecdf(values, color=colours[tier], label=f"{_label(run, tier)}, {len(values)} clients")
     ax.set_xlim(0, 100)
@@ -114,8 +155,10 @@ def _tier_efficiency(run: Run) -> dict[str, Any]:
     if run.summary is None:
         raise Skip(NO_SUMMARY)
     by_tier = get(run.summary, "efficiency", "by_tier")
-    if by_tier is None:
+    if not isinstance(by_tier, dict):
         raise Skip("summary.json has no efficiency by tier (a run from an older fl-ee)")
+    if not any(isinstance(v, dict) for v in by_tier.values()):
+        raise _no_evaluation(run)
     return by_tier
 
 
@@ -128,9 +171,9 @@ def exit_distribution_by_tier(run: Run) -> Figure:
     colours, width = tier_colours(run.tiers), 0.8 / len(run.tiers)
     for j, tier in enumerate(run.tiers):
         shares = get(by_tier, tier, "exit_distribution")
-        if shares is not None:
+        if isinstance(shares, dict):
             xs = [i + 1 + (j - (len(run.tiers) - 1) / 2) * width for i in range(depth)]
-            ax.bar(xs, [100 * shares[str(i + 1)] for i in range(depth)], width, color=colours[tier],
+            ax.bar(xs, [100 * (shares.get(str(i + 1)) or 0.0) for i in range(depth)], width, color=colours[tier],
                    label=_label(run, tier))
     ax.set_xticks(range(1, depth + 1), [f"exit {i}" for i in range(1, depth + 1)])
     ax.set_ylim(0, 100)
@@ -144,6 +187,8 @@ def accuracy_vs_flops(run: Run) -> Figure:
     if sweep is None:
         raise Skip("no exit_sweep in summary.json (the run did not finish, or an older fl-ee wrote it)")
     by_tier = _tier_efficiency(run)
+    if not any(isinstance(curve, dict) for curve in (get(sweep, "by_tier") or {}).values()):
+        raise _no_evaluation(run)
     adaptive = get(run.summary, "accuracy", "personalised", "adaptive_by_tier")
     policy = run.config.exit_policy
     thresholds = sweep["thresholds"]
@@ -152,7 +197,7 @@ def accuracy_vs_flops(run: Run) -> Figure:
     colours = tier_colours(run.tiers)
     for tier in run.tiers:
         curve = sweep["by_tier"].get(tier)
-        if curve is None:
+        if not isinstance(curve, dict):
             continue
         ax.plot([f / 1e6 for f in curve["expected_flops"]], [100 * a for a in curve["adaptive_accuracy"]],
                 marker="o", markersize=4, color=colours[tier], label=_label(run, tier))
@@ -190,10 +235,13 @@ def round_times(run: Run) -> Figure:
     times = {t: [c["time_s"] for k in clocks for c in k["clients"] if c["tier"] == t and c["time_s"] is not None]
              for t in run.tiers}
     tiers = [t for t in run.tiers if times[t]]
-    boxes = right.boxplot([times[t] for t in tiers], tick_labels=[_label(run, t) for t in tiers], patch_artist=True,
-                          medianprops={"color": "black"})
-    for patch, tier in zip(boxes["boxes"], tiers):
-        patch.set_facecolor(colours[tier])
+    if tiers:
+        boxes = right.boxplot([times[t] for t in tiers], tick_labels=[_label(run, t) for t in tiers],
+                              patch_artist=True, medianprops={"color": "black"})
+        for patch, tier in zip(boxes["boxes"], tiers):
+            patch.set_facecolor(colours[tier])
+    else:  # every sampled client was offline
+        right.text(0.5, 0.5, "no client ran in any round", ha="center", va="center", transform=right.transAxes)
     right.set(title="Client time by tier", xlabel="tier", ylabel="client time per round (virtual s)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -248,6 +296,9 @@ def render_plots(run: Run) -> tuple[dict[str, bytes], dict[str, str]]:
             figure = plot(run)
         except Skip as why:
             skipped[name] = str(why)
+            continue
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a damaged or foreign file
+            skipped[name] = f"the run directory's files do not hold what it needs ({type(exc).__name__}: {exc})"
             continue
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=110)

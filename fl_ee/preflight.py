@@ -1,8 +1,10 @@
 """The preflight: every check a run needs, before Ray starts and before a run directory exists.
 
-``fl-ee run`` and the ServerApp (``flwr run``) both call :func:`preflight`, so any bad
-input (missing or unreadable data, a split that cannot be made, an unknown strategy or
-option) ends as one line and exit code 2 before anything is started or written.
+``fl-ee run``, ``fl-ee check`` and the ServerApp (``flwr run``) all call :func:`preflight`,
+so any bad input (missing or unreadable data, a split that cannot be made, an unknown
+strategy or option) ends as one line and exit code 2 before anything is started or
+written, and a valid but degenerate config (a tier without clients, no client ever
+online) is named in a ``fl-ee: warning:`` line.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fl_ee.config import Config
-from fl_ee.data import run_splits
+from fl_ee.data import load_dataset, run_splits
+from fl_ee.errors import UserError, warn
+from fl_ee.models import EarlyExitCNN, measure_flops
+from sims.tiers import tier_counts
 from strategies import build_strategy
 
 
@@ -28,5 +33,34 @@ def preflight(cfg: Config) -> Config:
     """
     cfg = resolve_paths(cfg)
     run_splits(cfg)  # loads the dataset, then splits it over the clients
+    check_model(cfg)
     build_strategy(cfg)
+    for line in config_warnings(cfg):
+        warn(line)
     return cfg
+
+
+def check_model(cfg: Config) -> None:
+    """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted)."""
+    data = load_dataset(cfg.data)
+    spec = data.model_spec(cfg.model.width, cfg.model.exit_head)
+    try:
+        measure_flops(EarlyExitCNN(spec))
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"a network of width {cfg.model.width} cannot run on {spec.image_height}x{spec.image_width} "
+                        f"images ({exc}); raise model.width", key="model.width") from None
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Valid but degenerate choices: a tier without clients, tiers whose clients are never online."""
+    counts = tier_counts([t.share for t in cfg.tiers], cfg.data.num_clients)
+    found = [f"tier {t.name!r} gets no client (share {t.share:g} of {cfg.data.num_clients} clients); "
+             f"raise tiers.{i}.share or data.num_clients" for i, (t, n) in enumerate(zip(cfg.tiers, counts)) if not n]
+    populated = [(i, t) for i, (t, n) in enumerate(zip(cfg.tiers, counts)) if n]
+    offline = [(i, t) for i, t in populated if t.availability == 0]
+    if populated and len(offline) == len(populated):
+        found.append("every tier has availability 0: no client will ever train, so the run will not be a result")
+    else:
+        found += [f"tier {t.name!r} has availability 0: its clients will never train; raise tiers.{i}.availability"
+                  for i, t in offline]
+    return found

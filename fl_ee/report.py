@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.columns import Columns
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from fl_ee.config import Config
+from fl_ee.fit import Blocks, Col, Sheet
 from fl_ee.metrics import spread
 from fl_ee.rundir import Run, get
 
@@ -67,7 +67,7 @@ def count(value: int | None) -> str:
 # ------------------------------------------------------------------------------ tables
 
 
-def tier_table(run: Run) -> Table:
+def tier_table(run: Run) -> Sheet:
     """The tier table of ``summary.json``.
 
     Per tier: clients, depth, participation, accuracy per exit, adaptive accuracy, FLOPs
@@ -77,11 +77,12 @@ def tier_table(run: Run) -> Table:
     exits = range(1, cfg.max_depth + 1)
     participation = get(s, "stragglers", "participation_by_tier")
     personalised = get(s, "accuracy", "personalised")
-    table = Table(title=f"Personalised accuracy (%) per tier after {len(run.rounds)} rounds", box=box.SIMPLE_HEAD)
     headers = ["tier", "depth", "clients", *(["particip. %"] if participation else []),
                *(f"exit{i}" for i in exits), "adaptive", "MFLOPs", "saving %"]
-    for name in headers:
-        table.add_column(name, justify="left" if name == "tier" else "right")
+    split = 3 + bool(participation)  # the tier's make-up, then its accuracy and cost
+    table = Sheet(f"Personalised accuracy (%) per tier after {len(run.rounds)} rounds",
+                  [Col(name, "left" if name == "tier" else "right") for name in headers],
+                  groups=[range(1, split), range(split, len(headers))])
 
     def cells(by_exit: Any, adaptive: Any, efficiency: Any) -> list[str]:
         return [*(pct(get(by_exit, str(i))) for i in exits), pct(adaptive),
@@ -97,25 +98,27 @@ def tier_table(run: Run) -> Table:
                   *cells(get(personalised, "by_exit"), get(personalised, "adaptive_accuracy"), get(s, "efficiency")))
     table.add_row("global", "", "", *([""] if participation else []),
                   *(pct(get(run.global_by_exit, str(i))) for i in exits), "", "", "")
-    table.caption = f"personalised mean at each client's deepest exit: {pct(get(personalised, 'mean'))}%"
+    notes = [f"personalised mean at each client's deepest exit: {pct(get(personalised, 'mean'))}%"]
+    if s is not None and get(personalised, "evaluated_clients") == 0:
+        notes.append("no client was evaluated" + (" (strategy.fraction_evaluate = 0)"
+                                                  if cfg.strategy.fraction_evaluate == 0 else ""))
+    table.caption = "; ".join(notes)
     return table
 
 
-def progress_table(run: Run) -> Table:
+def progress_table(run: Run) -> Sheet:
     """Personalised accuracy at each client's deepest exit, per tier, at the latest evaluations."""
     cfg, evaluations = run.config, run.evaluations
     shown = evaluations[-RECENT_EVALUATIONS:]
-    table = Table(title="Personalised accuracy (%) over rounds", box=box.SIMPLE_HEAD)
     headers = ["round", *(["virtual s"] if run.has_clock else []), "mean", *run.tiers, f"global exit{cfg.max_depth}"]
-    for name in headers:
-        table.add_column(name, justify="right")
+    table = Sheet("Personalised accuracy (%) over rounds", [Col(name) for name in headers],
+                  keys=2 if run.has_clock else 1)
     for record in shown:
-        personalised = record["evaluate"]["personalised"]
         table.add_row(
             str(record["round"]),
             *([secs(get(record, "clock", "virtual_time_s"))] if run.has_clock else []),
-            pct(personalised["mean"]),
-            *(pct(get(personalised, "by_tier", t)) for t in run.tiers),
+            pct(get(record, "evaluate", "personalised", "mean")),
+            *(pct(get(record, "evaluate", "personalised", "by_tier", t)) for t in run.tiers),
             pct(get(record, "evaluate", "global", "by_exit", str(cfg.max_depth))),
         )
     notes = []
@@ -147,9 +150,10 @@ def fairness_table(run: Run) -> Table | None:
         return None
     return _key_values(
         "Fairness",
-        [("mean %", pct(f["mean"])), ("std %", pct(f["std"])), ("min %", pct(f["min"])),
-         ("worst 10% %", pct(f["worst10"])), ("best 10% %", pct(f["best10"])), ("Jain's index", ratio(f["jain"])),
-         ("Gini", ratio(f["gini"])), ("tier gap", points(f["tier_gap"]))],
+        [("mean %", pct(get(f, "mean"))), ("std %", pct(get(f, "std"))), ("min %", pct(get(f, "min"))),
+         ("worst 10% %", pct(get(f, "worst10"))), ("best 10% %", pct(get(f, "best10"))),
+         ("Jain's index", ratio(get(f, "jain"))), ("Gini", ratio(get(f, "gini"))),
+         ("tier gap", points(get(f, "tier_gap")))],
         caption="of personalised accuracy at each client's deepest exit",
     )
 
@@ -160,10 +164,11 @@ def efficiency_table(run: Run) -> Table | None:
     if e is None:
         return None
     policy = run.config.exit_policy
+    shares = get(e, "exit_distribution")
     return _key_values(
         "Efficiency",
-        [*((f"exit {i} share %", pct(v)) for i, v in e["exit_distribution"].items()),
-         ("expected MFLOPs", mflops(e["expected_flops"])), ("saving vs full %", pct(e["flops_saving"]))],
+        [*((f"exit {i} share %", pct(v)) for i, v in (shares.items() if isinstance(shares, dict) else ())),
+         ("expected MFLOPs", mflops(get(e, "expected_flops"))), ("saving vs full %", pct(get(e, "flops_saving")))],
         caption=f"per test sample; {policy.name} exit policy, threshold {policy.threshold}",
     )
 
@@ -190,8 +195,15 @@ def report_renderables(run: Run) -> list[RenderableType]:
     parts: list[RenderableType] = [tier_table(run)] if run.summary else []
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]
-    parts.append(Columns([*blocks, straggler_table(run)], padding=(0, 4)))
+    parts.append(Blocks([*blocks, straggler_table(run)]))
+    parts.extend(Text(f"warning: {line}", style="yellow") for line in run_warnings(run))
     return parts
+
+
+def run_warnings(run: Run) -> list[str]:
+    """The warnings ``summary.json`` records (a run in which no client trained, ...)."""
+    found = get(run.summary, "warnings")
+    return [str(w) for w in found] if isinstance(found, list) else []
 
 
 # ----------------------------------------------------------------------------- compare
@@ -249,14 +261,11 @@ def short_names(paths: Sequence[Path]) -> tuple[Path, list[str]]:
     return parent, [str(p.relative_to(parent)) if p != parent else p.name for p in resolved]
 
 
-def compare_table(runs: Sequence[Run]) -> Table:
+def compare_table(runs: Sequence[Run]) -> Sheet:
     """One column per run, a row per key metric; the best of each row in bold green."""
     parent, names = short_names([r.path for r in runs])
-    table = Table(title=f"Runs compared (in {parent})", box=box.SIMPLE_HEAD,
+    table = Sheet(f"Runs compared (in {parent})", [Col("metric", "left"), *(Col(name) for name in names)],
                   caption="best per row in bold green: higher accuracy and Jain; lower Gini, gap, time, FLOPs")
-    table.add_column("metric")
-    for name in names:
-        table.add_column(name, justify="right", overflow="fold")
     table.add_row("strategy", *(_describe_strategy(r.config) for r in runs))
     table.add_row("seed", *(str(r.config.seed) for r in runs))
     table.add_row("rounds", *(f"{len(r.rounds)}/{r.config.rounds}" for r in runs))

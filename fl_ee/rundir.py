@@ -277,13 +277,16 @@ def load_run(path: str | Path) -> Run:
         raise UserError(f"{path / CONFIG}: {exc}") from None
     clients: list[dict[str, str]] = []
     if (path / CLIENTS).is_file():
-        with open(path / CLIENTS, newline="") as handle:
-            clients = list(csv.DictReader(handle))
+        try:
+            with open(path / CLIENTS, newline="") as handle:
+                clients = list(csv.DictReader(handle))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise UserError(f"{path / CLIENTS}: not a CSV file ({exc})") from None
     summary = None
     if (path / SUMMARY).is_file():
         try:
             summary = json.loads((path / SUMMARY).read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not text
             raise UserError(f"{path / SUMMARY} is not JSON") from None
     stopped = None
     if (path / ERROR_LOG).is_file():

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
+from fl_ee.errors import warn
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.observers import Observer
@@ -175,7 +176,8 @@ def evaluate_round(
     grid: Grid, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord
 ) -> tuple[dict[int, Evaluation], dict[str, Any]]:
     """Federated evaluation: each sampled client's evaluation by client id, and the round's record."""
-    replies = list(grid.send_and_receive(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, grid)))
+    messages = list(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, grid))
+    replies = list(grid.send_and_receive(messages)) if messages else []  # none with fraction_evaluate = 0
     _check(replies, f"evaluate in round {rnd}")
     aggregated = _guarded(strategy, "aggregate_evaluate", rnd, rnd, replies)
     evaluated = {strategy.sender(m).client_id: Evaluation(rnd, payload_of(m, EvaluateReply))
@@ -235,6 +237,8 @@ def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) 
             guard.after_round(rnd, bad)
 
     summary = build_summary(cfg, clients, results, global_by_exit, clocks, accuracy_at)
+    for line in summary["warnings"]:
+        warn(line)
     rows = [client_row(c, results.get(c.client_id), cfg.max_depth) for c in clients]
     for observer in observers:
         observer.on_end(summary, rows)

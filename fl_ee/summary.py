@@ -121,4 +121,28 @@ def build_summary(
         "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
         "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
                                         [c["wasted_compute_s"] for c in clocks]),
+        "warnings": run_warnings(clocks),
     }
+
+
+def _spans(rounds: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3, 7``."""
+    spans: list[list[int]] = []
+    for r in rounds:
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def run_warnings(clocks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What makes a finished run degenerate: rounds (or the whole run) in which no client's update counted."""
+    idle = [i + 1 for i, c in enumerate(clocks) if not sum(t.get("ok", 0) for t in c["by_tier"].values())]
+    if clocks and len(idle) == len(clocks):
+        return [f"no client trained in any of the {len(clocks)} rounds: the global model kept its initial weights, "
+                "so this run is not a result (look at the tiers' availability and the straggler policy)"]
+    if idle:
+        return [f"no client trained in {len(idle)} of {len(clocks)} rounds (round {_spans(idle)}): "
+                "the global model did not move in them"]
+    return []

@@ -62,6 +62,24 @@ def _indices(part: Dataset) -> np.ndarray:
     return np.sort(np.asarray(part.with_format("numpy")[:]["index"], dtype=np.int64))
 
 
+def _how(scheme: str, alpha: float, shards_per_client: int) -> str:
+    """The split's parameters, for a message."""
+    if scheme == "dirichlet":
+        return f"with Dirichlet alpha {alpha:g} (each needs {MIN_CLIENT_SAMPLES} samples)"
+    if scheme == "shards":
+        return f"with {shards_per_client} classes each (a class has fewer samples than the clients it must go to)"
+    return f"(each needs {MIN_CLIENT_SAMPLES} samples)"
+
+
+def _remedy(scheme: str) -> str:
+    """What to change, and in which direction, when a split cannot be made."""
+    if scheme == "dirichlet":
+        return "lower data.num_clients or raise data.alpha"
+    if scheme == "shards":
+        return "lower data.shards_per_client or data.num_clients"
+    return "lower data.num_clients"
+
+
 def partition_indices(
     labels: np.ndarray, num_clients: int, scheme: str, alpha: float, shards_per_client: int, seed: int
 ) -> list[np.ndarray]:
@@ -77,7 +95,8 @@ def partition_indices(
                         f"{len(labels)} training samples; use at most {most} clients", key="data.num_clients")
     classes = len(np.unique(labels))
     if scheme == "shards" and shards_per_client > classes:
-        raise UserError(f"must be at most the number of classes ({classes})", key="data.shards_per_client")
+        raise UserError(f"must be at most the number of classes ({classes}); lower data.shards_per_client",
+                        key="data.shards_per_client")
     split_seed = derive_seed(seed, Stream.PARTITION)
     order = np.random.default_rng(split_seed).permutation(len(labels))
     partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, split_seed)
@@ -86,15 +105,14 @@ def partition_indices(
         with warnings.catch_warnings():  # flwr-datasets warns on every Dirichlet resample; a failure says it once
             warnings.simplefilter("ignore", UserWarning)
             parts = [_indices(partitioner.load_partition(i)) for i in range(num_clients)]
-    except ValueError as exc:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
-        raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients: {exc}",
+    except ValueError:  # e.g. Dirichlet cannot give every client MIN_CLIENT_SAMPLES
+        how = _how(scheme, alpha, shards_per_client)
+        raise UserError(f"cannot split {len(labels)} samples over {num_clients} clients {how}; {_remedy(scheme)}",
                         key="data.num_clients") from None
     smallest = min(len(p) for p in parts)
     if smallest < MIN_CLIENT_SAMPLES:
-        raise UserError(
-            f"a client got {smallest} samples; at least {MIN_CLIENT_SAMPLES} are needed (use fewer clients)",
-            key="data.num_clients",
-        )
+        raise UserError(f"a client got {smallest} samples, but at least {MIN_CLIENT_SAMPLES} are needed; "
+                        f"{_remedy(scheme)}", key="data.num_clients")
     return parts
 
 

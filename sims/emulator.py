@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_ee.config import Config
-from fl_ee.models import EarlyExitCNN, measure_flops, slice_state, state_bytes
+from fl_ee.models import EarlyExitCNN, Flops, measure_flops, slice_state, state_bytes
 from sims.clock import (
     FAILED,
     OK,
@@ -32,23 +32,32 @@ from sims.clock import (
 from strategies import ClientInfo
 
 
+def depth_bytes(model: EarlyExitCNN, depths: Iterable[int]) -> dict[int, int]:
+    """Bytes of the shared tensors a client of each depth receives (and returns) in a round."""
+    state = model.state_dict()
+    return {d: state_bytes(slice_state(state, d)) for d in set(depths)}
+
+
+def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int) -> float:
+    """A client's training FLOPs in one round: the shared step, plus the personal step when it keeps exits."""
+    work = training_flops(flops.exit_costs()[depth - 1], num_train, cfg.training.local_epochs)
+    if cfg.personalisation.mode == "exits":
+        work += personal_flops(sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train,
+                               cfg.personalisation.epochs)
+    return work
+
+
 def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> dict[int, ClientTime]:
     """Each client's simulated round time from its tier profile, data size and submodel."""
     flops = measure_flops(model)
-    state = model.state_dict()
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
-    slice_bytes = {d: state_bytes(slice_state(state, d)) for d in {c.depth for c in clients}}
+    slice_bytes = depth_bytes(model, (c.depth for c in clients))
     times = {}
     for client, factor in zip(clients, factors):
-        tier, d = tiers[client.tier], client.depth
-        work = training_flops(flops.exit_costs()[d - 1], client.num_train, cfg.training.local_epochs)
-        if cfg.personalisation.mode == "exits":
-            work += personal_flops(sum(flops.stages[:d]), sum(flops.exits[:d]), client.num_train,
-                                   cfg.personalisation.epochs)
-        size = slice_bytes[d]
-        times[client.client_id] = client_time(size, size, work, tier.compute_gflops * factor,
-                                              tier.download_mbps, tier.upload_mbps)
+        tier, size = tiers[client.tier], slice_bytes[client.depth]
+        times[client.client_id] = client_time(size, size, client_flops(cfg, flops, client.depth, client.num_train),
+                                              tier.compute_gflops * factor, tier.download_mbps, tier.upload_mbps)
     return times
 
 

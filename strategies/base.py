@@ -163,9 +163,11 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        clients = self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(),
-                              self.overcommit)
-        return self._messages(clients, arrays, config, MessageType.TRAIN)
+        return self._messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
+
+    def sample_train(self, server_round: int) -> list[ClientInfo]:
+        """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included)."""
+        return self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, in client-id order (so aggregation is deterministic)."""

@@ -19,6 +19,12 @@ TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_tra
 DEADLINE = ["rounds=2", "eval_every=1", "simulation.straggler_policy=deadline"]
 
 
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """These tests read figures off whole table lines: print as on a terminal wide enough for them."""
+    monkeypatch.setenv("COLUMNS", "160")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Real tiny runs through the in-process grid (the same files ``fl-ee run`` writes): two that

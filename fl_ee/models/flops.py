@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fl_ee.models.cnn import EarlyExitCNN
+from fl_ee.models.cnn import EarlyExitCNN, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,19 @@ def _count(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]
     return counter.get_total_flops(), y
 
 
-@torch.no_grad()
+_MEASURED: dict[tuple[ModelSpec, int], Flops] = {}  # the cost depends on the architecture, not the weights
+
+
 def measure_flops(model: EarlyExitCNN) -> Flops:
-    """Count one sample's forward FLOPs through each stage and each exit head."""
+    """Count one sample's forward FLOPs through each stage and each exit head (once per spec and depth)."""
+    key = (model.spec, len(model.stages))
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(model)
+    return _MEASURED[key]
+
+
+@torch.no_grad()
+def _measure(model: EarlyExitCNN) -> Flops:
     spec = model.spec
     x = torch.zeros(1, spec.in_channels, spec.image_height, spec.image_width)
     stages, exits = [], []
