@@ -86,13 +86,14 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
     """
     from fl_ee.faults import Diverged
     from fl_ee.rundir import ERROR_LOG, atomic_write
+    from sims.stopping import kept_rounds
 
     cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
     trace = "".join(traceback.format_exception(cause))
     atomic_write(run_dir / ERROR_LOG, f"{cause}\n\n{trace}")
     if debug:
         sys.stderr.write(trace)
-    kept = sum(1 for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip())
+    kept = kept_rounds(run_dir)
     what = str(cause) if isinstance(cause, Diverged) else f"simulation failed: {cause}"
     print(f"fl-ee: error: {what}; {kept} finished rounds kept in {run_dir} (traceback in {run_dir / ERROR_LOG})",
           file=sys.stderr)

@@ -15,7 +15,7 @@ import pytest
 
 from fl_ee.config import load_config, parse_overrides
 from fl_ee.errors import UserError
-from sims import engine
+from sims import backend, engine, stopping
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,28 +40,28 @@ def cfg_with(*overrides: str):
 
 def test_client_resources_beyond_every_node_are_refused():
     with pytest.raises(UserError, match=r"^simulation.client_cpus: 4 CPUs per client, but this machine has 2"):
-        engine.check_fit(cfg_with("simulation.client_cpus=4"), [{"CPU": 2.0}], "this machine")
+        backend.check_fit(cfg_with("simulation.client_cpus=4"), [{"CPU": 2.0}], "this machine")
     with pytest.raises(UserError, match=r"^simulation.client_gpus: 1 GPUs per client, .* has 0; set it to 0"):
-        engine.check_fit(cfg_with("simulation.client_gpus=1"), [{"CPU": 2.0}], "this machine")
+        backend.check_fit(cfg_with("simulation.client_gpus=1"), [{"CPU": 2.0}], "this machine")
     # one client must fit on one node, as Flower sizes its actor pool per node
     with pytest.raises(UserError, match="client_cpus"):
-        engine.check_fit(cfg_with("simulation.client_cpus=3"), [{"CPU": 2.0}, {"CPU": 2.0}], "the cluster")
-    engine.check_fit(cfg_with("simulation.client_cpus=2", "simulation.client_gpus=0.5"),
+        backend.check_fit(cfg_with("simulation.client_cpus=3"), [{"CPU": 2.0}, {"CPU": 2.0}], "the cluster")
+    backend.check_fit(cfg_with("simulation.client_cpus=2", "simulation.client_gpus=0.5"),
                      [{"CPU": 1.0, "GPU": 4.0}, {"CPU": 2.0, "GPU": 1.0}], "the cluster")
 
 
 def test_a_local_check_compares_with_this_machine(monkeypatch):
-    monkeypatch.setattr(engine, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(backend, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     with pytest.raises(UserError, match="client_cpus: 8 CPUs per client, but this machine has 2; use at most 2"):
-        engine.check_backend(cfg_with("simulation.client_cpus=8"))
-    engine.check_backend(cfg_with("simulation.client_cpus=2"))
+        backend.check_backend(cfg_with("simulation.client_cpus=8"))
+    backend.check_backend(cfg_with("simulation.client_cpus=2"))
 
 
 def test_an_unreachable_address_fails_at_once():
     started = time.monotonic()
     with pytest.raises(UserError, match=r"^simulation.ray_address: no Ray cluster answers at 127.0.0.1:\d+"):
-        engine.probe(f"127.0.0.1:{closed_port()}")
-    assert time.monotonic() - started < engine.PROBE_TIMEOUT_S + 1
+        backend.probe(f"127.0.0.1:{closed_port()}")
+    assert time.monotonic() - started < backend.PROBE_TIMEOUT_S + 1
 
 
 def test_auto_without_a_cluster_says_so(monkeypatch):
@@ -72,14 +72,14 @@ def test_auto_without_a_cluster_says_so(monkeypatch):
 
     monkeypatch.setattr(services, "canonicalize_bootstrap_address", nothing)
     with pytest.raises(UserError, match="ray_address: auto: no running Ray cluster found"):
-        engine.resolve_address("auto")
+        backend.resolve_address("auto")
 
 
 def test_addresses_are_split_into_host_and_port():
-    assert engine._host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
-    assert engine._host_port("ray://head:10001") == ("head", 10001)
-    assert engine._host_port("[::1]:6379") == ("::1", 6379)
-    assert engine._host_port("local") is None
+    assert backend._host_port("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert backend._host_port("ray://head:10001") == ("head", 10001)
+    assert backend._host_port("[::1]:6379") == ("::1", 6379)
+    assert backend._host_port("local") is None
 
 
 class FakeGrid:
@@ -99,21 +99,21 @@ class FakeGrid:
 
 def test_a_stopped_grid_ends_a_wait_for_replies():
     stop = threading.Event()
-    grid = engine.StoppableGrid(FakeGrid(), stop)  # type: ignore[arg-type]
+    grid = stopping.StoppableGrid(FakeGrid(), stop)  # type: ignore[arg-type]
     assert list(grid.get_node_ids()) == [1, 2]
     assert grid.send_and_receive([], timeout=0.05) == []
     threading.Timer(0.1, stop.set).start()
     started = time.monotonic()
-    with pytest.raises(engine.SimulationStopped):
+    with pytest.raises(stopping.SimulationStopped):
         grid.send_and_receive([])
     assert time.monotonic() - started < 1
-    with pytest.raises(engine.SimulationStopped):
+    with pytest.raises(stopping.SimulationStopped):
         grid.get_node_ids()
 
 
 def test_the_interruption_line_counts_the_kept_rounds(tmp_path):
     (tmp_path / "rounds.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"round": 3')  # a torn last line
-    line = engine.interrupted_message(signal.SIGINT, tmp_path)
+    line = stopping.interrupted_message(signal.SIGINT, tmp_path)
     assert line == (f"fl-ee: interrupted (SIGINT); 2 finished rounds kept in {tmp_path}; "
                     f"resume with `fl-ee resume {tmp_path}`")
 
@@ -211,7 +211,7 @@ def ours_alive(raytmp: str) -> list[str]:
 
 
 def descendants(pid: int) -> list[int]:
-    return [p for p, _ in engine.descendants(pid)]
+    return [p for p, _ in stopping.descendants(pid)]
 
 
 def alive(pid: int) -> bool:
@@ -263,11 +263,11 @@ def test_a_signal_ends_the_run_within_5s_and_leaves_no_ray_behind(signum, tmp_pa
 def test_descendants_are_found_and_killed_by_pid_and_start_time():
     child = subprocess.Popen(["sleep", "30"])
     try:
-        ours = engine.descendants(os.getpid())
+        ours = stopping.descendants(os.getpid())
         assert child.pid in {pid for pid, _ in ours}
-        engine.kill_processes({(child.pid, "not its start time")})  # a reused pid is spared
+        stopping.kill_processes({(child.pid, "not its start time")})  # a reused pid is spared
         assert child.poll() is None
-        engine.kill_processes(ours)
+        stopping.kill_processes(ours)
         assert child.wait(timeout=5) == -signal.SIGKILL
     finally:
         child.kill()

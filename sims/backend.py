@@ -1,0 +1,144 @@
+"""The Ray backend: client resources and the cluster, checked before anything starts.
+
+:func:`check_backend` refuses, before a run directory exists, client resources Ray
+cannot host and a cluster that cannot be reached (a TCP probe of ``host:port`` first,
+so an unreachable address fails in seconds instead of Ray's retry loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import ray
+
+from fl_ee.config import Config
+from fl_ee.errors import UserError
+
+PROBE_TIMEOUT_S = 5.0  # TCP connect to a cluster's address before ray.init
+
+
+def backend_config(cfg: Config) -> dict[str, Any]:
+    """Ray backend settings: per-client CPU/GPU shares, a quiet Ray, and the cluster to use."""
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if cfg.simulation.ray_address:  # attach to a running cluster instead of starting one
+        init_args["address"] = cfg.simulation.ray_address
+    return {
+        "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
+        "init_args": init_args,
+    }
+
+
+# ------------------------------------------------------------------- before the run starts
+
+
+def local_resources() -> dict[str, float]:
+    """The CPUs and GPUs a Ray started on this machine would get."""
+    import torch
+    from ray._private.utils import get_num_cpus  # what ray.init counts (cgroup limits included)
+
+    return {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}
+
+
+def check_fit(cfg: Config, nodes: Iterable[dict[str, Any]], where: str) -> None:
+    """Refuse client resources that no node in ``nodes`` (Ray resource dicts) can host once.
+
+    Flower sizes its actor pool per node (``pool_size_from_resources``); with no node
+    able to host one client it crashes with an empty pool, so the same rule applies here.
+    """
+    nodes = [n for n in nodes if n]
+    cpus, gpus = cfg.simulation.client_cpus, cfg.simulation.client_gpus
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if cpus > most_cpus:
+        raise UserError(f"{cpus:g} CPUs per client, but {where} has {most_cpus:g}; "
+                        f"use at most {most_cpus:g}", key="simulation.client_cpus")
+    if gpus > 0:
+        fitting = [n for n in nodes if n.get("CPU", 0.0) >= cpus]
+        most_gpus = max((n.get("GPU", 0.0) for n in fitting), default=0.0)
+        if gpus > most_gpus:
+            hint = f"use at most {most_gpus:g}" if most_gpus else "set it to 0"
+            raise UserError(f"{gpus:g} GPUs per client, but {where} has {most_gpus:g}; {hint}",
+                            key="simulation.client_gpus")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``[scheme://]host:port`` address, or None when it is not one."""
+    address = address.split("://", 1)[-1]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str) -> None:
+    """Fail fast, in one line, when nothing listens at the cluster address (Ray itself retries for minutes)."""
+    where = _host_port(address)
+    if where is None:
+        return
+    try:
+        with socket.create_connection(where, timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise UserError(f"no Ray cluster answers at {address} ({why}); start one with `ray start --head` "
+                        "or leave ray_address empty for a local Ray", key="simulation.ray_address") from None
+
+
+def resolve_address(address: str) -> str:
+    """The ``host:port`` Ray would connect to for ``address`` (``auto`` looks for a running cluster)."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise UserError("auto: no running Ray cluster found on this machine; start one with `ray start --head` "
+                        "or give its host:port", key="simulation.ray_address")
+    return found
+
+
+def init_ray(cfg: Config) -> None:
+    """``ray.init`` as Flower's ``RayBackend.init_ray`` does it (Flower skips it once Ray is up)."""
+    args: dict[str, Any] = dict(backend_config(cfg)["init_args"])
+    args.setdefault("include_dashboard", False)
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+def check_backend(cfg: Config) -> None:
+    """Before the run directory exists: refuse what would make Ray crash or wait forever.
+
+    Local Ray: the client resources are compared with this machine's CPUs and GPUs.
+    A cluster (``simulation.ray_address``): its address is probed, the driver connects
+    (the simulation then reuses the connection) and the resources are compared with
+    the cluster's nodes. Raises :class:`UserError` naming the key.
+    """
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
+    address = cfg.simulation.ray_address
+    if not address:
+        check_fit(cfg, [local_resources()], "this machine")
+        return
+
+    probe(resolve_address(address))
+    if not ray.is_initialized():
+        try:
+            init_ray(cfg)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot attach to the Ray cluster at {address}: {exc}",
+                            key="simulation.ray_address") from None
+    try:
+        check_fit(cfg, [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")],
+                  f"no node of the Ray cluster at {address}: the largest")
+    except UserError:
+        ray.shutdown()
+        raise
