@@ -1,4 +1,4 @@
-"""``fl-ee``: run simulations, report and compare their run directories, list what can be plugged in."""
+"""``fl-ee``: run (and resume) simulations, report and compare their run directories, list what can be plugged in."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the unfinished run in DIR (as fl-ee resume DIR)")
+    resume = sub.add_parser("resume", help="continue an unfinished run from its latest checkpoint")
+    resume.add_argument("resume", metavar="DIR", help="the run directory")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a key that changes no result: checkpoint_every, data.root, "
+                             "simulation.ray_address, client_gpus, pace or time_scale")
     report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
@@ -38,26 +44,44 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``fl-ee run``: preflight, then the simulation with the run directory and a progress bar."""
-    cfg = load_config(args.config, parse_overrides(args.overrides))
+    """``fl-ee run``: preflight, then the simulation with the run directory, checkpoints and a progress bar.
+
+    With ``--resume DIR`` (or as ``fl-ee resume DIR``), the unfinished run in DIR continues.
+    """
+    resuming: str | None = getattr(args, "resume", None)
+    if resuming and (getattr(args, "config", None) or getattr(args, "out", None)):
+        raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
+    cfg = None if resuming else load_config(args.config, parse_overrides(args.overrides))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.checkpoint import Checkpoints
     from fl_ee.client import app as client_app
     from fl_ee.preflight import preflight
     from fl_ee.progress import ProgressBar
     from fl_ee.report import tier_table
+    from fl_ee.resume import prepare_resume
     from fl_ee.rundir import RunDir, default_run_dir, load_run
     from fl_ee.server import make_server_app
     from sims.engine import simulate
 
-    cfg = preflight(cfg)
-    run_dir = RunDir.create(args.out or default_run_dir())
     err = Console(stderr=True)
-    with ProgressBar(cfg.rounds, err) as progress:
+    if resuming:
+        resume = prepare_resume(resuming, parse_overrides(args.overrides))
+        cfg, run_dir, checkpoints, done = resume.cfg, resume.run_dir, resume.checkpoints, resume.after_round
+        err.print(f"resuming {run_dir.path} after round {done}" if done else f"{run_dir.path}: no checkpoint; "
+                  "starting over")
+    else:
+        assert cfg is not None
+        cfg, done = preflight(cfg), 0
+        run_dir = RunDir.create(args.out or default_run_dir())
+        checkpoints = Checkpoints(run_dir.path)
+    with ProgressBar(cfg.rounds, err, done=done) as progress, run_dir.discarded_on_early_failure():
         try:
-            simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg)
+            simulate(make_server_app(cfg, [run_dir, progress], checkpoints), client_app, cfg)
         except RuntimeError as exc:
             cause = exc.__cause__ or exc
-            err.print(f"fl-ee: error: simulation failed: {cause}; finished rounds are in {run_dir.path}")
+            kept = (f"finished rounds are in {run_dir.path} (`fl-ee resume {run_dir.path}` continues)"
+                    if run_dir.rounds_written or resuming else "no round finished, nothing kept")
+            err.print(f"fl-ee: error: simulation failed: {cause}; {kept}")
             return 1
     out = Console()
     out.width = max(out.width, 110)
@@ -132,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
+        commands = {"run": cmd_run, "resume": cmd_run, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)
