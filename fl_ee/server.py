@@ -164,7 +164,7 @@ def run_federation(
     state = LoopState(ArrayRecord(model.state_dict()))
     state_dir = ""
     if checkpoints is not None:
-        observers, state_dir = [*observers, checkpoints], str(checkpoints.client_dir)
+        observers, state_dir = [*observers, checkpoints], str(checkpoints.client_dir.resolve())  # clients' cwd differs
         state = checkpoints.restore(cfg, state, strategy, emulator)
     for observer in observers:
         observer.on_start(cfg, clients)
