@@ -1,4 +1,4 @@
-"""``fl-ee``: run simulations, report and compare their run directories, list what can be plugged in."""
+"""``fl-ee``: run (and resume) simulations, report and compare their run directories, list what can be plugged in."""
 
 from __future__ import annotations
 
@@ -27,7 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value by dotted key, e.g. data.alpha=0.1 or tiers.0.depth=2")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the unfinished run in DIR (as fl-ee resume DIR)")
     run.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
+    resume = sub.add_parser("resume", help="continue an unfinished run from its latest checkpoint")
+    resume.add_argument("resume", metavar="DIR", help="the run directory")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a key that changes no result: checkpoint_every, data.root, "
+                             "simulation.ray_address, client_gpus, pace or time_scale")
+    resume.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
     check = sub.add_parser("check", help="validate a config, its data, split and strategy; print the plan")
     check.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,25 +52,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``fl-ee run``: preflight, then the simulation with the run directory and a progress bar."""
-    cfg = load_config(args.config, parse_overrides(args.overrides))
+    """``fl-ee run``: preflight, then the simulation with the run directory, checkpoints and a progress bar.
+
+    With ``--resume DIR`` (or as ``fl-ee resume DIR``), the unfinished run in DIR continues.
+    """
+    resuming: str | None = getattr(args, "resume", None)
+    if resuming and (getattr(args, "config", None) or getattr(args, "out", None)):
+        raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
+    cfg = None if resuming else load_config(args.config, parse_overrides(args.overrides))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.checkpoint import Checkpoints
     from fl_ee.client import app as client_app
     from fl_ee.preflight import preflight
     from fl_ee.progress import ProgressBar
     from fl_ee.report import tier_table
+    from fl_ee.resume import prepare_resume
     from fl_ee.rundir import RunDir, default_run_dir, load_run
     from fl_ee.server import make_server_app
     from sims.engine import Interrupted, check_backend, simulate
 
-    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
-    cfg = preflight(cfg)
-    run_dir = RunDir.create(args.out or default_run_dir())
     err = Console(stderr=True, soft_wrap=True)
+    if resuming:
+        resume = prepare_resume(resuming, parse_overrides(args.overrides))
+        cfg, run_dir, checkpoints, done = resume.cfg, resume.run_dir, resume.checkpoints, resume.after_round
+        check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
+        err.print(f"resuming {run_dir.path} after round {done}" if done else f"{run_dir.path}: no checkpoint; "
+                  "starting over")
+    else:
+        assert cfg is not None
+        check_backend(cfg)
+        cfg, done = preflight(cfg), 0
+        run_dir = RunDir.create(args.out or default_run_dir())
+        checkpoints = Checkpoints(run_dir.path)
     failure: Exception | None = None
-    with ProgressBar(cfg.rounds, err) as progress:
+    with ProgressBar(cfg.rounds, err, done=done) as progress, run_dir.discarded_on_early_failure():
         try:
-            simulate(make_server_app(cfg, [run_dir, progress]), client_app, cfg, run_dir.path)
+            simulate(make_server_app(cfg, [run_dir, progress], checkpoints), client_app, cfg, run_dir.path,
+                     on_interrupt=run_dir.discard_if_unstarted)
         except Interrupted as exc:
             progress.progress.stop()
             exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)
@@ -82,21 +107,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
     """Say in one line why a run stopped, keep the traceback in ``RUN_DIR/error.log``; the exit code.
 
-    3: training diverged; 1: a strategy fault or any other failure.
+    3: training diverged; 1: a strategy fault or any other failure. A run that finished
+    no round has been removed by then: there is nothing to keep (``--debug`` shows the
+    traceback).
     """
     from fl_ee.faults import Diverged
-    from fl_ee.rundir import ERROR_LOG, atomic_write
+    from fl_ee.rundir import ERROR_LOG, ROUNDS, atomic_write
     from sims.stopping import kept_rounds
 
     cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
     trace = "".join(traceback.format_exception(cause))
-    atomic_write(run_dir / ERROR_LOG, f"{cause}\n\n{trace}")
     if debug:
         sys.stderr.write(trace)
-    kept = kept_rounds(run_dir)
     what = str(cause) if isinstance(cause, Diverged) else f"simulation failed: {cause}"
-    print(f"fl-ee: error: {what}; {kept} finished rounds kept in {run_dir} (traceback in {run_dir / ERROR_LOG})",
-          file=sys.stderr)
+    if (run_dir / ROUNDS).is_file():
+        atomic_write(run_dir / ERROR_LOG, f"{cause}\n\n{trace}")
+        kept = f"{kept_rounds(run_dir)} finished rounds kept in {run_dir} (traceback in {run_dir / ERROR_LOG})"
+        if not isinstance(cause, Diverged):
+            kept += f"; `fl-ee resume {run_dir}` continues"
+    else:
+        kept = "no round finished, nothing kept"
+    print(f"fl-ee: error: {what}; {kept}", file=sys.stderr)
     return 3 if isinstance(cause, Diverged) else 1
 
 
@@ -178,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "check": cmd_check, "report": cmd_report, "compare": cmd_compare, "list": cmd_list}
+        commands = {"run": cmd_run, "resume": cmd_run, "check": cmd_check, "report": cmd_report,
+                    "compare": cmd_compare, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 Every message carries the resolved run config (JSON) and the client's depth; the
 client's data split and personal exit heads are its own. Personal heads live in
-``Context.state`` across rounds and are never sent.
+``Context.state`` across rounds and are never sent; where the instructions name a
+``state_dir`` they are also saved there after every round the client trains, and a
+fresh process (a resumed run) reads them back from it (:mod:`fl_ee.clientstate`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
 from fl_ee.data import client_data, load_dataset, run_splits
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
@@ -84,11 +87,20 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitCNN]:
     return instructions, cfg, model
 
 
-def _personal_heads(model: EarlyExitCNN, context: Context) -> torch.nn.ModuleList:
-    """The client's own exit heads: from its state, or copies of the global ones at first."""
+def _personal_heads(
+    model: EarlyExitCNN, context: Context, instructions: Instructions, through: int
+) -> torch.nn.ModuleList:
+    """The client's own exit heads: from its state, else saved in a round ``<= through``, else the global ones.
+
+    Saved heads are read only by a process that holds none in its state (a resumed run).
+    """
     heads = copy.deepcopy(model.exits)
     if PERSONAL_EXITS in context.state:
         heads.load_state_dict(context.state.array_records[PERSONAL_EXITS].to_torch_state_dict())
+    elif instructions.state_dir:
+        saved = load_exits(instructions.state_dir, client_id_of(context), through)
+        if saved is not None:
+            heads.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()})
     return heads
 
 
@@ -116,13 +128,16 @@ def train(msg: Message, context: Context) -> Message:
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, instructions.server_round, client_id)
     generator = torch.Generator().manual_seed(seed)
     initial_loss = local_loss(model, x, y, training) if instructions.want_initial_loss else None
-    personal_loss = None
+    personal_loss, heads = None, None
     if cfg.personalisation.mode == "exits":
-        heads = _personal_heads(model, context)
+        heads = _personal_heads(model, context, instructions, through=instructions.server_round - 1)
         personal_loss = train_exits(model, heads, x, y, training, cfg.personalisation.epochs, generator)
         context.state[PERSONAL_EXITS] = ArrayRecord(heads.state_dict())
     train_loss = train_joint(model, x, y, training, generator)
     time.sleep(instructions.pace_s)  # real pacing, when asked for
+    if heads is not None and instructions.state_dir:  # last, so a client that failed saves nothing
+        save_exits(instructions.state_dir, client_id, instructions.server_round,
+                   {k: v.numpy() for k, v in heads.state_dict().items()})
     metrics = TrainReply(client_id, len(y), train_loss, personal_loss, initial_loss)
     return reply(msg, metrics, ArrayRecord(model.state_dict()))
 
@@ -131,10 +146,13 @@ def train(msg: Message, context: Context) -> Message:
 @reports_errors
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
-    _, cfg, model = _setup(msg)
+    instructions, cfg, model = _setup(msg)
     client_id = client_id_of(context)
     _, _, x, y = client_data(cfg, client_id)
-    heads = _personal_heads(model, context) if cfg.personalisation.mode == "exits" else model.exits
+    if cfg.personalisation.mode == "exits":
+        heads = _personal_heads(model, context, instructions, through=instructions.server_round)
+    else:
+        heads = model.exits
     logits = exit_logits(model, x, heads)
     costs = depth_flops(model.spec, model.depth).exit_costs()
     policy = cfg.exit_policy.name

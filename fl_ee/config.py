@@ -164,6 +164,8 @@ class Config(_Section):
         ge=0, description="seeds the split, tiers, sampling, initial weights and local training")] = 0
     rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 10
     eval_every: Annotated[int, Field(ge=1, description="evaluate every n rounds (and always after the last)")] = 1
+    checkpoint_every: Annotated[int,
+                                Field(ge=1, description="save a checkpoint every n rounds (and after the last)")] = 1
     data: Annotated[DataConfig, Field(default_factory=DataConfig, description="the dataset and its split")]
     model: Annotated[ModelConfig, Field(default_factory=ModelConfig, description="the early-exit network")]
     training: Annotated[TrainingConfig, Field(default_factory=TrainingConfig, description="local training")]

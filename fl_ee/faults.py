@@ -75,9 +75,9 @@ def aggregate_problem(
 class DivergenceGuard:
     """Counts rounds in a row whose training produced nothing finite, and stops the run at ``limit``."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, bad_in_a_row: int = 0) -> None:
         self.limit = limit
-        self.bad_in_a_row = 0
+        self.bad_in_a_row = bad_in_a_row  # carried over by a resumed run
 
     def after_round(self, server_round: int, bad: bool) -> None:
         """Record one round; raise :class:`Diverged` at the ``limit``-th bad round in a row."""

@@ -13,13 +13,16 @@ from fl_ee.observers import Observer
 
 
 class ProgressBar(Observer):
-    """Rounds done of ``rounds``, with the latest personalised accuracy; use it as a context manager."""
+    """Rounds done of ``rounds`` (``done`` before it started), with the latest personalised accuracy.
 
-    def __init__(self, rounds: int, console: Console) -> None:
+    Use it as a context manager.
+    """
+
+    def __init__(self, rounds: int, console: Console, done: int = 0) -> None:
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[status]}"))
         self.progress = Progress(*columns, console=console)
-        self.task = self.progress.add_task("rounds", total=rounds, status="starting Ray")
+        self.task = self.progress.add_task("rounds", total=rounds, completed=done, status="starting Ray")
 
     def __enter__(self) -> ProgressBar:
         """Show the bar."""

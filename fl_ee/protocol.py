@@ -65,7 +65,9 @@ class Instructions(Payload):
     ``run_config`` is the resolved run config as canonical JSON; ``depth`` the client's
     submodel depth (set per client by the strategy); ``want_initial_loss`` asks for the
     local objective at the received weights (q-FFL needs it); ``pace_s`` is how long a
-    paced client sleeps after training.
+    paced client sleeps after training; ``state_dir`` is the folder where the client
+    saves its personal exits each round it trains, and reads them back in a fresh
+    process (a resumed run; :mod:`fl_ee.clientstate`); empty: keep them in memory only.
     """
 
     record_type: ClassVar[type[ConfigRecord]] = ConfigRecord
@@ -75,6 +77,7 @@ class Instructions(Payload):
     depth: int = 0
     want_initial_loss: bool = False
     pace_s: float = 0.0
+    state_dir: str = ""
 
     @property
     def config(self) -> Config:

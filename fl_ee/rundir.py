@@ -10,13 +10,15 @@ rows by :func:`client_row`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 CONFIG, ROUNDS, CLIENTS, SUMMARY = "config.toml", "rounds.jsonl", "clients.csv", "summary.json"
 CLIENT_ERRORS, ERROR_LOG = "client-errors.log", "error.log"  # clients' tracebacks; why the run stopped
+CHECKPOINT_DIR = "checkpoint"  # written by fl_ee.checkpoint
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -121,33 +124,100 @@ def deepest_accuracy(row: Mapping[str, str]) -> float:
 
 
 class RunDir(Observer):
-    """Writes one run's files under ``path`` as the round loop reports them."""
+    """Writes one run's files under ``path`` as the round loop reports them.
 
-    def __init__(self, path: Path) -> None:
+    Make one with :meth:`create` (a new run) or :meth:`reopen` (a resumed one).
+    """
+
+    def __init__(self, path: Path, *, created: Path | None = None, resume_after: int | None = None) -> None:
         self.path = path
+        self.created = created  # the topmost folder create() made, if it made any
+        self.resume_after = resume_after  # a resumed run: the round its checkpoint holds
+        self.rounds_written = 0
 
     @classmethod
     def create(cls, path: str | Path) -> RunDir:
-        """Make the directory; refuse one that already holds a finished run."""
+        """Make the directory for a new run.
+
+        Refuses a directory that holds a run (finished or not) or anything else: an
+        existing directory must be empty. Files are written once the run starts.
+        """
         path = Path(path)
         if (path / SUMMARY).exists():
             raise UserError(f"{path} already holds a finished run; choose another --out")
+        if (path / ROUNDS).exists():
+            raise UserError(f"{path} holds an unfinished run: continue it with `fl-ee resume {path}`, "
+                            "or choose another --out")
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is not a directory; choose another --out")
+        if path.is_dir() and any(path.iterdir()):
+            raise UserError(f"{path} is not empty and holds no fl-ee run; choose another --out")
+        created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
-        (path / ROUNDS).write_text("")
-        return cls(path)
+        return cls(path, created=created)
+
+    @classmethod
+    def reopen(cls, path: str | Path, resume_after: int) -> RunDir:
+        """An unfinished run's directory, to be continued after round ``resume_after`` (its checkpoint's)."""
+        path = Path(path)
+        if (path / SUMMARY).exists():
+            raise UserError(f"{path} holds a finished run; there is nothing to resume")
+        for name in (CONFIG, ROUNDS):
+            if not (path / name).is_file():
+                raise UserError(f"{path} is not an fl-ee run directory (no {name})")
+        return cls(path, resume_after=resume_after)
+
+    def discard_if_unstarted(self) -> bool:
+        """After a failure: remove what a new run wrote if it finished no round; whether it did.
+
+        A directory that :meth:`create` made goes (with the parents it made, where empty);
+        in a directory that existed (empty), only the run's own files go. A resumed run
+        is left as it is.
+        """
+        if self.rounds_written or self.resume_after is not None:
+            return False
+        if self.created is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            for parent in self.path.parents:  # the empty parents create() made, nothing else
+                if not parent.is_relative_to(self.created) or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+        else:
+            for name in (CONFIG, ROUNDS):
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / CHECKPOINT_DIR, ignore_errors=True)
+        return True
+
+    @contextlib.contextmanager
+    def discarded_on_early_failure(self) -> Iterator[RunDir]:
+        """Within this, a new run that ends (an error, an interrupt) before finishing a round leaves nothing behind."""
+        try:
+            yield self
+        finally:
+            self.discard_if_unstarted()
 
     def on_start(self, cfg: Config, clients: Sequence[ClientInfo]) -> None:
-        """Write ``config.toml``: the resolved config, which loads back to the same one."""
+        """Write ``config.toml`` (the resolved config, which loads back to the same one) and start ``rounds.jsonl``.
+
+        A resumed run keeps the rounds up to its checkpoint's and drops the later ones.
+        """
         atomic_write(self.path / CONFIG, config_to_toml(cfg))
+        if self.resume_after is None:
+            (self.path / ROUNDS).write_text("")
+        else:
+            kept = [line for line in (self.path / ROUNDS).read_text().splitlines(keepends=True)
+                    if _round_of(line) <= self.resume_after]
+            atomic_write(self.path / ROUNDS, "".join(kept))
 
     def after_round(self, record: Mapping[str, Any]) -> None:
         """Append the round's line to ``rounds.jsonl``; clients' tracebacks go to ``client-errors.log``."""
         errors = record.get("client_errors", {})
         with open(self.path / ROUNDS, "a") as handle:
             handle.write(to_json({k: v for k, v in record.items() if k != "client_errors"}) + "\n")
+        self.rounds_written += 1
         if errors:
             with open(self.path / CLIENT_ERRORS, "a") as handle:
                 for step, by_client in errors.items():
@@ -245,6 +315,14 @@ class Run:
     def evaluated(self, tier: str) -> list[dict[str, str]]:
         """``clients.csv`` rows of a tier's evaluated clients."""
         return [r for r in self.clients if r["tier"] == tier and r["evaluated_round"] != ""]
+
+
+def _round_of(line: str) -> float:
+    """The round of a ``rounds.jsonl`` line; infinite for a half-written one."""
+    try:
+        return int(json.loads(line)["round"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return math.inf
 
 
 def _read_rounds(path: Path) -> list[dict[str, Any]]:

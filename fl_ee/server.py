@@ -1,7 +1,8 @@
 """The Flower ``ServerApp``: builds the federation from the config and runs its rounds.
 
 ``run_federation`` is the round loop; it reports to observers (the run directory, the
-progress bar). ``make_server_app`` wraps it for ``fl-ee run``, and the module-level
+progress bar, the checkpoints) and starts from the latest checkpoint where there is one.
+``make_server_app`` wraps it for ``fl-ee run``, and the module-level
 ``app`` reads ``context.run_config`` for ``flwr run``.
 """
 
@@ -19,6 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
+from fl_ee.checkpoint import Checkpoints, LoopState
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
 from fl_ee.errors import warn
@@ -189,10 +191,15 @@ def evaluate_round(
     return evaluated, record
 
 
-def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) -> dict[str, Any]:
+def run_federation(
+    grid: Grid, cfg: Config, observers: Sequence[Observer] = (), checkpoints: Checkpoints | None = None
+) -> dict[str, Any]:
     """Run every round, report to ``observers``, and return the summary.
 
-    ``cfg`` must have passed :func:`~fl_ee.preflight.preflight`.
+    ``cfg`` must have passed :func:`~fl_ee.preflight.preflight`. With ``checkpoints``
+    (a run directory's), the loop's state is saved there every ``checkpoint_every``
+    rounds, clients keep their personal exits there, and where it already holds a
+    checkpoint the run continues from it.
     """
     data = load_dataset(cfg.data)
     model = initial_model(cfg, data)
@@ -202,56 +209,62 @@ def run_federation(grid: Grid, cfg: Config, observers: Sequence[Observer] = ()) 
     _guarded(strategy, "register_clients", 0, clients)
     emulator = DeviceEmulator(cfg, model, clients)
     tiers = [t.name for t in cfg.tiers]
+    state = LoopState(ArrayRecord(model.state_dict()))
+    state_dir = ""
+    if checkpoints is not None:
+        observers, state_dir = [*observers, checkpoints], str(checkpoints.client_dir.resolve())  # clients' cwd differs
+        state = checkpoints.restore(cfg, state, strategy, emulator)
     for observer in observers:
         observer.on_start(cfg, clients)
 
-    arrays = ArrayRecord(model.state_dict())
-    results: dict[int, Evaluation] = {}
-    global_by_exit: dict[str, float] = {}
-    clocks: list[dict[str, Any]] = []
-    accuracy_at: list[tuple[float, float | None]] = []  # (virtual time, personalised mean) per evaluation
-    guard = DivergenceGuard(cfg.simulation.max_bad_rounds)
+    guard = DivergenceGuard(cfg.simulation.max_bad_rounds, state.bad_rounds)
     started = time.perf_counter()
     # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
     with ThreadPoolExecutor(max_workers=1) as background:
-        for rnd in range(1, cfg.rounds + 1):
-            config = Instructions(config_text, server_round=rnd).to_record()
-            arrays, train, bad = train_round(grid, strategy, emulator, rnd, arrays, config)
-            clocks.append(train.pop("clock"))
+        for rnd in range(state.round + 1, cfg.rounds + 1):
+            config = Instructions(config_text, server_round=rnd, state_dir=state_dir).to_record()
+            state.arrays, train, bad = train_round(grid, strategy, emulator, rnd, state.arrays, config)
+            state.clocks.append(train.pop("clock"))
             errors = {"train": train.pop("errors")}
-            record: dict[str, Any] = {"round": rnd, "train": train, "clock": clocks[-1]}
+            record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                global_eval = background.submit(evaluate_global, arrays, data, model, cfg.max_depth)
-                evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, arrays, config)
+                global_eval = background.submit(evaluate_global, state.arrays, data, model, cfg.max_depth)
+                evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, state.arrays, config)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
-                results.update(evaluated)
-                global_by_exit = global_eval.result()
-                personalised = personalised_summary(clients, results, tiers, cfg.max_depth)
-                record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": global_by_exit}}
-                accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
+                state.results.update(evaluated)
+                state.global_by_exit = global_eval.result()
+                personalised = personalised_summary(clients, state.results, tiers, cfg.max_depth)
+                record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": state.global_by_exit}}
+                state.accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["wall_s"] = round(time.perf_counter() - started, 3)
             if any(errors.values()):
                 record["client_errors"] = {step: e for step, e in errors.items() if e}
+            state.round = rnd
             for observer in observers:
                 observer.after_round(record)
             guard.after_round(rnd, bad)
+            state.bad_rounds = guard.bad_in_a_row
+            for observer in observers:
+                observer.after_state(state, strategy)
 
-    summary = build_summary(cfg, clients, results, global_by_exit, clocks, accuracy_at)
+    summary = build_summary(cfg, clients, state.results, state.global_by_exit, state.clocks, state.accuracy_at)
     for line in summary["warnings"]:
         warn(line)
-    rows = [client_row(c, results.get(c.client_id), cfg.max_depth) for c in clients]
+    rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]
     for observer in observers:
         observer.on_end(summary, rows)
     return summary
 
 
-def make_server_app(cfg: Config, observers: Sequence[Observer]) -> ServerApp:
-    """A ServerApp bound to a preflighted config and its observers (used by ``fl-ee run``)."""
+def make_server_app(
+    cfg: Config, observers: Sequence[Observer], checkpoints: Checkpoints | None = None
+) -> ServerApp:
+    """A ServerApp bound to a preflighted config, its observers and checkpoints (used by ``fl-ee run``)."""
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, observers)
+        run_federation(grid, cfg, observers, checkpoints)
 
     return server
 
@@ -276,4 +289,5 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run``; relative paths resolve against the SuperLink's directory."""
     cfg, out = from_run_config(dict(context.run_config))
     cfg = preflight(cfg)
-    run_federation(grid, cfg, [RunDir.create(out)])
+    run_dir = RunDir.create(out)
+    run_federation(grid, cfg, [run_dir], Checkpoints(run_dir.path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -19,7 +20,7 @@ from flwr.simulation import run_simulation
 
 from fl_ee.config import Config
 from sims.backend import backend_config, check_backend, init_ray
-from sims.stopping import Interrupted, Stopper, interrupted_message, kill_children, stoppable
+from sims.stopping import Interrupted, Stopper, kill_children, stoppable
 
 __all__ = ["Interrupted", "check_backend", "simulate"]
 
@@ -46,19 +47,26 @@ class _Quiet(logging.Filter):
         return "run_simulation" not in record.getMessage()
 
 
-def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir: Path | None = None) -> None:
+def simulate(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    cfg: Config,
+    run_dir: Path | None = None,
+    on_interrupt: Callable[[], object] | None = None,
+) -> None:
     """Run the apps with one simulated node per client; returns when the ServerApp ends.
 
     Raises :class:`Interrupted` when SIGINT or SIGTERM stopped the run (``run_dir``
-    names the rounds kept), and ``RuntimeError`` whose ``__cause__`` is the root
-    cause when Flower's runtime or Ray crashed.
+    names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
+    ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
+    crashed.
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
     level, quiet = flwr_logger.level, _Quiet()
     flwr_logger.setLevel(logging.WARNING)
     flwr_logger.addFilter(quiet)
-    stopper = Stopper(run_dir)
+    stopper = Stopper(run_dir, on_interrupt)
     stopper.install()
     try:
         import ray
@@ -76,7 +84,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir:
         stopper.stop.set()  # a ServerApp thread still waiting for replies gives up
         if stopper.signum is not None:
             kill_children(stopper.ours)
-            raise Interrupted(interrupted_message(stopper.signum, run_dir), stopper.signum) from None
+            raise Interrupted(stopper.message(), stopper.signum) from None
         cause = _root_cause(exc)
         if cause is exc:
             raise
@@ -87,4 +95,4 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: Config, run_dir:
         flwr_logger.setLevel(level)
     if stopper.signum is not None:
         kill_children(stopper.ours)  # what ray.shutdown() left of our local Ray, if anything
-        raise Interrupted(interrupted_message(stopper.signum, run_dir), stopper.signum)
+        raise Interrupted(stopper.message(), stopper.signum)

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -155,6 +155,8 @@ def interrupted_message(signum: int, run_dir: Path | None) -> str:
     name = signal.Signals(signum).name
     if run_dir is None:
         return f"fl-ee: interrupted ({name})"
+    if not (Path(run_dir) / ROUNDS).is_file():
+        return f"fl-ee: interrupted ({name}) before the first round finished; nothing kept"
     n = kept_rounds(run_dir)
     return (f"fl-ee: interrupted ({name}); {n} finished round{'' if n == 1 else 's'} kept in {run_dir}; "
             f"resume with `fl-ee resume {run_dir}`")
@@ -211,8 +213,9 @@ def kill_children(known: Iterable[tuple[int, str]] = ()) -> None:
 class Stopper:
     """SIGINT/SIGTERM handling for one simulation (installed only in the main thread)."""
 
-    def __init__(self, run_dir: Path | None) -> None:
+    def __init__(self, run_dir: Path | None, on_interrupt: Callable[[], object] | None = None) -> None:
         self.run_dir = run_dir
+        self.on_interrupt = on_interrupt  # tidies the run directory before the line is said
         self.stop = threading.Event()
         self.done = threading.Event()
         self.signum: int | None = None
@@ -250,4 +253,10 @@ class Stopper:
     def hard_exit(self) -> NoReturn:
         """Kill our Ray processes, say what was kept, and leave without waiting for any thread."""
         kill_children(self.ours)
-        _leave("\n" + interrupted_message(self.signum or signal.SIGINT, self.run_dir))
+        _leave("\n" + self.message())
+
+    def message(self) -> str:
+        """Tidy the run directory (``on_interrupt``), then the line that says what was kept."""
+        if self.on_interrupt is not None:
+            self.on_interrupt()
+        return interrupted_message(self.signum or signal.SIGINT, self.run_dir)

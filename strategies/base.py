@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
 from typing import Any
@@ -218,6 +218,24 @@ class DepthAwareStrategy(Strategy):
         }
         out[NUM_EXAMPLES] = int(sum(weights))
         return MetricRecord(out)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The state the strategy carries from one round to the next, for checkpoints.
+
+        A flat mapping from names to NumPy arrays or JSON values (numbers, strings,
+        booleans, ``None``, lists and dicts of them); arrays are saved with NumPy and the
+        rest as JSON, never pickled. :meth:`load_state_dict` of a freshly built strategy of
+        the same options must bring it back exactly, so that a resumed run continues as an
+        uninterrupted one. The default is empty: a strategy that keeps nothing across
+        rounds needs neither method.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (arrays come back as NumPy arrays)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
 
     def summary(self) -> None:
         """Log the sampling settings."""

@@ -8,7 +8,8 @@ the ``M`` clients, with holders' average ``a`` and current value ``w``::
     h <- h - alpha * (n_k / M) * (a - w)
     w <- a - h / alpha
 
-``h`` is kept per tensor on the server; ``a`` is example-weighted unless ``weighted=false``
+``h`` is kept per tensor on the server (checkpointed as ``h/<key>`` by
+:meth:`~FedDyn.state_dict`); ``a`` is example-weighted unless ``weighted=false``
 (DepthFL's unweighted average). Only the server side is here: FedDyn's client
 adds ``-<grad_prev, w> + (alpha/2)||w - w_global||^2``; ``training.prox_mu = alpha`` gives
 the quadratic part, the linear part is not implemented.
@@ -16,7 +17,8 @@ the quadratic part, the linear part is not implemented.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +52,14 @@ class FedDyn(DepthFL):
         h = self.h.get(key, np.zeros(current.shape))
         new, self.h[key] = feddyn_correction(average, current, h, self.alpha, len(values), len(self.clients))
         return new.astype(current.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The correction ``h`` of every tensor updated so far, as ``h/<key>`` arrays."""
+        return {f"h/{k}": h for k, h in self.h.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the corrections of :meth:`state_dict`."""
+        bad = [name for name in state if not name.startswith("h/")]
+        if bad:
+            raise ValueError(f"{type(self).__name__}: unexpected state entries {bad}")
+        self.h = {name.removeprefix("h/"): np.asarray(h, np.float64) for name, h in state.items()}

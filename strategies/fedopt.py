@@ -10,12 +10,14 @@ Reddi et al., "Adaptive Federated Optimization", ICLR 2021; conventions of Flowe
 
 ``m``, ``v`` and the step count ``t`` are kept per tensor and advance only in rounds in
 which the tensor has holders; a tensor nobody returned neither moves nor updates them.
+They are the strategy's :meth:`~FedOpt.state_dict` (``m/<key>``, ``v/<key>``, ``t/<key>``).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,3 +58,23 @@ class FedOpt(DepthFL):
         t = self.t.get(key, 0) + 1
         self.m[key], self.v[key], self.t[key] = m, v, t
         return (w + self.step_size(t) * m / (np.sqrt(v) + self.tau)).astype(current.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moments and step count of every tensor updated so far: ``m/<key>``, ``v/<key>`` (arrays), ``t/<key>``."""
+        return {
+            **{f"m/{k}": v for k, v in self.m.items()},
+            **{f"v/{k}": v for k, v in self.v.items()},
+            **{f"t/{k}": t for k, t in self.t.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the moments and step counts of :meth:`state_dict`."""
+        parts: dict[str, dict[str, Any]] = {"m": {}, "v": {}, "t": {}}
+        for name, value in state.items():
+            kind, _, key = name.partition("/")
+            if kind not in parts or not key:
+                raise ValueError(f"{type(self).__name__}: unexpected state entry {name!r}")
+            parts[kind][key] = value
+        self.m = {k: np.asarray(v, np.float64) for k, v in parts["m"].items()}
+        self.v = {k: np.asarray(v, np.float64) for k, v in parts["v"].items()}
+        self.t = {k: int(t) for k, t in parts["t"].items()}

@@ -155,19 +155,34 @@ class InProcessGrid(Grid):
         return _copy(reply)
 
 
-def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0,
-                  order: str = SHUFFLED) -> tuple[InProcessGrid, dict]:
+def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0, order: str = SHUFFLED,
+                  observers=(), checkpoints: bool = True) -> tuple[InProcessGrid, dict]:
     """``fl-ee run [PRESET] --set ... --out OUT`` through an :class:`InProcessGrid`: (the grid, the summary).
 
     ``overrides`` are ``"key=value"`` strings; ``seed`` draws the grid's ids and reply order
-    (the run's own seed is the config's).
+    (the run's own seed is the config's); ``observers`` follow the run beside its run
+    directory; ``checkpoints`` writes them (and the clients' state) as ``fl-ee run`` does.
     """
+    from fl_ee.checkpoint import Checkpoints
     from fl_ee.config import load_config, parse_overrides
     from fl_ee.preflight import preflight
     from fl_ee.rundir import RunDir
     from fl_ee.server import run_federation
 
     cfg = preflight(load_config(preset, parse_overrides(list(overrides))))
+    run_dir = RunDir.create(out)
     with InProcessGrid(cfg.data.num_clients, seed=seed, order=order) as grid:
-        summary = run_federation(grid, cfg, [RunDir.create(out)])
+        summary = run_federation(grid, cfg, [run_dir, *observers], Checkpoints(out) if checkpoints else None)
+    return grid, summary
+
+
+def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED) -> tuple[InProcessGrid, dict]:
+    """``fl-ee resume OUT --set ...`` through a fresh :class:`InProcessGrid` (fresh client contexts)."""
+    from fl_ee.config import parse_overrides
+    from fl_ee.resume import prepare_resume
+    from fl_ee.server import run_federation
+
+    resume = prepare_resume(out, parse_overrides(list(overrides)))
+    with InProcessGrid(resume.cfg.data.num_clients, seed=seed, order=order) as grid:
+        summary = run_federation(grid, resume.cfg, [resume.run_dir], resume.checkpoints)
     return grid, summary

@@ -1,0 +1,305 @@
+"""Checkpoints and resume, fast: in-process runs interrupted and resumed, strategy state by hand, refusal rules.
+
+A run is "killed" by an observer that raises in ``after_round`` of round ``k + 1``: the
+run directory has logged that round and every client that trained in it has saved its
+round-``k + 1`` exits, but no checkpoint of it exists, as after a SIGKILL at that moment.
+The Ray version, with a real SIGKILL, is in ``test_resume_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord
+
+from fl_ee import clientstate
+from fl_ee.checkpoint import (
+    Checkpoints,
+    LoopState,
+    loop_state_from_json,
+    loop_state_to_json,
+    split_strategy_state,
+)
+from fl_ee.cli import main
+from fl_ee.errors import UserError
+from fl_ee.observers import Observer
+from fl_ee.protocol import EvaluateReply
+from fl_ee.summary import Evaluation
+from inprocess import resume_inprocess, run_inprocess
+from strategies import ClientInfo, DepthFL, FedAdam, FedDyn
+from strategies.aggregation import holder_aggregate
+
+# the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
+FAST = ["rounds=3", "eval_every=2", "data.num_clients=4", "training.local_epochs=1", "training.batch_size=64",
+        "personalisation.epochs=1", "model.width=8"]
+
+
+class Killed(Exception):
+    pass
+
+
+class KillIn(Observer):
+    """Raises in ``after_round`` of round ``rnd`` (after the run directory logged it)."""
+
+    def __init__(self, rnd: int) -> None:
+        self.rnd = rnd
+
+    def after_round(self, record):
+        if record["round"] == self.rnd:
+            raise Killed(self.rnd)
+
+
+def _lines(path: Path) -> list[dict]:
+    records = [json.loads(line) for line in (path / "rounds.jsonl").read_text().splitlines()]
+    for r in records:
+        r.pop("wall_s")
+    return records
+
+
+def _poison_stale_exits(run: Path, after: int) -> int:
+    """Overwrite every client file of a round after ``after`` with zeros; how many there were."""
+    stale = [p for p in (run / "checkpoint" / "clients").glob("*/round-*.npz") if int(p.stem[6:]) > after]
+    for path in stale:
+        clientstate.write_npz(path, {k: np.zeros_like(v) for k, v in clientstate.read_npz(path).items()})
+    return len(stale)
+
+
+def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None) -> Path:
+    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}"]
+    if kill_in is None:
+        run_inprocess(out, overrides)
+    else:
+        with pytest.raises(Killed):
+            run_inprocess(out, overrides, observers=[KillIn(kill_in)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Runs made once per module on first use, by (strategy, checkpoint_every, round killed in or None).
+
+    Tests that change one work on a copy (:func:`copy_of`).
+    """
+    runs: dict[tuple, Path] = {}
+
+    def get(strategy: str, every: int = 1, kill_in: int | None = None) -> Path:
+        key = (strategy, every, kill_in)
+        if key not in runs:
+            runs[key] = _run(tmp_path_factory.mktemp(strategy) / "run", *key)
+        return runs[key]
+
+    return get
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _same_results(run: Path, reference: Path) -> None:
+    for name in ("summary.json", "clients.csv"):
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    assert _lines(run) == _lines(reference)  # lines after the checkpoint were dropped and written again
+
+
+@pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after"), [
+    ("depthfl", 1, 3, 2),   # killed in the last round: resumed after round 2
+    ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
+    ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
+])
+def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
+                                                                 resumes_after):
+    run = copy_of(made(strategy, every, kill_in), tmp_path)
+    assert len(_lines(run)) == kill_in and not (run / "summary.json").exists()
+    latest = Checkpoints(run).latest()
+    assert (latest.round if latest else 0) == resumes_after
+    # clients saved exits of the killed round; were any of them read, the results would differ
+    assert _poison_stale_exits(run, resumes_after) > 0
+
+    resume_inprocess(run, seed=7)  # fresh client contexts, other node ids and reply order
+    _same_results(run, made(strategy))
+    assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
+
+
+def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summary(made, tmp_path):
+    run = copy_of(made("depthfl"), tmp_path)  # as if killed after the last checkpoint, before summary.json
+    (run / "summary.json").unlink()
+    (run / "clients.csv").unlink()
+    grid, _ = resume_inprocess(run)
+    assert "train" not in grid.calls and "evaluate" not in grid.calls  # no round left to run
+    _same_results(run, made("depthfl"))
+
+
+# ----------------------------------------------------------------------- the checkpoint itself
+
+
+def _reply(p: int) -> EvaluateReply:
+    return EvaluateReply(client_id=p, num_examples=10, accuracy=0.1 * p, exit_accuracy=(0.1, 1 / 3),
+                         adaptive_accuracy=0.7, expected_flops=123.4, exit_fractions=(0.25, 0.75),
+                         full_flops=1000.0, sweep_accuracy=(0.5, 2 / 3), sweep_flops=(1.0, 2.5))
+
+
+def test_loop_state_round_trips_through_json_exactly():
+    state = LoopState(ArrayRecord(), round=4, results={3: Evaluation(4, _reply(3)), 0: Evaluation(2, _reply(0))},
+                      global_by_exit={"1": 0.1, "2": 2 / 3},
+                      clocks=[{"round_time_s": 1 / 3, "virtual_time_s": 7 / 3, "clients": [{"time_s": None}]}],
+                      accuracy_at=[(1.5, None), (7 / 3, 0.875)])
+    back = loop_state_from_json(json.loads(json.dumps(loop_state_to_json(state))), state.arrays)
+    assert back == state and back.virtual_time_s == 7 / 3
+    assert isinstance(back.results[3].reply.exit_accuracy, tuple)
+
+
+def _clients(depths):
+    return [ClientInfo(node_id=100 + i, client_id=i, tier=f"t{d}", depth=d, num_train=10, num_test=2)
+            for i, d in enumerate(depths)]
+
+
+def _saved_and_loaded(strategy, into, tmp_path):
+    """``strategy.state_dict()`` through the checkpoint's files (npz + JSON) into ``into``."""
+    arrays, values = split_strategy_state(strategy.state_dict())
+    clientstate.write_npz(tmp_path / "s.npz", arrays)
+    into.load_state_dict({**clientstate.read_npz(tmp_path / "s.npz"), **json.loads(json.dumps(values))})
+    return into
+
+
+def test_fedadam_state_dict_by_hand_and_round_trip(tmp_path):
+    a = FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    # one step on "k": delta = 1.5 - 1 = 0.5, m = 0.1 * 0.5 = 0.05, v = 0.01 * 0.25 = 0.0025, t = 1
+    a.aggregate_tensor("k", [np.array([1.0]), np.array([2.0])], [1, 1], np.array([1.0]))
+    state = a.state_dict()
+    assert set(state) == {"m/k", "v/k", "t/k"} and state["t/k"] == 1
+    assert state["m/k"][0] == pytest.approx(0.05) and state["v/k"][0] == pytest.approx(0.0025)
+    b = _saved_and_loaded(a, FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3), tmp_path)
+    # the second step, from the original and from the restored strategy: the same bits
+    current = np.array([1.2], np.float32)
+    step = [s.aggregate_tensor("k", [np.array([0.9], np.float32)], [1], current) for s in (a, b)]
+    assert step[0].tobytes() == step[1].tobytes() and b.t == {"k": 2}
+    assert b.m["k"][0] == pytest.approx(0.9 * 0.05 + 0.1 * (0.9 - 1.2), rel=1e-5)
+
+
+def test_feddyn_state_dict_by_hand_and_round_trip(tmp_path):
+    a = FedDyn(alpha=0.5, weighted=False)
+    a.register_clients(_clients([1, 2, 2, 2]))  # M = 4
+    current = {"stages.0.w": np.array([1.0], np.float32), "stages.1.w": np.array([1.0], np.float32)}
+    updates = [{"stages.0.w": np.array([2.0], np.float32)},
+               {"stages.0.w": np.array([4.0], np.float32), "stages.1.w": np.array([3.0], np.float32)}]
+    current = holder_aggregate(updates, [1, 1], current, a.aggregate_tensor)
+    # stages.0: 2 holders, average 3: h = -0.5 * 2/4 * 2 = -0.5; stages.1: 1 holder, average 3: h = -0.25
+    assert {k: float(v[0]) for k, v in a.state_dict().items()} == {"h/stages.0.w": -0.5, "h/stages.1.w": -0.25}
+    b = FedDyn(alpha=0.5, weighted=False)
+    b.register_clients(_clients([1, 2, 2, 2]))
+    _saved_and_loaded(a, b, tmp_path)
+    again = [holder_aggregate(updates, [1, 1], current, s.aggregate_tensor) for s in (a, b)]
+    assert all(again[0][k].tobytes() == again[1][k].tobytes() for k in current)
+
+
+def test_a_stateless_strategy_saves_nothing_and_refuses_foreign_state():
+    assert DepthFL().state_dict() == {}
+    DepthFL().load_state_dict({})
+    with pytest.raises(ValueError, match="keeps no state"):
+        DepthFL().load_state_dict({"h/k": np.zeros(1)})
+    with pytest.raises(ValueError, match="unexpected state entry"):
+        FedAdam().load_state_dict({"x/k": np.zeros(1)})
+    with pytest.raises(TypeError):
+        split_strategy_state({"bad": object()})
+    with pytest.raises(TypeError, match="without pickle"):
+        split_strategy_state({"bad": np.array([object()])})
+
+
+def test_client_files_a_client_reads_and_the_ones_a_checkpoint_prunes(tmp_path):
+    for rnd in (1, 3, 4):
+        clientstate.save_exits(tmp_path, 7, rnd, {"0.w": np.full(2, float(rnd), np.float32)})
+    assert clientstate.load_exits(tmp_path, 7, through=0) is None
+    assert clientstate.load_exits(tmp_path, 7, through=2)["0.w"][0] == 1.0  # rounds 3 and 4 are unseen
+    assert clientstate.load_exits(tmp_path, 7, through=9)["0.w"][0] == 4.0
+    assert clientstate.load_exits(tmp_path, 8, through=9) is None
+    clientstate.prune(tmp_path, through=3)  # the checkpoint of round 3 needs round 3's file, and 4 may follow
+    assert sorted(p.name for p in (tmp_path / "00007").iterdir()) == ["round-000003.npz", "round-000004.npz"]
+    clientstate.drop_after(tmp_path, 3)  # resuming after round 3
+    assert sorted(p.name for p in (tmp_path / "00007").iterdir()) == ["round-000003.npz"]
+
+
+def test_a_half_written_checkpoint_is_ignored(made):
+    checkpoints = Checkpoints(made("depthfl"))
+    (checkpoints.path / ".round-000004.tmp").mkdir(exist_ok=True)
+    try:
+        assert checkpoints.latest().round == 3
+    finally:
+        (checkpoints.path / ".round-000004.tmp").rmdir()
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fl-ee: error: "), err
+    return err
+
+
+def test_run_refuses_a_folder_holding_other_files_and_leaves_them(tmp_path, capsys):
+    (tmp_path / "config.toml").write_text("rounds = 2  # the user's own\n")
+    assert main(["run", str(tmp_path / "config.toml"), "--out", str(tmp_path)]) == 2
+    assert "is not empty and holds no fl-ee run; choose another --out" in _error(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+    assert (tmp_path / "config.toml").read_text() == "rounds = 2  # the user's own\n"
+
+
+def test_run_refuses_an_unfinished_run_naming_both_ways_forward(made, capsys):
+    run = made("depthfl", 2, 1)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["run", "--out", str(run)]) == 2
+    err = _error(capsys)
+    assert f"holds an unfinished run: continue it with `fl-ee resume {run}`, or choose another --out" in err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["resume", "{missing}"], "no run directory at"),
+    (["resume", "{empty}"], "is not an fl-ee run directory (no config.toml)"),
+    (["resume", "{finished}"], "holds a finished run; there is nothing to resume"),
+    (["resume", "{unfinished}", "--set", "rounds=5"], "rounds: cannot be changed on resume (only checkpoint_every"),
+    (["resume", "{unfinished}", "--set", "seed=1"], "seed: cannot be changed on resume"),
+    (["run", "--resume", "{unfinished}", "--out", "{empty}"], "--resume continues the run in DIR"),
+    (["run", "quickstart", "--resume", "{unfinished}"], "drop CONFIG and --out"),
+])
+def test_resume_refusals_are_one_line_with_exit_2(tmp_path, capsys, made, argv, needle):
+    unfinished = made("depthfl", 2, 1)
+    (tmp_path / "empty").mkdir()
+    dirs = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "unfinished": unfinished,
+            "finished": made("depthfl")}
+    before = (unfinished / "rounds.jsonl").read_text()
+    assert main([a.format(**dirs) for a in argv]) == 2
+    assert needle in _error(capsys)
+    assert (unfinished / "rounds.jsonl").read_text() == before
+
+
+def test_resume_refuses_a_config_edited_since_the_checkpoint(made, tmp_path):
+    run = copy_of(made("depthfl", 1, 3), tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("seed = 0", "seed = 3"))
+    with pytest.raises(UserError, match="seed differs from the config the checkpoint was written with"):
+        resume_inprocess(run)
+    (run / "config.toml").write_text(text.replace("checkpoint_every = 1", "checkpoint_every = 5"))
+    resume_inprocess(run)  # a key that changes no result may differ
+    _same_results(run, made("depthfl"))
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("Ray did not start"), KeyboardInterrupt()])
+def test_a_run_that_fails_before_round_1_leaves_nothing_behind(tmp_path, monkeypatch, capsys, failure):
+    import sims.engine
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(sims.engine, "simulate", fail)
+    assert main(["run", "--out", str(tmp_path / "new" / "run")]) in (1, 130)
+    assert not (tmp_path / "new").exists()  # it made both folders, and removed both
+    (tmp_path / "mine").mkdir()
+    assert main(["run", "--out", str(tmp_path / "mine")]) in (1, 130)
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())  # the user's folder stays
+    assert "no round finished" in capsys.readouterr().err or isinstance(failure, KeyboardInterrupt)
