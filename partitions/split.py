@@ -14,14 +14,17 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, PathologicalPartitioner
 
 from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable, warn
 from fl_ee.errors import UserError
 from fl_ee.seeding import Stream, derive_seed, rng
+
+if TYPE_CHECKING:  # imported where a split is computed: readers of the cache never pay for them (~2.5 s)
+    from datasets import Dataset
+    from flwr_datasets.partitioner import Partitioner
 
 MIN_CLIENT_SAMPLES = 2  # one to train on, one to test on
 CACHE_VERSION = 2  # bumped whenever the same parameters would give other splits (2: seed streams)
@@ -36,6 +39,8 @@ class ClientSplit:
 
 
 def _partitioner(scheme: str, num_clients: int, alpha: float, shards_per_client: int, seed: int) -> Partitioner:
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if scheme == "dirichlet":
@@ -100,6 +105,8 @@ def partition_indices(
     split_seed = derive_seed(seed, Stream.PARTITION)
     order = np.random.default_rng(split_seed).permutation(len(labels))
     partitioner = _partitioner(scheme, num_clients, alpha, shards_per_client, split_seed)
+    from datasets import Dataset
+
     partitioner.dataset = Dataset.from_dict({"label": labels[order], "index": order})
     try:
         with warnings.catch_warnings():  # flwr-datasets warns on every Dirichlet resample; a failure says it once
