@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if resuming and (getattr(args, "config", None) or getattr(args, "out", None)):
         raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
     cfg = None if resuming else load_config(args.config, parse_overrides(args.overrides))
+    if getattr(args, "out", None):  # refused before any data is loaded
+        from fl_ee.rundir import check_new_run_dir
+
+        check_new_run_dir(Path(args.out))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
     from fl_ee.checkpoint import Checkpoints
     from fl_ee.client import app as client_app

@@ -123,6 +123,22 @@ def deepest_accuracy(row: Mapping[str, str]) -> float:
 # ------------------------------------------------------------------------------- writer
 
 
+def check_new_run_dir(path: Path) -> None:
+    """Refuse, in one line, a directory that holds a run (finished or not) or anything else.
+
+    Cheap (no file is written), so the CLI asks before it loads any data.
+    """
+    if (path / SUMMARY).exists():
+        raise UserError(f"{path} already holds a finished run; choose another --out")
+    if (path / ROUNDS).exists():
+        raise UserError(f"{path} holds an unfinished run: continue it with `fl-ee resume {path}`, "
+                        "or choose another --out")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is not a directory; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{path} is not empty and holds no fl-ee run; choose another --out")
+
+
 class RunDir(Observer):
     """Writes one run's files under ``path`` as the round loop reports them.
 
@@ -137,26 +153,15 @@ class RunDir(Observer):
 
     @classmethod
     def create(cls, path: str | Path) -> RunDir:
-        """Make the directory for a new run.
-
-        Refuses a directory that holds a run (finished or not) or anything else: an
-        existing directory must be empty. Files are written once the run starts.
-        """
+        """Make the directory for a new run (refused as :func:`check_new_run_dir` says); files come once it starts."""
         path = Path(path)
-        if (path / SUMMARY).exists():
-            raise UserError(f"{path} already holds a finished run; choose another --out")
-        if (path / ROUNDS).exists():
-            raise UserError(f"{path} holds an unfinished run: continue it with `fl-ee resume {path}`, "
-                            "or choose another --out")
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{path} is not a directory; choose another --out")
-        if path.is_dir() and any(path.iterdir()):
-            raise UserError(f"{path} is not empty and holds no fl-ee run; choose another --out")
+        check_new_run_dir(path)
         created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()  # writable? (a read-only mount fools os.access for root)
         except OSError as exc:
-            raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
+            raise UserError(f"cannot write run directory {path}: {exc.strerror}; choose another --out") from None
         return cls(path, created=created)
 
     @classmethod

@@ -193,14 +193,23 @@ def test_a_diverged_run_exits_3_in_one_line_and_stays_reportable(tmp_path):
     assert report.returncode == 0 and "stopped: training diverged" in report.stdout
 
 
-@pytest.mark.e2e
-def test_a_plugin_exception_ends_the_run_in_one_line_naming_it(tmp_path, monkeypatch):
-    name = _plugin(tmp_path, monkeypatch, "raise ValueError('boom')")
-    out = tmp_path / "run"
-    overrides = [a for o in [*TINY, name] for a in ("--set", o)]
-    done = _fl_ee("run", *overrides, "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 1, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.lstrip().startswith("rounds ")]
-    assert lines == ["fl-ee: error: simulation failed: strategy Faulty failed in aggregate_train (round 1): "
-                     "ValueError: boom; no round finished, nothing kept"]
-    assert not out.exists()  # a run that fails before its first round leaves nothing behind
+def test_a_failed_run_says_why_in_one_line_and_keeps_the_traceback(tmp_path, capsys):
+    from fl_ee.cli import _stopped
+
+    try:
+        raise StrategyFault("Faulty", "aggregate_train", 3, "ValueError: boom")
+    except StrategyFault as exc:
+        fault = exc
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rounds.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    assert _stopped(fault, run, debug=False) == 1
+    assert capsys.readouterr().err == (
+        f"fl-ee: error: simulation failed: strategy Faulty failed in aggregate_train (round 3): ValueError: boom; "
+        f"2 finished rounds kept in {run} (traceback in {run / 'error.log'}); `fl-ee resume {run}` continues\n")
+    assert "raise StrategyFault" in (run / "error.log").read_text()
+    # a run that finished no round has been removed by then: nothing to keep, nothing written
+    assert _stopped(fault, tmp_path / "gone", debug=True) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith("ValueError: boom; no round finished, nothing kept")
+    assert "Traceback" in err and not (tmp_path / "gone").exists()  # --debug prints it

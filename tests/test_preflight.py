@@ -1,6 +1,7 @@
 """The preflight: every bad input ends in one line and exit 2 before Ray starts or a run directory exists."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,15 @@ def test_a_dirichlet_split_that_cannot_be_made_names_the_key():
     with pytest.raises(UserError) as info:
         preflight(load_config(None, {"data.num_clients": 600, "data.alpha": 0.01}))
     assert info.value.key == "data.num_clients"
+
+
+def test_an_unusable_out_is_refused_in_one_line_before_any_data_is_loaded(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.toml").write_text("# the user's own file\n")
+    for out, needle in [(mine, "is not empty and holds no fl-ee run"),
+                        (Path("/proc/fl-ee-run"), "cannot write run directory /proc/fl-ee-run")]:
+        assert main(["run", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert (mine / "config.toml").read_text() == "# the user's own file\n"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from inprocess import run_inprocess
+
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 5
@@ -91,8 +93,10 @@ def test_a_run_killed_at_a_random_round_resumes_to_the_same_results(tmp_path, st
     # the victim's clients also sleep their simulated time (pacing changes no result), so that
     # its rounds are long enough to be killed in, however busy the machine
     paced = ["--set", "simulation.pace=true", "--set", "simulation.time_scale=2.0"]
-    with fl_ee("run", *config, "--out", str(reference)) as uninterrupted, \
-            fl_ee("run", *config, *paced, "--out", str(run)) as victim:
+    with fl_ee("run", *config, *paced, "--out", str(run)) as victim:
+        # the uninterrupted run: the same ClientApp and loop in this process (byte-identical to a Ray run,
+        # tests/test_inprocess.py), while the victim starts
+        run_inprocess(reference, config[1::2])
         deadline = time.monotonic() + TIMEOUT_S
         while _lines(run) < kill_after:
             assert victim.poll() is None, f"{why}: the run ended before it was killed: {victim.stderr.read()}"
@@ -105,7 +109,6 @@ def test_a_run_killed_at_a_random_round_resumes_to_the_same_results(tmp_path, st
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
         why += f" (at {_lines(run)})"
-        _finish(uninterrupted)
 
     assert not (run / "summary.json").exists(), why
     with fl_ee("resume", str(run), "--set", "simulation.pace=false") as resumed:
