@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(VENV)/bin/fl-ee run
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 # Lint (ruff) and type-check (mypy), as CI does before the tests.

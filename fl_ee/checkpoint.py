@@ -39,11 +39,12 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from fl_ee import clientstate
+from fl_ee.atomic import atomic_write, read_npz, write_npz
 from fl_ee.config import Config, config_to_dict
 from fl_ee.errors import UserError
 from fl_ee.observers import Observer
 from fl_ee.protocol import EvaluateReply
-from fl_ee.rundir import CHECKPOINT_DIR, atomic_write
+from fl_ee.rundir import CHECKPOINT_DIR
 from fl_ee.summary import Evaluation
 from strategies.base import to_numpy, to_record
 
@@ -180,8 +181,8 @@ class Checkpoint:
     def load(self, strategy: DepthAwareStrategy) -> LoopState:
         """The saved loop state; the saved strategy state goes into ``strategy``."""
         raw = json.loads((self.path / STATE).read_text())
-        state = loop_state_from_json(raw["loop"], to_record(clientstate.read_npz(self.path / ARRAYS)))
-        strategy.load_state_dict({**clientstate.read_npz(self.path / STRATEGY), **raw["strategy"]})
+        state = loop_state_from_json(raw["loop"], to_record(read_npz(self.path / ARRAYS)))
+        strategy.load_state_dict({**read_npz(self.path / STRATEGY), **raw["strategy"]})
         return state
 
 
@@ -256,8 +257,8 @@ class Checkpoints(Observer):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         strategy_arrays, strategy_values = split_strategy_state(strategy.state_dict())
-        clientstate.write_npz(tmp / ARRAYS, to_numpy(state.arrays))
-        clientstate.write_npz(tmp / STRATEGY, strategy_arrays)
+        write_npz(tmp / ARRAYS, to_numpy(state.arrays))
+        write_npz(tmp / STRATEGY, strategy_arrays)
         atomic_write(tmp / STATE, json.dumps({
             "format": FORMAT,
             "round": state.round,

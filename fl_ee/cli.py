@@ -115,8 +115,9 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
     no round has been removed by then: there is nothing to keep (``--debug`` shows the
     traceback).
     """
+    from fl_ee.atomic import atomic_write
     from fl_ee.faults import Diverged
-    from fl_ee.rundir import ERROR_LOG, ROUNDS, atomic_write
+    from fl_ee.rundir import ERROR_LOG, ROUNDS
     from sims.stopping import kept_rounds
 
     cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
@@ -151,8 +152,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``fl-ee report``: the tables of one run directory, and its plots or HTML page on request."""
+    from fl_ee.atomic import atomic_write
     from fl_ee.report import html_page, report_renderables
-    from fl_ee.rundir import SUMMARY, atomic_write, load_run
+    from fl_ee.rundir import SUMMARY, load_run
 
     run = load_run(args.run_dir)
     err = Console(stderr=True, soft_wrap=True)

@@ -17,37 +17,15 @@ them on resume (:func:`drop_after`) and prunes the ones no checkpoint needs any 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fl_ee.atomic import read_npz, write_npz
+
 _ROUND_FILE = re.compile(r"round-(\d+)\.npz")
-
-
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray], fsync: bool = True) -> None:
-    """Replace ``path`` with an uncompressed ``.npz`` of ``arrays`` (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub: 2nd arg is allow_pickle
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file, in the order written; never unpickles anything."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
 
 
 def _client_dir(state_dir: str | Path, client_id: int) -> Path:

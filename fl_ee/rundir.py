@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomllib
 
+from fl_ee.atomic import atomic_write
 from fl_ee.config import Config, config_from_saved, config_to_toml
 from fl_ee.errors import UserError
 from fl_ee.metrics import straggler_summary
@@ -38,21 +38,6 @@ if TYPE_CHECKING:
 CONFIG, ROUNDS, CLIENTS, SUMMARY = "config.toml", "rounds.jsonl", "clients.csv", "summary.json"
 CLIENT_ERRORS, ERROR_LOG = "client-errors.log", "error.log"  # clients' tracebacks; why the run stopped
 CHECKPOINT_DIR = "checkpoint"  # written by fl_ee.checkpoint
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_safe(tree: Any) -> Any:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fl_ee.atomic import write_npz
 from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable, warn
 from fl_ee.errors import UserError
 from fl_ee.seeding import Stream, derive_seed, rng
@@ -165,16 +164,12 @@ def _read(path: Path, num_clients: int, num_samples: int) -> tuple[ClientSplit, 
 
 
 def _write(path: Path, splits: tuple[ClientSplit, ...]) -> None:
-    """Save with a checksum to a temporary file, then rename it into place (atomic; replaces a damaged file)."""
+    """Save with a checksum, atomically (replaces a damaged file)."""
     arrays = {f"{kind}{i}": np.asarray(getattr(s, kind), dtype=np.int64)
               for i, s in enumerate(splits) for kind in ("train", "test")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, allow_pickle=False, checksum=np.array(checksum(*arrays.values())), **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_npz(path, {"checksum": np.array(checksum(*arrays.values())), **arrays}, fsync=False)
     except OSError:  # an unwritable cache only costs the next process a recomputation
         pass
 

@@ -17,6 +17,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from fl_ee import clientstate
+from fl_ee.atomic import read_npz, write_npz
 from fl_ee.checkpoint import (
     Checkpoints,
     LoopState,
@@ -64,7 +65,7 @@ def _poison_stale_exits(run: Path, after: int) -> int:
     """Overwrite every client file of a round after ``after`` with zeros; how many there were."""
     stale = [p for p in (run / "checkpoint" / "clients").glob("*/round-*.npz") if int(p.stem[6:]) > after]
     for path in stale:
-        clientstate.write_npz(path, {k: np.zeros_like(v) for k, v in clientstate.read_npz(path).items()})
+        write_npz(path, {k: np.zeros_like(v) for k, v in read_npz(path).items()})
     return len(stale)
 
 
@@ -161,8 +162,8 @@ def _clients(depths):
 def _saved_and_loaded(strategy, into, tmp_path):
     """``strategy.state_dict()`` through the checkpoint's files (npz + JSON) into ``into``."""
     arrays, values = split_strategy_state(strategy.state_dict())
-    clientstate.write_npz(tmp_path / "s.npz", arrays)
-    into.load_state_dict({**clientstate.read_npz(tmp_path / "s.npz"), **json.loads(json.dumps(values))})
+    write_npz(tmp_path / "s.npz", arrays)
+    into.load_state_dict({**read_npz(tmp_path / "s.npz"), **json.loads(json.dumps(values))})
     return into
 
 
