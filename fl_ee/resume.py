@@ -17,7 +17,7 @@ from fl_ee.checkpoint import RESUMABLE_KEYS, Checkpoints, config_difference
 from fl_ee.config import Config, load_config
 from fl_ee.errors import UserError
 from fl_ee.preflight import preflight
-from fl_ee.rundir import CONFIG, ROUNDS, SUMMARY, RunDir
+from fl_ee.rundir import CONFIG, RunDir, check_unfinished_run_dir
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,7 @@ def prepare_resume(path: str | Path, overrides: dict[str, Any]) -> Resume:
     edited since the checkpoint was written.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"no run directory at {path}")
-    if (path / SUMMARY).exists():
-        raise UserError(f"{path} holds a finished run; there is nothing to resume")
-    for name in (CONFIG, ROUNDS):
-        if not (path / name).is_file():
-            raise UserError(f"{path} is not an fl-ee run directory (no {name})")
+    check_unfinished_run_dir(path)
     for key in overrides:
         if key not in RESUMABLE_KEYS:
             raise UserError(f"cannot be changed on resume (only {', '.join(RESUMABLE_KEYS)} can)", key=key)
@@ -54,4 +48,4 @@ def prepare_resume(path: str | Path, overrides: dict[str, Any]) -> Resume:
     if latest is not None and (changed := config_difference(latest.config, cfg)) is not None:
         raise UserError(f"{path / CONFIG}: {changed} differs from the config the checkpoint was written with")
     after = latest.round if latest else 0
-    return Resume(cfg, RunDir.reopen(path, after), checkpoints, after)
+    return Resume(cfg, RunDir(path, resume_after=after), checkpoints, after)

@@ -124,10 +124,27 @@ def check_new_run_dir(path: Path) -> None:
         raise UserError(f"{path} is not empty and holds no fl-ee run; choose another --out")
 
 
+def check_run_dir(path: Path) -> None:
+    """Refuse, in one line, a missing directory or one that holds no fl-ee run."""
+    if not path.is_dir():
+        raise UserError(f"no run directory at {path}")
+    for name in (CONFIG, ROUNDS):
+        if not (path / name).is_file():
+            raise UserError(f"{path} is not an fl-ee run directory (no {name})")
+
+
+def check_unfinished_run_dir(path: Path) -> None:
+    """Refuse, in one line, anything but the directory of an unfinished run."""
+    check_run_dir(path)
+    if (path / SUMMARY).exists():
+        raise UserError(f"{path} holds a finished run; there is nothing to resume")
+
+
 class RunDir(Observer):
     """Writes one run's files under ``path`` as the round loop reports them.
 
-    Make one with :meth:`create` (a new run) or :meth:`reopen` (a resumed one).
+    A new run's comes from :meth:`create`; a resumed run's is ``RunDir(path, resume_after=r)``
+    once :func:`check_unfinished_run_dir` accepted ``path`` (:mod:`fl_ee.resume`).
     """
 
     def __init__(self, path: Path, *, created: Path | None = None, resume_after: int | None = None) -> None:
@@ -148,17 +165,6 @@ class RunDir(Observer):
         except OSError as exc:
             raise UserError(f"cannot write run directory {path}: {exc.strerror}; choose another --out") from None
         return cls(path, created=created)
-
-    @classmethod
-    def reopen(cls, path: str | Path, resume_after: int) -> RunDir:
-        """An unfinished run's directory, to be continued after round ``resume_after`` (its checkpoint's)."""
-        path = Path(path)
-        if (path / SUMMARY).exists():
-            raise UserError(f"{path} holds a finished run; there is nothing to resume")
-        for name in (CONFIG, ROUNDS):
-            if not (path / name).is_file():
-                raise UserError(f"{path} is not an fl-ee run directory (no {name})")
-        return cls(path, resume_after=resume_after)
 
     def discard_if_unstarted(self) -> bool:
         """After a failure: remove what a new run wrote if it finished no round; whether it did.
@@ -334,11 +340,7 @@ def load_run(path: str | Path) -> Run:
     Its ``config.toml`` is read even where today's validation would refuse it.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"no run directory at {path}")
-    for name in (CONFIG, ROUNDS):
-        if not (path / name).is_file():
-            raise UserError(f"{path} is not an fl-ee run directory (no {name})")
+    check_run_dir(path)
     try:
         config = config_from_saved(tomllib.loads((path / CONFIG).read_text()))
     except (tomllib.TOMLDecodeError, UserError) as exc:
