@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
@@ -60,11 +59,6 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
         raise CacheDamaged(f"{path.name} is missing") from None
     except (OSError, ValueError, EOFError) as exc:  # truncated, object dtype, a pickle, not .npy at all
         raise CacheDamaged(f"{path.name} is unreadable ({unreadable(exc)})") from None
-
-
-def warn(message: str) -> None:
-    """One line on stderr, as the CLI prints its errors."""
-    print(f"fl-ee: warning: {message}", file=sys.stderr)
 
 
 def discard(path: Path) -> None:

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fl_ee.cache import CacheDamaged, cache_root, checksum, discard, load_array, one_line, warn
+from fl_ee.cache import CacheDamaged, cache_root, checksum, discard, load_array, one_line
 from fl_ee.config import Config, DataConfig
-from fl_ee.errors import UserError
+from fl_ee.errors import UserError, warn
 from fl_ee.models import ModelSpec
 from partitions import ClientSplit, client_splits
 

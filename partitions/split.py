@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fl_ee.atomic import write_npz
-from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable, warn
-from fl_ee.errors import UserError
+from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable
+from fl_ee.errors import UserError, warn
 from fl_ee.seeding import Stream, derive_seed, rng
 
 if TYPE_CHECKING:  # imported where a split is computed: readers of the cache never pay for them (~2.5 s)
