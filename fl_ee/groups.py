@@ -109,6 +109,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def setting_key(run: Run) -> dict[str, Any]:
     """The config that makes a setting: the run's, without its seed and the keys that change no result."""
     raw = resumable_config(run.config)
@@ -130,7 +134,7 @@ def group_runs(runs: Sequence[Run]) -> list[Setting]:
         if len(folders) == 1 and len(runs_of) == sum(r.path.name.startswith(SEED_PREFIX) for r in runs_of):
             name = folders.pop()
         else:
-            name = ",".join(f"{k}={flat.get(k)}" for k in differing) or "all"
+            name = ",".join(f"{k}={_text(flat.get(k))}" for k in differing) or "all"
         settings.append(Setting(name, tuple(runs_of)))
     names = [s.name for s in settings]
     if len(set(names)) < len(names):  # two sweeps with a setting folder of the same name

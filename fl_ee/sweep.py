@@ -292,6 +292,8 @@ def run_sweep(jobs: Sequence[Job], root: Path, spec: dict[str, Any], launch: Lau
                     time.sleep(POLL_S)
     except (KeyboardInterrupt, _Stop):
         _stop(running)
+        console.print(f"sweep stopped; {sum(j.finished for j in jobs)} of {len(jobs)} runs finished, the same command "
+                      "continues it")
         raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -314,7 +316,7 @@ def _stop(running: dict[Job, Handle]) -> None:
 def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[int], out: str | None,
               parallel: int) -> int:
     """``fl-ee sweep``: plan and validate, run, then print the settings compared (exit 1 if a run failed)."""
-    from fl_ee.groups import load_settings, settings_table
+    from fl_ee.groups import group_runs, settings_table
     from sims.backend import check_backend
 
     if parallel < 1:
@@ -328,8 +330,8 @@ def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[
     err.print(f"sweep of {len(jobs)} runs in {root}: {len(jobs) - todo} finished before, {todo} to run")
     spec = {"config": config, "set": sets, "grid": parse_grid(grid), "seeds": seeds}
     failed = run_sweep(jobs, root, spec, launch_subprocess, parallel, err)
-    if any(j.finished for j in jobs):
-        settings = load_settings([root])
+    if finished := [load_run(j.path) for j in jobs if j.finished]:
+        settings = group_runs(finished)  # in the order of the grid
         Console().print(settings_table(settings, settings[0]))
     err.print(f"results in {root / SWEEP_JSON}" + (f"; {len(failed)} runs failed (see their logs); the same "
                                                    "command runs them again" if failed else ""))
