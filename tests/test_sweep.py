@@ -221,3 +221,18 @@ def test_the_sweep_command_resumes_only_the_interrupted_run(tmp_path):
     sweep = json.loads((tmp_path / SWEEP_JSON).read_text())
     assert sweep["runs"]["finished"] == 2 and sweep["settings"]["strategy.name=depthfl"]["seeds"] == [0, 1]
     assert "Settings compared" in done.stdout
+
+
+def test_report_of_a_sweep_root_prints_the_settings_and_draws_their_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    means = {"depthfl": [0.70, 0.72, 0.74], "exclusive": [0.60, 0.63, 0.66]}
+    for name, values in means.items():
+        for seed, mean in enumerate(values):
+            _fake_run(tmp_path / f"strategy.name={name}" / f"seed-{seed}", name, seed, mean, 0.8)
+    assert main(["report", str(tmp_path), "--plots"]) == 0
+    out, err = capsys.readouterr()
+    assert "strategy.name=depthfl (baseline)" in out and "paired t-test" in out
+    assert "plots in" in err and "skipped" not in err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy_rounds.png", "metrics.png"]
+    assert main(["report", str(tmp_path), "--json"]) == 2  # no sweep.json: not made by fl-ee sweep
+    assert capsys.readouterr().err.strip() == f"fl-ee: error: {tmp_path} has no sweep.json"
