@@ -150,7 +150,7 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
     jobs = [Job(name, seed, config, overrides, _named(name, seed, preflight, cfg), root / name / f"{SEED_PREFIX}{seed}")
             for name, seed, overrides, cfg in runs]
     for job in jobs:
-        _check_existing(job)
+        check_existing(job)
     return jobs
 
 
@@ -162,7 +162,7 @@ def _named(setting: str, seed: int, check: Callable[..., Config], *args: Any) ->
         raise UserError(f"{exc} (in setting {setting}, seed {seed})") from None
 
 
-def _check_existing(job: Job) -> None:
+def check_existing(job: Job) -> None:
     """A run directory of the sweep is new, empty, or holds a run of this very config."""
     if job.started:
         saved = load_run(job.path).config

@@ -1,7 +1,9 @@
 """``fl-ee sweep`` (planning, bad input, resumption, ``sweep.json``) and ``fl-ee compare`` over settings."""
 
+import dataclasses
 import io
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +13,12 @@ from rich.console import Console
 
 from fl_ee.cli import main
 from fl_ee.config import config_to_toml, load_config
+from fl_ee.errors import UserError
 from fl_ee.groups import expand, group_runs
 from fl_ee.observers import Observer
 from fl_ee.rundir import load_run
 from fl_ee.stats import PAIRED, WELCH
-from fl_ee.sweep import SWEEP_JSON, plan, run_sweep
+from fl_ee.sweep import SWEEP_JSON, check_existing, plan, run_sweep
 from inprocess import resume_inprocess, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]
@@ -54,13 +57,14 @@ def test_a_sweep_refuses_a_folder_holding_another_config(tmp_path):
     jobs[0].path.mkdir(parents=True)  # a run of this config, as far as the sweep looks
     (jobs[0].path / "config.toml").write_text(config_to_toml(jobs[0].cfg))
     (jobs[0].path / "rounds.jsonl").write_text("")
-    assert plan(None, TINY, GRID, [0], tmp_path)[0].started
-    with pytest.raises(Exception, match=r"holds a run whose rounds differs from this sweep's"):
-        plan(None, [*TINY, "rounds=3"], GRID, [0], tmp_path)
-    (tmp_path / "strategy.name=exclusive" / "seed-0").mkdir(parents=True)
-    (tmp_path / "strategy.name=exclusive" / "seed-0" / "notes.txt").write_text("mine")
-    with pytest.raises(Exception, match="in the way of this sweep's run"):
-        plan(None, TINY, GRID, [0], tmp_path)
+    check_existing(jobs[0])
+    longer = dataclasses.replace(jobs[0], cfg=jobs[0].cfg.model_copy(update={"rounds": 3}))
+    with pytest.raises(UserError, match=r"holds a run whose rounds differs from this sweep's; choose another --out"):
+        check_existing(longer)
+    jobs[1].path.mkdir(parents=True)
+    (jobs[1].path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="in the way of this sweep's run"):
+        check_existing(jobs[1])
 
 
 # --------------------------------------------------------------------------- resumption
@@ -135,6 +139,37 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
     failed = run_sweep(jobs, tmp_path, {}, lambda job, resume: Ended(1), 1, Console(file=io.StringIO()))
     assert failed == {f"{j.setting}/seed-0": "exit 1: fl-ee: error: simulation failed: boom" for j in jobs}
     assert json.loads((tmp_path / SWEEP_JSON).read_text())["runs"]["failed"] == failed
+
+
+class Running:
+    """A run that goes on until it is asked to stop; Ctrl-C reaches the sweep while it looks at it."""
+
+    def __init__(self) -> None:
+        self.signals, self.polls = [], 0
+
+    def poll(self):
+        self.polls += 1
+        if self.polls == 2:
+            raise KeyboardInterrupt
+        return 130 if self.signals else None
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+def test_ctrl_c_stops_the_running_runs_and_the_sweep(tmp_path):
+    jobs = plan(None, TINY, GRID, [0], tmp_path)
+    started = []
+
+    def launch(job, resume):
+        started.append(Running())
+        return started[-1]
+
+    console = Console(file=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(jobs, tmp_path, {}, launch, 1, console)
+    assert len(started) == 1 and started[0].signals == [signal.SIGINT]  # asked once, as Ctrl-C would; it stopped
+    assert "sweep stopped; 0 of 2 runs finished, the same command continues it" in console.file.getvalue()
 
 
 # ------------------------------------------------------------------- grouping and compare
