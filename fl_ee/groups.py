@@ -36,8 +36,8 @@ def headline(max_depth: int) -> list[Metric]:
 
     :data:`~fl_ee.report.COMPARED`, adaptive accuracy and the global model's accuracy at each exit.
     """
-    return [*COMPARED[:5], ("adaptive accuracy %", "adaptive_accuracy", pct, True),
-            *((f"global exit{i} %", f"global_exit{i}", pct, True) for i in range(1, max_depth + 1)), *COMPARED[5:]]
+    return [*COMPARED, ("adaptive accuracy %", "adaptive_accuracy", pct, True),
+            *((f"global exit{i} %", f"global_exit{i}", pct, True) for i in range(1, max_depth + 1))]
 
 
 def headline_values(run: Run) -> dict[str, float | None]:
