@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from fl_ee.policies import adaptive_inference, confident, exit_choice
+from fl_ee.policies import (
+    CONFIDENCE_GRID,
+    adaptive_inference,
+    confident,
+    exit_choice,
+    overthinking,
+    patience_choice,
+    policy_grid,
+)
 
 
 def test_entropy_and_max_prob_thresholds():
@@ -33,3 +41,31 @@ def test_adaptive_inference_by_hand():
     assert result.accuracy == pytest.approx(0.5)
     assert result.expected_flops == pytest.approx((100 + 100 + 300 + 300) / 4)
     assert result.exit_fractions == (0.5, 0.5)
+
+
+def test_patience_leaves_once_that_many_consecutive_exits_agree():
+    # predicted classes per exit (rows) for 4 samples (columns)
+    predictions = torch.tensor([[0, 1, 2, 0],
+                                [0, 2, 2, 1],
+                                [0, 2, 1, 0],
+                                [1, 2, 1, 1]])
+    assert patience_choice(predictions, 1).tolist() == [0, 0, 0, 0]  # one exit always agrees with itself
+    # 2: sample 0 at exit 2 (exits 1-2 agree), 1 at exit 3 (2-3), 2 at exit 2 (1-2), 3 never: the last exit
+    assert patience_choice(predictions, 2).tolist() == [1, 2, 1, 3]
+    assert patience_choice(predictions, 3).tolist() == [2, 3, 3, 3]
+    logits = [torch.nn.functional.one_hot(p, 3).float() for p in predictions]
+    assert exit_choice(logits, "patience", 2.0).tolist() == [1, 2, 1, 3]
+
+
+def test_overthinking_counts_samples_right_earlier_but_wrong_at_the_deepest():
+    right, wrong = [5.0, 0.0], [0.0, 5.0]
+    exit1 = torch.tensor([right, right, wrong, wrong])
+    exit2 = torch.tensor([wrong, right, right, wrong])
+    exit3 = torch.tensor([wrong, right, wrong, wrong])
+    # sample 0: right at 1, wrong at 3; 1: right at 3; 2: right at 2, wrong at 3; 3: never right
+    assert overthinking([exit1, exit2, exit3], torch.zeros(4, dtype=torch.long)) == pytest.approx(0.5)
+
+
+def test_the_grid_holds_the_configured_threshold_and_patience_counts_exits():
+    assert 0.42 in policy_grid("entropy", 0.42, 2, 4) and policy_grid("max-prob", 0.5, 2, 4) == CONFIDENCE_GRID
+    assert policy_grid("patience", 0.5, 2, 3) == (1.0, 2.0, 3.0)
