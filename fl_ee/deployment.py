@@ -24,7 +24,7 @@ import torch
 from fl_ee.calibration import ece, exit_ece, fit_temperatures, reliability_bins, scaled
 from fl_ee.config import Config, ExitPolicyConfig
 from fl_ee.metrics import exit_distribution, exit_means, flops_saving, mean_or_none, weighted_average
-from fl_ee.policies import POLICIES, AdaptiveResult, adaptive_inference, overthinking, policy_grid
+from fl_ee.policies import POLICIES, AdaptiveResult, adaptive_sweep, overthinking, policy_grid
 from fl_ee.protocol import EvaluateReply
 from fl_ee.thresholds import RULES, Curve, pareto_front, pooled, select
 
@@ -77,7 +77,7 @@ class PolicyFigures:
 def _sweep(logits: Sequence[torch.Tensor], y: torch.Tensor, costs: Sequence[float],
            temperatures: Sequence[float], all_grids: Mapping[str, Sequence[float]]) -> dict[str, list[AdaptiveResult]]:
     calibrated = scaled(logits, temperatures)
-    return {p: [adaptive_inference(calibrated if p == "calibrated" else logits, y, costs, p, t) for t in grid]
+    return {p: adaptive_sweep(calibrated if p == "calibrated" else logits, y, costs, p, grid)
             for p, grid in all_grids.items()}
 
 

@@ -204,7 +204,10 @@ def efficiency_table(run: Run) -> Table | None:
         "Efficiency",
         [*((f"exit {i} share %", pct(v)) for i, v in (shares.items() if isinstance(shares, dict) else ())),
          ("expected MFLOPs", mflops(get(e, "expected_flops"))), ("saving vs full %", pct(get(e, "flops_saving")))],
-        caption=f"per test sample; {policy.name} exit policy, threshold {policy.threshold}",
+        caption=f"per test sample; {policy.name} exit policy, "
+                + ((f"patience {policy.patience}" if policy.name == "patience" else f"threshold {policy.threshold}")
+                   if policy.thresholds == "fixed"
+                   else f"{policy.thresholds} thresholds, {policy.scope} scope"),
     )
 
 

@@ -125,5 +125,5 @@ def test_evaluate_reports_the_full_cost_and_every_policys_curves():
     assert m.adaptive_accuracy in test[policy.name][0] and m.expected_flops in test[policy.name][1]
     assert test["entropy"][1][-1] == costs[0]  # normalised entropy <= 1: every sample leaves at exit 1
     assert test["patience"][1][0] == costs[0] and calib["patience"][1][-1] == costs[-1]
-    assert m.calib_examples == round(policy.calibration_fraction * (len(client_data(CFG, 0)[1]) + m.calib_examples))
+    assert m.calib_examples == len(client_data(CFG, 0)[1])  # fraction 0: calibrated on the training samples
     assert len(m.ece) == len(m.ece_calibrated) == len(m.temperatures) == 3 and 0 <= m.overthinking <= 1
