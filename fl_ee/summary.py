@@ -95,8 +95,8 @@ def build_summary(
 
     ``results`` holds each client's latest evaluation, ``global_by_exit`` the global
     model's last evaluation, ``clocks`` every round's clock record, and ``accuracy_at``
-    the (virtual time, personalised mean) of every evaluation round; the adaptive figures
-    are those of :func:`with_deployed_thresholds`.
+    the (virtual time, personalised mean) of every evaluation round; the results' adaptive
+    figures are those :func:`with_deployed_thresholds` set (the server sets them each round).
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
     evaluated, replies = _evaluated(clients, results)
