@@ -22,9 +22,9 @@ from flwr.common.constant import ErrorCode
 
 from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
-from fl_ee.data import client_data, load_dataset, run_splits
+from fl_ee.data import calibration_size, client_calibration, client_data, load_dataset, run_splits
+from fl_ee.deployment import policy_figures
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
-from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.protocol import (
     ARRAYS,
     PERSONAL_EXITS,
@@ -109,8 +109,10 @@ def _personal_heads(
 def query(msg: Message, context: Context) -> Message:
     """Report who this node is: its client id and local data sizes."""
     client_id = client_id_of(context)
-    split = run_splits(instructions_of(msg).config)[client_id]  # sizes only: no need to gather the images
-    return reply(msg, ClientReport(client_id, num_train=len(split.train), num_test=len(split.test)))
+    cfg = instructions_of(msg).config
+    split = run_splits(cfg)[client_id]  # sizes only: no need to gather the images
+    held_out = calibration_size(len(split.train), cfg.exit_policy.calibration_fraction)
+    return reply(msg, ClientReport(client_id, num_train=len(split.train) - held_out, num_test=len(split.test)))
 
 
 @app.train()
@@ -149,15 +151,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     instructions, cfg, model = _setup(msg)
     client_id = client_id_of(context)
     _, _, x, y = client_data(cfg, client_id)
+    calib_x, calib_y = client_calibration(cfg, client_id)
     if cfg.personalisation.mode == "exits":
         heads = _personal_heads(model, context, instructions, through=instructions.server_round)
     else:
         heads = model.exits
     logits = exit_logits(model, x, heads)
     costs = depth_flops(model.spec, model.depth).exit_costs()
-    policy = cfg.exit_policy.name
-    adaptive = adaptive_inference(logits, y, costs, policy, cfg.exit_policy.threshold)
-    sweep = [adaptive_inference(logits, y, costs, policy, t) for t in SWEEP_THRESHOLDS]
+    policies = policy_figures(exit_logits(model, calib_x, heads), calib_y, logits, y, costs, cfg.exit_policy,
+                              cfg.max_depth)
+    adaptive = policies.adaptive
     metrics = EvaluateReply(
         client_id=client_id,
         num_examples=len(y),
@@ -167,7 +170,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         expected_flops=adaptive.expected_flops,
         exit_fractions=adaptive.exit_fractions,
         full_flops=float(costs[-1]),
-        sweep_accuracy=tuple(r.accuracy for r in sweep),
-        sweep_flops=tuple(r.expected_flops for r in sweep),
+        **policies.wire(),
     )
     return reply(msg, metrics)

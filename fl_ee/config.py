@@ -102,8 +102,18 @@ class StrategyConfig(_Section):
 class ExitPolicyConfig(_Section):
     """When a sample leaves the network early at inference time."""
 
-    name: Annotated[Literal["entropy", "max-prob"], Field(description="the early-exit rule")] = "entropy"
-    threshold: Annotated[float, Field(ge=0, le=1, description="the rule's threshold t")] = 0.5
+    name: Annotated[Literal["entropy", "max-prob", "calibrated", "patience"],
+                    Field(description="the early-exit rule")] = "patience"
+    threshold: Annotated[float, Field(ge=0, le=1, description="the rule's fixed threshold t")] = 0.5
+    patience: Annotated[int, Field(ge=1, le=MAX_DEPTH, description="patience's fixed number of agreeing exits")] = 2
+    thresholds: Annotated[Literal["fixed", "budget", "accuracy"],
+                          Field(description="how the threshold is chosen on the calibration split")] = "fixed"
+    scope: Annotated[Literal["personal", "tier", "global"],
+                     Field(description="thresholds chosen per client, per tier, or once for all")] = "global"
+    flops_budget: Annotated[float, Field(gt=0, le=1, description="budget rule: FLOPs per sample / full submodel")] = 0.5
+    max_drop: Annotated[float, Field(ge=0, le=1, description="accuracy rule: allowed drop vs the deepest exit")] = 0.01
+    calibration_fraction: Annotated[float, Field(
+        ge=0, lt=1, description="local train data held out to calibrate (0: calibrate on the train data)")] = 0.0
 
 
 class SimulationConfig(_Section):

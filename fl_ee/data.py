@@ -35,6 +35,7 @@ from fl_ee.cache import CacheDamaged, cache_root, checksum, discard, load_array,
 from fl_ee.config import Config, DataConfig
 from fl_ee.errors import UserError, warn
 from fl_ee.models import ModelSpec
+from fl_ee.seeding import Stream, rng
 from partitions import ClientSplit, client_splits
 
 DIGITS_TEST_FRACTION = 0.25
@@ -407,9 +408,34 @@ def run_splits(cfg: Config) -> tuple[ClientSplit, ...]:
     return client_splits(labels, d.num_clients, d.partitioner, d.alpha, d.shards_per_client, d.test_fraction, cfg.seed)
 
 
+def calibration_size(num_train: int, fraction: float) -> int:
+    """How many of ``num_train`` samples a client holds out for calibration: none at 0, else one to n - 1."""
+    return 0 if fraction == 0 else max(0, min(num_train - 1, max(1, round(fraction * num_train))))
+
+
+def _train_and_calibration(cfg: Config, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A client's training indices and its calibration indices (its whole train split when none is held out)."""
+    train = run_splits(cfg)[client_id].train
+    n = calibration_size(len(train), cfg.exit_policy.calibration_fraction)
+    if n == 0:
+        return train, train
+    order = rng(cfg.seed, Stream.CALIBRATION, client_id).permutation(train)
+    return np.sort(order[n:]), np.sort(order[:n])
+
+
 def client_data(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A client's local train and test tensors (x_train, y_train, x_test, y_test)."""
+    """A client's local train and test tensors (x_train, y_train, x_test, y_test); train omits calibration samples."""
     data = load_dataset(cfg.data)
-    split = run_splits(cfg)[client_id]
-    train, test = torch.from_numpy(split.train), torch.from_numpy(split.test)
+    train = torch.from_numpy(_train_and_calibration(cfg, client_id)[0])
+    test = torch.from_numpy(run_splits(cfg)[client_id].test)
     return data.train_x[train], data.train_y[train], data.train_x[test], data.train_y[test]
+
+
+def client_calibration(cfg: Config, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A client's calibration samples: ``exit_policy.calibration_fraction`` of its train split, held out of training.
+
+    At fraction 0 nothing is held out and the client calibrates on its training samples.
+    """
+    data = load_dataset(cfg.data)
+    held_out = torch.from_numpy(_train_and_calibration(cfg, client_id)[1])
+    return data.train_x[held_out], data.train_y[held_out]

@@ -182,31 +182,57 @@ def exit_distribution_by_tier(run: Run) -> Figure:
 
 
 def accuracy_vs_flops(run: Run) -> Figure:
-    """Adaptive accuracy against FLOPs per sample as the exit threshold sweeps its grid, per tier."""
-    sweep = get(run.summary, "exit_sweep")
-    if sweep is None:
-        raise Skip("no exit_sweep in summary.json (the run did not finish, or an older fl-ee wrote it)")
-    by_tier = _tier_efficiency(run)
-    if not any(isinstance(curve, dict) for curve in (get(sweep, "by_tier") or {}).values()):
+    """Per tier, every exit policy's accuracy against FLOPs per sample over its threshold grid.
+
+    Also the Pareto front over all of them, and the deployed point (the configured
+    policy, rule and scope).
+    """
+    budgeted = get(run.summary, "deployment", "budgeted", "by_tier")
+    if budgeted is None:
+        raise Skip("no deployment.budgeted in summary.json (the run did not finish, or an older fl-ee wrote it)")
+    tiers = [t for t in run.tiers if isinstance(budgeted.get(t), dict)]
+    if not tiers:
         raise _no_evaluation(run)
-    adaptive = get(run.summary, "accuracy", "personalised", "adaptive_by_tier")
-    policy = run.config.exit_policy
-    thresholds = sweep["thresholds"]
-    fig, ax = _axes(f"Adaptive accuracy vs. cost, {policy.name} thresholds {thresholds[0]:g} to {thresholds[-1]:g}",
-                    "expected MFLOPs per sample", "adaptive accuracy (%)")
-    colours = tier_colours(run.tiers)
-    for tier in run.tiers:
-        curve = sweep["by_tier"].get(tier)
-        if not isinstance(curve, dict):
-            continue
-        ax.plot([f / 1e6 for f in curve["expected_flops"]], [100 * a for a in curve["adaptive_accuracy"]],
-                marker="o", markersize=4, color=colours[tier], label=_label(run, tier))
-        here, accuracy = get(by_tier, tier, "expected_flops"), get(adaptive, tier)
-        if here is not None and accuracy is not None:
-            ax.scatter([here / 1e6], [100 * accuracy], marker="*", s=250, color=colours[tier], edgecolors="black",
-                       zorder=3)
-    ax.scatter([], [], marker="*", s=150, color="white", edgecolors="black",
-               label=f"this run's threshold ({policy.threshold})")
+    anytime = get(run.summary, "deployment", "anytime") or {}
+    fig = Figure(figsize=(4.2 * len(tiers), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(tiers), squeeze=False)[0]
+    markers = dict(zip(budgeted[tiers[0]]["curves"], "os^D"))
+    for ax, tier in zip(axes, tiers):
+        curves = budgeted[tier]["curves"]
+        for name, curve in curves.items():
+            ax.plot([f / 1e6 for f in curve["expected_flops"]], [100 * a for a in curve["accuracy"]],
+                    marker=markers.get(name, "o"), markersize=3, linewidth=1, alpha=0.7, label=name)
+        front = [curves[name] for name, _ in budgeted[tier]["pareto"]]
+        ax.plot([c["expected_flops"][j] / 1e6 for c, (_, j) in zip(front, budgeted[tier]["pareto"])],
+                [100 * c["accuracy"][j] for c, (_, j) in zip(front, budgeted[tier]["pareto"])],
+                "k--", linewidth=1.5, label="Pareto front")
+        here = get(anytime, "by_tier", tier)
+        if isinstance(here, dict) and here.get("expected_flops") is not None:
+            ax.scatter([here["expected_flops"] / 1e6], [100 * here["accuracy"]], marker="*", s=250,
+                       color=tier_colours(run.tiers)[tier], edgecolors="black", zorder=3, label="deployed")
+        ax.set(title=_label(run, tier), xlabel="expected MFLOPs per sample", ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"Accuracy vs. cost over thresholds; deployed: {get(anytime, 'policy')}, "
+                 f"{get(anytime, 'thresholds')} thresholds, {get(anytime, 'scope')} scope")
+    return fig
+
+
+def reliability_diagram(run: Run) -> Figure:
+    """Accuracy against confidence over all exits and clients, before and after temperature scaling."""
+    calibration = get(run.summary, "calibration")
+    if calibration is None:
+        raise Skip("no calibration in summary.json (the run did not finish, or an older fl-ee wrote it)")
+    if get(calibration, "reliability", "before") is None:
+        raise _no_evaluation(run)
+    fig, ax = _axes("Reliability of the exits (every exit of every client)", "confidence", "accuracy")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=1, label="perfectly calibrated")
+    for key, style, name in (("before", "o--", "before scaling"), ("after", "s-", "after temperature scaling")):
+        bins = [b for b in calibration["reliability"][key] if b[0] > 0]
+        ece = get(calibration, "ece" if key == "before" else "ece_calibrated")
+        ax.plot([b[2] / b[0] for b in bins], [b[1] / b[0] for b in bins], style,
+                label=f"{name} (ECE {100 * ece:.1f}%)" if ece is not None else name)
+    ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize="small")
     return fig
 
@@ -283,6 +309,7 @@ PLOTS: dict[str, Callable[[Run], Figure]] = {
     "client_accuracy_cdf": client_accuracy_cdf,
     "exit_distribution": exit_distribution_by_tier,
     "accuracy_vs_flops": accuracy_vs_flops,
+    "reliability": reliability_diagram,
     "round_time": round_times,
     "participation": participation_by_tier,
 }

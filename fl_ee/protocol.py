@@ -119,8 +119,11 @@ class EvaluateReply(Payload):
 
     Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
     there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
-    sample) under the policy; ``full_flops`` per sample of its whole submodel; and the
-    adaptive figures at every threshold of ``fl_ee.policies.SWEEP_THRESHOLDS``.
+    sample) under the policy; ``full_flops`` per sample of its whole submodel. The
+    fields from ``exit_flops`` on are :class:`fl_ee.deployment.PolicyFigures`: every
+    policy's curves on the calibration and test splits, temperatures, ECE, reliability
+    bins and overthinking. The server replaces the adaptive figures by those at the
+    thresholds of the configured scope (:func:`fl_ee.deployment.deployed`).
     """
 
     client_id: int
@@ -131,8 +134,17 @@ class EvaluateReply(Payload):
     expected_flops: float
     exit_fractions: tuple[float, ...]
     full_flops: float
-    sweep_accuracy: tuple[float, ...]
-    sweep_flops: tuple[float, ...]
+    exit_flops: tuple[float, ...]
+    calib_examples: int
+    calib_accuracy: float
+    calib_curves: tuple[float, ...]
+    test_curves: tuple[float, ...]
+    fraction_curve: tuple[float, ...]
+    temperatures: tuple[float, ...]
+    ece: tuple[float, ...]
+    ece_calibrated: tuple[float, ...]
+    reliability: tuple[float, ...]
+    overthinking: float
 
 
 # ----------------------------------------------------------------------------- messages

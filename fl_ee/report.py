@@ -59,6 +59,11 @@ def points(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} pp"
 
 
+def millis(value: float | None) -> str:
+    """Milliseconds with four decimals; ``-`` for none."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def count(value: int | None) -> str:
     """A count; ``-`` for none."""
     return "-" if value is None else str(value)
@@ -143,6 +148,36 @@ def _key_values(title: str, rows: Sequence[tuple[str, str]], caption: str | None
     return table
 
 
+def policy_table(run: Run) -> Sheet | None:
+    """The summary's ``policies`` section: each exit policy, threshold rule and scope against the deepest exit.
+
+    The deployed one (the configured policy, rule and scope) is in bold; ``None`` before the run finishes.
+    """
+    p, calibration = get(run.summary, "policies"), get(run.summary, "calibration")
+    if p is None:
+        return None
+    policy = run.config.exit_policy
+    table = Sheet("Exit policies on the clients' test splits",
+                  [Col("policy", "left"), Col("thresholds", "left"), Col("scope", "left"), Col("accuracy %"),
+                   Col("drop"), Col("MFLOPs"), Col("saving %"), Col("latency ms")], keys=3)
+    deepest = p["deepest"]
+    table.add_row("deepest exit", "", "", pct(get(deepest, "accuracy")), "", mflops(get(deepest, "expected_flops")),
+                  pct(get(deepest, "flops_saving")), millis(get(deepest, "latency_ms")))
+    table.add_section()
+    for row in p["rows"]:
+        deployed = (row["policy"], row["thresholds"]) == (policy.name, policy.thresholds) and row["scope"] in (
+            policy.scope, "-")
+        style = "bold" if deployed else ""
+        table.add_row(*(Text(cell, style=style) for cell in (
+            row["policy"], row["thresholds"], row["scope"], pct(row["accuracy"]), points(row["drop"]),
+            mflops(row["expected_flops"]), pct(row["flops_saving"]), millis(row["latency_ms"]))))
+    table.caption = (f"accuracy: mean over clients; FLOPs and latency (on the tier's device) per test sample; "
+                     f"budget {policy.flops_budget:g} of the full submodel, max drop {100 * policy.max_drop:g} pp; "
+                     f"ECE {pct(get(calibration, 'ece'))}% before, {pct(get(calibration, 'ece_calibrated'))}% after "
+                     f"temperature scaling; overthinking {pct(get(calibration, 'overthinking'))}%")
+    return table
+
+
 def fairness_table(run: Run) -> Table | None:
     """The summary's ``fairness`` section (``None`` before the run finishes)."""
     f = get(run.summary, "fairness")
@@ -169,7 +204,10 @@ def efficiency_table(run: Run) -> Table | None:
         "Efficiency",
         [*((f"exit {i} share %", pct(v)) for i, v in (shares.items() if isinstance(shares, dict) else ())),
          ("expected MFLOPs", mflops(get(e, "expected_flops"))), ("saving vs full %", pct(get(e, "flops_saving")))],
-        caption=f"per test sample; {policy.name} exit policy, threshold {policy.threshold}",
+        caption=f"per test sample; {policy.name} exit policy, "
+                + ((f"patience {policy.patience}" if policy.name == "patience" else f"threshold {policy.threshold}")
+                   if policy.thresholds == "fixed"
+                   else f"{policy.thresholds} thresholds, {policy.scope} scope"),
     )
 
 
@@ -193,6 +231,8 @@ def straggler_table(run: Run) -> Table:
 def report_renderables(run: Run) -> list[RenderableType]:
     """Everything ``fl-ee report`` prints, in order."""
     parts: list[RenderableType] = [tier_table(run)] if run.summary else []
+    if (policies := policy_table(run)) is not None:
+        parts.append(policies)
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]
     parts.append(Blocks([*blocks, straggler_table(run)]))
@@ -218,6 +258,10 @@ COMPARED: tuple[tuple[str, str, Callable[[Any], str], bool], ...] = (
     ("virtual time s", "virtual_time_s", secs, False),
     ("time to accuracy s", "time_to_accuracy_s", secs, False),
     ("expected MFLOPs", "expected_flops", mflops, False),
+    ("deployed policy accuracy %", "anytime_accuracy", pct, True),
+    ("drop vs deepest exit", "anytime_drop", points, False),
+    ("latency ms per sample", "latency_ms", millis, False),
+    ("ECE after scaling %", "ece_calibrated", pct, False),
 )
 
 
@@ -237,6 +281,10 @@ def key_metrics(run: Run) -> dict[str, float | None]:
         "virtual_time_s": run.virtual_time_s,
         "time_to_accuracy_s": get(s, "time_to_accuracy_s"),
         "expected_flops": get(s, "efficiency", "expected_flops"),
+        "anytime_accuracy": get(s, "deployment", "anytime", "accuracy"),
+        "anytime_drop": get(s, "deployment", "anytime", "drop"),
+        "latency_ms": get(s, "deployment", "anytime", "latency_ms"),
+        "ece_calibrated": get(s, "calibration", "ece_calibrated"),
     }
 
 

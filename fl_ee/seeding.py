@@ -22,6 +22,7 @@ class Stream(IntEnum):
     PARTITION = 7  # which samples each client holds
     LOCAL_SPLIT = 8  # each client's local train/test split, per client
     LOCAL_TRAINING = 10  # batch order of local training, per round and client
+    CALIBRATION = 11  # which local train samples each client holds out for calibration, per client
 
 
 def derive_seed(seed: int, stream: Stream, *parts: int) -> int:

@@ -40,7 +40,7 @@ from fl_ee.protocol import (
 )
 from fl_ee.rundir import RunDir, client_row, default_run_dir
 from fl_ee.seeding import Stream, derive_seed
-from fl_ee.summary import Evaluation, build_summary, personalised_summary
+from fl_ee.summary import Evaluation, build_summary, personalised_summary, with_deployed_thresholds
 from fl_ee.tensorboard import tensorboard_observers
 from fl_ee.training import accuracy, exit_logits
 from sims.clock import OK
@@ -232,7 +232,7 @@ def run_federation(
                 global_eval = background.submit(evaluate_global, state.arrays, data, model, cfg.max_depth)
                 evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, state.arrays, config)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
-                state.results.update(evaluated)
+                state.results = with_deployed_thresholds(cfg, clients, {**state.results, **evaluated})
                 state.global_by_exit = global_eval.result()
                 personalised = personalised_summary(clients, state.results, tiers, cfg.max_depth)
                 record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": state.global_by_exit}}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fl_ee.config import Config
+from fl_ee.deployment import calibration_summary, deployed, deployment_summary, policy_table
 from fl_ee.metrics import (
     efficiency,
     exit_means,
@@ -19,9 +20,7 @@ from fl_ee.metrics import (
     mean_or_none,
     straggler_summary,
     time_to_accuracy,
-    weighted_average,
 )
-from fl_ee.policies import SWEEP_THRESHOLDS
 from fl_ee.protocol import EvaluateReply
 from strategies import ClientInfo
 
@@ -72,15 +71,16 @@ def _efficiency(replies: Sequence[EvaluateReply], max_depth: int) -> dict[str, A
                       [r.full_flops for r in replies], [r.num_examples for r in replies], max_depth)
 
 
-def _tier_sweep(replies: Sequence[EvaluateReply]) -> dict[str, list[float | None]] | None:
-    """A tier's adaptive accuracy (mean over clients) and FLOPs per sample at each sweep threshold."""
+def with_deployed_thresholds(cfg: Config, clients: Sequence[ClientInfo], results: Results) -> dict[int, Evaluation]:
+    """``results`` with each client's adaptive figures at the thresholds of the configured policy, rule and scope.
+
+    Idempotent: the thresholds come from the curves, which stay as the client sent them.
+    """
+    evaluated, replies = _evaluated(clients, results)
     if not replies:
-        return None
-    weights, columns = [r.num_examples for r in replies], range(len(SWEEP_THRESHOLDS))
-    return {
-        "adaptive_accuracy": [mean_or_none([r.sweep_accuracy[j] for r in replies]) for j in columns],
-        "expected_flops": [weighted_average([r.sweep_flops[j] for r in replies], weights) for j in columns],
-    }
+        return dict(results)
+    now = deployed(cfg, [c.tier for c in evaluated], replies)
+    return {**results, **{c.client_id: Evaluation(results[c.client_id].round, r) for c, r in zip(evaluated, now)}}
 
 
 def build_summary(
@@ -95,11 +95,14 @@ def build_summary(
 
     ``results`` holds each client's latest evaluation, ``global_by_exit`` the global
     model's last evaluation, ``clocks`` every round's clock record, and ``accuracy_at``
-    the (virtual time, personalised mean) of every evaluation round.
+    the (virtual time, personalised mean) of every evaluation round; the results' adaptive
+    figures are those :func:`with_deployed_thresholds` set (the server sets them each round).
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
     evaluated, replies = _evaluated(clients, results)
     by_tier = {t: [r for c, r in zip(evaluated, replies) if c.tier == t] for t in tiers}
+    groups = [c.tier for c in evaluated]
+    table = policy_table(cfg, groups, replies)
     return {
         "accuracy": {
             "personalised": personalised_summary(clients, results, tiers, depth),
@@ -110,10 +113,9 @@ def build_summary(
             **_efficiency(replies, depth),
             "by_tier": {t: _efficiency(members, depth) if members else None for t, members in by_tier.items()},
         },
-        "exit_sweep": {
-            "thresholds": list(SWEEP_THRESHOLDS),
-            "by_tier": {t: _tier_sweep(members) for t, members in by_tier.items()},
-        },
+        "policies": table,
+        "deployment": deployment_summary(cfg, groups, replies, table),
+        "calibration": calibration_summary(cfg, groups, replies),
         "clients": {"total": len(clients), "by_tier": {t: sum(c.tier == t for c in clients) for t in tiers}},
         "rounds": cfg.rounds,
         "seed": cfg.seed,

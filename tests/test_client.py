@@ -108,16 +108,22 @@ def test_a_paced_client_sleeps_its_simulated_time():
 def test_query_reports_the_clients_data_sizes():
     reply = payload_of(app(_message(MessageType.QUERY, depth=1, server_round=0), _context(3)), ClientReport)
     assert reply.client_id == 3 and reply.num_train > reply.num_test > 0
+    assert reply.num_train == len(client_data(CFG, 3)[1])  # the calibration samples do not train
 
 
-def test_evaluate_reports_the_full_cost_and_a_threshold_sweep():
+def test_evaluate_reports_the_full_cost_and_every_policys_curves():
     from fl_ee.client import depth_flops, model_spec
-    from fl_ee.policies import SWEEP_THRESHOLDS
+    from fl_ee.deployment import curves_of, grids
 
     m = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), _context(0)), EvaluateReply)
     costs = depth_flops(model_spec(CFG), 3).exit_costs()
-    assert m.full_flops == costs[-1] >= m.expected_flops
-    assert len(m.sweep_accuracy) == len(m.sweep_flops) == len(SWEEP_THRESHOLDS)
-    at = SWEEP_THRESHOLDS.index(CFG.exit_policy.threshold)  # the run's own threshold is on the grid
-    assert m.sweep_accuracy[at] == m.adaptive_accuracy and m.sweep_flops[at] == m.expected_flops
-    assert m.sweep_flops[-1] == costs[0]  # normalised entropy <= 1: every sample leaves at exit 1
+    assert m.full_flops == costs[-1] >= m.expected_flops and m.exit_flops == costs
+    policy = CFG.exit_policy
+    all_grids = grids(policy, CFG.max_depth)
+    test, calib = curves_of(m.test_curves, all_grids), curves_of(m.calib_curves, all_grids)
+    assert len(m.test_curves) == len(m.calib_curves) == 2 * sum(len(g) for g in all_grids.values())
+    assert m.adaptive_accuracy in test[policy.name][0] and m.expected_flops in test[policy.name][1]
+    assert test["entropy"][1][-1] == costs[0]  # normalised entropy <= 1: every sample leaves at exit 1
+    assert test["patience"][1][0] == costs[0] and calib["patience"][1][-1] == costs[-1]
+    assert m.calib_examples == len(client_data(CFG, 0)[1])  # fraction 0: calibrated on the training samples
+    assert len(m.ece) == len(m.ece_calibrated) == len(m.temperatures) == 3 and 0 <= m.overthinking <= 1

@@ -79,3 +79,23 @@ def test_decoded_datasets_are_cached_and_keyed_by_their_files(tmp_path, monkeypa
     changed = load_dataset(cfg)
     assert len(list((tmp_path / "cache").iterdir())) == 2 and not torch.equal(changed.train_x, decoded.train_x)
     _load.cache_clear()
+
+
+def test_calibration_samples_are_held_out_of_training_deterministically():
+    from fl_ee.config import config_from_dict
+    from fl_ee.data import calibration_size, client_calibration, client_data, run_splits
+
+    cases = [(50, 0.0), (50, 0.1), (3, 0.01), (1, 0.5), (10, 0.99)]
+    assert [calibration_size(n, f) for n, f in cases] == [0, 5, 1, 0, 9]
+    cfg = config_from_dict({"exit_policy": {"calibration_fraction": 0.2}})
+    x, y, _, _ = client_data(cfg, 1)
+    cx, cy = client_calibration(cfg, 1)
+    everything = load_dataset(cfg.data).train_x[torch.from_numpy(run_splits(cfg)[1].train)]
+    assert len(y) + len(cy) == len(everything) and len(cy) == round(0.2 * len(everything))
+    def fingerprints(images):  # one number per image, sorted
+        return torch.sort(images.flatten(1).double() @ torch.arange(images[0].numel(), dtype=torch.float64)).values
+
+    assert torch.allclose(fingerprints(torch.cat([x, cx])), fingerprints(everything))  # disjoint and complete
+    assert torch.equal(client_calibration(cfg, 1)[0], cx)
+    off = config_from_dict({"exit_policy": {"calibration_fraction": 0.0}})
+    assert torch.equal(client_data(off, 1)[0], everything) and torch.equal(client_calibration(off, 1)[0], everything)

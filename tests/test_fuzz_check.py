@@ -32,7 +32,11 @@ VALID = {  # per key, values the schema accepts (a run may still fail its prefli
     "personalisation": {"mode": st.sampled_from(["exits", "none"]), "epochs": st.integers(1, 3)},
     "strategy": {"name": st.sampled_from(["depthfl", "exclusive", "feddyn", "fedadam", "fedyogi", "qfedavg"]),
                  "fraction_train": fractions, "fraction_evaluate": st.one_of(st.just(0.0), fractions)},
-    "exit_policy": {"name": st.sampled_from(["entropy", "max-prob"]), "threshold": st.floats(0, 1)},
+    "exit_policy": {"name": st.sampled_from(["entropy", "max-prob", "calibrated", "patience"]),
+                    "threshold": st.floats(0, 1), "patience": st.integers(1, 4),
+                    "thresholds": st.sampled_from(["fixed", "budget", "accuracy"]),
+                    "scope": st.sampled_from(["personal", "tier", "global"]), "flops_budget": st.floats(0.01, 1),
+                    "max_drop": st.floats(0, 1), "calibration_fraction": st.sampled_from([0.0, 0.1, 0.5])},
     "simulation": {"straggler_policy": st.sampled_from(["wait", "deadline", "overselect"]),
                    "deadline_s": st.floats(0, 100), "overcommit": st.floats(0, 1),
                    "target_accuracy": st.floats(0, 1), "time_scale": st.floats(0.1, 2)},
@@ -41,7 +45,8 @@ TIER_VALID = {"preset": st.sampled_from(["", "iot-board", "laptop", "budget-phon
               "compute_gflops": st.floats(0.5, 50), "availability": st.floats(0, 1),
               "failure_rate": st.floats(0, 1), "speed_sigma": st.floats(0, 1)}
 WORDS = ["digits", "mnist", "iid", "dirichlet", "shards", "cnn", "mlp", "linear", "depthfl", "fedadam", "exclusive",
-         "wait", "deadline", "overselect", "entropy", "max-prob", "exits", "none", "laptop", "iot-board", "x", ""]
+         "wait", "deadline", "overselect", "entropy", "max-prob", "calibrated", "patience", "budget", "exits",
+         "none", "laptop", "iot-board", "x", ""]
 
 numbers = st.one_of(st.integers(-3, 12), st.sampled_from([0.0, 0.05, 0.3, 0.5, 1.0, 1.5, -0.5, 1e9, float("inf")]))
 scalars = st.one_of(numbers, st.booleans(), st.sampled_from(WORDS), st.text(max_size=6))

@@ -3,16 +3,30 @@ import math
 import pytest
 import torch
 
-from fl_ee.policies import adaptive_inference, confident, exit_choice
+from fl_ee.policies import (
+    CONFIDENCE_GRID,
+    adaptive_inference,
+    adaptive_sweep,
+    exit_choice,
+    exit_scores,
+    overthinking,
+    policy_grid,
+)
+
+
+def confident(logits, policy, threshold):
+    """Whether the single row of ``logits`` may leave at the first of two exits."""
+    return exit_choice([logits, logits], policy, threshold).item() == 0
 
 
 def test_entropy_and_max_prob_thresholds():
     sure, unsure = torch.tensor([[10.0, 0.0]]), torch.tensor([[0.0, 0.0]])
-    assert confident(sure, "entropy", 0.1).item() and not confident(unsure, "entropy", 0.99).item()
-    assert confident(unsure, "entropy", 1.0).item()  # normalised entropy of uniform is exactly 1
+    assert confident(sure, "entropy", 0.1) and not confident(unsure, "entropy", 0.99)
+    assert confident(unsure, "entropy", 1.0)  # normalised entropy of uniform is exactly 1
     p = 1 / (1 + math.exp(-1.0))
     logits = torch.tensor([[1.0, 0.0]])
-    assert confident(logits, "max-prob", p - 1e-6).item() and not confident(logits, "max-prob", p + 1e-6).item()
+    assert confident(logits, "max-prob", p - 1e-6) and not confident(logits, "max-prob", p + 1e-6)
+    assert exit_scores([logits], "calibrated").item() == pytest.approx(p)
 
 
 def test_samples_leave_at_the_first_confident_exit_and_the_last_takes_the_rest():
@@ -33,3 +47,33 @@ def test_adaptive_inference_by_hand():
     assert result.accuracy == pytest.approx(0.5)
     assert result.expected_flops == pytest.approx((100 + 100 + 300 + 300) / 4)
     assert result.exit_fractions == (0.5, 0.5)
+
+
+def test_patience_leaves_once_that_many_consecutive_exits_agree():
+    # predicted classes per exit (rows) for 4 samples (columns)
+    predictions = torch.tensor([[0, 1, 2, 0],
+                                [0, 2, 2, 1],
+                                [0, 2, 1, 0],
+                                [1, 2, 1, 1]])
+    logits = [torch.nn.functional.one_hot(p, 3).float() for p in predictions]
+    assert exit_scores(logits, "patience").tolist() == [[1, 1, 1, 1], [2, 1, 2, 1], [3, 2, 1, 1], [1, 3, 2, 1]]
+    assert exit_choice(logits, "patience", 1.0).tolist() == [0, 0, 0, 0]  # one exit always agrees with itself
+    # 2: sample 0 at exit 2 (exits 1-2 agree), 1 at exit 3 (2-3), 2 at exit 2 (1-2), 3 never: the last exit
+    assert exit_choice(logits, "patience", 2.0).tolist() == [1, 2, 1, 3]
+    assert exit_choice(logits, "patience", 3.0).tolist() == [2, 3, 3, 3]
+    sweep = adaptive_sweep(logits, torch.tensor([0, 2, 2, 1]), [1.0, 2.0, 3.0, 4.0], "patience", [1.0, 2.0])
+    assert [r.accuracy for r in sweep] == [0.5, 1.0] and [r.expected_flops for r in sweep] == [1.0, 2.75]
+
+
+def test_overthinking_counts_samples_right_earlier_but_wrong_at_the_deepest():
+    right, wrong = [5.0, 0.0], [0.0, 5.0]
+    exit1 = torch.tensor([right, right, wrong, wrong])
+    exit2 = torch.tensor([wrong, right, right, wrong])
+    exit3 = torch.tensor([wrong, right, wrong, wrong])
+    # sample 0: right at 1, wrong at 3; 1: right at 3; 2: right at 2, wrong at 3; 3: never right
+    assert overthinking([exit1, exit2, exit3], torch.zeros(4, dtype=torch.long)) == pytest.approx(0.5)
+
+
+def test_the_grid_holds_the_configured_threshold_and_patience_counts_exits():
+    assert 0.42 in policy_grid("entropy", 0.42, 2, 4) and policy_grid("max-prob", 0.5, 2, 4) == CONFIDENCE_GRID
+    assert policy_grid("patience", 0.5, 2, 3) == (1.0, 2.0, 3.0)

@@ -109,23 +109,25 @@ def test_clients_report_their_full_cost_and_exit_shares(run_dir):
     assert sorted(full) == [2, 3, 4] and full[2] < full[3] < full[4]  # the deeper, the dearer
 
 
-def test_exit_sweep_meets_the_runs_own_threshold(run_dir):
+def test_the_deployed_policy_is_the_clients_own_figures_and_a_row_of_the_policy_table(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
-    sweep = summary["exit_sweep"]
-    assert sweep["thresholds"] == pytest.approx([i / 10 for i in range(11)])
-    at = sweep["thresholds"].index(0.5)  # the run's threshold (the default)
-    for tier, curve in sweep["by_tier"].items():
-        rows = [r for r in _clients(run_dir) if r["tier"] == tier]
-        assert curve["adaptive_accuracy"][at] == pytest.approx(
-            mean_or_none([float(r["adaptive_accuracy"]) for r in rows]), abs=1e-6)
-        weights = [int(r["num_test"]) for r in rows]
-        own = sum(w * float(r["expected_flops"]) for w, r in zip(weights, rows)) / sum(weights)
-        assert curve["expected_flops"][at] == pytest.approx(own, rel=1e-6)
-        flops = curve["expected_flops"]
-        assert all(a >= b for a, b in zip(flops, flops[1:]))  # a looser entropy bound exits earlier
-        assert flops[0] <= max(float(r["full_flops"]) for r in rows)
-    # normalised entropy is at most 1: at threshold 1 every sample leaves at exit 1, whose cost all tiers share
-    assert len({curve["expected_flops"][-1] for curve in sweep["by_tier"].values()}) == 1
+    anytime, rows = summary["deployment"]["anytime"], summary["policies"]["rows"]
+    clients = _clients(run_dir)
+    assert anytime["accuracy"] == pytest.approx(mean_or_none([float(r["adaptive_accuracy"]) for r in clients]))
+    assert anytime["accuracy"] == pytest.approx(summary["accuracy"]["personalised"]["adaptive_accuracy"])
+    assert anytime["expected_flops"] == pytest.approx(summary["efficiency"]["expected_flops"])
+    row = next(r for r in rows if (r["policy"], r["thresholds"]) == (anytime["policy"], anytime["thresholds"])
+               and r["scope"] in (anytime["scope"], "-"))
+    assert row["accuracy"] == anytime["accuracy"] and row["drop"] == pytest.approx(
+        summary["accuracy"]["personalised"]["mean"] - row["accuracy"])
+    for tier, budgeted in summary["deployment"]["budgeted"]["by_tier"].items():
+        curve = budgeted["curves"]["entropy"]
+        # normalised entropy is at most 1: at threshold 1 every sample leaves at exit 1
+        assert curve["thresholds"][-1] == 1.0 and curve["expected_flops"][-1] == pytest.approx(
+            summary["deployment"]["subnet"]["by_tier"][tier]["1"]["flops"])
+        name, j = budgeted["pareto"][0]  # the cheapest point of the front
+        assert budgeted["curves"][name]["expected_flops"][j] == min(
+            f for c in budgeted["curves"].values() for f in c["expected_flops"])
 
 
 # ---------------------------------------------------------------------------- report
@@ -134,7 +136,8 @@ def test_exit_sweep_meets_the_runs_own_threshold(run_dir):
 def test_report_prints_the_tables(run_dir, capsys):
     code, out, _ = _report(capsys, str(run_dir))
     assert code == 0
-    for text in ("per tier after 2 rounds", "over rounds", "Fairness", "Jain's index", "Efficiency",
+    for text in ("per tier after 2 rounds", "over rounds", "Fairness", "Jain's index", "Efficiency", "Exit policies",
+                 "deepest exit", "calibrated", "patience", "personal",
                  "Stragglers", "particip. %", "virtual s", "iot", "phone", "laptop", "global"):
         assert text in out
 
@@ -338,6 +341,8 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
         "virtual time s": lambda s: f"{s['virtual_time_s']:,.1f}",
         "time to accuracy s": lambda s: "-",
         "expected MFLOPs": lambda s: f"{s['efficiency']['expected_flops'] / 1e6:.3f}",
+        "deployed policy accuracy %": lambda s: _pct(s["deployment"]["anytime"]["accuracy"]),
+        "latency ms per sample": lambda s: f"{s['deployment']['anytime']['latency_ms']:.4f}",
     }
     for label, show in by_label.items():
         cells = [show(s) for s in summaries]

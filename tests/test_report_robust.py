@@ -46,7 +46,8 @@ def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs
     code, out, err = _report(capsys, str(path), "--plots", "--html")
     assert code == 0 and "Traceback" not in err
     assert "no client was evaluated (strategy.fraction_evaluate = 0)" in " ".join(out.split())
-    for name in ("accuracy_rounds", "accuracy_time", "client_accuracy_cdf", "exit_distribution", "accuracy_vs_flops"):
+    for name in ("accuracy_rounds", "accuracy_time", "client_accuracy_cdf", "exit_distribution", "accuracy_vs_flops",
+                 "reliability"):
         assert f"skipped plot {name}: no client was evaluated (strategy.fraction_evaluate = 0)" in err
     assert {p.stem for p in (path / "plots").glob("*.png")} == {"round_time", "participation"}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord
+from test_deployment import curve_reply
 
 from fl_ee import clientstate
 from fl_ee.atomic import read_npz, write_npz
@@ -26,6 +27,7 @@ from fl_ee.checkpoint import (
     split_strategy_state,
 )
 from fl_ee.cli import main
+from fl_ee.config import config_from_dict
 from fl_ee.errors import UserError
 from fl_ee.observers import Observer
 from fl_ee.protocol import EvaluateReply
@@ -139,9 +141,8 @@ def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summa
 
 
 def _reply(p: int) -> EvaluateReply:
-    return EvaluateReply(client_id=p, num_examples=10, accuracy=0.1 * p, exit_accuracy=(0.1, 1 / 3),
-                         adaptive_accuracy=0.7, expected_flops=123.4, exit_fractions=(0.25, 0.75),
-                         full_flops=1000.0, sweep_accuracy=(0.5, 2 / 3), sweep_flops=(1.0, 2.5))
+    return curve_reply(config_from_dict({}), p, 10, (0.1, 1 / 3), 1000.0, calib=lambda i: (2 / 3, 2.5),
+                       test=lambda i: (0.5, 1 / 3), adaptive=0.7, expected=123.4, fractions=(0.25, 0.75))
 
 
 def test_loop_state_round_trips_through_json_exactly():

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message
 from flwr.clientapp import ClientApp
+from test_deployment import curve_reply
 
 from fl_ee import client as real_client
 from fl_ee.config import Config, config_from_dict, config_to_json, load_config
 from fl_ee.data import load_dataset, run_splits
-from fl_ee.policies import SWEEP_THRESHOLDS
+from fl_ee.policies import CONFIDENCE_GRID
 from fl_ee.preflight import preflight
 from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, TrainReply, reply
 from fl_ee.seeding import Stream
@@ -124,11 +125,10 @@ def constant_app(train_raises: set[int] = frozenset(), evaluate_raises: set[int]
 
 
 def eval_reply(p: int) -> EvaluateReply:
-    n = len(SWEEP_THRESHOLDS)
-    return EvaluateReply(client_id=p, num_examples=10 * (p + 1), accuracy=(p + 1) / 10,
-                         exit_accuracy=((p + 1) / 20, (p + 1) / 10), adaptive_accuracy=(p + 1) / 20,
-                         expected_flops=100.0 * (p + 1), exit_fractions=(0.25, 0.75), full_flops=1000.0,
-                         sweep_accuracy=(0.5,) * n, sweep_flops=(1.0,) * n)
+    cfg = config_from_dict({"tiers": [SLOW, FAST]})  # the exit policy's grids of make_config()
+    return curve_reply(cfg, p, 10 * (p + 1), ((p + 1) / 20, (p + 1) / 10), 1000.0, calib=lambda i: (0.5, 1.0),
+                       test=lambda i: (0.5, 1.0), adaptive=(p + 1) / 20, expected=100.0 * (p + 1),
+                       fractions=(0.25, 0.75))
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -327,7 +327,8 @@ def test_evaluate_round_collects_each_clients_evaluation_and_weighted_means():
     assert agg["adaptive-accuracy"] == pytest.approx(55 / 300)
     assert agg["expected-flops"] == pytest.approx(100 * 55 / 15)  # 10 * 100 * 55 / 150
     assert agg["full-flops"] == pytest.approx(1000.0)
-    assert set(agg) == {"num-examples", "accuracy", "adaptive-accuracy", "expected-flops", "full-flops"}
+    assert set(agg) == {"num-examples", "accuracy", "adaptive-accuracy", "expected-flops", "full-flops",
+                        "calib-accuracy", "overthinking"}
 
 
 def test_evaluate_round_samples_by_fraction_evaluate():
@@ -345,10 +346,10 @@ def test_evaluate_round_samples_by_fraction_evaluate():
 # ------------------------------------------------------------------------------ the summary
 
 
-def _reply(cid: int, n: int, exits: tuple, adaptive: float, expected: float, full: float, fractions: tuple,
-           sweep_acc, sweep_flops) -> EvaluateReply:
-    return EvaluateReply(cid, n, exits[-1], exits, adaptive, expected, fractions, full, tuple(sweep_acc),
-                         tuple(sweep_flops))
+def _reply(cfg: Config, cid: int, n: int, exits: tuple, adaptive: float, expected: float, full: float,
+           fractions: tuple, test) -> EvaluateReply:
+    return curve_reply(cfg, cid, n, exits, full, calib=lambda i: (0.9, full), test=test, adaptive=adaptive,
+                       expected=expected, fractions=fractions)
 
 
 def test_build_summary_by_hand():
@@ -360,11 +361,10 @@ def test_build_summary_by_hand():
     })
     clients = [ClientInfo(10 + i, i, tier, depth, 100, 20)
                for i, (tier, depth) in enumerate([("small", 2), ("small", 2), ("big", 3), ("big", 3), ("idle", 1)])]
-    j = range(len(SWEEP_THRESHOLDS))
     results = {  # client 3 (big) and client 4 (idle) were never evaluated
-        0: Evaluation(2, _reply(0, 10, (0.5, 0.6), 0.55, 10.0, 20.0, (0.5, 0.5), [t / 10 for t in j], list(j))),
-        1: Evaluation(1, _reply(1, 30, (0.7, 0.8), 0.75, 16.0, 20.0, (0.2, 0.8), [0.2] * 11, [2.0 * t for t in j])),
-        2: Evaluation(2, _reply(2, 20, (0.6, 0.7, 0.9), 0.8, 24.0, 40.0, (0.4, 0.2, 0.4), [0.5] * 11, [30.0] * 11)),
+        0: Evaluation(2, _reply(cfg, 0, 10, (0.5, 0.6), 0.55, 10.0, 20.0, (0.5, 0.5), lambda t: (t / 10, t))),
+        1: Evaluation(1, _reply(cfg, 1, 30, (0.7, 0.8), 0.75, 16.0, 20.0, (0.2, 0.8), lambda t: (0.2, 2.0 * t))),
+        2: Evaluation(2, _reply(cfg, 2, 20, (0.6, 0.7, 0.9), 0.8, 24.0, 40.0, (0.4, 0.2, 0.4), lambda t: (0.5, 30.0))),
     }
     tier_counts = lambda s, o, l, u, f: {"sampled": s, "ok": o, "late": l, "unavailable": u, "failed": f}  # noqa
     clocks = [
@@ -413,13 +413,15 @@ def test_build_summary_by_hand():
                                    "expected_flops": approx(24.0), "flops_saving": approx(0.4)}
     assert e["by_tier"]["idle"] is None
 
-    # exit sweep: small's accuracy is the plain mean of t/10 and 0.2; its FLOPs weighted (10 t + 30 * 2t) / 40
-    sweep = s["exit_sweep"]
-    assert sweep["thresholds"] == list(SWEEP_THRESHOLDS)
-    assert sweep["by_tier"]["small"] == {"adaptive_accuracy": approx([(t / 10 + 0.2) / 2 for t in j]),
-                                         "expected_flops": approx([70 * t / 40 for t in j])}
-    assert sweep["by_tier"]["big"] == {"adaptive_accuracy": approx([0.5] * 11), "expected_flops": approx([30.0] * 11)}
-    assert sweep["by_tier"]["idle"] is None
+    # budgeted curves: small's accuracy is the plain mean of t/10 and 0.2; its FLOPs weighted (10 t + 30 * 2t) / 40
+    budgeted = s["deployment"]["budgeted"]["by_tier"]
+    curve, j = budgeted["small"]["curves"]["entropy"], range(len(CONFIDENCE_GRID))
+    assert curve == {"thresholds": list(CONFIDENCE_GRID), "accuracy": approx([(t / 10 + 0.2) / 2 for t in j]),
+                     "expected_flops": approx([70 * t / 40 for t in j])}
+    assert budgeted["big"]["curves"]["entropy"]["accuracy"] == approx([0.5] * len(j)) and budgeted["idle"] is None
+    assert s["deployment"]["subnet"]["by_tier"]["big"] == {"1": {"accuracy": 0.6, "flops": approx(40 / 3)},
+                                                           "2": {"accuracy": 0.7, "flops": approx(80 / 3)},
+                                                           "3": {"accuracy": 0.9, "flops": 40.0}}
 
     assert s["clients"] == {"total": 5, "by_tier": {"small": 2, "big": 2, "idle": 1}}
     assert (s["rounds"], s["seed"]) == (2, 3)
