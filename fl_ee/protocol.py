@@ -120,7 +120,9 @@ class EvaluateReply(Payload):
     Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
     there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
     sample) under the policy; ``full_flops`` per sample of its whole submodel; and the
-    adaptive figures at every threshold of ``fl_ee.policies.SWEEP_THRESHOLDS``.
+    adaptive figures at every threshold of ``fl_ee.policies.SWEEP_THRESHOLDS``; and
+    ``ensemble_accuracy``, the accuracy of the mean of its exits' softmax outputs
+    (``None`` only in checkpoints written before it existed).
     """
 
     client_id: int
@@ -133,6 +135,7 @@ class EvaluateReply(Payload):
     full_flops: float
     sweep_accuracy: tuple[float, ...]
     sweep_flops: tuple[float, ...]
+    ensemble_accuracy: float | None = None
 
 
 # ----------------------------------------------------------------------------- messages

@@ -22,6 +22,8 @@ class Stream(IntEnum):
     PARTITION = 7  # which samples each client holds
     LOCAL_SPLIT = 8  # each client's local train/test split, per client
     LOCAL_TRAINING = 10  # batch order of local training, per round and client
+    LABELS = 11  # which local training samples keep their labels (labelled_fraction), per client
+    FINETUNE = 12  # batch order of fine-tuning before an evaluation (mode finetune), per round and client
 
 
 def derive_seed(seed: int, stream: Stream, *parts: int) -> int:

@@ -15,6 +15,7 @@ from fl_ee.training import (
     local_loss,
     mutual_distillation_loss,
     proximal_term,
+    stage_features,
     train_exits,
     train_joint,
 )
@@ -162,7 +163,7 @@ def test_exit_training_leaves_the_backbone_untouched():
     heads = torch.nn.ModuleList([torch.nn.Sequential(*h) for h in model.exits])  # separate copies
     heads.load_state_dict(model.exits.state_dict())
     start = {k: v.clone() for k, v in heads.state_dict().items()}
-    train_exits(model, heads, x, y, TrainingConfig(), epochs=2, generator=torch.Generator().manual_seed(0))
+    train_exits(heads, stage_features(model, x), y, TrainingConfig(), epochs=2, generator=torch.Generator().manual_seed(0))
     for k, v in model.stages.state_dict().items():
         torch.testing.assert_close(v, backbone[k])
     assert any(not torch.equal(v, start[k]) for k, v in heads.state_dict().items())
