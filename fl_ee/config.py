@@ -105,7 +105,8 @@ class PersonalisationConfig(_Section):
                     "finetune: tune a copy before evaluating; none: the global model")] = "exits"
     epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning)")] = 1
     labelled_fraction: Annotated[float, Field(
-        ge=0, le=1, description="self-distill: share of the local training data that keeps its labels")] = 1.0
+        ge=0, le=1, description="self-distill: share of local training samples whose label the personal step reads",
+    )] = 1.0
 
     @model_validator(mode="after")
     def _labels_only_for_self_distill(self) -> PersonalisationConfig:
