@@ -61,6 +61,7 @@ PREFIX = "round-"
 RESUMABLE_KEYS = (
     "checkpoint_every",
     "data.root",
+    "logging.tensorboard",
     "simulation.client_gpus",
     "simulation.pace",
     "simulation.ray_address",
@@ -147,6 +148,8 @@ def resumable_config(cfg: Config) -> dict[str, Any]:
     for key in RESUMABLE_KEYS:
         section, _, name = key.rpartition(".")
         (raw[section] if section else raw).pop(name, None)
+        if section and not raw[section]:  # a section of resumable keys only (logging): as if absent
+            del raw[section]
     return json.loads(json.dumps(raw))
 
 

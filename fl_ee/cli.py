@@ -29,23 +29,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--resume", metavar="DIR", help="continue the unfinished run in DIR (as fl-ee resume DIR)")
     run.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
+    run.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR (fl-ee[tensorboard])")
     resume = sub.add_parser("resume", help="continue an unfinished run from its latest checkpoint")
     resume.add_argument("resume", metavar="DIR", help="the run directory")
     resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a key that changes no result: checkpoint_every, data.root, "
-                             "simulation.ray_address, client_gpus, pace or time_scale")
+                             "logging.tensorboard, simulation.ray_address, client_gpus, pace or time_scale")
     resume.add_argument("--debug", action="store_true", help="also print the traceback when the run fails")
+    resume.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR")
     check = sub.add_parser("check", help="validate a config, its data, split and strategy; print the plan")
     check.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value by dotted key, as for run")
-    report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory")
-    report.add_argument("run_dir", metavar="RUN_DIR")
+    report = sub.add_parser("report", help="tables (and plots, HTML) of one run directory, or of a sweep")
+    report.add_argument("run_dir", metavar="RUN_DIR|SWEEP_ROOT")
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
     report.add_argument("--plots", action="store_true", help="write PNG plots under RUN_DIR/plots/")
     report.add_argument("--html", action="store_true", help="write a self-contained RUN_DIR/report.html")
-    compare = sub.add_parser("compare", help="key metrics of several runs side by side")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare = sub.add_parser("compare", help="key metrics of several runs, or of settings over their seeds")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR|SWEEP_ROOT",
+                         help="run directories (runs of one config but their seed form a setting) or sweep roots")
+    compare.add_argument("--baseline", metavar="NAME", help="the setting the others are tested against (default: "
+                         "the first); its name or one of its values, e.g. depthfl")
+    compare.add_argument("--json", action="store_true", help="print the settings' statistics and tests as JSON")
+    sweep = sub.add_parser("sweep", help="run every combination of --grid values over several seeds")
+    sweep.add_argument("config", nargs="?", help="TOML config file or preset name (default: quickstart)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a key and the values to sweep; several --grid: every combination")
+    seeds = sweep.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default 3)")
+    seeds.add_argument("--seed-list", metavar="S1,S2,...", help="run these seeds")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value in every run, as for run")
+    sweep.add_argument("--out", help="the sweep root (default: sweeps/<timestamp>); the same command on it again "
+                       "runs only what is not finished")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="K", help="runs at once (default 1)")
     listing = sub.add_parser("list", help="list strategies or presets")
     listing.add_argument("what", choices=("strategies", "presets"))
     return parser
@@ -73,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fl_ee.resume import prepare_resume
     from fl_ee.rundir import RunDir, default_run_dir, load_run
     from fl_ee.server import make_server_app
+    from fl_ee.tensorboard import tensorboard_observers
     from sims.engine import Interrupted, check_backend, simulate
 
     err = Console(stderr=True, soft_wrap=True)
@@ -90,8 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoints = Checkpoints(run_dir.path)
     failure: Exception | None = None
     with ProgressBar(cfg.rounds, err, done=done) as progress, run_dir.discarded_on_early_failure():
+        observers = [run_dir, progress, *tensorboard_observers(cfg, run_dir.path, args.tensorboard)]
         try:
-            simulate(make_server_app(cfg, [run_dir, progress], checkpoints), client_app, cfg, run_dir.path,
+            simulate(make_server_app(cfg, observers, checkpoints), client_app, cfg, run_dir.path,
                      on_interrupt=run_dir.discard_if_unstarted)
         except Interrupted as exc:
             progress.progress.stop()
@@ -151,11 +171,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``fl-ee report``: the tables of one run directory, and its plots or HTML page on request."""
+    """``fl-ee report``: the tables of one run directory (or a sweep root), and its plots or HTML page on request."""
     from fl_ee.atomic import atomic_write
+    from fl_ee.groups import is_sweep_root
     from fl_ee.report import html_page, report_renderables
     from fl_ee.rundir import SUMMARY, load_run
 
+    if is_sweep_root(Path(args.run_dir)):
+        return _report_sweep(args)
     run = load_run(args.run_dir)
     err = Console(stderr=True, soft_wrap=True)
     renderables = report_renderables(run)
@@ -181,16 +204,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    """``fl-ee compare``: key metrics of several run directories side by side."""
-    from fl_ee.report import compare_table
-    from fl_ee.rundir import load_run
+def _report_sweep(args: argparse.Namespace) -> int:
+    """``fl-ee report SWEEP_ROOT``: the settings compared (against the first), ``sweep.json``, the sweep's plots."""
+    from fl_ee.groups import SWEEP_JSON, load_settings, settings_table
+    from fl_ee.plots import render_plots, write_plots
+    from fl_ee.sweepplots import SWEEP_PLOTS
 
-    if len(args.run_dirs) < 2:
-        raise UserError("compare needs at least two run directories")
-    out = Console()
-    out.print(compare_table([load_run(d) for d in args.run_dirs]))
+    if args.html:
+        raise UserError("--html reports one run directory; for a sweep use --plots")
+    root, settings = Path(args.run_dir), load_settings([args.run_dir])
+    if args.json:
+        if not (root / SWEEP_JSON).is_file():
+            raise UserError(f"{root} has no {SWEEP_JSON}")
+        sys.stdout.write((root / SWEEP_JSON).read_text())
+    else:
+        Console().print(settings_table(settings, settings[0]))
+    if args.plots:
+        err = Console(stderr=True, soft_wrap=True)
+        images, skipped = render_plots(settings, SWEEP_PLOTS)
+        for name, why in skipped.items():
+            err.print(f"skipped plot {name}: {why}")
+        err.print(f"plots in {write_plots(root, images)}: {', '.join(images) or 'none'}")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``fl-ee compare``: runs side by side, or settings (several seeds) with their CIs and tests against a baseline."""
+    from fl_ee.groups import comparison, find_setting, load_settings, settings_table
+    from fl_ee.report import compare_table
+    from fl_ee.rundir import to_json
+
+    settings = load_settings(args.run_dirs)
+    runs = [r for s in settings for r in s.runs]
+    if len(runs) < 2:
+        raise UserError("compare needs at least two run directories")
+    baseline = find_setting(settings, args.baseline) if args.baseline else settings[0]
+    if args.json:
+        print(to_json(comparison(settings, baseline), indent=2))
+    elif all(len(s.runs) == 1 for s in settings) and not args.baseline:
+        Console().print(compare_table(runs))
+    else:
+        Console().print(settings_table(settings, baseline))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``fl-ee sweep``: see :mod:`fl_ee.sweep`."""
+    from fl_ee.sweep import cmd_sweep as sweep
+    from fl_ee.sweep import parse_seeds
+
+    return sweep(args.config, args.overrides, args.grid, parse_seeds(args.seeds, args.seed_list), args.out, args.jobs)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -216,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "resume": cmd_run, "check": cmd_check, "report": cmd_report,
-                    "compare": cmd_compare, "list": cmd_list}
+                    "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {exc}", file=sys.stderr)

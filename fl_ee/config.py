@@ -159,6 +159,13 @@ class SimulationConfig(_Section):
         return self
 
 
+class LoggingConfig(_Section):
+    """Logs besides the run directory."""
+
+    tensorboard: Annotated[bool, Field(
+        description="write TensorBoard scalars under RUN_DIR/tensorboard (needs fl-ee[tensorboard])")] = False
+
+
 class TierConfig(_Section):
     """A device tier: its share of clients, the depth they hold, and how fast they are."""
 
@@ -203,6 +210,7 @@ class Config(_Section):
                            Field(default_factory=ExitPolicyConfig, description="early exit at inference")]
     simulation: Annotated[SimulationConfig,
                           Field(default_factory=SimulationConfig, description="clock, pacing and Ray")]
+    logging: Annotated[LoggingConfig, Field(default_factory=LoggingConfig, description="optional logs")]
     tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1, strict=False,  # strict=False: TOML gives lists
                                                    description="device tiers; shares sum to 1")] = (
         TierConfig(name="full", share=1.0, depth=MAX_DEPTH),)

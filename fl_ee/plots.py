@@ -8,7 +8,7 @@ Each plot is a function of a :class:`~fl_ee.report.Run` returning a figure, or r
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,10 +288,11 @@ PLOTS: dict[str, Callable[[Run], Figure]] = {
 }
 
 
-def render_plots(run: Run) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Every plot as PNG bytes by name, and the skipped ones with the reason."""
+def render_plots(run: Any, plots: Mapping[str, Callable[[Any], Figure]] = PLOTS) -> tuple[dict[str, bytes],
+                                                                                          dict[str, str]]:
+    """Every plot of ``run`` (or of what ``plots`` take) as PNG bytes by name, and the skipped ones with the reason."""
     images, skipped = {}, {}
-    for name, plot in PLOTS.items():
+    for name, plot in plots.items():
         try:
             figure = plot(run)
         except Skip as why:

@@ -43,6 +43,7 @@ from fl_ee.rundir import RunDir, client_row, default_run_dir
 from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.summary import Evaluation, build_summary, personalised_summary
+from fl_ee.tensorboard import tensorboard_observers
 from fl_ee.training import accuracy, ensemble, exit_logits
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
@@ -306,4 +307,4 @@ def main(grid: Grid, context: Context) -> None:
     cfg, out = from_run_config(dict(context.run_config))
     cfg = preflight(cfg)
     run_dir = RunDir.create(out)
-    run_federation(grid, cfg, [run_dir], Checkpoints(run_dir.path))
+    run_federation(grid, cfg, [run_dir, *tensorboard_observers(cfg, run_dir.path)], Checkpoints(run_dir.path))

@@ -1,0 +1,273 @@
+"""``fl-ee sweep`` (planning, bad input, resumption, ``sweep.json``) and ``fl-ee compare`` over settings."""
+
+import dataclasses
+import io
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from fl_ee.cli import main
+from fl_ee.config import config_to_toml, load_config
+from fl_ee.errors import UserError
+from fl_ee.groups import expand, group_runs
+from fl_ee.observers import Observer
+from fl_ee.rundir import load_run
+from fl_ee.stats import PAIRED, WELCH
+from fl_ee.sweep import SWEEP_JSON, check_existing, plan, run_sweep
+from inprocess import resume_inprocess, run_inprocess
+
+TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]
+GRID = ["strategy.name=depthfl,exclusive"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "strategy.nme=depthfl"], "strategy.nme: unknown key (in setting strategy.nme=depthfl, seed 0)"),
+    (["--grid", "tiers.0.depth=2,7"], "tiers.0.depth: must be in 1..4 (in setting tiers.0.depth=7, seed 0)"),
+    (["--grid", "strategy.name="], "--grid strategy.name: empty grid"),
+    (["--grid", "strategy.name"], "expected KEY=V1,V2"),
+    (["--grid", "data.alpha=0.1,0.1"], "--grid data.alpha: a value is given twice"),
+    (["--grid", "seed=1,2"], "--grid seed: the seeds of a sweep come from --seeds"),
+    (["--set", "seed=4"], "--set seed: the seeds of a sweep come from --seeds"),
+    (["--seeds", "0"], "--seeds: must be at least 1"),
+    (["--seed-list", "1,x"], "--seed-list: expected whole numbers"),
+    (["--jobs", "0"], "--jobs: must be at least 1"),
+])
+def test_bad_input_fails_in_one_line_before_any_run(argv, message, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    seeds = [] if argv[0].startswith("--seed") else ["--seeds", "1"]
+    assert main(["sweep", *seeds, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fl-ee: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_sweep_refuses_a_folder_holding_another_config(tmp_path):
+    jobs = plan(None, TINY, GRID, [0], tmp_path)
+    assert [(j.setting, j.seed, j.path.relative_to(tmp_path).as_posix()) for j in jobs] == [
+        ("strategy.name=depthfl", 0, "strategy.name=depthfl/seed-0"),
+        ("strategy.name=exclusive", 0, "strategy.name=exclusive/seed-0")]
+    jobs[0].path.mkdir(parents=True)  # a run of this config, as far as the sweep looks
+    (jobs[0].path / "config.toml").write_text(config_to_toml(jobs[0].cfg))
+    (jobs[0].path / "rounds.jsonl").write_text("")
+    check_existing(jobs[0])
+    longer = dataclasses.replace(jobs[0], cfg=jobs[0].cfg.model_copy(update={"rounds": 3}))
+    with pytest.raises(UserError, match=r"holds a run whose rounds differs from this sweep's; choose another --out"):
+        check_existing(longer)
+    jobs[1].path.mkdir(parents=True)
+    (jobs[1].path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="in the way of this sweep's run"):
+        check_existing(jobs[1])
+
+
+# --------------------------------------------------------------------------- resumption
+
+
+class KilledAfterRound(Observer):
+    """Stops the run (as a kill would) once round ``n`` is written and checkpointed."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def after_state(self, state, strategy) -> None:
+        if state.round == self.n:
+            raise KeyboardInterrupt
+
+
+class Ended:
+    """A run that has ended, as a finished ``Popen`` reports it."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+
+def _interrupted(job) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(job.path, job.overrides, observers=[KilledAfterRound(1)])
+    assert load_run(job.path).summary is None and len(load_run(job.path).rounds) == 1
+
+
+@pytest.mark.e2e  # five tiny runs in process: seconds
+def test_a_sweep_runs_only_what_is_unfinished_and_resumes_the_interrupted_run(tmp_path):
+    jobs = plan(None, TINY, GRID, [0, 1], tmp_path)
+    run_inprocess(jobs[0].path, jobs[0].overrides)  # depthfl, seed 0: finished
+    _interrupted(jobs[1])  # depthfl, seed 1: killed after round 1
+    launched = []
+
+    def launch(job, resume):  # the real server loop and ClientApp, in process
+        launched.append((job.setting, job.seed, resume))
+        if resume:
+            resume_inprocess(job.path)
+        else:
+            run_inprocess(job.path, job.overrides)
+        return Ended(0)
+
+    before = (jobs[0].path / "summary.json").stat().st_mtime_ns
+    failed = run_sweep(jobs, tmp_path, {}, launch, 1, Console(file=io.StringIO()))
+    assert failed == {}
+    assert launched == [("strategy.name=depthfl", 1, True), ("strategy.name=exclusive", 0, False),
+                        ("strategy.name=exclusive", 1, False)]
+    assert (jobs[0].path / "summary.json").stat().st_mtime_ns == before  # the finished run was left alone
+    sweep = json.loads((tmp_path / SWEEP_JSON).read_text())
+    assert sweep["runs"] == {"total": 4, "finished": 4, "failed": {}}
+    for job in jobs:
+        mean = sweep["settings"][job.setting]["metrics"]["mean"]
+        assert mean["n"] == 2 and mean["values"][str(job.seed)] == load_run(job.path).personalised["mean"]
+    assert set(sweep["settings"]["strategy.name=depthfl"]["metrics"]) >= {
+        "mean", "worst10", "jain", "tier_gap", "adaptive_accuracy", "expected_flops", "global_exit1",
+        "global_exit4", "virtual_time_s", "time_to_accuracy_s"}
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
+    jobs = plan(None, TINY, GRID, [0], tmp_path)
+    for job in jobs:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        job.log.write_text("fl-ee: error: simulation failed: boom\n")
+    failed = run_sweep(jobs, tmp_path, {}, lambda job, resume: Ended(1), 1, Console(file=io.StringIO()))
+    assert failed == {f"{j.setting}/seed-0": "exit 1: fl-ee: error: simulation failed: boom" for j in jobs}
+    assert json.loads((tmp_path / SWEEP_JSON).read_text())["runs"]["failed"] == failed
+
+
+class Running:
+    """A run that goes on until it is asked to stop; Ctrl-C reaches the sweep while it looks at it."""
+
+    def __init__(self) -> None:
+        self.signals, self.polls = [], 0
+
+    def poll(self):
+        self.polls += 1
+        if self.polls == 2:
+            raise KeyboardInterrupt
+        return 130 if self.signals else None
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+
+
+def test_ctrl_c_stops_the_running_runs_and_the_sweep(tmp_path):
+    jobs = plan(None, TINY, GRID, [0], tmp_path)
+    started = []
+
+    def launch(job, resume):
+        started.append(Running())
+        return started[-1]
+
+    console = Console(file=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(jobs, tmp_path, {}, launch, 1, console)
+    assert len(started) == 1 and started[0].signals == [signal.SIGINT]  # asked once, as Ctrl-C would; it stopped
+    assert "sweep stopped; 0 of 2 runs finished, the same command continues it" in console.file.getvalue()
+
+
+# ------------------------------------------------------------------- grouping and compare
+
+
+def _fake_run(path: Path, strategy: str, seed: int, mean: float, jain: float) -> Path:
+    """A finished run directory holding the given figures (the files a run writes, by hand)."""
+    path.mkdir(parents=True)
+    cfg = load_config(None, {"strategy.name": strategy, "seed": seed})
+    (path / "config.toml").write_text(config_to_toml(cfg))
+    record = {"round": 1, "evaluate": {"personalised": {"mean": mean}, "global": {"by_exit": {"4": mean - 0.1}}}}
+    (path / "rounds.jsonl").write_text(json.dumps(record) + "\n")
+    summary = {"accuracy": {"personalised": {"mean": mean, "adaptive_accuracy": mean}},
+               "fairness": {"jain": jain, "worst10": mean / 2, "gini": 0.1, "tier_gap": 0.05},
+               "efficiency": {"expected_flops": 1e6}, "virtual_time_s": 100.0, "time_to_accuracy_s": None}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def settings_dirs(tmp_path) -> list[Path]:
+    means = {"depthfl": [0.70, 0.72, 0.74], "exclusive": [0.60, 0.63, 0.66]}
+    jains = {"depthfl": [0.90, 0.80, 0.85], "exclusive": [0.86, 0.84, 0.82]}
+    return [_fake_run(tmp_path / f"{name}-{seed}", name, seed, means[name][seed], jains[name][seed])
+            for name in means for seed in range(3)]
+
+
+def test_run_dirs_of_one_config_but_the_seed_form_a_setting(settings_dirs):
+    settings = group_runs([load_run(p) for p in reversed(settings_dirs)])
+    assert [(s.name, s.seeds) for s in settings] == [("strategy.name=exclusive", [0, 1, 2]),
+                                                     ("strategy.name=depthfl", [0, 1, 2])]
+    assert settings[1].values("mean") == {0: 0.70, 1: 0.72, 2: 0.74}
+    assert expand([settings_dirs[0], settings_dirs[0]]) == [settings_dirs[0].resolve()]
+
+
+def test_compare_tests_each_setting_against_the_baseline(settings_dirs, capsys):
+    assert main(["compare", *map(str, settings_dirs), "--baseline", "depthfl", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["baseline"] == "strategy.name=depthfl"
+    depthfl, exclusive = (data["settings"][f"strategy.name={n}"]["metrics"] for n in ("depthfl", "exclusive"))
+    # depthfl: mean 0.72, s 0.02, CI 0.72 -/+ 4.302653 * 0.02 / sqrt(3) = 0.72 -/+ 0.049683
+    assert depthfl["mean"]["mean"] == pytest.approx(0.72) and depthfl["mean"]["std"] == pytest.approx(0.02)
+    assert depthfl["mean"]["ci95"] == pytest.approx([0.72 - 0.049683, 0.72 + 0.049683], abs=1e-6)
+    # paired by seed: d = [-0.10, -0.09, -0.08], t = -0.09 / (0.01 / sqrt(3)) = -15.588, df 2
+    test = exclusive["mean"]["vs_baseline"]
+    assert test["test"] == PAIRED and test["df"] == 2 and test["t"] == pytest.approx(-9 * 3**0.5, rel=1e-6)
+    assert test["significant"] and test["p"] == pytest.approx(0.00409, abs=1e-5)
+    # Jain: d = [-0.04, 0.04, -0.03], mean -0.01: noise
+    assert not exclusive["jain"]["vs_baseline"]["significant"]
+    assert data["best"]["mean"] == "strategy.name=depthfl" and data["best"]["jain"] is None
+    assert exclusive["virtual_time_s"]["vs_baseline"]["p"] == 1.0  # equal everywhere
+
+
+def test_compare_says_which_test_and_welch_where_seeds_differ(settings_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    extra = _fake_run(tmp_path / "exclusive-7", "exclusive", 7, 0.61, 0.8)
+    assert main(["compare", *map(str, settings_dirs), str(extra), "--baseline", "strategy.name=depthfl"]) == 0
+    out = capsys.readouterr().out
+    assert "Settings compared: mean ± 95% CI over seeds" in out and "strategy.name=depthfl (baseline)" in out
+    assert WELCH in out and "0,1,2,7" in out
+    assert "72.0 ± 5.0" in out  # 0.72 -/+ 0.0497, in %
+    assert main(["compare", *map(str, settings_dirs), "--baseline", "fedavg"]) == 2
+    assert "--baseline: 'fedavg' is no setting" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.e2e
+def test_the_sweep_command_resumes_only_the_interrupted_run(tmp_path):
+    """``fl-ee sweep`` in a subprocess, over a root where one run finished and one was killed after round 1."""
+    tiny = [*TINY, "simulation.client_cpus=1"]
+    jobs = plan(None, tiny, ["strategy.name=depthfl"], [0, 1], tmp_path)
+    run_inprocess(jobs[0].path, jobs[0].overrides)
+    _interrupted(jobs[1])
+    argv = [sys.executable, "-m", "fl_ee.cli", "sweep", "--grid", "strategy.name=depthfl", "--seed-list", "0,1",
+            *(a for o in tiny for a in ("--set", o)), "--out", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 runs in" in done.stderr and "1 finished before, 1 to run" in done.stderr
+    log = (tmp_path / "strategy.name=depthfl" / "seed-1.log").read_text()
+    assert log.startswith("$ ") and f"resume {jobs[1].path}" in log.splitlines()[0]
+    assert not (tmp_path / "strategy.name=depthfl" / "seed-0.log").exists()
+    sweep = json.loads((tmp_path / SWEEP_JSON).read_text())
+    assert sweep["runs"]["finished"] == 2 and sweep["settings"]["strategy.name=depthfl"]["seeds"] == [0, 1]
+    assert "Settings compared" in done.stdout
+
+
+def test_report_of_a_sweep_root_prints_the_settings_and_draws_their_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    means = {"depthfl": [0.70, 0.72, 0.74], "exclusive": [0.60, 0.63, 0.66]}
+    for name, values in means.items():
+        for seed, mean in enumerate(values):
+            _fake_run(tmp_path / f"strategy.name={name}" / f"seed-{seed}", name, seed, mean, 0.8)
+    assert main(["report", str(tmp_path), "--plots"]) == 0
+    out, err = capsys.readouterr()
+    assert "strategy.name=depthfl (baseline)" in out and "paired t-test" in out
+    assert "plots in" in err and "skipped" not in err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy_rounds.png", "metrics.png"]
+    assert main(["report", str(tmp_path), "--json"]) == 2  # no sweep.json: not made by fl-ee sweep
+    assert capsys.readouterr().err.strip() == f"fl-ee: error: {tmp_path} has no sweep.json"
