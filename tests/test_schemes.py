@@ -78,3 +78,18 @@ def test_weights_start_the_global_model_and_bad_files_are_one_line(tmp_path):
         with pytest.raises(UserError) as info:
             preflight(_weights(cfg, tmp_path / name))
         assert info.value.key == "model.weights" and len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.e2e  # two small in-process runs
+def test_a_resumed_ic_only_self_distill_run_ends_as_an_uninterrupted_one(tmp_path):
+    from test_resume import FAST, Killed, KillIn, _same_results
+
+    from inprocess import resume_inprocess
+
+    overrides = [*FAST, "training.scheme=ic-only", "training.backbone_rounds=1", "personalisation.mode=self-distill",
+                 "personalisation.labelled_fraction=0.5"]
+    run_inprocess(tmp_path / "whole", overrides)
+    with pytest.raises(Killed):
+        run_inprocess(tmp_path / "killed", overrides, observers=[KillIn(3)])
+    resume_inprocess(tmp_path / "killed", seed=7)  # fresh client contexts: personal heads come from their files
+    _same_results(tmp_path / "killed", tmp_path / "whole")
