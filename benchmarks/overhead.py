@@ -32,7 +32,7 @@ from fl_ee.data import client_data, load_dataset
 from fl_ee.models import EarlyExitCNN
 from fl_ee.policies import adaptive_inference
 from fl_ee.seeding import Stream, derive_seed
-from fl_ee.training import exit_logits, train_exits, train_joint
+from fl_ee.training import exit_logits, stage_features, train_exits, train_joint
 
 ROUNDS, CLIENTS, PER_ROUND = 5, 100, 0.1
 
@@ -65,7 +65,7 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
         model = EarlyExitCNN(spec, depth_of[cid])
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, record["round"], cid))
         heads = torch.nn.ModuleList(EarlyExitCNN(spec, depth_of[cid]).exits)
-        train_exits(model, heads, x, y, cfg.training, cfg.personalisation.epochs, generator)
+        train_exits(heads, stage_features(model, x), y, cfg.training, cfg.personalisation.epochs, generator)
         train_joint(model, x, y, cfg.training, generator)
     for cid in record.get("evaluate", {}).get("clients", []):
         _, _, x, y = client_data(cfg, cid)

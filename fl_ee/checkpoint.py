@@ -74,15 +74,16 @@ class LoopState:
     """What the round loop carries from one round to the next, besides the strategy's own state.
 
     ``round`` is the last finished round (0 before the first); ``results`` each client's
-    latest evaluation by client id; ``global_by_exit`` the global model's latest
-    evaluation; ``clocks`` every round's clock record; ``accuracy_at`` the (virtual
+    latest evaluation by client id; ``global_eval`` the global model's latest
+    evaluation (``by_exit`` and ``ensemble``, as :func:`fl_ee.server.evaluate_global`);
+    ``clocks`` every round's clock record; ``accuracy_at`` the (virtual
     time, personalised mean) of every evaluation round.
     """
 
     arrays: ArrayRecord
     round: int = 0
     results: dict[int, Evaluation] = field(default_factory=dict)
-    global_by_exit: dict[str, float] = field(default_factory=dict)
+    global_eval: dict[str, Any] = field(default_factory=dict)
     clocks: list[dict[str, Any]] = field(default_factory=list)
     accuracy_at: list[tuple[float, float | None]] = field(default_factory=list)
     bad_rounds: int = 0  # rounds in a row with nothing finite to aggregate (fl_ee/faults.py)
@@ -102,7 +103,7 @@ def loop_state_to_json(state: LoopState) -> dict[str, Any]:
         "round": state.round,
         "results": {str(cid): {"round": e.round, "reply": dataclasses.asdict(e.reply)}
                     for cid, e in sorted(state.results.items())},
-        "global_by_exit": state.global_by_exit,
+        "global": state.global_eval,
         "clocks": state.clocks,
         "accuracy_at": [list(pair) for pair in state.accuracy_at],
         "virtual_time_s": state.virtual_time_s,
@@ -120,7 +121,7 @@ def loop_state_from_json(raw: Mapping[str, Any], arrays: ArrayRecord) -> LoopSta
         arrays=arrays,
         round=int(raw["round"]),
         results={int(cid): Evaluation(int(e["round"]), reply(e["reply"])) for cid, e in raw["results"].items()},
-        global_by_exit=dict(raw["global_by_exit"]),
+        global_eval=dict(raw["global"]) if "global" in raw else {"by_exit": dict(raw["global_by_exit"])},
         clocks=list(raw["clocks"]),
         accuracy_at=[(t, mean) for t, mean in raw["accuracy_at"]],
         bad_rounds=int(raw.get("bad_rounds", 0)),

@@ -1,10 +1,12 @@
 """The Flower ``ClientApp``: thin glue from messages to local training and evaluation.
 
 Every message carries the resolved run config (JSON) and the client's depth; the
-client's data split and personal exit heads are its own. Personal heads live in
-``Context.state`` across rounds and are never sent; where the instructions name a
-``state_dir`` they are also saved there after every round the client trains, and a
-fresh process (a resumed run) reads them back from it (:mod:`fl_ee.clientstate`).
+client's data split and personal exit heads are its own. Personal heads (modes
+``exits`` and ``self-distill``, :mod:`fl_ee.personal`) live in ``Context.state`` across
+rounds and are never sent; where the instructions name a ``state_dir`` they are also
+saved there after every round the client trains, and a fresh process (a resumed run)
+reads them back from it (:mod:`fl_ee.clientstate`). Under ``training.scheme = ic-only``
+a client returns only its exits once the backbone is frozen (:mod:`fl_ee.scheme`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fl_ee.config import Config
 from fl_ee.data import calibration_size, client_calibration, client_data, load_dataset, run_splits
 from fl_ee.deployment import policy_figures
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
+from fl_ee.personal import PERSONAL_HEADS, finetuned, personal_step
 from fl_ee.protocol import (
     ARRAYS,
     PERSONAL_EXITS,
@@ -35,8 +38,18 @@ from fl_ee.protocol import (
     instructions_of,
     reply,
 )
+from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
-from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
+from fl_ee.training import (
+    accuracy,
+    ensemble,
+    exit_logits,
+    for_round,
+    local_loss,
+    stage_features,
+    train_exits,
+    train_joint,
+)
 
 app = ClientApp()
 
@@ -118,44 +131,55 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 @reports_errors
 def train(msg: Message, context: Context) -> Message:
-    """Personalise exits over the frozen received backbone, then train the shared tensors.
+    """Personalise heads over the frozen received backbone, then train the shared tensors.
 
-    When the instructions ask for it (q-FFL does), it also reports the local objective at
-    the received weights; it costs a forward pass.
+    The shared step trains backbone and exits end to end, or only the exits once
+    ``ic-only`` froze the backbone (then only the exits go back). Backbone features are
+    computed once for every step that keeps the backbone frozen. When the instructions ask
+    for it (q-FFL does), it also reports the local objective at the received weights; it
+    costs a forward pass.
     """
     instructions, cfg, model = _setup(msg)
-    client_id = client_id_of(context)
+    client_id, rnd = client_id_of(context), instructions.server_round
     x, y, _, _ = client_data(cfg, client_id)
-    training = for_round(cfg.training, instructions.server_round)
-    seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, instructions.server_round, client_id)
-    generator = torch.Generator().manual_seed(seed)
+    training = for_round(cfg.training, rnd)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, rnd, client_id))
     initial_loss = local_loss(model, x, y, training) if instructions.want_initial_loss else None
+    frozen, personal = backbone_frozen(cfg.training, rnd), cfg.personalisation.mode in PERSONAL_HEADS
+    features = stage_features(model, x) if frozen or personal else []
     personal_loss, heads = None, None
-    if cfg.personalisation.mode == "exits":
-        heads = _personal_heads(model, context, instructions, through=instructions.server_round - 1)
-        personal_loss = train_exits(model, heads, x, y, training, cfg.personalisation.epochs, generator)
+    if personal:
+        heads = _personal_heads(model, context, instructions, through=rnd - 1)
+        personal_loss = personal_step(cfg, rnd, client_id, heads, model.exits, features, y, generator)
         context.state[PERSONAL_EXITS] = ArrayRecord(heads.state_dict())
-    train_loss = train_joint(model, x, y, training, generator)
+    if frozen:
+        train_loss = train_exits(model.exits, features, y, training, training.local_epochs, generator, training.prox_mu)
+    else:
+        train_loss = train_joint(model, x, y, training, generator)
     time.sleep(instructions.pace_s)  # real pacing, when asked for
     if heads is not None and instructions.state_dir:  # last, so a client that failed saves nothing
-        save_exits(instructions.state_dir, client_id, instructions.server_round,
-                   {k: v.numpy() for k, v in heads.state_dict().items()})
+        save_exits(instructions.state_dir, client_id, rnd, {k: v.numpy() for k, v in heads.state_dict().items()})
     metrics = TrainReply(client_id, len(y), train_loss, personal_loss, initial_loss)
-    return reply(msg, metrics, ArrayRecord(model.state_dict()))
+    return reply(msg, metrics, ArrayRecord(returned_state(model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()
 @reports_errors
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
+    """Accuracy per exit and of their ensemble as the mode personalises, and adaptive accuracy vs. FLOPs.
+
+    Personal heads over the received backbone (``exits``, ``self-distill``), a fine-tuned
+    copy of the received submodel (``finetune``: neither kept nor sent), or the received
+    model (``none``).
+    """
     instructions, cfg, model = _setup(msg)
-    client_id = client_id_of(context)
-    _, _, x, y = client_data(cfg, client_id)
+    client_id, rnd, mode = client_id_of(context), instructions.server_round, cfg.personalisation.mode
+    x_train, y_train, x, y = client_data(cfg, client_id)
     calib_x, calib_y = client_calibration(cfg, client_id)
-    if cfg.personalisation.mode == "exits":
-        heads = _personal_heads(model, context, instructions, through=instructions.server_round)
-    else:
-        heads = model.exits
+    heads = _personal_heads(model, context, instructions, through=rnd) if mode in PERSONAL_HEADS else None
+    if mode == "finetune":
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.FINETUNE, rnd, client_id))
+        model = finetuned(model, x_train, y_train, for_round(cfg.training, rnd), cfg.personalisation.epochs, generator)
     logits = exit_logits(model, x, heads)
     costs = depth_flops(model.spec, model.depth).exit_costs()
     policies = policy_figures(exit_logits(model, calib_x, heads), calib_y, logits, y, costs, cfg.exit_policy,
@@ -171,5 +195,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         exit_fractions=adaptive.exit_fractions,
         full_flops=float(costs[-1]),
         **policies.wire(),
+        ensemble_accuracy=accuracy(ensemble(logits), y),
     )
     return reply(msg, metrics)

@@ -62,30 +62,57 @@ class ModelConfig(_Section):
     backbone: Annotated[Literal["cnn"], Field(description="the backbone network")] = "cnn"
     exit_head: Annotated[Literal["linear", "mlp"], Field(description="the classifier at each exit")] = "mlp"
     width: Annotated[int, Field(ge=1, description="w, the first stage's channels")] = 16
+    weights: Annotated[str, Field(description="a local state-dict file to start the global model from")] = ""
 
 
 class TrainingConfig(_Section):
-    """Local training: the loss of both steps, and SGD for the shared step."""
+    """Local training: the scheme, the loss of every step, and SGD."""
 
+    scheme: Annotated[Literal["e2e", "ic-only"], Field(
+        description="e2e: backbone and exits; ic-only: exits over a frozen backbone")] = "e2e"
+    backbone_rounds: Annotated[int, Field(
+        ge=0, description="ic-only: rounds 1..n train end to end before the backbone is frozen")] = 0
     local_epochs: Annotated[int, Field(ge=1, description="epochs of the shared step")] = 1
     batch_size: Annotated[int, Field(ge=1, description="SGD batch size")] = 32
     lr: Annotated[float, Field(gt=0, description="SGD learning rate")] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
+    exit_weights: Annotated[list[float], Field(
+        default_factory=list, description="weight of each exit's cross-entropy (empty: all 1)")]
     distillation: Annotated[Literal["last-exit", "mutual", "none"],
                             Field(description="last-exit: deepest exit teaches; mutual: all teach all")] = "last-exit"
     kd_temperature: Annotated[float, Field(gt=0, description="distillation temperature T")] = 3.0
     kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term")] = 0.5
     kd_warmup_rounds: Annotated[int, Field(ge=0, description="distillation is off in rounds before this one")] = 0
+    kd_schedule: Annotated[Literal["step", "ramp"], Field(
+        description="step: full weight from the warm-up on; ramp: DepthFL's exp(-5(1-r/R)^2)")] = "step"
+    kd_ramp_rounds: Annotated[int, Field(ge=1, description="R, the ramp's length in rounds")] = 10
     prox_mu: Annotated[float,
                        Field(ge=0, description="FedProx's mu: (mu/2)||w - w_global||^2 on the shared tensors")] = 0.0
 
+    @model_validator(mode="after")
+    def _scheme_fits(self) -> TrainingConfig:
+        _rule(self.scheme == "ic-only" or self.backbone_rounds == 0, "backbone_rounds",
+              "only with training.scheme = ic-only")
+        _rule(all(w >= 0 for w in self.exit_weights), "exit_weights", "must all be >= 0")
+        return self
+
 
 class PersonalisationConfig(_Section):
-    """Personal exit heads trained over the frozen global backbone, kept on the client."""
+    """How each client personalises: heads kept on the client, fine-tuning before evaluation, or nothing."""
 
-    mode: Annotated[Literal["exits", "none"],
-                    Field(description="personal heads, or evaluate the global heads")] = "exits"
-    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step each round")] = 1
+    mode: Annotated[Literal["exits", "self-distill", "finetune", "none"], Field(
+        description="exits: supervised personal heads; self-distill: heads taught by the deepest exit; "
+                    "finetune: tune a copy before evaluating; none: the global model")] = "exits"
+    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning)")] = 1
+    labelled_fraction: Annotated[float, Field(
+        ge=0, le=1, description="self-distill: share of local training samples whose label the personal step reads",
+    )] = 1.0
+
+    @model_validator(mode="after")
+    def _labels_only_for_self_distill(self) -> PersonalisationConfig:
+        _rule(self.mode == "self-distill" or self.labelled_fraction == 1, "labelled_fraction",
+              "only with personalisation.mode = self-distill")
+        return self
 
 
 class StrategyConfig(_Section):
@@ -204,6 +231,20 @@ class Config(_Section):
         _rule(len(set(names)) == len(names), "tiers", f"tier names must be unique, got {names}")
         total = sum(tier.share for tier in self.tiers)
         _rule(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")
+        return self
+
+    @model_validator(mode="after")
+    def _training_fits_the_run(self) -> Config:
+        t = self.training
+        _rule(not t.exit_weights or len(t.exit_weights) == self.max_depth, "training.exit_weights",
+              f"needs one weight per exit up to the deepest tier's depth ({self.max_depth}), got {len(t.exit_weights)}")
+        if t.scheme == "ic-only":
+            _rule(t.backbone_rounds >= 1 or bool(self.model.weights), "training.backbone_rounds",
+                  "ic-only needs a backbone to freeze: set training.backbone_rounds >= 1 or model.weights")
+            _rule(t.backbone_rounds < self.rounds, "training.backbone_rounds",
+                  f"must be below rounds ({self.rounds}), or no round trains the exits alone")
+        _rule(self.personalisation.mode != "self-distill" or t.kd_weight > 0, "training.kd_weight",
+              "must be > 0 with personalisation.mode = self-distill (unlabelled samples learn from it alone)")
         return self
 
     @property

@@ -34,17 +34,22 @@ Metric = tuple[str, str, Callable[[Any], str], bool]  # label, key, format, whet
 def headline(max_depth: int) -> list[Metric]:
     """The headline metrics of runs up to depth ``max_depth``.
 
-    :data:`~fl_ee.report.COMPARED`, adaptive accuracy and the global model's accuracy at each exit.
+    :data:`~fl_ee.report.COMPARED`, adaptive accuracy, the personalised exits' ensemble, and the
+    global model's accuracy at each exit and of its exits' ensemble.
     """
     return [*COMPARED, ("adaptive accuracy %", "adaptive_accuracy", pct, True),
-            *((f"global exit{i} %", f"global_exit{i}", pct, True) for i in range(1, max_depth + 1))]
+            ("ensemble %", "ensemble", pct, True),
+            *((f"global exit{i} %", f"global_exit{i}", pct, True) for i in range(1, max_depth + 1)),
+            ("global ensemble %", "global_ensemble", pct, True)]
 
 
 def headline_values(run: Run) -> dict[str, float | None]:
     """A run's headline metrics by key (``None`` where the run has no value, e.g. a target never reached)."""
     by_exit = run.global_by_exit or {}
     return {**key_metrics(run), "adaptive_accuracy": get(run.personalised, "adaptive_accuracy"),
-            **{f"global_exit{i}": by_exit.get(str(i)) for i in range(1, run.config.max_depth + 1)}}
+            "ensemble": get(run.personalised, "ensemble"),
+            **{f"global_exit{i}": by_exit.get(str(i)) for i in range(1, run.config.max_depth + 1)},
+            "global_ensemble": run.global_ensemble}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fl_ee.config import Config
 from fl_ee.data import load_dataset, run_splits
 from fl_ee.fit import Col, Sheet
 from fl_ee.models import EarlyExitCNN, measure_flops
+from fl_ee.scheme import backbone_frozen
 from sims.clock import OK
 from sims.emulator import DeviceEmulator, client_flops, depth_bytes
 from sims.tiers import assign_tiers
@@ -38,10 +39,10 @@ class TierPlan:
     depth: int
     clients: int
     down_bytes: int  # per client and round: the shared tensors of its depth
-    up_bytes: int
+    up_bytes: int  # what it returns in the last round (ic-only: its exits once the backbone is frozen)
     sampled: float  # clients sent work per round, mean over the emulated rounds
     train_flops: float  # training FLOPs of the tier's sampled clients per round, mean
-    time_p50_s: float | None  # a client's simulated round time (download + compute + upload), median
+    time_p50_s: float | None  # a client's simulated time in the last round (download + compute + upload), median
     time_max_s: float | None
 
 
@@ -73,8 +74,11 @@ def make_plan(cfg: Config) -> Plan:
                for cid, (t, s) in enumerate(zip(tier_of, splits))]
     model = EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
     flops = measure_flops(model)
-    size = depth_bytes(model, (t.depth for t in cfg.tiers))
-    work = {c.client_id: client_flops(cfg, flops, c.depth, c.num_train) for c in clients}
+    depths = [t.depth for t in cfg.tiers]
+    steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
+    down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady)
+    work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen) for c in clients}
+            for frozen in {False, steady}}
     strategy = build_strategy(cfg)
     strategy.register_clients(clients)
     emulator = DeviceEmulator(cfg, model, clients)
@@ -91,12 +95,12 @@ def make_plan(cfg: Config) -> Plan:
         trained += sum(outcome == OK for outcome in clock.outcomes.values())
         for c in chosen:
             sampled[c.tier] += 1
-            tier_flops[c.tier] += work[c.client_id]
+            tier_flops[c.tier] += work[backbone_frozen(cfg.training, rnd)][c.client_id]
 
     tiers = []
     for tier in cfg.tiers:
-        times = [emulator.times[c.client_id].total_s for c in clients if c.tier == tier.name]
-        tiers.append(TierPlan(tier.name, tier.depth, len(times), size[tier.depth], size[tier.depth],
+        times = [emulator.times_in(cfg.rounds)[c.client_id].total_s for c in clients if c.tier == tier.name]
+        tiers.append(TierPlan(tier.name, tier.depth, len(times), down[tier.depth], up[tier.depth],
                               sampled[tier.name] / planned, tier_flops[tier.name] / planned,
                               _percentile(times, 50), max(times) if times else None))
     return Plan(cfg, len(data.train_y), tiers, sum(sampled.values()) / planned, trained / planned,

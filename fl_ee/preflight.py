@@ -19,10 +19,15 @@ from sims.tiers import tier_counts
 from strategies import build_strategy
 
 
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 def resolve_paths(cfg: Config) -> Config:
-    """Make ``data.root`` absolute, so every process (Ray workers too) reads the same files."""
-    root = str(Path(cfg.data.root).expanduser().resolve())
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": root})})
+    """Make ``data.root`` and ``model.weights`` absolute, so every process (Ray workers too) reads the same files."""
+    model = cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}) if cfg.model.weights else cfg.model
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": _absolute(cfg.data.root)}),
+                                  "model": model})
 
 
 def preflight(cfg: Config) -> Config:
@@ -41,7 +46,10 @@ def preflight(cfg: Config) -> Config:
 
 
 def check_model(cfg: Config) -> None:
-    """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted)."""
+    """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted).
+
+    Where ``model.weights`` is set, the file loads into it.
+    """
     data = load_dataset(cfg.data)
     spec = data.model_spec(cfg.model.width, cfg.model.exit_head)
     try:
@@ -49,6 +57,10 @@ def check_model(cfg: Config) -> None:
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"a network of width {cfg.model.width} cannot run on {spec.image_height}x{spec.image_width} "
                         f"images ({exc}); raise model.width", key="model.width") from None
+    if cfg.model.weights:
+        from fl_ee.server import initial_model  # the server imports this module
+
+        initial_model(cfg, data)  # the file loads and fits the network
 
 
 def config_warnings(cfg: Config) -> list[str]:

@@ -119,11 +119,13 @@ class EvaluateReply(Payload):
 
     Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
     there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
-    sample) under the policy; ``full_flops`` per sample of its whole submodel. The
-    fields from ``exit_flops`` on are :class:`fl_ee.deployment.PolicyFigures`: every
-    policy's curves on the calibration and test splits, temperatures, ECE, reliability
-    bins and overthinking. The server replaces the adaptive figures by those at the
-    thresholds of the configured scope (:func:`fl_ee.deployment.deployed`).
+    sample) under the policy; ``full_flops`` per sample of its whole submodel; and
+    ``ensemble_accuracy``, the accuracy of the mean of its exits' softmax outputs
+    (``None`` only in checkpoints written before it existed). The fields from
+    ``exit_flops`` on are :class:`fl_ee.deployment.PolicyFigures`: every policy's curves
+    on the calibration and test splits, temperatures, ECE, reliability bins and
+    overthinking. The server replaces the adaptive figures by those at the thresholds of
+    the configured scope (:func:`fl_ee.deployment.deployed`).
     """
 
     client_id: int
@@ -145,6 +147,7 @@ class EvaluateReply(Payload):
     ece_calibrated: tuple[float, ...]
     reliability: tuple[float, ...]
     overthinking: float
+    ensemble_accuracy: float | None = None
 
 
 # ----------------------------------------------------------------------------- messages

@@ -92,6 +92,7 @@ def client_row(client: ClientInfo, latest: Evaluation | None, max_depth: int) ->
     }
     for i in range(max_depth):
         row[f"accuracy_exit{i + 1}"] = round(exits[i], 6) if i < len(exits) else ""
+    row["accuracy_ensemble"] = round(r.ensemble_accuracy, 6) if r and r.ensemble_accuracy is not None else ""
     row["adaptive_accuracy"] = round(r.adaptive_accuracy, 6) if r else ""
     row["expected_flops"] = round(r.expected_flops, 1) if r else ""
     row["full_flops"] = round(r.full_flops, 1) if r else ""
@@ -307,6 +308,11 @@ class Run:
     def global_by_exit(self) -> dict[str, float] | None:
         """The global model's accuracy per exit at the latest evaluation."""
         return get(self.evaluations[-1], "evaluate", "global", "by_exit") if self.evaluations else None
+
+    @property
+    def global_ensemble(self) -> float | None:
+        """The global model's ensemble accuracy (mean of its exits' softmax) at the latest evaluation."""
+        return get(self.evaluations[-1], "evaluate", "global", "ensemble") if self.evaluations else None
 
     def evaluated(self, tier: str) -> list[dict[str, str]]:
         """``clients.csv`` rows of a tier's evaluated clients."""

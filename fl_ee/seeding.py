@@ -23,6 +23,8 @@ class Stream(IntEnum):
     LOCAL_SPLIT = 8  # each client's local train/test split, per client
     LOCAL_TRAINING = 10  # batch order of local training, per round and client
     CALIBRATION = 11  # which local train samples each client holds out for calibration, per client
+    LABELS = 12  # which local training samples keep their labels (labelled_fraction), per client
+    FINETUNE = 13  # batch order of fine-tuning before an evaluation (mode finetune), per round and client
 
 
 def derive_seed(seed: int, stream: Stream, *parts: int) -> int:

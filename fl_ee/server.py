@@ -9,6 +9,7 @@ progress bar, the checkpoints) and starts from the latest checkpoint where there
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import shlex
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_ee.checkpoint import Checkpoints, LoopState
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
-from fl_ee.errors import warn
+from fl_ee.errors import UserError, warn
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.models import EarlyExitCNN, slice_state
 from fl_ee.observers import Observer
@@ -39,10 +40,11 @@ from fl_ee.protocol import (
     with_instructions,
 )
 from fl_ee.rundir import RunDir, client_row, default_run_dir
+from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.summary import Evaluation, build_summary, personalised_summary, with_deployed_thresholds
 from fl_ee.tensorboard import tensorboard_observers
-from fl_ee.training import accuracy, exit_logits
+from fl_ee.training import accuracy, ensemble, exit_logits
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
@@ -53,9 +55,20 @@ NODE_WAIT_S = 120.0
 
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitCNN:
-    """The full-depth global model, initialised from the run seed."""
+    """The full-depth global model: initialised from the run seed, then loaded from ``model.weights`` where set.
+
+    A file that cannot be read, or whose tensors do not fit the network, is a
+    :class:`~fl_ee.errors.UserError` naming ``model.weights``.
+    """
     torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-    return EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    model = EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    if cfg.model.weights:
+        try:
+            model.load_state_dict(torch.load(cfg.model.weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot start from {cfg.model.weights}: {detail}", key="model.weights") from None
+    return model
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -95,12 +108,13 @@ def discover_clients(grid: Grid, cfg: Config, instructions: Instructions) -> lis
     return sorted(clients, key=lambda c: c.client_id)
 
 
-def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCNN, depth: int) -> dict[str, float]:
-    """Accuracy of the global model's exits 1..depth on the global test set."""
+def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCNN, depth: int) -> dict[str, Any]:
+    """Accuracy of the global model on the global test set: ``by_exit`` (exits 1..depth) and their ``ensemble``."""
     sub = EarlyExitCNN(model.spec, depth)
     sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
     logits = exit_logits(sub, data.test_x)
-    return {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)}
+    return {"by_exit": {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)},
+            "ensemble": accuracy(ensemble(logits), data.test_y)}
 
 
 def _guarded(strategy: DepthAwareStrategy, method: str, rnd: int, *args: Any) -> Any:
@@ -140,7 +154,7 @@ def train_round(
     send = []
     for message, client in zip(messages, clock.sampled):
         if clock.runs(client):
-            if pace_s := emulator.pace_seconds(client):
+            if pace_s := emulator.pace_seconds(clock, client):
                 with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s))
             send.append(message)
     replies = list(grid.send_and_receive(send)) if send else []
@@ -149,12 +163,14 @@ def train_round(
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
                     errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
     current = to_numpy(arrays)
+    frozen = backbone_frozen(emulator.cfg.training, rnd)
     counted = []
     for reply in replies:
         client = strategy.sender(reply)
         if clock.outcomes[client.client_id] != OK:
             continue
-        problem = update_problem(slice_state(current, client.depth), to_numpy(reply.content.array_records[ARRAYS]))
+        problem = update_problem(returned_state(current, client.depth, frozen),
+                                 to_numpy(reply.content.array_records[ARRAYS]))
         if problem is None:
             counted.append(reply)
         else:
@@ -233,9 +249,9 @@ def run_federation(
                 evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, state.arrays, config)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
                 state.results = with_deployed_thresholds(cfg, clients, {**state.results, **evaluated})
-                state.global_by_exit = global_eval.result()
+                state.global_eval = global_eval.result()
                 personalised = personalised_summary(clients, state.results, tiers, cfg.max_depth)
-                record["evaluate"] |= {"personalised": personalised, "global": {"by_exit": state.global_by_exit}}
+                record["evaluate"] |= {"personalised": personalised, "global": state.global_eval}
                 state.accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["wall_s"] = round(time.perf_counter() - started, 3)
             if any(errors.values()):
@@ -248,7 +264,7 @@ def run_federation(
             for observer in observers:
                 observer.after_state(state, strategy)
 
-    summary = build_summary(cfg, clients, state.results, state.global_by_exit, state.clocks, state.accuracy_at)
+    summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at)
     for line in summary["warnings"]:
         warn(line)
     rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]

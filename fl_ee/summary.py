@@ -47,12 +47,14 @@ def personalised_summary(
     """Personalised accuracy of the evaluated clients.
 
     The mean at each client's deepest exit (overall and by tier), by exit (overall and by
-    tier), and adaptive accuracy (overall and by tier) under the exit policy.
+    tier), the exits' ensemble (overall and by tier), and adaptive accuracy (overall and by
+    tier) under the exit policy.
     """
     evaluated, replies = _evaluated(clients, results)
     deepest = [r.exit_accuracy[-1] for r in replies]
     groups = [c.tier for c in evaluated]
     adaptive = [r.adaptive_accuracy for r in replies]
+    ensembles = [(r.ensemble_accuracy, c.tier) for c, r in zip(evaluated, replies) if r.ensemble_accuracy is not None]
     return {
         "mean": mean_or_none(deepest),
         "by_tier": group_means(deepest, groups, tiers),
@@ -63,6 +65,8 @@ def personalised_summary(
         "by_tier_exit": {t: exit_means([r.exit_accuracy for r, g in zip(replies, groups) if g == t], max_depth)
                          for t in tiers},
         "adaptive_by_tier": group_means(adaptive, groups, tiers),
+        "ensemble": mean_or_none([e for e, _ in ensembles]),
+        "ensemble_by_tier": group_means([e for e, _ in ensembles], [t for _, t in ensembles], tiers),
     }
 
 
@@ -87,16 +91,17 @@ def build_summary(
     cfg: Config,
     clients: Sequence[ClientInfo],
     results: Results,
-    global_by_exit: Mapping[str, float],
+    global_eval: Mapping[str, Any],
     clocks: Sequence[Mapping[str, Any]],
     accuracy_at: Sequence[tuple[float, float | None]],
 ) -> dict[str, Any]:
     """``summary.json``: the run's final figures.
 
-    ``results`` holds each client's latest evaluation, ``global_by_exit`` the global
-    model's last evaluation, ``clocks`` every round's clock record, and ``accuracy_at``
-    the (virtual time, personalised mean) of every evaluation round; the results' adaptive
-    figures are those :func:`with_deployed_thresholds` set (the server sets them each round).
+    ``results`` holds each client's latest evaluation, ``global_eval`` the global
+    model's last evaluation (``by_exit`` and ``ensemble``), ``clocks`` every round's clock
+    record, and ``accuracy_at`` the (virtual time, personalised mean) of every evaluation
+    round; the results' adaptive figures are those :func:`with_deployed_thresholds` set
+    (the server sets them each round).
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
     evaluated, replies = _evaluated(clients, results)
@@ -106,7 +111,7 @@ def build_summary(
     return {
         "accuracy": {
             "personalised": personalised_summary(clients, results, tiers, depth),
-            "global": {"by_exit": dict(global_by_exit)},
+            "global": dict(global_eval),
         },
         "fairness": fairness([r.exit_accuracy[-1] for r in replies], [c.tier for c in evaluated], tiers),
         "efficiency": {

@@ -42,6 +42,8 @@ class TensorBoardWriter(Observer):
             scalars |= {f"personalised/tier/{t}": v for t, v in (personalised.get("by_tier") or {}).items()}
             by_exit = get(record, "evaluate", "global", "by_exit") or {}
             scalars |= {f"global/exit{i}": v for i, v in by_exit.items()}
+            scalars |= {f"{side}/ensemble": v for side, v in (("personalised", personalised.get("ensemble")),
+                        ("global", get(record, "evaluate", "global", "ensemble"))) if v is not None}
         if (clock := record.get("clock")) is not None:
             counts = clock["by_tier"].values()
             scalars |= {"time/round_s": clock["round_time_s"], "time/virtual_s": clock["virtual_time_s"],

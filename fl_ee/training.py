@@ -1,14 +1,16 @@
-"""Local objectives: cross-entropy on every exit plus distillation between exits.
+"""Local objectives: (weighted) cross-entropy on every exit plus distillation between exits.
 
-Two schemes share one loss (:func:`exit_loss`): :func:`train_joint` trains backbone and
-exits end to end (the shared step, optionally with FedProx's proximal term);
-:func:`train_exits` trains exit heads over a frozen backbone (the personal step).
-Nothing here knows about Flower.
+Two ways of training share one loss (:func:`exit_loss`): :func:`train_joint` trains
+backbone and exits end to end (the shared step under ``training.scheme = e2e``, and
+fine-tuning); :func:`train_exits` trains exit heads over the features of a frozen
+backbone (the personal step, and the shared step once ``ic-only`` froze the backbone).
+Both take FedProx's proximal term where asked. Nothing here knows about Flower.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -48,9 +50,17 @@ def mutual_distillation_loss(logits: Sequence[torch.Tensor], temperature: float)
     return loss / (n - 1)
 
 
+def supervised_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
+    """Cross-entropy summed over exits, exit i weighted by ``exit_weights[i]`` where weights are set."""
+    terms = [F.cross_entropy(z, targets) for z in logits]
+    if cfg.exit_weights:  # a client of depth d uses the first d weights
+        terms = [w * term for w, term in zip(cfg.exit_weights, terms)]
+    return functools.reduce(operator.add, terms)
+
+
 def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: TrainingConfig) -> torch.Tensor:
-    """Cross-entropy summed over exits, plus ``kd_weight`` x the configured distillation."""
-    loss = functools.reduce(operator.add, [F.cross_entropy(z, targets) for z in logits])
+    """:func:`supervised_loss` plus ``kd_weight`` x the configured distillation."""
+    loss = supervised_loss(logits, targets, cfg)
     if len(logits) > 1 and cfg.kd_weight > 0:
         if cfg.distillation == "last-exit":
             loss = loss + cfg.kd_weight * distillation_loss(logits[:-1], logits[-1].detach(), cfg.kd_temperature)
@@ -59,9 +69,26 @@ def exit_loss(logits: Sequence[torch.Tensor], targets: torch.Tensor, cfg: Traini
     return loss
 
 
+def kd_weight_at(cfg: TrainingConfig, server_round: int) -> float:
+    """The distillation weight of a round: 0 before ``kd_warmup_rounds`` (ScaleFL), then by ``kd_schedule``.
+
+    ``step``: ``kd_weight`` from then on. ``ramp``: DepthFL's sigmoid ramp-up
+    ``kd_weight * exp(-5 (1 - min(r, R)/R)^2)``, with ``r`` the rounds since distillation
+    started (0 in its first round, as DepthFL's ``curr_round - 1``) and ``R = kd_ramp_rounds``.
+    """
+    start = max(cfg.kd_warmup_rounds, 1)
+    if server_round < start:
+        return 0.0
+    if cfg.kd_schedule == "step":
+        return cfg.kd_weight
+    done = min(server_round - start, cfg.kd_ramp_rounds) / cfg.kd_ramp_rounds
+    return cfg.kd_weight * math.exp(-5.0 * (1.0 - done) ** 2)
+
+
 def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
-    """The training settings of one round: no distillation before ``kd_warmup_rounds`` (ScaleFL)."""
-    return cfg.model_copy(update={"kd_weight": 0.0}) if server_round < cfg.kd_warmup_rounds else cfg
+    """The training settings of one round: the distillation weight of :func:`kd_weight_at`."""
+    weight = kd_weight_at(cfg, server_round)
+    return cfg if weight == cfg.kd_weight else cfg.model_copy(update={"kd_weight": weight})
 
 
 def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:
@@ -75,7 +102,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
     yield from order.split(batch_size)
 
 
-def _fit(
+def fit(
     params: Iterable[torch.Tensor],
     cfg: TrainingConfig,
     epochs: int,
@@ -96,22 +123,36 @@ def _fit(
     return total / max(steps, 1)
 
 
-def train_joint(
-    model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, generator: torch.Generator
-) -> float:
-    """Train every stage and exit of ``model`` for ``cfg.local_epochs``; returns the mean loss.
+def _with_prox(
+    module: nn.Module, mu: float, batch_loss: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``batch_loss`` plus FedProx's term to the weights ``module`` holds now (none for ``mu = 0``)."""
+    if mu <= 0:
+        return batch_loss
+    anchors = [p.detach().clone() for p in module.parameters()]
+    return lambda idx: batch_loss(idx) + proximal_term(module.parameters(), anchors, mu)
 
-    With ``cfg.prox_mu > 0`` the loss includes the proximal term to the weights ``model``
-    starts from (the received global ones).
+
+def train_joint(
+    model: EarlyExitCNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainingConfig,
+    generator: torch.Generator,
+    epochs: int | None = None,
+) -> float:
+    """Train every stage and exit of ``model`` for ``epochs`` (default ``cfg.local_epochs``); the mean loss.
+
+    With ``cfg.prox_mu > 0`` the loss includes the proximal term to the
+    weights ``model`` starts from (the received global ones).
     """
     model.train()
-    anchors = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        loss = exit_loss(model(x[idx]), y[idx], cfg)
-        return loss if anchors is None else loss + proximal_term(model.parameters(), anchors, cfg.prox_mu)
+        return exit_loss(model(x[idx]), y[idx], cfg)
 
-    return _fit(model.parameters(), cfg, cfg.local_epochs, len(y), generator, batch_loss)
+    loss = _with_prox(model, cfg.prox_mu, batch_loss)
+    return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss)
 
 
 @torch.no_grad()
@@ -123,34 +164,40 @@ def stage_features(model: EarlyExitCNN, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train_exits(
-    model: EarlyExitCNN,
     heads: nn.ModuleList,
-    x: torch.Tensor,
+    features: Sequence[torch.Tensor],
     y: torch.Tensor,
     cfg: TrainingConfig,
     epochs: int,
     generator: torch.Generator,
+    prox_mu: float = 0.0,
 ) -> float:
-    """Train ``heads`` (one per stage of ``model``) over the frozen backbone; returns the mean loss.
+    """Train ``heads`` (one per stage) over a frozen backbone's ``features``; returns the mean loss.
 
-    The backbone is fixed, so its features are computed once and reused every epoch.
+    The backbone is fixed, so its features (:func:`stage_features`) are computed once and
+    reused every epoch. ``prox_mu > 0`` adds the proximal term to the heads' starting weights.
     """
-    features = stage_features(model, x)
     heads.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return exit_loss([head(f[idx]) for head, f in zip(heads, features)], y[idx], cfg)
 
-    return _fit(heads.parameters(), cfg, epochs, len(y), generator, batch_loss)
+    return fit(heads.parameters(), cfg, epochs, len(y), generator, _with_prox(heads, prox_mu, batch_loss))
 
 
 @torch.no_grad()
+def head_logits(heads: Iterable[nn.Module], features: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Each head's logits over its stage's features, in evaluation batches."""
+    out = []
+    for head, feats in zip(heads, features):
+        head.eval()
+        out.append(torch.cat([head(f) for f in feats.split(EVAL_BATCH)]))
+    return out
+
+
 def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
     """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
-    heads = model.exits if heads is None else heads
-    heads.eval()
-    features = stage_features(model, x)
-    return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, features)]
+    return head_logits(model.exits if heads is None else heads, stage_features(model, x))
 
 
 def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
@@ -161,3 +208,8 @@ def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: Train
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows whose arg-max is the label."""
     return int((logits.argmax(dim=1) == y).sum()) / len(y) if len(y) else 0.0
+
+
+def ensemble(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The exits' ensemble: the mean of their softmax outputs (class probabilities)."""
+    return torch.stack([F.softmax(z, dim=1) for z in logits]).mean(dim=0)

@@ -7,9 +7,8 @@ Pure functions of numbers and seeds; nothing here waits. A client's round time i
   + upload   (bytes it returns / uplink)
 
 with training FLOPs = 3 x forward FLOPs of its submodel with its exits x samples x
-local epochs (forward + backward ~ 3 forwards), plus, when it keeps personal exits,
-one forward pass of its frozen backbone over its samples and 3 x its heads' forward
-FLOPs x samples x personal epochs.
+local epochs (forward + backward ~ 3 forwards); how the training scheme and the
+personalisation mode change the work and the bytes is ``sims.emulator.client_flops``.
 """
 
 from __future__ import annotations
@@ -33,11 +32,6 @@ def transfer_seconds(num_bytes: float, mbps: float) -> float:
 def training_flops(forward_flops: float, samples: int, epochs: int) -> float:
     """FLOPs of training end to end: 3 x forward x samples x epochs."""
     return 3.0 * forward_flops * samples * epochs
-
-
-def personal_flops(backbone_flops: float, heads_flops: float, samples: int, epochs: int) -> float:
-    """FLOPs of the personal step: one frozen-backbone pass, then training the heads."""
-    return backbone_flops * samples + training_flops(heads_flops, samples, epochs)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_ee.config import Config
-from fl_ee.models import EarlyExitCNN, Flops, measure_flops, slice_state, state_bytes
+from fl_ee.models import EarlyExitCNN, Flops, measure_flops, state_bytes
+from fl_ee.personal import PERSONAL_HEADS
+from fl_ee.scheme import backbone_frozen, returned_state
 from sims.clock import (
     FAILED,
     OK,
@@ -23,7 +25,6 @@ from sims.clock import (
     ClientTime,
     Presence,
     client_time,
-    personal_flops,
     presence,
     settle,
     speed_factors,
@@ -32,31 +33,54 @@ from sims.clock import (
 from strategies import ClientInfo
 
 
-def depth_bytes(model: EarlyExitCNN, depths: Iterable[int]) -> dict[int, int]:
-    """Bytes of the shared tensors a client of each depth receives (and returns) in a round."""
+def depth_bytes(model: EarlyExitCNN, depths: Iterable[int], frozen: bool = False) -> dict[int, int]:
+    """Bytes a client of each depth returns in a round: its slice, or only its exits when ``frozen``.
+
+    It always receives its whole slice (it needs the backbone to train its exits).
+    """
     state = model.state_dict()
-    return {d: state_bytes(slice_state(state, d)) for d in set(depths)}
+    return {d: state_bytes(returned_state(state, d, frozen)) for d in set(depths)}
 
 
-def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int) -> float:
-    """A client's training FLOPs in one round: the shared step, plus the personal step when it keeps exits."""
-    work = training_flops(flops.exit_costs()[depth - 1], num_train, cfg.training.local_epochs)
-    if cfg.personalisation.mode == "exits":
-        work += personal_flops(sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train,
-                               cfg.personalisation.epochs)
+def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int, frozen: bool = False) -> float:
+    """A client's training FLOPs in one round, as the ClientApp spends them.
+
+    Shared step: ``3 x forward x samples x local_epochs`` end to end; with a ``frozen``
+    backbone (``ic-only``), one forward pass of the backbone and ``3 x heads`` per sample
+    and epoch. Personal heads (``exits``, ``self-distill``) add ``3 x heads`` per sample and
+    personal epoch over the same frozen features (one more backbone pass when the shared
+    step trains the backbone), and ``self-distill`` one pass of the deepest global head
+    (its teacher). ``finetune`` and ``none`` add nothing to a training round.
+    """
+    backbone, heads, n = sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train
+    if frozen:
+        work = backbone * n + training_flops(heads, n, cfg.training.local_epochs)
+    else:
+        work = training_flops(flops.exit_costs()[depth - 1], n, cfg.training.local_epochs)
+    mode = cfg.personalisation.mode
+    if mode in PERSONAL_HEADS:
+        work += (0 if frozen else backbone * n) + training_flops(heads, n, cfg.personalisation.epochs)
+    if mode == "self-distill":
+        work += flops.exits[depth - 1] * n
     return work
 
 
-def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> dict[int, ClientTime]:
-    """Each client's simulated round time from its tier profile, data size and submodel."""
+def client_times(
+    cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo], frozen: bool = False
+) -> dict[int, ClientTime]:
+    """Each client's simulated round time from its tier profile, data size and submodel.
+
+    ``frozen``: in a round of ``ic-only`` that trains the exits alone.
+    """
     flops = measure_flops(model)
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
-    slice_bytes = depth_bytes(model, (c.depth for c in clients))
+    down = depth_bytes(model, (c.depth for c in clients))
+    up = depth_bytes(model, (c.depth for c in clients), frozen)
     times = {}
     for client, factor in zip(clients, factors):
-        tier, size = tiers[client.tier], slice_bytes[client.depth]
-        times[client.client_id] = client_time(size, size, client_flops(cfg, flops, client.depth, client.num_train),
+        tier, work = tiers[client.tier], client_flops(cfg, flops, client.depth, client.num_train, frozen)
+        times[client.client_id] = client_time(down[client.depth], up[client.depth], work,
                                               tier.compute_gflops * factor, tier.download_mbps, tier.upload_mbps)
     return times
 
@@ -67,6 +91,7 @@ class RoundClock:
 
     sampled: list[ClientInfo]
     presence: dict[int, Presence]
+    times: Mapping[int, ClientTime]  # every client's simulated time in this round
     outcomes: dict[int, str] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # why a client failed or was rejected
     round_time_s: float = 0.0
@@ -88,8 +113,14 @@ class DeviceEmulator:
     def __init__(self, cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> None:
         self.cfg = cfg
         self.tiers = {t.name: t for t in cfg.tiers}
-        self.times = client_times(cfg, model, clients)
+        self.times = client_times(cfg, model, clients)  # rounds that train the backbone
+        self.frozen_times = client_times(cfg, model, clients, frozen=True) \
+            if cfg.training.scheme == "ic-only" else self.times
         self.virtual_time_s = 0.0
+
+    def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
+        """Every client's simulated time in ``server_round`` (``ic-only`` rounds differ once the backbone is frozen)."""
+        return self.frozen_times if backbone_frozen(self.cfg.training, server_round) else self.times
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
         """Draw who of the sampled clients is online and who will drop out this round."""
@@ -99,12 +130,12 @@ class DeviceEmulator:
                                   self.cfg.seed, server_round)
             for c in sampled
         }
-        return RoundClock(sampled, draws)
+        return RoundClock(sampled, draws, self.times_in(server_round))
 
-    def pace_seconds(self, client: ClientInfo) -> float:
+    def pace_seconds(self, clock: RoundClock, client: ClientInfo) -> float:
         """Real seconds a client sleeps: its simulated time x ``time_scale`` when paced, else 0."""
         sim = self.cfg.simulation
-        return self.times[client.client_id].total_s * sim.time_scale if sim.pace else 0.0
+        return clock.times[client.client_id].total_s * sim.time_scale if sim.pace else 0.0
 
     def settle(
         self, clock: RoundClock, finished: Iterable[ClientInfo], errored: Mapping[ClientInfo, str], keep: int
@@ -114,7 +145,7 @@ class DeviceEmulator:
         ``errored`` maps the clients whose ClientApp raised to the error they reported.
         """
         sim = self.cfg.simulation
-        completion = {c.client_id: self.times[c.client_id].total_s for c in finished}
+        completion = {c.client_id: clock.times[c.client_id].total_s for c in finished}
         clock.outcomes, clock.round_time_s = settle(completion, sim.straggler_policy, sim.deadline_s, keep)
         for c in clock.sampled:
             p = clock.presence[c.client_id]
@@ -132,7 +163,7 @@ class DeviceEmulator:
         clients, wasted = [], 0.0
         by_tier = {t: dict.fromkeys(("sampled", *OUTCOMES), 0) for t in self.tiers}
         for c in clock.sampled:
-            outcome, t = clock.outcomes[c.client_id], self.times[c.client_id]
+            outcome, t = clock.outcomes[c.client_id], clock.times[c.client_id]
             p = clock.presence[c.client_id]
             time_s = None if outcome == UNAVAILABLE else t.total_s * (p.fail_at if p.fails else 1.0)
             if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing

@@ -127,3 +127,55 @@ def test_evaluate_reports_the_full_cost_and_every_policys_curves():
     assert test["patience"][1][0] == costs[0] and calib["patience"][1][-1] == costs[-1]
     assert m.calib_examples == len(client_data(CFG, 0)[1])  # fraction 0: calibrated on the training samples
     assert len(m.ece) == len(m.ece_calibrated) == len(m.temperatures) == 3 and 0 <= m.overthinking <= 1
+
+
+def _cfg(**sections) -> object:
+    return config_from_dict({"data": {"num_clients": 4}, "rounds": 5, **sections})
+
+
+def test_ic_only_returns_only_exits_once_the_backbone_is_frozen():
+    cfg = _cfg(training={"scheme": "ic-only", "backbone_rounds": 2})
+    sent = _message(MessageType.TRAIN, 2, 3, cfg, seed=0)
+    frozen = app(sent, _context(0))
+    assert set(frozen.content["arrays"]) == {k for k in sent.content["arrays"] if k.startswith("exits.")}
+    received = {k: a.numpy() for k, a in sent.content["arrays"].items()}
+    assert any(not np.array_equal(a.numpy(), received[k]) for k, a in frozen.content["arrays"].items())  # trained
+    e2e = app(_message(MessageType.TRAIN, 2, 2, cfg, seed=0), _context(0))  # rounds 1..backbone_rounds: everything
+    assert set(e2e.content["arrays"]) == set(sent.content["arrays"])
+
+
+def test_evaluate_reports_the_ensemble_of_its_exits():
+    from fl_ee.training import accuracy, ensemble, exit_logits
+
+    message = _message(MessageType.EVALUATE, depth=3, server_round=1, cfg=_cfg(personalisation={"mode": "none"}))
+    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
+    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    _, _, x, y = client_data(CFG, 2)
+    m = payload_of(app(message, _context(2)), EvaluateReply)
+    assert m.ensemble_accuracy == accuracy(ensemble(exit_logits(model, x)), y)
+
+
+def test_finetune_evaluates_a_tuned_copy_and_keeps_nothing(tmp_path):
+    cfg = _cfg(personalisation={"mode": "finetune", "epochs": 2})
+    context = _context(1)
+    app(_message(MessageType.TRAIN, 3, 1, cfg, seed=0, state_dir=str(tmp_path)), context)
+    assert len(context.state) == 0 and not any(tmp_path.iterdir())  # no personal heads in training
+    message = _message(MessageType.EVALUATE, 3, 1, cfg, seed=0, state_dir=str(tmp_path))
+    received = {k: a.numpy().copy() for k, a in message.content["arrays"].items()}
+    replied = app(message, context)
+    tuned = payload_of(replied, EvaluateReply)
+    plain = payload_of(app(_message(MessageType.EVALUATE, 3, 1, _cfg(personalisation={"mode": "none"}), seed=0),
+                           _context(1)), EvaluateReply)
+    assert tuned.exit_accuracy != plain.exit_accuracy  # evaluated after fine-tuning ...
+    assert len(context.state) == 0 and not any(tmp_path.iterdir()) and "arrays" not in replied.content  # kept, sent
+    assert _same(received, {k: a.numpy() for k, a in message.content["arrays"].items()})  # nothing; model untouched
+    assert payload_of(app(message, context), EvaluateReply) == tuned  # so the next evaluation starts afresh
+
+
+def test_self_distill_keeps_personal_heads_like_exits():
+    context = _context(2)
+    cfg = _cfg(personalisation={"mode": "self-distill", "labelled_fraction": 0.5})
+    app(_message(MessageType.TRAIN, 2, 1, cfg, seed=0), context)
+    assert set(context.state[PERSONAL_EXITS]) == {k.removeprefix("exits.") for k in
+                                                  _message(MessageType.TRAIN, 2, 1, cfg).content["arrays"]
+                                                  if k.startswith("exits.")}

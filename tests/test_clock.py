@@ -15,16 +15,38 @@ def test_transfer_seconds():
     assert transfer_seconds(1_000_000, 8.0) == pytest.approx(1.0)  # 8 Mbit over 8 Mbit/s
 
 
-def _times(personalisation: str):
+def _times(personalisation: str, frozen: bool = False, **training):
     raw = {
+        "rounds": 3,
         "model": {"exit_head": "linear"},
-        "training": {"local_epochs": 2},
+        "training": {"local_epochs": 2, **training},
         "personalisation": {"mode": personalisation, "epochs": 1},
         "tiers": [{"name": "t", "share": 1.0, "depth": 1, "compute_gflops": 1.0, "download_mbps": 1.0,
                    "upload_mbps": 0.5}],
     }
     model = EarlyExitCNN(ModelSpec(1, 8, 8, 10, base_width=16, exit_head="linear"))
-    return client_times(config_from_dict(raw), model, [ClientInfo(1, 0, "t", 1, num_train=10, num_test=3)])[0]
+    return client_times(config_from_dict(raw), model, [ClientInfo(1, 0, "t", 1, num_train=10, num_test=3)], frozen)[0]
+
+
+STAGE, HEAD = 2 * 64 * 1 * 16 * 9, 2 * 16 * 10  # depth 1 below: conv 3x3 at 8x8 -> 16 ch; linear 16 -> 10
+HEAD_BYTES = (16 * 10 + 10) * 4
+
+
+def test_each_mode_and_scheme_is_charged_its_own_work_by_hand():
+    shared = 3 * (STAGE + HEAD) * 10 * 2  # end to end: 3 x forward x 10 samples x 2 epochs
+    personal = 3 * HEAD * 10 * 1  # heads over frozen features, 1 personal epoch
+    for mode in ("none", "finetune"):  # fine-tuning happens before evaluation, outside the training round
+        assert _times(mode).compute_s == pytest.approx(shared / 1e9)
+    assert _times("exits").compute_s == pytest.approx((shared + STAGE * 10 + personal) / 1e9)
+    teacher = HEAD * 10  # self-distill: the deepest global head's forward pass gives the soft targets
+    assert _times("self-distill").compute_s == pytest.approx((shared + STAGE * 10 + personal + teacher) / 1e9)
+    # ic-only, frozen: one backbone pass serves both steps; heads trained 2 + 1 epochs; only the head goes up
+    ic = dict(scheme="ic-only", backbone_rounds=1)
+    frozen = _times("exits", frozen=True, **ic)
+    assert frozen.compute_s == pytest.approx((STAGE * 10 + 3 * HEAD * 10 * 2 + personal) / 1e9)
+    assert frozen.upload_s == pytest.approx(HEAD_BYTES * 8 / 0.5e6)
+    assert frozen.download_s == _times("exits", **ic).download_s  # the whole slice still comes down
+    assert _times("none", frozen=True, **ic).compute_s == pytest.approx((STAGE * 10 + 3 * HEAD * 10 * 2) / 1e9)
 
 
 def test_client_times_match_a_hand_computed_submodel():

@@ -259,6 +259,10 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "--set", "strategy.options.bogus=1"], "strategy.options.bogus: unknown option"),
         (["run", "--set", "simulation.straggler_policy=deadline"], "simulation.deadline_s: must be set"),
         (["run", "--set", "tiers.0.download_mbps=-3"], "tiers.0.download_mbps: must be > 0"),
+        (["run", "--set", "personalisation.labelled_fraction=1.5"], "personalisation.labelled_fraction: must be in [0"),
+        (["run", "--set", "training.scheme=ic-only"], "training.backbone_rounds: ic-only needs a backbone to freeze"),
+        (["run", "--set", "training.exit_weights=[1, 2]"], "training.exit_weights: needs one weight per exit"),
+        (["run", "--set", "personalisation.labelled_fraction=0.5"], "only with personalisation.mode = self-distill"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line_with_exit_2(argv, needle, capsys, tmp_path):

@@ -17,7 +17,7 @@ G = {p: len(g) for p, g in grids(CFG.exit_policy, CFG.max_depth).items()}
 
 
 def curve_reply(cfg, cid, n, exits, full, *, calib, test, calib_examples=10, adaptive=0.0, expected=0.0,
-                fractions=None) -> EvaluateReply:
+                fractions=None, ensemble=None) -> EvaluateReply:
     """A reply whose every policy has the curves ``calib(i)`` and ``test(i)``: (accuracy, FLOPs) at grid index i."""
     sizes = {p: len(g) for p, g in grids(cfg.exit_policy, cfg.max_depth).items()}
 
@@ -33,7 +33,8 @@ def curve_reply(cfg, cid, n, exits, full, *, calib, test, calib_examples=10, ada
         exit_flops=tuple(full * (i + 1) / depth for i in range(depth)), calib_examples=calib_examples,
         calib_accuracy=0.9, calib_curves=flat(calib), test_curves=flat(test),
         fraction_curve=fractions * sizes[cfg.exit_policy.name], temperatures=(1.0,) * depth, ece=(0.1,) * depth,
-        ece_calibrated=(0.05,) * depth, reliability=(0.0,) * bins, overthinking=0.0)
+        ece_calibrated=(0.05,) * depth, reliability=(0.0,) * bins, overthinking=0.0,
+        ensemble_accuracy=ensemble)
 
 
 def stepped(k):

@@ -81,7 +81,7 @@ def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
     cfg = load_config(str(tmp_path / "run" / "config.toml"))
     data = load_dataset(cfg.data)
     model = initial_model(cfg, data)
-    untrained = evaluate_global(ArrayRecord(model.state_dict()), data, model, cfg.max_depth)
+    untrained = evaluate_global(ArrayRecord(model.state_dict()), data, model, cfg.max_depth)["by_exit"]
     rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [r["evaluate"]["global"]["by_exit"] for r in rounds] == [untrained, untrained]  # frozen every round
     assert all(any(c["outcome"] == "ok" for c in r["clock"]["clients"]) for r in rounds)  # ... although updates came

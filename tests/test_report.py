@@ -182,19 +182,22 @@ def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
         for i in range(1, 5):
             held = [float(r[f"accuracy_exit{i}"]) for r in members if r[f"accuracy_exit{i}"]]
             assert (cells[2 + i] == "-") if not held else _near(cells[2 + i], sum(held) / len(held)), (tier, i)
-        assert _near(cells[7], sum(float(r["adaptive_accuracy"]) for r in members) / len(members))
+        assert _near(cells[7], sum(float(r["accuracy_ensemble"]) for r in members) / len(members))
+        assert _near(cells[8], sum(float(r["adaptive_accuracy"]) for r in members) / len(members))
         weights = [int(r["num_test"]) for r in members]
         expected = sum(w * float(r["expected_flops"]) for w, r in zip(weights, members)) / sum(weights)
         full = sum(w * float(r["full_flops"]) for w, r in zip(weights, members)) / sum(weights)
-        assert _near(cells[8], expected, 1e-6, 0.001) and _near(cells[9], 1 - expected / full)
+        assert _near(cells[9], expected, 1e-6, 0.001) and _near(cells[10], 1 - expected / full)
     everyone = _cells(out, "all")
     assert everyone[0] == "6"
     for i in range(1, 5):
         held = [float(r[f"accuracy_exit{i}"]) for r in rows if r[f"accuracy_exit{i}"]]
         assert _near(everyone[i], sum(held) / len(held))
-    assert everyone[6:] == [f"{summary['efficiency']['expected_flops'] / 1e6:.3f}",
+    assert _near(everyone[5], sum(float(r["accuracy_ensemble"]) for r in rows) / len(rows))
+    assert everyone[7:] == [f"{summary['efficiency']['expected_flops'] / 1e6:.3f}",
                             _pct(summary["efficiency"]["flops_saving"])]
-    assert _cells(out, "global") == [_pct(v) for v in summary["accuracy"]["global"]["by_exit"].values()]
+    global_eval = summary["accuracy"]["global"]
+    assert _cells(out, "global") == [*(_pct(v) for v in global_eval["by_exit"].values()), _pct(global_eval["ensemble"])]
     mean = summary["accuracy"]["personalised"]["mean"]
     assert f"personalised mean at each client's deepest exit: {_pct(mean)}%" in out
 

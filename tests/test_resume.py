@@ -147,7 +147,7 @@ def _reply(p: int) -> EvaluateReply:
 
 def test_loop_state_round_trips_through_json_exactly():
     state = LoopState(ArrayRecord(), round=4, results={3: Evaluation(4, _reply(3)), 0: Evaluation(2, _reply(0))},
-                      global_by_exit={"1": 0.1, "2": 2 / 3},
+                      global_eval={"by_exit": {"1": 0.1, "2": 2 / 3}, "ensemble": 0.5},
                       clocks=[{"round_time_s": 1 / 3, "virtual_time_s": 7 / 3, "clients": [{"time_s": None}]}],
                       accuracy_at=[(1.5, None), (7 / 3, 0.875)])
     back = loop_state_from_json(json.loads(json.dumps(loop_state_to_json(state))), state.arrays)

@@ -347,9 +347,9 @@ def test_evaluate_round_samples_by_fraction_evaluate():
 
 
 def _reply(cfg: Config, cid: int, n: int, exits: tuple, adaptive: float, expected: float, full: float,
-           fractions: tuple, test) -> EvaluateReply:
+           fractions: tuple, test, ensemble: float | None = None) -> EvaluateReply:
     return curve_reply(cfg, cid, n, exits, full, calib=lambda i: (0.9, full), test=test, adaptive=adaptive,
-                       expected=expected, fractions=fractions)
+                       expected=expected, fractions=fractions, ensemble=ensemble)
 
 
 def test_build_summary_by_hand():
@@ -362,9 +362,11 @@ def test_build_summary_by_hand():
     clients = [ClientInfo(10 + i, i, tier, depth, 100, 20)
                for i, (tier, depth) in enumerate([("small", 2), ("small", 2), ("big", 3), ("big", 3), ("idle", 1)])]
     results = {  # client 3 (big) and client 4 (idle) were never evaluated
-        0: Evaluation(2, _reply(cfg, 0, 10, (0.5, 0.6), 0.55, 10.0, 20.0, (0.5, 0.5), lambda t: (t / 10, t))),
-        1: Evaluation(1, _reply(cfg, 1, 30, (0.7, 0.8), 0.75, 16.0, 20.0, (0.2, 0.8), lambda t: (0.2, 2.0 * t))),
-        2: Evaluation(2, _reply(cfg, 2, 20, (0.6, 0.7, 0.9), 0.8, 24.0, 40.0, (0.4, 0.2, 0.4), lambda t: (0.5, 30.0))),
+        0: Evaluation(2, _reply(cfg, 0, 10, (0.5, 0.6), 0.55, 10.0, 20.0, (0.5, 0.5), lambda t: (t / 10, t), 0.65)),
+        1: Evaluation(1, _reply(cfg, 1, 30, (0.7, 0.8), 0.75, 16.0, 20.0, (0.2, 0.8), lambda t: (0.2, 2.0 * t),
+                                0.85)),
+        2: Evaluation(2, _reply(cfg, 2, 20, (0.6, 0.7, 0.9), 0.8, 24.0, 40.0, (0.4, 0.2, 0.4), lambda t: (0.5, 30.0),
+                                0.95)),
     }
     tier_counts = lambda s, o, l, u, f: {"sampled": s, "ok": o, "late": l, "unavailable": u, "failed": f}  # noqa
     clocks = [
@@ -376,7 +378,8 @@ def test_build_summary_by_hand():
                      "idle": tier_counts(0, 0, 0, 0, 0)}},
     ]
     accuracy_at = [(3.0, None), (8.0, 0.65), (12.0, 0.72), (20.0, 0.9)]
-    s = build_summary(cfg, clients, results, {"1": 0.3, "2": 0.4, "3": 0.5}, clocks, accuracy_at)
+    global_eval = {"by_exit": {"1": 0.3, "2": 0.4, "3": 0.5}, "ensemble": 0.45}
+    s = build_summary(cfg, clients, results, global_eval, clocks, accuracy_at)
     approx = pytest.approx
 
     # personalised: deepest exits 0.6, 0.8 (small), 0.9 (big) -> mean 2.3 / 3
@@ -390,7 +393,9 @@ def test_build_summary_by_hand():
     assert p["adaptive_accuracy"] == approx((0.55 + 0.75 + 0.8) / 3)
     assert p["adaptive_by_tier"] == approx({"small": 0.65, "big": 0.8, "idle": None})
     assert p["expected_flops"] == approx(50 / 3) and p["evaluated_clients"] == 3
-    assert s["accuracy"]["global"] == {"by_exit": {"1": 0.3, "2": 0.4, "3": 0.5}}
+    assert p["ensemble"] == approx((0.65 + 0.85 + 0.95) / 3)
+    assert p["ensemble_by_tier"] == approx({"small": 0.75, "big": 0.95, "idle": None})
+    assert s["accuracy"]["global"] == global_eval
 
     # fairness over 0.6, 0.8, 0.9: std sqrt(((-1/6)^2 + (1/30)^2 + (2/15)^2) / 3); Jain 2.3^2 / (3 * 1.81)
     f = s["fairness"]

@@ -9,12 +9,15 @@ from fl_ee.models import EarlyExitCNN, ModelSpec
 from fl_ee.training import (
     accuracy,
     distillation_loss,
+    ensemble,
     exit_logits,
     exit_loss,
     for_round,
+    kd_weight_at,
     local_loss,
     mutual_distillation_loss,
     proximal_term,
+    stage_features,
     train_exits,
     train_joint,
 )
@@ -100,6 +103,40 @@ def test_distillation_is_off_before_the_warmup_round():
     assert for_round(TrainingConfig(kd_weight=0.5), 1).kd_weight == 0.5  # no warm-up by default
 
 
+def test_the_ramp_is_depthfls_sigmoid_by_hand():
+    # R = 4, kd_weight 0.5: r = 0, 1, 2, 3, 4, 5 rounds since round 1 -> 0.5 exp(-5 (1 - min(r, 4)/4)^2)
+    cfg = TrainingConfig(kd_weight=0.5, kd_schedule="ramp", kd_ramp_rounds=4)
+    expected = [0.5 * math.exp(-5.0), 0.5 * math.exp(-5 * 0.5625), 0.5 * math.exp(-1.25), 0.5 * math.exp(-0.3125),
+                0.5, 0.5]
+    assert [kd_weight_at(cfg, r) for r in range(1, 7)] == pytest.approx(expected, rel=1e-12)
+    assert [for_round(cfg, r).kd_weight for r in (1, 5)] == pytest.approx([0.5 * math.exp(-5.0), 0.5])
+    # with a warm-up the ramp starts at its round: off in rounds 1-2, r = 0 in round 3
+    warm = cfg.model_copy(update={"kd_warmup_rounds": 3})
+    assert [kd_weight_at(warm, r) for r in (1, 2, 3, 7)] == pytest.approx([0.0, 0.0, 0.5 * math.exp(-5.0), 0.5])
+
+
+def test_exit_weights_weigh_each_exits_cross_entropy():
+    torch.manual_seed(0)
+    logits = [torch.randn(5, 3) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ce = [F.cross_entropy(z, y).item() for z in logits]
+    weighted = TrainingConfig(distillation="none", exit_weights=[0.5, 0.0, 2.0])
+    assert exit_loss(logits, y, weighted).item() == pytest.approx(0.5 * ce[0] + 2.0 * ce[2], rel=1e-6)
+    # a client of depth 2 uses the first two weights; distillation is added unweighted
+    kd = TrainingConfig(distillation="last-exit", kd_weight=0.3, kd_temperature=2.0, exit_weights=[0.5, 2.0, 1.0])
+    distil = distillation_loss(logits[:1], logits[1], 2.0).item()
+    assert exit_loss(logits[:2], y, kd).item() == pytest.approx(0.5 * ce[0] + 2.0 * ce[1] + 0.3 * distil, rel=1e-6)
+
+
+def test_ensemble_averages_the_exits_softmax():
+    # two exits, one sample: softmax [e/(e+1), 1/(e+1)] and [1/(1+e^3), e^3/(1+e^3)]
+    z = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])]
+    e = math.e
+    p0 = (e / (e + 1) + 1 / (1 + e**3)) / 2
+    torch.testing.assert_close(ensemble(z), torch.tensor([[p0, 1 - p0]]))
+    assert accuracy(ensemble(z), torch.tensor([1])) == 1.0  # the confident exit carries the vote
+
+
 def test_proximal_term_by_hand():
     w = [torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([[3.0]], requires_grad=True)]
     anchors = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
@@ -162,7 +199,7 @@ def test_exit_training_leaves_the_backbone_untouched():
     heads = torch.nn.ModuleList([torch.nn.Sequential(*h) for h in model.exits])  # separate copies
     heads.load_state_dict(model.exits.state_dict())
     start = {k: v.clone() for k, v in heads.state_dict().items()}
-    train_exits(model, heads, x, y, TrainingConfig(), epochs=2, generator=torch.Generator().manual_seed(0))
+    train_exits(heads, stage_features(model, x), y, TrainingConfig(), 2, torch.Generator().manual_seed(0))
     for k, v in model.stages.state_dict().items():
         torch.testing.assert_close(v, backbone[k])
     assert any(not torch.equal(v, start[k]) for k, v in heads.state_dict().items())
