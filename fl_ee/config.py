@@ -74,7 +74,7 @@ class TrainingConfig(_Section):
     distillation: Annotated[Literal["last-exit", "mutual", "none"],
                             Field(description="last-exit: deepest exit teaches; mutual: all teach all")] = "last-exit"
     kd_temperature: Annotated[float, Field(gt=0, description="distillation temperature T (ScaleFL: 3)")] = 3.0
-    kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term (ScaleFL's gamma: 0.05)")] = 0.05
+    kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term (ScaleFL's gamma)")] = 0.05
     kd_warmup_rounds: Annotated[int, Field(ge=0, description="distillation is off in rounds before this one")] = 0
     prox_mu: Annotated[float,
                        Field(ge=0, description="FedProx's mu: (mu/2)||w - w_global||^2 on the shared tensors")] = 0.0
