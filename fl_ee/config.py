@@ -80,8 +80,8 @@ class TrainingConfig(_Section):
         default_factory=list, description="weight of each exit's cross-entropy (empty: all 1)")]
     distillation: Annotated[Literal["last-exit", "mutual", "none"],
                             Field(description="last-exit: deepest exit teaches; mutual: all teach all")] = "last-exit"
-    kd_temperature: Annotated[float, Field(gt=0, description="distillation temperature T")] = 3.0
-    kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term")] = 0.5
+    kd_temperature: Annotated[float, Field(gt=0, description="distillation temperature T (ScaleFL: 3)")] = 3.0
+    kd_weight: Annotated[float, Field(ge=0, description="weight of the distillation term (ScaleFL's gamma)")] = 0.05
     kd_warmup_rounds: Annotated[int, Field(ge=0, description="distillation is off in rounds before this one")] = 0
     kd_schedule: Annotated[Literal["step", "ramp"], Field(
         description="step: full weight from the warm-up on; ramp: DepthFL's exp(-5(1-r/R)^2)")] = "step"
