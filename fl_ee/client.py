@@ -23,7 +23,8 @@ from flwr.common.constant import ErrorCode
 from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
 from fl_ee.data import client_data, load_dataset, run_splits
-from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
+from fl_ee.device import client_device
+from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
 from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.protocol import (
     ARRAYS,
@@ -64,12 +65,12 @@ def reports_errors(handler: Handler) -> Handler:
 @functools.lru_cache(maxsize=8)
 def depth_flops(spec: ModelSpec, depth: int) -> Flops:
     """Per-block FLOPs of a depth-``depth`` network (measured once per process)."""
-    return measure_flops(EarlyExitCNN(spec, depth))
+    return measure_flops(build_model(spec, depth))
 
 
 def model_spec(cfg: Config) -> ModelSpec:
     """The network shape of this run."""
-    return load_dataset(cfg.data).model_spec(cfg.model.width, cfg.model.exit_head)
+    return load_dataset(cfg.data).model_spec(cfg.model)
 
 
 def client_id_of(context: Context) -> int:
@@ -77,18 +78,19 @@ def client_id_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitCNN]:
-    """Parse the message: its instructions, the run config, and the received submodel."""
+def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.device]:
+    """Parse the message: its instructions, the run config, the received submodel and the device it runs on."""
     instructions = instructions_of(msg)
     cfg = instructions.config
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = EarlyExitCNN(model_spec(cfg), instructions.depth)
+    model = build_model(model_spec(cfg), instructions.depth)
     model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
-    return instructions, cfg, model
+    device = client_device(cfg.simulation.client_gpus)
+    return instructions, cfg, model.to(device), device
 
 
 def _personal_heads(
-    model: EarlyExitCNN, context: Context, instructions: Instructions, through: int
+    model: EarlyExitNet, context: Context, instructions: Instructions, through: int
 ) -> torch.nn.ModuleList:
     """The client's own exit heads: from its state, else saved in a round ``<= through``, else the global ones.
 
@@ -121,9 +123,10 @@ def train(msg: Message, context: Context) -> Message:
     When the instructions ask for it (q-FFL does), it also reports the local objective at
     the received weights; it costs a forward pass.
     """
-    instructions, cfg, model = _setup(msg)
+    instructions, cfg, model, device = _setup(msg)
     client_id = client_id_of(context)
     x, y, _, _ = client_data(cfg, client_id)
+    x, y = x.to(device), y.to(device)
     training = for_round(cfg.training, instructions.server_round)
     seed = derive_seed(cfg.seed, Stream.LOCAL_TRAINING, instructions.server_round, client_id)
     generator = torch.Generator().manual_seed(seed)
@@ -133,11 +136,11 @@ def train(msg: Message, context: Context) -> Message:
         heads = _personal_heads(model, context, instructions, through=instructions.server_round - 1)
         personal_loss = train_exits(model, heads, x, y, training, cfg.personalisation.epochs, generator)
         context.state[PERSONAL_EXITS] = ArrayRecord(heads.state_dict())
-    train_loss = train_joint(model, x, y, training, generator)
+    train_loss = train_joint(model, x, y, training, generator, augment=cfg.data.augment)
     time.sleep(instructions.pace_s)  # real pacing, when asked for
     if heads is not None and instructions.state_dir:  # last, so a client that failed saves nothing
         save_exits(instructions.state_dir, client_id, instructions.server_round,
-                   {k: v.numpy() for k, v in heads.state_dict().items()})
+                   {k: v.cpu().numpy() for k, v in heads.state_dict().items()})
     metrics = TrainReply(client_id, len(y), train_loss, personal_loss, initial_loss)
     return reply(msg, metrics, ArrayRecord(model.state_dict()))
 
@@ -146,14 +149,14 @@ def train(msg: Message, context: Context) -> Message:
 @reports_errors
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy per exit with the personal heads, and adaptive accuracy vs. FLOPs."""
-    instructions, cfg, model = _setup(msg)
+    instructions, cfg, model, device = _setup(msg)
     client_id = client_id_of(context)
     _, _, x, y = client_data(cfg, client_id)
     if cfg.personalisation.mode == "exits":
         heads = _personal_heads(model, context, instructions, through=instructions.server_round)
     else:
         heads = model.exits
-    logits = exit_logits(model, x, heads)
+    logits = [z.cpu() for z in exit_logits(model, x.to(device), heads)]
     costs = depth_flops(model.spec, model.depth).exit_costs()
     policy = cfg.exit_policy.name
     adaptive = adaptive_inference(logits, y, costs, policy, cfg.exit_policy.threshold)

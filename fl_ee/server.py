@@ -25,7 +25,7 @@ from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
 from fl_ee.errors import warn
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
-from fl_ee.models import EarlyExitCNN, slice_state
+from fl_ee.models import EarlyExitNet, build_model, load_weights, slice_state
 from fl_ee.observers import Observer
 from fl_ee.preflight import preflight
 from fl_ee.protocol import (
@@ -51,10 +51,14 @@ from strategies.base import to_numpy
 NODE_WAIT_S = 120.0
 
 
-def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitCNN:
-    """The full-depth global model, initialised from the run seed."""
+def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
+    """The full-depth global model, initialised from the run seed or loaded from ``model.weights``."""
+    spec = data.model_spec(cfg.model)
     torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-    return EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    model = build_model(spec)
+    if cfg.model.weights:
+        load_weights(model, cfg.model.weights)
+    return model
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -94,9 +98,9 @@ def discover_clients(grid: Grid, cfg: Config, instructions: Instructions) -> lis
     return sorted(clients, key=lambda c: c.client_id)
 
 
-def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCNN, depth: int) -> dict[str, float]:
+def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int) -> dict[str, float]:
     """Accuracy of the global model's exits 1..depth on the global test set."""
-    sub = EarlyExitCNN(model.spec, depth)
+    sub = build_model(model.spec, depth)
     sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
     logits = exit_logits(sub, data.test_x)
     return {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)}

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_ee.augment import crop_and_flip
 from fl_ee.config import TrainingConfig
-from fl_ee.models import EarlyExitCNN
+from fl_ee.models import EarlyExitNet
 
 EVAL_BATCH = 512
 
@@ -97,25 +98,27 @@ def _fit(
 
 
 def train_joint(
-    model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, generator: torch.Generator
+    model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, generator: torch.Generator,
+    augment: bool = False,
 ) -> float:
     """Train every stage and exit of ``model`` for ``cfg.local_epochs``; returns the mean loss.
 
     With ``cfg.prox_mu > 0`` the loss includes the proximal term to the weights ``model``
-    starts from (the received global ones).
+    starts from (the received global ones); with ``augment`` each batch is randomly
+    cropped and flipped (:func:`~fl_ee.augment.crop_and_flip`, drawn from ``generator``).
     """
     model.train()
     anchors = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        loss = exit_loss(model(x[idx]), y[idx], cfg)
+        loss = exit_loss(model(crop_and_flip(x[idx], generator) if augment else x[idx]), y[idx], cfg)
         return loss if anchors is None else loss + proximal_term(model.parameters(), anchors, cfg.prox_mu)
 
     return _fit(model.parameters(), cfg, cfg.local_epochs, len(y), generator, batch_loss)
 
 
 @torch.no_grad()
-def stage_features(model: EarlyExitCNN, x: torch.Tensor) -> list[torch.Tensor]:
+def stage_features(model: EarlyExitNet, x: torch.Tensor) -> list[torch.Tensor]:
     """Every stage's output for all of ``x``, computed in evaluation batches."""
     model.eval()
     chunks = [model.features(part) for part in x.split(EVAL_BATCH)]
@@ -123,7 +126,7 @@ def stage_features(model: EarlyExitCNN, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train_exits(
-    model: EarlyExitCNN,
+    model: EarlyExitNet,
     heads: nn.ModuleList,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -145,7 +148,7 @@ def train_exits(
 
 
 @torch.no_grad()
-def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
+def exit_logits(model: EarlyExitNet, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
     """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
     heads = model.exits if heads is None else heads
     heads.eval()
@@ -153,7 +156,7 @@ def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | Non
     return [torch.cat([head(f) for f in feats.split(EVAL_BATCH)]) for head, feats in zip(heads, features)]
 
 
-def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
+def local_loss(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
     """The local objective (:func:`exit_loss`) of ``model`` over all of ``x``, without training."""
     return float(exit_loss(exit_logits(model, x), y, cfg)) if len(y) else 0.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_ee.config import Config
-from fl_ee.models import EarlyExitCNN, Flops, measure_flops, slice_state, state_bytes
+from fl_ee.models import EarlyExitNet, Flops, measure_flops, slice_state, state_bytes
 from sims.clock import (
     FAILED,
     OK,
@@ -32,7 +32,7 @@ from sims.clock import (
 from strategies import ClientInfo
 
 
-def depth_bytes(model: EarlyExitCNN, depths: Iterable[int]) -> dict[int, int]:
+def depth_bytes(model: EarlyExitNet, depths: Iterable[int]) -> dict[int, int]:
     """Bytes of the shared tensors a client of each depth receives (and returns) in a round."""
     state = model.state_dict()
     return {d: state_bytes(slice_state(state, d)) for d in set(depths)}
@@ -47,7 +47,7 @@ def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int) -> float
     return work
 
 
-def client_times(cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> dict[int, ClientTime]:
+def client_times(cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo]) -> dict[int, ClientTime]:
     """Each client's simulated round time from its tier profile, data size and submodel."""
     flops = measure_flops(model)
     tiers = {t.name: t for t in cfg.tiers}
@@ -85,7 +85,7 @@ class RoundClock:
 class DeviceEmulator:
     """Simulated devices of one run; the virtual clock advances with every settled round."""
 
-    def __init__(self, cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> None:
+    def __init__(self, cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo]) -> None:
         self.cfg = cfg
         self.tiers = {t.name: t for t in cfg.tiers}
         self.times = client_times(cfg, model, clients)
