@@ -204,3 +204,39 @@ def test_list_model_prints_each_exit_head_beside_its_stage(capsys):
     first = [cell.strip() for cell in rows[0]]
     assert len(rows) == 4 and first[:6] == ["1", "1", f"{2 * 64 * 9 * 16 / 1e6:.4g}", f"{9 * 16 + 16 + 32:,}",
                                              f"{2 * 16 * 10 / 1e6:.4g}", f"{16 * 10 + 10:,}"]
+
+
+def test_batch_norm_trains_on_a_batch_of_one_at_a_1x1_map_by_its_running_statistics():
+    model = build_model(ModelSpec(1, 1, 1, 3, width=4, backbone="resnet", layers=(1,), norm="batch")).train()
+    norm = model.stages[0][1]
+    norm.running_mean.fill_(2.0)
+    x = torch.full((1, 1, 1, 1), 1.0)
+    model(x)[0].sum().backward()  # plain BatchNorm2d raises: one value per channel
+    torch.testing.assert_close(norm.running_mean, torch.full((4,), 2.0))  # left as it was
+    assert norm(torch.zeros(2, 4, 1, 1)).shape == (2, 4, 1, 1) and norm.num_batches_tracked == 1
+
+
+def test_zero_dimensional_tensors_keep_their_shape_through_aggregation():
+    import numpy as np
+
+    from strategies.base import to_numpy, to_record
+
+    state = build_model(ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1,), norm="batch")).state_dict()
+    arrays = {k: v.numpy() for k, v in state.items()}
+    assert arrays["stages.0.1.num_batches_tracked"].shape == ()
+    assert {k: v.shape for k, v in to_numpy(to_record(arrays)).items()} == {k: v.shape for k, v in arrays.items()}
+    assert to_numpy(to_record({"n": np.array(3)}))["n"].shape == ()
+
+
+@pytest.mark.e2e
+def test_a_batch_norm_resnet_with_conv_heads_and_augmentation_runs_a_federation(tmp_path):
+    # the real ClientApp and strategy on the in-process grid: running statistics are averaged like weights
+    from inprocess import run_inprocess
+
+    _, summary = run_inprocess(tmp_path / "run", ["rounds=2", "data.num_clients=4", "model.backbone=resnet",
+                                                  "model.width=4", "model.layers=[1,1,1]", "model.norm=batch",
+                                                  "model.exit_head=conv", "data.augment=true", "tiers.2.depth=3"])
+    assert set(summary["accuracy"]["global"]["by_exit"]) == {"1", "2", "3"}
+    assert summary["clients"]["total"] == 4 and summary["accuracy"]["personalised"]["evaluated_clients"] == 4
+    header = (tmp_path / "run" / "clients.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("accuracy_exit")] == ["accuracy_exit1", "accuracy_exit2", "accuracy_exit3"]
