@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from fl_ee.errors import UserError
-from fl_ee.layout import block_count, default_exits
+from fl_ee.layout import CNN_BLOCKS, block_count, default_exits
 from sims.devices import DEVICES
 
 DEFAULT_PRESET = "quickstart"
@@ -229,7 +229,7 @@ class Config(_Section):
                           Field(default_factory=SimulationConfig, description="clock, pacing and Ray")]
     tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1, strict=False,  # strict=False: TOML gives lists
                                                    description="device tiers; shares sum to 1")] = (
-        TierConfig(name="full", share=1.0, depth=4),)
+        TierConfig(name="full", share=1.0, depth=CNN_BLOCKS),)  # the default model's exits; see below
 
     @model_validator(mode="before")
     @classmethod
