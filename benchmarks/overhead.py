@@ -29,7 +29,7 @@ from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
 from fl_ee.client import depth_flops, model_spec
 from fl_ee.config import Config, load_config
 from fl_ee.data import client_data, load_dataset
-from fl_ee.models import EarlyExitCNN
+from fl_ee.models import EarlyExitNet
 from fl_ee.policies import adaptive_inference
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.training import exit_logits, stage_features, train_exits, train_joint
@@ -62,20 +62,20 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
             continue
         cid = client["client_id"]
         x, y, _, _ = client_data(cfg, cid)
-        model = EarlyExitCNN(spec, depth_of[cid])
+        model = EarlyExitNet(spec, depth_of[cid])
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, record["round"], cid))
-        heads = torch.nn.ModuleList(EarlyExitCNN(spec, depth_of[cid]).exits)
+        heads = torch.nn.ModuleList(EarlyExitNet(spec, depth_of[cid]).exits)
         train_exits(heads, stage_features(model, x), y, cfg.training, cfg.personalisation.epochs, generator)
         train_joint(model, x, y, cfg.training, generator)
     for cid in record.get("evaluate", {}).get("clients", []):
         _, _, x, y = client_data(cfg, cid)
-        model = EarlyExitCNN(spec, depth_of[cid])
+        model = EarlyExitNet(spec, depth_of[cid])
         logits = exit_logits(model, x)
         costs = depth_flops(spec, depth_of[cid]).exit_costs()
         adaptive_inference(logits, y, costs, cfg.exit_policy.name, cfg.exit_policy.threshold)
     if "evaluate" in record:
         data = load_dataset(cfg.data)
-        exit_logits(EarlyExitCNN(spec, cfg.max_depth), data.test_x)
+        exit_logits(EarlyExitNet(spec, cfg.max_depth), data.test_x)
     return time.perf_counter() - start
 
 

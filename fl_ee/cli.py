@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from fl_ee.config import load_config, parse_overrides
+from fl_ee.config import Config, load_config, parse_overrides
 from fl_ee.errors import UserError
 
 
@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep root (default: sweeps/<timestamp>); the same command on it again "
                        "runs only what is not finished")
     sweep.add_argument("--jobs", type=int, default=1, metavar="K", help="runs at once (default 1)")
-    listing = sub.add_parser("list", help="list strategies or presets")
-    listing.add_argument("what", choices=("strategies", "presets"))
+    listing = sub.add_parser("list", help="list strategies or presets, or the cost of a config's model per exit")
+    listing.add_argument("what", choices=("strategies", "presets", "model"))
+    listing.add_argument("config", nargs="?", help="for model: TOML config file or preset name (default: quickstart)")
+    listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="for model: override a config value by dotted key, as for run")
     return parser
 
 
@@ -257,10 +260,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``fl-ee list``: the strategies (plug-ins included) or the shipped presets."""
+    """``fl-ee list``: the strategies (plug-ins included), the shipped presets, or the model's cost per exit."""
     from importlib import resources
 
-    if args.what == "strategies":
+    if args.what == "model":
+        print_model(load_config(args.config, parse_overrides(args.overrides)))
+    elif args.what == "strategies":
         from strategies.registry import available, strategy_class
 
         for name, path in sorted(available().items()):
@@ -272,6 +277,27 @@ def cmd_list(args: argparse.Namespace) -> int:
                 first = entry.read_text().splitlines()[0].lstrip("# ")
                 print(f"{entry.name.removesuffix('.toml'):16s} {first}")
     return 0
+
+
+def print_model(cfg: Config) -> None:
+    """Per exit of the config's network on its dataset: FLOPs and parameters of the stage and of the exit head."""
+    from rich.table import Table
+
+    from fl_ee.data import load_dataset
+    from fl_ee.models import build_model, exit_table
+
+    data = load_dataset(cfg.data)
+    model = build_model(data.model_spec(cfg.model))
+    m = cfg.model
+    table = Table(title=f"{m.backbone} width {m.width}, {m.norm} norm, {m.exit_head} exit heads, "
+                        f"{tuple(data.train_x.shape[1:])} inputs: FLOPs per sample (2 x multiply-accumulates)")
+    for header in ("exit", "after block", "stage MFLOPs", "stage params", "head MFLOPs", "head params",
+                   "MFLOPs to exit"):
+        table.add_column(header, justify="right")
+    for i, row in enumerate(exit_table(model), 1):
+        table.add_row(str(i), str(row["block"]), f"{row['stage_flops'] / 1e6:.4g}", f"{row['stage_params']:,}",
+                      f"{row['head_flops'] / 1e6:.4g}", f"{row['head_params']:,}", f"{row['exit_flops'] / 1e6:.4g}")
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

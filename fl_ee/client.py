@@ -26,7 +26,8 @@ from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
 from fl_ee.data import calibration_size, client_calibration, client_data, load_dataset, run_splits
 from fl_ee.deployment import policy_figures
-from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
+from fl_ee.device import client_device
+from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
 from fl_ee.personal import PERSONAL_HEADS, finetuned, personal_step
 from fl_ee.protocol import (
     ARRAYS,
@@ -77,12 +78,12 @@ def reports_errors(handler: Handler) -> Handler:
 @functools.lru_cache(maxsize=8)
 def depth_flops(spec: ModelSpec, depth: int) -> Flops:
     """Per-block FLOPs of a depth-``depth`` network (measured once per process)."""
-    return measure_flops(EarlyExitCNN(spec, depth))
+    return measure_flops(build_model(spec, depth))
 
 
 def model_spec(cfg: Config) -> ModelSpec:
     """The network shape of this run."""
-    return load_dataset(cfg.data).model_spec(cfg.model.width, cfg.model.exit_head)
+    return load_dataset(cfg.data).model_spec(cfg.model)
 
 
 def client_id_of(context: Context) -> int:
@@ -90,18 +91,19 @@ def client_id_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitCNN]:
-    """Parse the message: its instructions, the run config, and the received submodel."""
+def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.device]:
+    """Parse the message: its instructions, the run config, the received submodel and the device it runs on."""
     instructions = instructions_of(msg)
     cfg = instructions.config
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = EarlyExitCNN(model_spec(cfg), instructions.depth)
+    model = build_model(model_spec(cfg), instructions.depth)
     model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
-    return instructions, cfg, model
+    device = client_device(cfg.simulation.client_gpus)
+    return instructions, cfg, model.to(device), device
 
 
 def _personal_heads(
-    model: EarlyExitCNN, context: Context, instructions: Instructions, through: int
+    model: EarlyExitNet, context: Context, instructions: Instructions, through: int
 ) -> torch.nn.ModuleList:
     """The client's own exit heads: from its state, else saved in a round ``<= through``, else the global ones.
 
@@ -139,9 +141,10 @@ def train(msg: Message, context: Context) -> Message:
     for it (q-FFL does), it also reports the local objective at the received weights; it
     costs a forward pass.
     """
-    instructions, cfg, model = _setup(msg)
+    instructions, cfg, model, device = _setup(msg)
     client_id, rnd = client_id_of(context), instructions.server_round
     x, y, _, _ = client_data(cfg, client_id)
+    x, y = x.to(device), y.to(device)
     training = for_round(cfg.training, rnd)
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, rnd, client_id))
     initial_loss = local_loss(model, x, y, training) if instructions.want_initial_loss else None
@@ -155,10 +158,10 @@ def train(msg: Message, context: Context) -> Message:
     if frozen:
         train_loss = train_exits(model.exits, features, y, training, training.local_epochs, generator, training.prox_mu)
     else:
-        train_loss = train_joint(model, x, y, training, generator)
+        train_loss = train_joint(model, x, y, training, generator, augment=cfg.data.augment)
     time.sleep(instructions.pace_s)  # real pacing, when asked for
     if heads is not None and instructions.state_dir:  # last, so a client that failed saves nothing
-        save_exits(instructions.state_dir, client_id, rnd, {k: v.numpy() for k, v in heads.state_dict().items()})
+        save_exits(instructions.state_dir, client_id, rnd, {k: v.cpu().numpy() for k, v in heads.state_dict().items()})
     metrics = TrainReply(client_id, len(y), train_loss, personal_loss, initial_loss)
     return reply(msg, metrics, ArrayRecord(returned_state(model.state_dict(), model.depth, frozen)))
 
@@ -172,18 +175,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     copy of the received submodel (``finetune``: neither kept nor sent), or the received
     model (``none``).
     """
-    instructions, cfg, model = _setup(msg)
+    instructions, cfg, model, device = _setup(msg)
     client_id, rnd, mode = client_id_of(context), instructions.server_round, cfg.personalisation.mode
     x_train, y_train, x, y = client_data(cfg, client_id)
     calib_x, calib_y = client_calibration(cfg, client_id)
     heads = _personal_heads(model, context, instructions, through=rnd) if mode in PERSONAL_HEADS else None
     if mode == "finetune":
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.FINETUNE, rnd, client_id))
-        model = finetuned(model, x_train, y_train, for_round(cfg.training, rnd), cfg.personalisation.epochs, generator)
-    logits = exit_logits(model, x, heads)
+        model = finetuned(model, x_train.to(device), y_train.to(device), for_round(cfg.training, rnd),
+                          cfg.personalisation.epochs, generator)
+    logits = [z.cpu() for z in exit_logits(model, x.to(device), heads)]
     costs = depth_flops(model.spec, model.depth).exit_costs()
-    policies = policy_figures(exit_logits(model, calib_x, heads), calib_y, logits, y, costs, cfg.exit_policy,
-                              cfg.max_depth)
+    calib_logits = [z.cpu() for z in exit_logits(model, calib_x.to(device), heads)]
+    policies = policy_figures(calib_logits, calib_y, logits, y, costs, cfg.exit_policy, cfg.max_depth)
     adaptive = policies.adaptive
     metrics = EvaluateReply(
         client_id=client_id,

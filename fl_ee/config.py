@@ -19,14 +19,14 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import tomli_w
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from fl_ee.errors import UserError
+from fl_ee.layout import CNN_BLOCKS, block_count, default_exits
 from sims.devices import DEVICES
 
-MAX_DEPTH = 4
 DEFAULT_PRESET = "quickstart"
 
 
@@ -43,7 +43,7 @@ def _rule(ok: bool, field: str, message: str) -> None:
 class DataConfig(_Section):
     """Which dataset, where it lives, and how it is split over clients."""
 
-    name: Annotated[Literal["digits", "mnist", "fashion-mnist", "cifar10", "imagefolder"],
+    name: Annotated[Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"],
                     Field(description="the dataset (digits is built in and offline)")] = "digits"
     root: Annotated[str, Field(description="where torchvision datasets / image folders live")] = "data"
     download: Annotated[bool, Field(description="let torchvision download missing files")] = False
@@ -54,15 +54,65 @@ class DataConfig(_Section):
     shards_per_client: Annotated[int, Field(ge=1, description="classes per client for shards")] = 2
     test_fraction: Annotated[float,
                              Field(gt=0, lt=1, description="share of each client's samples held out to test")] = 0.2
+    augment: Annotated[bool, Field(description="random crop (pad 4) and horizontal flip of training batches")] = False
+
+
+EXIT_PLACEMENTS = ("auto", "even-flops")
 
 
 class ModelConfig(_Section):
-    """The early-exit backbone: ``cnn`` has 4 stages of widths w, 2w, 4w, 4w."""
+    """The early-exit network: a backbone of blocks, exits after some of them, a width and a norm."""
 
-    backbone: Annotated[Literal["cnn"], Field(description="the backbone network")] = "cnn"
-    exit_head: Annotated[Literal["linear", "mlp"], Field(description="the classifier at each exit")] = "mlp"
-    width: Annotated[int, Field(ge=1, description="w, the first stage's channels")] = 16
-    weights: Annotated[str, Field(description="a local state-dict file to start the global model from")] = ""
+    backbone: Annotated[Literal["cnn", "resnet", "mobilenet_v2"], Field(description="the backbone network")] = "cnn"
+    width: Annotated[int, Field(ge=1, description="the first stage's channels (cnn 16, ResNet 64, MobileNetV2 32 "
+                                                  "in the standard networks)")] = 16
+    layers: Annotated[list[int], Field(default_factory=lambda: [2, 2, 2, 2], min_length=1,
+                                       description="ResNet blocks per group ([2,2,2,2]: ResNet-18)")]
+    norm: Annotated[Literal["group", "batch", "none"], Field(description="the normalisation layers")] = "group"
+    exit_head: Annotated[Literal["linear", "mlp", "conv"], Field(description="the classifier at each exit")] = "mlp"
+    exits: Annotated[str | list[int], Field(description="auto, even-flops, or the blocks (1-based) an exit follows")
+                     ] = "auto"
+    num_exits: Annotated[int, Field(ge=1, description="exits placed by even-flops")] = 4
+    weights: Annotated[str, Field(description="a state-dict file to start the global model from (empty: none)")] = ""
+
+    @field_validator("exits", mode="before")
+    @classmethod
+    def _exits_kind(cls, value: Any) -> Any:
+        if value in EXIT_PLACEMENTS or isinstance(value, list) and all(type(v) is int for v in value):
+            return value
+        raise PydanticCustomError("exits", "{message}", {
+            "message": f"expected auto, even-flops or a list of block numbers, got {value!r}"})
+
+    @model_validator(mode="after")
+    def _exits_fit_the_backbone(self) -> ModelConfig:
+        _rule(all(n >= 1 for n in self.layers), "layers", f"every group needs at least one block, got {self.layers}")
+        blocks = self.block_count
+        if isinstance(self.exits, list):
+            _rule(bool(self.exits), "exits", "must name at least one block")
+            _rule(all(a < b for a, b in zip(self.exits, self.exits[1:])) and self.exits[0] >= 1, "exits",
+                  f"block numbers must be increasing and >= 1, got {self.exits}")
+            _rule(self.exits[-1] <= blocks, "exits",
+                  f"block {self.exits[-1]} is past the backbone's {blocks} blocks ({self._described})")
+        elif self.exits == "even-flops":
+            _rule(self.num_exits <= blocks, "num_exits",
+                  f"{self.num_exits} exits do not fit on the backbone's {blocks} blocks ({self._described})")
+        return self
+
+    @property
+    def _described(self) -> str:
+        return f"resnet with layers {self.layers}" if self.backbone == "resnet" else self.backbone
+
+    @property
+    def block_count(self) -> int:
+        """The backbone's blocks."""
+        return block_count(self.backbone, self.layers)
+
+    @property
+    def exit_count(self) -> int:
+        """The network's exits, so the deepest depth a tier can hold."""
+        if isinstance(self.exits, list):
+            return len(self.exits)
+        return self.num_exits if self.exits == "even-flops" else len(default_exits(self.backbone, self.layers))
 
 
 class TrainingConfig(_Section):
@@ -132,7 +182,7 @@ class ExitPolicyConfig(_Section):
     name: Annotated[Literal["entropy", "max-prob", "calibrated", "patience"],
                     Field(description="the early-exit rule")] = "patience"
     threshold: Annotated[float, Field(ge=0, le=1, description="the rule's fixed threshold t")] = 0.5
-    patience: Annotated[int, Field(ge=1, le=MAX_DEPTH, description="patience's fixed number of agreeing exits")] = 2
+    patience: Annotated[int, Field(ge=1, description="patience's fixed number of agreeing exits")] = 2
     thresholds: Annotated[Literal["fixed", "budget", "accuracy"],
                           Field(description="how the threshold is chosen on the calibration split")] = "fixed"
     scope: Annotated[Literal["personal", "tier", "global"],
@@ -181,7 +231,7 @@ class TierConfig(_Section):
 
     name: Annotated[str, Field(min_length=1, description="the tier's name")]
     share: Annotated[float, Field(gt=0, le=1, description="share of the clients in this tier")]
-    depth: Annotated[int, Field(ge=1, le=MAX_DEPTH, description="stages (and exits) the tier's clients hold")]
+    depth: Annotated[int, Field(description="stages (and exits) the tier's clients hold: 1..the model's exits")]
     preset: Annotated[str, Field(description="a device profile (sims/devices.py) that fills the fields not set")] = ""
     compute_gflops: Annotated[float, Field(gt=0, description="sustained training throughput")] = 20.0
     download_mbps: Annotated[float, Field(gt=0, description="download link speed")] = 30.0
@@ -223,14 +273,30 @@ class Config(_Section):
     logging: Annotated[LoggingConfig, Field(default_factory=LoggingConfig, description="optional logs")]
     tiers: Annotated[tuple[TierConfig, ...], Field(min_length=1, strict=False,  # strict=False: TOML gives lists
                                                    description="device tiers; shares sum to 1")] = (
-        TierConfig(name="full", share=1.0, depth=MAX_DEPTH),)
+        TierConfig(name="full", share=1.0, depth=CNN_BLOCKS),)  # the default model's exits; see below
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tier_holds_every_exit(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or "tiers" in raw:
+            return raw
+        try:
+            model = ModelConfig.model_validate(raw.get("model", {}))
+        except ValidationError:  # reported by the field itself
+            return raw
+        return {**raw, "tiers": [{"name": "full", "share": 1.0, "depth": model.exit_count}]}
 
     @model_validator(mode="after")
     def _tiers_fit_together(self) -> Config:
+        exits = self.model.exit_count
+        for i, tier in enumerate(self.tiers):
+            _rule(1 <= tier.depth <= exits, f"tiers.{i}.depth", f"must be in 1..{exits} (the model has {exits} exits)")
         names = [tier.name for tier in self.tiers]
         _rule(len(set(names)) == len(names), "tiers", f"tier names must be unique, got {names}")
         total = sum(tier.share for tier in self.tiers)
         _rule(math.isclose(total, 1.0, abs_tol=1e-6), "tiers", f"shares must sum to 1, got {total:g}")
+        _rule(self.exit_policy.patience <= exits, "exit_policy.patience",
+              f"must be in 1..{exits} (the model has {exits} exits)")
         return self
 
     @model_validator(mode="after")

@@ -1,10 +1,10 @@
 """Datasets as in-memory tensors: decoded once, normalised per channel.
 
 ``digits`` (scikit-learn's 1797 real 8x8 handwritten digits) ships with scikit-learn
-and needs no download. ``mnist``, ``fashion-mnist`` and ``cifar10`` go through
-torchvision's own dataset classes; ``imagefolder`` reads ``root/{train,test}/<class>/*``.
-Source files are checked before they are decoded (IDX headers and sizes, CIFAR-10's
-md5s, every image), and labels outside the dataset's classes are refused, each
+and needs no download. ``mnist``, ``fashion-mnist``, ``cifar10`` and ``cifar100`` go
+through torchvision's own dataset classes; ``imagefolder`` reads ``root/{train,test}/<class>/*``.
+Source files are checked before they are decoded (IDX headers and sizes, the CIFAR
+pickles' md5s, every image), and labels outside the dataset's classes are refused, each
 problem as one line naming the file.
 
 Decoded file datasets are cached as ``.npy`` files under ``$FL_EE_CACHE`` (default
@@ -27,14 +27,15 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fl_ee.cache import CacheDamaged, cache_root, checksum, discard, load_array, one_line
-from fl_ee.config import Config, DataConfig
+from fl_ee.config import Config, DataConfig, ModelConfig
 from fl_ee.errors import UserError, warn
-from fl_ee.models import ModelSpec
+from fl_ee.models import ModelSpec, model_spec
 from fl_ee.seeding import Stream, rng
 from partitions import ClientSplit, client_splits
 
@@ -52,10 +53,10 @@ class TensorDataset:
     test_y: torch.Tensor
     num_classes: int
 
-    def model_spec(self, base_width: int, exit_head: str) -> ModelSpec:
-        """The network shape that fits these images and labels."""
+    def model_spec(self, cfg: ModelConfig) -> ModelSpec:
+        """The network of ``cfg`` that fits these images and labels."""
         _, c, h, w = self.train_x.shape
-        return ModelSpec(c, h, w, self.num_classes, base_width, exit_head)
+        return model_spec(cfg, c, h, w, self.num_classes)
 
 
 def _normalised(name: str, train: np.ndarray, train_y, test: np.ndarray, test_y, num_classes: int) -> TensorDataset:
@@ -107,7 +108,7 @@ def _digits() -> TensorDataset:
     return _normalised("digits", tr_x, tr_y, te_x, te_y, num_classes=10)
 
 
-TORCHVISION_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10}
+TORCHVISION_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 IDX_FILES = {  # torchvision's raw MNIST layout: (images, labels) per split
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -146,25 +147,39 @@ def _check_idx(path: Path, ndim: int) -> tuple[int, ...]:
     return dims
 
 
+PICKLED = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}  # torchvision reads these from pickles
+
+
+def _torchvision_class(name: str) -> Any:
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10,
+            "cifar100": datasets.CIFAR100}[name]
+
+
+def _pickle_files(name: str) -> tuple[Path, list[tuple[str, str]]]:
+    """A CIFAR dataset's folder under ``data.root`` and its (file, published md5) pairs."""
+    cls = _torchvision_class(name)
+    pairs = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+    return Path(cls.base_folder), [(filename, md5) for filename, md5 in pairs]
+
+
 def _check_source_files(name: str, root: str) -> None:
     """Check the files torchvision is about to read; unpickle nothing.
 
-    MNIST-style IDX files get their header and size checked. CIFAR-10's batches are
+    MNIST-style IDX files get their header and size checked. The CIFAR files are
     pickles: each must match the md5 torchvision knows for the published file, so a
-    damaged or planted batch is refused here, before anything is unpickled.
+    damaged or planted file is refused here, before anything is unpickled.
     """
-    from torchvision import datasets
     from torchvision.datasets.utils import check_integrity
 
-    if name == "cifar10":
-        folder = Path(root) / datasets.CIFAR10.base_folder
-        files = [*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list,
-                 (datasets.CIFAR10.meta["filename"], datasets.CIFAR10.meta["md5"])]
+    if name in PICKLED:
+        sub, files = _pickle_files(name)
         for filename, md5 in files:
-            if not check_integrity(str(folder / filename), md5):
-                raise UserError(f"{folder / filename}: corrupted: its md5 is not that of the published CIFAR-10 "
-                                f"file (torchvision unpickles only the published files; use data.name=imagefolder "
-                                f"for other copies)", key="data.root")
+            if not check_integrity(str(Path(root) / sub / filename), md5):
+                raise UserError(f"{Path(root) / sub / filename}: corrupted: its md5 is not that of the published "
+                                f"{PICKLED[name]} file (torchvision unpickles only the published files; use "
+                                f"data.name=imagefolder for other copies)", key="data.root")
         return
     raw = Path(root) / SOURCE_DIRS[name][0]
     for images_file, labels_file in IDX_FILES.values():
@@ -177,12 +192,9 @@ def _check_source_files(name: str, root: str) -> None:
 
 def _missing_source(name: str, root: str) -> Path | None:
     """The first file torchvision needs for ``name`` that is not under ``root``."""
-    if name == "cifar10":
-        from torchvision import datasets
-
-        folder = Path(root) / datasets.CIFAR10.base_folder
-        names = [f for f, _ in (*datasets.CIFAR10.train_list, *datasets.CIFAR10.test_list)]
-        names.append(datasets.CIFAR10.meta["filename"])
+    if name in PICKLED:
+        sub, files = _pickle_files(name)
+        folder, names = Path(root) / sub, [f for f, _ in files]
     else:
         folder = Path(root) / SOURCE_DIRS[name][0]
         names = [f for pair in IDX_FILES.values() for f in pair]
@@ -190,9 +202,7 @@ def _missing_source(name: str, root: str) -> Path | None:
 
 
 def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
-    from torchvision import datasets
-
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    cls = _torchvision_class(name)
     missing = _missing_source(name, root)
     if missing is not None and not download:
         raise UserError(
@@ -218,8 +228,8 @@ def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
 
     classes = TORCHVISION_CLASSES[name]
     for split, ds in (("train", train), ("test", test)):
-        source = (Path(root) / SOURCE_DIRS[name][0] / IDX_FILES[split][1] if name != "cifar10"
-                  else f"{Path(root) / datasets.CIFAR10.base_folder} ({split} batches)")
+        source = (Path(root) / SOURCE_DIRS[name][0] / IDX_FILES[split][1] if name not in PICKLED
+                  else f"{Path(root) / SOURCE_DIRS[name][0]} ({split} batches)")
         _check_labels(str(source), np.asarray(ds.targets), classes)
     return _normalised(name, images(train), train.targets, images(test), test.targets, classes)
 
@@ -271,6 +281,7 @@ SOURCE_DIRS = {  # where each file dataset's files live under data.root
     "mnist": ("MNIST/raw",),
     "fashion-mnist": ("FashionMNIST/raw",),
     "cifar10": ("cifar-10-batches-py",),
+    "cifar100": ("cifar-100-python",),
     "imagefolder": ("train", "test"),
 }
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fl_ee.config import Config, TrainingConfig
-from fl_ee.models import EarlyExitCNN
+from fl_ee.models import EarlyExitNet
 from fl_ee.seeding import Stream, rng
 from fl_ee.training import (
     distillation_loss,
@@ -105,9 +105,9 @@ def personal_step(
 
 
 def finetuned(
-    model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, epochs: int,
+    model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, epochs: int,
     generator: torch.Generator,
-) -> EarlyExitCNN:
+) -> EarlyExitNet:
     """A copy of ``model`` trained end to end on ``(x, y)`` for ``epochs`` with the loss of ``cfg``.
 
     No proximal term: the copy is the client's own. ``model`` itself is left as it is.

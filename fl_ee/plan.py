@@ -21,7 +21,7 @@ from rich.text import Text
 from fl_ee.config import Config
 from fl_ee.data import load_dataset, run_splits
 from fl_ee.fit import Col, Sheet
-from fl_ee.models import EarlyExitCNN, measure_flops
+from fl_ee.models import EarlyExitNet, measure_flops
 from fl_ee.scheme import backbone_frozen
 from sims.clock import OK
 from sims.emulator import DeviceEmulator, client_flops, depth_bytes
@@ -72,7 +72,7 @@ def make_plan(cfg: Config) -> Plan:
     tier_of = assign_tiers([t.share for t in cfg.tiers], cfg.data.num_clients, cfg.seed)
     clients = [ClientInfo(cid, cid, cfg.tiers[t].name, cfg.tiers[t].depth, len(s.train), len(s.test))
                for cid, (t, s) in enumerate(zip(tier_of, splits))]
-    model = EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    model = EarlyExitNet(data.model_spec(cfg.model))
     flops = measure_flops(model)
     depths = [t.depth for t in cfg.tiers]
     steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)

@@ -14,7 +14,7 @@ from pathlib import Path
 from fl_ee.config import Config
 from fl_ee.data import load_dataset, run_splits
 from fl_ee.errors import UserError, warn
-from fl_ee.models import EarlyExitCNN, measure_flops
+from fl_ee.models import build_model, load_weights, measure_flops
 from sims.tiers import tier_counts
 from strategies import build_strategy
 
@@ -48,19 +48,18 @@ def preflight(cfg: Config) -> Config:
 def check_model(cfg: Config) -> None:
     """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted).
 
-    Where ``model.weights`` is set, the file loads into it.
+    ``model.weights``, when set, must fit it key by key and shape by shape.
     """
     data = load_dataset(cfg.data)
-    spec = data.model_spec(cfg.model.width, cfg.model.exit_head)
+    _, _, height, width = data.train_x.shape
     try:
-        measure_flops(EarlyExitCNN(spec))
+        model = build_model(data.model_spec(cfg.model))
+        measure_flops(model)
     except (ValueError, RuntimeError) as exc:
-        raise UserError(f"a network of width {cfg.model.width} cannot run on {spec.image_height}x{spec.image_width} "
+        raise UserError(f"a {cfg.model.backbone} of width {cfg.model.width} cannot run on {height}x{width} "
                         f"images ({exc}); raise model.width", key="model.width") from None
     if cfg.model.weights:
-        from fl_ee.server import initial_model  # the server imports this module
-
-        initial_model(cfg, data)  # the file loads and fits the network
+        load_weights(model, cfg.model.weights)
 
 
 def config_warnings(cfg: Config) -> list[str]:

@@ -9,7 +9,6 @@ progress bar, the checkpoints) and starts from the latest checkpoint where there
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import shlex
 import time
 from collections.abc import Sequence
@@ -24,9 +23,9 @@ from flwr.serverapp import Grid, ServerApp
 from fl_ee.checkpoint import Checkpoints, LoopState
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.data import TensorDataset, load_dataset
-from fl_ee.errors import UserError, warn
+from fl_ee.errors import warn
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
-from fl_ee.models import EarlyExitCNN, slice_state
+from fl_ee.models import EarlyExitNet, build_model, load_weights, slice_state
 from fl_ee.observers import Observer
 from fl_ee.preflight import preflight
 from fl_ee.protocol import (
@@ -54,20 +53,13 @@ from strategies.base import to_numpy
 NODE_WAIT_S = 120.0
 
 
-def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitCNN:
-    """The full-depth global model: initialised from the run seed, then loaded from ``model.weights`` where set.
-
-    A file that cannot be read, or whose tensors do not fit the network, is a
-    :class:`~fl_ee.errors.UserError` naming ``model.weights``.
-    """
+def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
+    """The full-depth global model, initialised from the run seed or loaded from ``model.weights``."""
+    spec = data.model_spec(cfg.model)
     torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-    model = EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    model = build_model(spec)
     if cfg.model.weights:
-        try:
-            model.load_state_dict(torch.load(cfg.model.weights, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot start from {cfg.model.weights}: {detail}", key="model.weights") from None
+        load_weights(model, cfg.model.weights)
     return model
 
 
@@ -108,9 +100,9 @@ def discover_clients(grid: Grid, cfg: Config, instructions: Instructions) -> lis
     return sorted(clients, key=lambda c: c.client_id)
 
 
-def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitCNN, depth: int) -> dict[str, Any]:
+def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int) -> dict[str, Any]:
     """Accuracy of the global model on the global test set: ``by_exit`` (exits 1..depth) and their ``ensemble``."""
-    sub = EarlyExitCNN(model.spec, depth)
+    sub = build_model(model.spec, depth)
     sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
     logits = exit_logits(sub, data.test_x)
     return {"by_exit": {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)},

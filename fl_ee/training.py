@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_ee.augment import crop_and_flip
 from fl_ee.config import TrainingConfig
-from fl_ee.models import EarlyExitCNN
+from fl_ee.models import EarlyExitNet
 
 EVAL_BATCH = 512
 
@@ -134,29 +135,31 @@ def _with_prox(
 
 
 def train_joint(
-    model: EarlyExitCNN,
+    model: EarlyExitNet,
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: TrainingConfig,
     generator: torch.Generator,
     epochs: int | None = None,
+    augment: bool = False,
 ) -> float:
     """Train every stage and exit of ``model`` for ``epochs`` (default ``cfg.local_epochs``); the mean loss.
 
-    With ``cfg.prox_mu > 0`` the loss includes the proximal term to the
-    weights ``model`` starts from (the received global ones).
+    With ``cfg.prox_mu > 0`` the loss includes the proximal term to the weights ``model``
+    starts from (the received global ones); with ``augment`` each batch is randomly
+    cropped and flipped (:func:`~fl_ee.augment.crop_and_flip`, drawn from ``generator``).
     """
     model.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return exit_loss(model(x[idx]), y[idx], cfg)
+        return exit_loss(model(crop_and_flip(x[idx], generator) if augment else x[idx]), y[idx], cfg)
 
     loss = _with_prox(model, cfg.prox_mu, batch_loss)
     return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss)
 
 
 @torch.no_grad()
-def stage_features(model: EarlyExitCNN, x: torch.Tensor) -> list[torch.Tensor]:
+def stage_features(model: EarlyExitNet, x: torch.Tensor) -> list[torch.Tensor]:
     """Every stage's output for all of ``x``, computed in evaluation batches."""
     model.eval()
     chunks = [model.features(part) for part in x.split(EVAL_BATCH)]
@@ -195,12 +198,12 @@ def head_logits(heads: Iterable[nn.Module], features: Iterable[torch.Tensor]) ->
     return out
 
 
-def exit_logits(model: EarlyExitCNN, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
+def exit_logits(model: EarlyExitNet, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
     """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
     return head_logits(model.exits if heads is None else heads, stage_features(model, x))
 
 
-def local_loss(model: EarlyExitCNN, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
+def local_loss(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:
     """The local objective (:func:`exit_loss`) of ``model`` over all of ``x``, without training."""
     return float(exit_loss(exit_logits(model, x), y, cfg)) if len(y) else 0.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_ee.config import Config
-from fl_ee.models import EarlyExitCNN, Flops, measure_flops, state_bytes
+from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes
 from fl_ee.personal import PERSONAL_HEADS
 from fl_ee.scheme import backbone_frozen, returned_state
 from sims.clock import (
@@ -33,7 +33,7 @@ from sims.clock import (
 from strategies import ClientInfo
 
 
-def depth_bytes(model: EarlyExitCNN, depths: Iterable[int], frozen: bool = False) -> dict[int, int]:
+def depth_bytes(model: EarlyExitNet, depths: Iterable[int], frozen: bool = False) -> dict[int, int]:
     """Bytes a client of each depth returns in a round: its slice, or only its exits when ``frozen``.
 
     It always receives its whole slice (it needs the backbone to train its exits).
@@ -66,7 +66,7 @@ def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int, frozen: 
 
 
 def client_times(
-    cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo], frozen: bool = False
+    cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo], frozen: bool = False
 ) -> dict[int, ClientTime]:
     """Each client's simulated round time from its tier profile, data size and submodel.
 
@@ -110,7 +110,7 @@ class RoundClock:
 class DeviceEmulator:
     """Simulated devices of one run; the virtual clock advances with every settled round."""
 
-    def __init__(self, cfg: Config, model: EarlyExitCNN, clients: Sequence[ClientInfo]) -> None:
+    def __init__(self, cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo]) -> None:
         self.cfg = cfg
         self.tiers = {t.name: t for t in cfg.tiers}
         self.times = client_times(cfg, model, clients)  # rounds that train the backbone

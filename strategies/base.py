@@ -75,8 +75,8 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """Named NumPy arrays as an ArrayRecord (order kept)."""
-    return ArrayRecord({key: Array(np.ascontiguousarray(v)) for key, v in arrays.items()})
+    """Named NumPy arrays as an ArrayRecord (order kept; 0-d arrays, such as BatchNorm's step count, stay 0-d)."""
+    return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
 
 
 class DepthAwareStrategy(Strategy):

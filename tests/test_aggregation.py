@@ -4,7 +4,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fl_ee.config import config_from_dict, config_to_json
-from fl_ee.models import EarlyExitCNN, ModelSpec
+from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from fl_ee.seeding import Stream
 from inprocess import InProcessGrid
@@ -50,7 +50,7 @@ def _clients():
 
 
 def test_each_client_is_sent_exactly_its_depth_slice(task_identity):
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10))
     arrays = ArrayRecord(model.state_dict())
     strategy = DepthAwareStrategy(fraction_train=1.0)
     strategy.register_clients(_clients())
@@ -104,7 +104,7 @@ def test_custom_rule_plugs_in_through_aggregate_train():
     depths = [1, 2, 4, 2, 4]
     with InProcessGrid(len(depths), _constant_app(), seed=3) as grid:
         clients = [ClientInfo(grid.node_of_partition(i), i, f"t{d}", d, 10, 2) for i, d in enumerate(depths)]
-        model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
+        model = EarlyExitNet(ModelSpec(1, 8, 8, 10))
         sent = {k: np.full_like(v, -1.0) for k, v in to_numpy(ArrayRecord(model.state_dict())).items()}
         results = {}
         for strategy in (Median(), DepthAwareStrategy()):
@@ -132,7 +132,7 @@ def test_custom_rule_plugs_in_through_aggregate_train():
 
 
 def test_to_numpy_round_trip():
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=1)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=1)
     arrays = to_numpy(ArrayRecord(model.state_dict()))
     for key, tensor in model.state_dict().items():
         np.testing.assert_array_equal(arrays[key], tensor.numpy())

@@ -39,11 +39,11 @@ def test_the_plan_is_the_run_cost_model():
     assert [t.name for t in plan.tiers] == ["iot", "phone", "laptop"]
     assert sum(t.clients for t in plan.tiers) == 6
     from fl_ee.data import load_dataset, run_splits
-    from fl_ee.models import EarlyExitCNN
+    from fl_ee.models import EarlyExitNet
     from sims.tiers import assign_tiers
 
     data = load_dataset(cfg.data)
-    model = EarlyExitCNN(data.model_spec(cfg.model.width, cfg.model.exit_head))
+    model = EarlyExitNet(data.model_spec(cfg.model))
     tier_of = assign_tiers([t.share for t in cfg.tiers], 6, cfg.seed)
     clients = [ClientInfo(i, i, cfg.tiers[t].name, cfg.tiers[t].depth, len(s.train), len(s.test))
                for i, (t, s) in enumerate(zip(tier_of, run_splits(cfg)))]

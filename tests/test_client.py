@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from fl_ee.client import app
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.data import client_data
-from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
+from fl_ee.models import EarlyExitNet, ModelSpec, slice_state
 from fl_ee.protocol import (
     PERSONAL_EXITS,
     ClientReport,
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 def _message(kind: str, depth: int, server_round: int, cfg=CFG, seed: int | None = None, **extra) -> Message:
     if seed is not None:
         torch.manual_seed(seed)
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10))
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10))
     instructions = Instructions(config_to_json(cfg), server_round=server_round, depth=depth, **extra)
     return instruction_message(ArrayRecord(slice_state(model.state_dict(), depth)), instructions, 1, kind)
 
@@ -60,7 +60,7 @@ def test_train_reports_the_local_loss_at_the_received_weights_when_asked():
     plain = app(_message(MessageType.TRAIN, depth=3, server_round=1), _context(1))
     assert payload_of(plain, TrainReply).initial_loss is None
     message = _message(MessageType.TRAIN, depth=3, server_round=1, want_initial_loss=True)
-    received = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
+    received = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=3)
     received.load_state_dict(message.content["arrays"].to_torch_state_dict())
     x, y, _, _ = client_data(CFG, 1)
     expected = local_loss(received, x, y, CFG.training)
@@ -148,7 +148,7 @@ def test_evaluate_reports_the_ensemble_of_its_exits():
     from fl_ee.training import accuracy, ensemble, exit_logits
 
     message = _message(MessageType.EVALUATE, depth=3, server_round=1, cfg=_cfg(personalisation={"mode": "none"}))
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=3)
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     _, _, x, y = client_data(CFG, 2)
     m = payload_of(app(message, _context(2)), EvaluateReply)

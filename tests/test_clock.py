@@ -5,7 +5,7 @@ import pytest
 
 from fl_ee.config import config_from_dict
 from fl_ee.metrics import round_time_stats, straggler_summary, time_to_accuracy
-from fl_ee.models import EarlyExitCNN, ModelSpec
+from fl_ee.models import EarlyExitNet, ModelSpec
 from sims.clock import LATE, OK, client_time, presence, settle, speed_factors, transfer_seconds
 from sims.emulator import client_times
 from strategies import ClientInfo
@@ -24,7 +24,7 @@ def _times(personalisation: str, frozen: bool = False, **training):
         "tiers": [{"name": "t", "share": 1.0, "depth": 1, "compute_gflops": 1.0, "download_mbps": 1.0,
                    "upload_mbps": 0.5}],
     }
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 10, base_width=16, exit_head="linear"))
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10, width=16, exit_head="linear"))
     return client_times(config_from_dict(raw), model, [ClientInfo(1, 0, "t", 1, num_train=10, num_test=3)], frozen)[0]
 
 

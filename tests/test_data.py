@@ -99,3 +99,49 @@ def test_calibration_samples_are_held_out_of_training_deterministically():
     assert torch.equal(client_calibration(cfg, 1)[0], cx)
     off = config_from_dict({"exit_policy": {"calibration_fraction": 0.0}})
     assert torch.equal(client_data(off, 1)[0], everything) and torch.equal(client_calibration(off, 1)[0], everything)
+
+
+def _cifar100_fixture(root, monkeypatch, publish=True):
+    """A tiny CIFAR-100 in torchvision's pickle layout (cifar-100-python/{train,test,meta}).
+
+    With ``publish``, torchvision's list of published md5s names these files, as it names
+    the real ones; otherwise they are any copy, which fl-ee refuses to unpickle.
+    """
+    import hashlib
+    import pickle
+
+    from torchvision.datasets import CIFAR100
+
+    folder = root / CIFAR100.base_folder
+    folder.mkdir(parents=True)
+    images = np.zeros((3, 3, 32, 32), dtype=np.uint8)
+    images[0, 0] = 255  # sample 0: red; sample 1: black; sample 2: blue
+    images[2, 2] = 255
+    batches = {"train": (images, [7, 99, 0]), "test": (images[:2], [1, 2])}
+    for name, (x, y) in batches.items():
+        (folder / name).write_bytes(pickle.dumps({"data": x.reshape(len(x), -1), "fine_labels": y,
+                                                  "coarse_labels": [0] * len(y)}))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{i}" for i in range(100)]}))
+    if publish:
+        md5 = {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in ("train", "test", "meta")}
+        monkeypatch.setattr(CIFAR100, "train_list", [["train", md5["train"]]])
+        monkeypatch.setattr(CIFAR100, "test_list", [["test", md5["test"]]])
+        monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5["meta"]})
+
+
+def test_cifar100_is_read_by_torchvision_from_its_pickles(tmp_path, monkeypatch):
+    _cifar100_fixture(tmp_path, monkeypatch)
+    data = load_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
+    assert data.num_classes == 100 and data.train_x.shape == (3, 3, 32, 32) and data.test_x.shape == (2, 3, 32, 32)
+    assert data.train_y.tolist() == [7, 99, 0] and data.test_y.tolist() == [1, 2]
+    red, black, blue = data.train_x[:, :, 0, 0]  # channels in NCHW order, standardised per channel
+    assert red[0] > black[0] == blue[0] and blue[2] > black[2] == red[2] and red[1] == black[1] == blue[1]
+
+
+def test_cifar100_files_that_are_not_the_published_ones_are_never_unpickled(tmp_path, monkeypatch):
+    _cifar100_fixture(tmp_path, monkeypatch, publish=False)
+    with pytest.raises(UserError, match="train: corrupted: its md5 is not that of the published CIFAR-100 file"):
+        load_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
+    (tmp_path / "cifar-100-python" / "test").unlink()
+    with pytest.raises(UserError, match="cifar100 not found under .* \\(no cifar-100-python/test\\)"):
+        load_dataset(DataConfig(name="cifar100", root=str(tmp_path)))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fl_ee.config import TrainingConfig, config_from_dict
-from fl_ee.models import EarlyExitCNN, ModelSpec
+from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.personal import UNLABELLED, finetuned, hide_labels, personal_step, train_self_distill
 from fl_ee.training import distillation_loss, stage_features
 
@@ -32,8 +32,8 @@ def test_hide_labels_keeps_a_seeded_share_per_client():
 def _self_distill_heads(labels: torch.Tensor, fraction: float) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     x, _ = _toy()
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=3)
-    heads = torch.nn.ModuleList(EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=3).exits)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3)
+    heads = torch.nn.ModuleList(EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3).exits)
     cfg = config_from_dict({"personalisation": {"mode": "self-distill", "labelled_fraction": fraction, "epochs": 2}})
     personal_step(cfg, 1, 0, heads, model.exits, stage_features(model, x), labels, torch.Generator().manual_seed(1))
     return heads.state_dict()
@@ -66,7 +66,7 @@ def test_self_distill_loss_is_kd_on_every_sample_plus_ce_on_the_labelled_by_hand
 def test_finetuned_trains_a_copy_and_leaves_the_received_model_alone():
     torch.manual_seed(0)
     x, y = _toy()
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=2)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tuned = finetuned(model, x, y, TrainingConfig(prox_mu=1.0), 2, torch.Generator().manual_seed(0))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fl_ee.config import TrainingConfig
-from fl_ee.models import EarlyExitCNN, ModelSpec
+from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.training import (
     accuracy,
     distillation_loss,
@@ -152,7 +152,7 @@ def test_proximal_term_keeps_the_shared_step_near_the_received_weights():
 
     def drift(mu: float) -> float:
         torch.manual_seed(0)
-        model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=2)
+        model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=2)
         start = [p.detach().clone() for p in model.parameters()]
         train_joint(model, x, y, TrainingConfig(local_epochs=4, prox_mu=mu), torch.Generator().manual_seed(1))
         return proximal_term(model.parameters(), start, 2.0).item()  # ||w - w0||^2
@@ -163,7 +163,7 @@ def test_proximal_term_keeps_the_shared_step_near_the_received_weights():
 def test_local_loss_is_the_objective_over_all_local_data():
     torch.manual_seed(0)
     x, y = _toy(n=40)
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=3)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3)
     cfg = TrainingConfig(distillation="mutual")
     with torch.no_grad():
         expected = exit_loss(model.eval()(x), y, cfg).item()
@@ -182,7 +182,7 @@ def _toy(n=64, classes=3):
 def test_joint_training_lowers_the_loss_of_every_exit():
     torch.manual_seed(0)
     x, y = _toy()
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=2)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=2)
     cfg = TrainingConfig(local_epochs=8, batch_size=16, lr=0.05)
     before = [F.cross_entropy(z, y).item() for z in exit_logits(model, x)]
     train_joint(model, x, y, cfg, torch.Generator().manual_seed(1))
@@ -194,7 +194,7 @@ def test_joint_training_lowers_the_loss_of_every_exit():
 def test_exit_training_leaves_the_backbone_untouched():
     torch.manual_seed(0)
     x, y = _toy()
-    model = EarlyExitCNN(ModelSpec(1, 8, 8, 3), depth=3)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3)
     backbone = {k: v.clone() for k, v in model.stages.state_dict().items()}
     heads = torch.nn.ModuleList([torch.nn.Sequential(*h) for h in model.exits])  # separate copies
     heads.load_state_dict(model.exits.state_dict())

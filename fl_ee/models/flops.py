@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fl_ee.models.cnn import EarlyExitCNN, ModelSpec
+from fl_ee.models.network import EarlyExitNet, backbone_blocks
+from fl_ee.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,14 @@ def _count(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]
     return counter.get_total_flops(), y
 
 
+def _sample(spec: ModelSpec) -> torch.Tensor:
+    return torch.zeros(1, spec.in_channels, spec.image_height, spec.image_width)
+
+
 _MEASURED: dict[tuple[ModelSpec, int], Flops] = {}  # the cost depends on the architecture, not the weights
 
 
-def measure_flops(model: EarlyExitCNN) -> Flops:
+def measure_flops(model: EarlyExitNet) -> Flops:
     """Count one sample's forward FLOPs through each stage and each exit head (once per spec and depth)."""
     key = (model.spec, len(model.stages))
     if key not in _MEASURED:
@@ -44,12 +49,42 @@ def measure_flops(model: EarlyExitCNN) -> Flops:
 
 
 @torch.no_grad()
-def _measure(model: EarlyExitCNN) -> Flops:
-    spec = model.spec
-    x = torch.zeros(1, spec.in_channels, spec.image_height, spec.image_width)
-    stages, exits = [], []
+def _measure(model: EarlyExitNet) -> Flops:
+    training = model.training
+    model.eval()  # BatchNorm: no running statistics updated, a batch of one allowed
+    x, stages, exits = _sample(model.spec), [], []
     for stage, head in zip(model.stages, model.exits):
         flops, x = _count(stage, x)
         stages.append(flops)
         exits.append(_count(head, x)[0])
+    model.train(training)
     return Flops(tuple(stages), tuple(exits))
+
+
+@torch.no_grad()
+def block_flops(spec: ModelSpec) -> tuple[int, ...]:
+    """One sample's forward FLOPs through each block of the whole backbone.
+
+    Building the blocks draws initial weights; torch's global generator is left as it was.
+    """
+    x, flops = _sample(spec), []
+    with torch.random.fork_rng(devices=[]):
+        for block in backbone_blocks(spec):
+            stage = torch.nn.Sequential(*(module for _, module in block)).eval()
+            count, x = _count(stage, x)
+            flops.append(count)
+    return tuple(flops)
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    """Trainable and frozen parameters of a module (buffers excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def exit_table(model: EarlyExitNet) -> list[dict[str, int]]:
+    """Per exit: its last block, its stage's and head's forward FLOPs and parameters, and the FLOPs to leave there."""
+    flops = measure_flops(model)
+    return [{"block": block, "stage_flops": flops.stages[i], "stage_params": parameter_count(model.stages[i]),
+             "head_flops": flops.exits[i], "head_params": parameter_count(model.exits[i]),
+             "exit_flops": flops.exit_costs()[i]}
+            for i, block in enumerate(model.spec.exits[:model.depth])]
