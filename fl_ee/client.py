@@ -1,8 +1,10 @@
 """The Flower ``ClientApp``: thin glue from messages to local training and evaluation.
 
 Every message carries the resolved run config (JSON) and the client's depth; the
-client's data split and personal exit heads are its own. Personal heads live in
-``Context.state`` across rounds and are never sent; where the instructions name a
+client's data split and personal exit heads are its own. A node acts as whichever
+client a message names (:func:`fl_ee.exchange.as_client`), in that client's own context.
+Personal heads live in the client's ``Context.state`` across rounds and are never
+aggregated; where the instructions name a
 ``state_dir`` they are also saved there after every round the client trains, and a
 fresh process (a resumed run) reads them back from it (:mod:`fl_ee.clientstate`).
 """
@@ -22,13 +24,13 @@ from flwr.common.constant import ErrorCode
 
 from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
-from fl_ee.data import client_data, load_dataset, run_splits
+from fl_ee.data import client_data, load_dataset
+from fl_ee.exchange import as_client
 from fl_ee.models import EarlyExitCNN, Flops, ModelSpec, measure_flops
 from fl_ee.policies import SWEEP_THRESHOLDS, adaptive_inference
 from fl_ee.protocol import (
     ARRAYS,
     PERSONAL_EXITS,
-    ClientReport,
     EvaluateReply,
     Instructions,
     TrainReply,
@@ -38,7 +40,7 @@ from fl_ee.protocol import (
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.training import accuracy, exit_logits, for_round, local_loss, train_exits, train_joint
 
-app = ClientApp()
+app = ClientApp(mods=[as_client])
 
 Handler = Callable[[Message, Context], Message]
 
@@ -73,7 +75,7 @@ def model_spec(cfg: Config) -> ModelSpec:
 
 
 def client_id_of(context: Context) -> int:
-    """The client (partition) this node simulates."""
+    """The client (partition) this call simulates."""
     return int(context.node_config["partition-id"])
 
 
@@ -102,15 +104,6 @@ def _personal_heads(
         if saved is not None:
             heads.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()})
     return heads
-
-
-@app.query()
-@reports_errors
-def query(msg: Message, context: Context) -> Message:
-    """Report who this node is: its client id and local data sizes."""
-    client_id = client_id_of(context)
-    split = run_splits(instructions_of(msg).config)[client_id]  # sizes only: no need to gather the images
-    return reply(msg, ClientReport(client_id, num_train=len(split.train), num_test=len(split.test)))
 
 
 @app.train()

@@ -47,6 +47,22 @@ class _Quiet(logging.Filter):
         return "run_simulation" not in record.getMessage()
 
 
+NODES_PER_WORKER = 2  # one running, one waiting in Flower's queue while the next message comes
+
+
+def pool_size(cfg: Config) -> int:
+    """Simulated nodes: enough to keep each of Flower's Ray workers busy, never more than the clients.
+
+    Any node acts as any client (:mod:`fl_ee.exchange`), so the cost of Flower's runtime
+    (which checks every node for messages every 0.1 s) follows the workers, not the
+    registered clients.
+    """
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    workers = pool_size_from_resources(backend_config(cfg)["client_resources"])
+    return min(cfg.data.num_clients, NODES_PER_WORKER * workers)
+
+
 def simulate(
     server_app: ServerApp,
     client_app: ClientApp,
@@ -54,7 +70,7 @@ def simulate(
     run_dir: Path | None = None,
     on_interrupt: Callable[[], object] | None = None,
 ) -> None:
-    """Run the apps with one simulated node per client; returns when the ServerApp ends.
+    """Run the apps on a pool of simulated nodes (:func:`pool_size`); returns when the ServerApp ends.
 
     Raises :class:`Interrupted` when SIGINT or SIGTERM stopped the run (``run_dir``
     names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
@@ -77,7 +93,7 @@ def simulate(
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),
             client_app=client_app,
-            num_supernodes=cfg.data.num_clients,
+            num_supernodes=pool_size(cfg),
             backend_config=backend_config(cfg),
         )
     except BaseException as exc:

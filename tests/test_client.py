@@ -1,19 +1,18 @@
-"""The ClientApp's handlers called as Flower calls them: message in, reply out, Context kept."""
+"""The ClientApp's handlers called as the server calls them: message in, reply out, the client's state kept."""
 
 import time
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType
 
-from fl_ee.client import app
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.data import client_data
+from fl_ee.exchange import Exchange
 from fl_ee.models import EarlyExitCNN, ModelSpec, slice_state
 from fl_ee.protocol import (
     PERSONAL_EXITS,
-    ClientReport,
     EvaluateReply,
     Instructions,
     TrainReply,
@@ -21,6 +20,7 @@ from fl_ee.protocol import (
     payload_of,
 )
 from fl_ee.training import local_loss
+from inprocess import InProcessGrid
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})
 
@@ -36,41 +36,54 @@ def _message(kind: str, depth: int, server_round: int, cfg=CFG, seed: int | None
     return instruction_message(ArrayRecord(slice_state(model.state_dict(), depth)), instructions, 1, kind)
 
 
-def _context(client_id: int) -> Context:
-    return Context(run_id=1, node_id=1, node_config={"partition-id": client_id, "num-partitions": 4},
-                   state=RecordDict(), run_config={})
+class _Client:
+    """One client, called as the server calls it: through the exchange, on a one-node in-process grid."""
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.exchange = Exchange(InProcessGrid(1), CFG.data.num_clients)
+
+    def __call__(self, message: Message) -> Message:
+        message.metadata.dst_node_id = self.client_id
+        return self.exchange.send([message])[0]
+
+    @property
+    def state(self) -> dict:
+        """The client's own state, as its last call left it."""
+        return self.exchange.states[self.client_id]
 
 
 def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state():
-    context = _context(2)
-    reply = app(_message(MessageType.TRAIN, depth=2, server_round=1), context)
+    client = _Client(2)
+    reply = client(_message(MessageType.TRAIN, depth=2, server_round=1))
     keys = set(reply.content["arrays"])
+    assert set(reply.content.keys()) == {"arrays", "metrics"}  # the state went to the exchange
     assert keys == set(_message(MessageType.TRAIN, 2, 1).content["arrays"])  # stages/exits 0..1, nothing personal
     assert payload_of(reply, TrainReply).num_examples > 0
-    personal = context.state[PERSONAL_EXITS]
+    personal = client.state[PERSONAL_EXITS]
     assert set(personal) == {k.removeprefix("exits.") for k in keys if k.startswith("exits.")}
 
     first = {k: a.numpy().copy() for k, a in personal.items()}
-    app(_message(MessageType.TRAIN, depth=2, server_round=2), context)
-    second = {k: a.numpy() for k, a in context.state[PERSONAL_EXITS].items()}
+    client(_message(MessageType.TRAIN, depth=2, server_round=2))
+    second = {k: a.numpy() for k, a in client.state[PERSONAL_EXITS].items()}
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
 
 
 def test_train_reports_the_local_loss_at_the_received_weights_when_asked():
-    plain = app(_message(MessageType.TRAIN, depth=3, server_round=1), _context(1))
+    plain = _Client(1)(_message(MessageType.TRAIN, depth=3, server_round=1))
     assert payload_of(plain, TrainReply).initial_loss is None
     message = _message(MessageType.TRAIN, depth=3, server_round=1, want_initial_loss=True)
     received = EarlyExitCNN(ModelSpec(1, 8, 8, 10), depth=3)
     received.load_state_dict(message.content["arrays"].to_torch_state_dict())
     x, y, _, _ = client_data(CFG, 1)
     expected = local_loss(received, x, y, CFG.training)
-    metrics = payload_of(app(message, _context(1)), TrainReply)
+    metrics = payload_of(_Client(1)(message), TrainReply)
     assert metrics.initial_loss == pytest.approx(expected, rel=1e-6)
 
 
 def _trained(training: dict, server_round: int) -> dict[str, np.ndarray]:
     cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32, **training}})
-    reply = app(_message(MessageType.TRAIN, 3, server_round, cfg, seed=0), _context(0))
+    reply = _Client(0)(_message(MessageType.TRAIN, 3, server_round, cfg, seed=0))
     return {k: a.numpy() for k, a in reply.content["arrays"].items()}
 
 
@@ -89,10 +102,10 @@ def test_distillation_warm_up_and_options_reach_training():
 
 
 def test_evaluate_uses_personal_exits_once_trained():
-    context = _context(1)
-    before = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), context), EvaluateReply)
-    app(_message(MessageType.TRAIN, depth=3, server_round=1), context)
-    after = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), context), EvaluateReply)
+    client = _Client(1)
+    before = payload_of(client(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
+    client(_message(MessageType.TRAIN, depth=3, server_round=1))
+    after = payload_of(client(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
     assert len(after.exit_accuracy) == 3 and len(after.exit_fractions) == 3
     assert sum(after.exit_fractions) == pytest.approx(1.0)
     # the same global weights are evaluated; only the personal heads differ
@@ -101,20 +114,15 @@ def test_evaluate_uses_personal_exits_once_trained():
 
 def test_a_paced_client_sleeps_its_simulated_time():
     start = time.perf_counter()
-    app(_message(MessageType.TRAIN, depth=1, server_round=1, pace_s=0.5), _context(0))
+    _Client(0)(_message(MessageType.TRAIN, depth=1, server_round=1, pace_s=0.5))
     assert time.perf_counter() - start >= 0.5
-
-
-def test_query_reports_the_clients_data_sizes():
-    reply = payload_of(app(_message(MessageType.QUERY, depth=1, server_round=0), _context(3)), ClientReport)
-    assert reply.client_id == 3 and reply.num_train > reply.num_test > 0
 
 
 def test_evaluate_reports_the_full_cost_and_a_threshold_sweep():
     from fl_ee.client import depth_flops, model_spec
     from fl_ee.policies import SWEEP_THRESHOLDS
 
-    m = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), _context(0)), EvaluateReply)
+    m = payload_of(_Client(0)(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
     costs = depth_flops(model_spec(CFG), 3).exit_costs()
     assert m.full_flops == costs[-1] >= m.expected_flops
     assert len(m.sweep_accuracy) == len(m.sweep_flops) == len(SWEEP_THRESHOLDS)
