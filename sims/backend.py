@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
@@ -113,6 +114,38 @@ def init_ray(cfg: Config) -> None:
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+def start_ray(cfg: Config) -> Callable[[], None]:
+    """Start a local Ray in the background; returns the wait for it (which re-raises its error).
+
+    Ray takes seconds to start its processes; they come up while the run is prepared
+    (imports, preflight). A cluster (``simulation.ray_address``) was joined by
+    :func:`check_backend`: nothing is started then. The thread outlives the start: Ray's
+    processes are bound to the thread that started them (``PR_SET_PDEATHSIG``), so it
+    waits, a daemon, for the process to end.
+    """
+    errors: list[BaseException] = []
+    ready = threading.Event()
+
+    def start() -> None:
+        try:
+            if not ray.is_initialized():
+                init_ray(cfg)
+        except BaseException as exc:  # re-raised by the wait, in the caller's thread
+            errors.append(exc)
+        finally:
+            ready.set()
+        threading.Event().wait()
+
+    threading.Thread(target=start, name="fl-ee-ray", daemon=True).start()
+
+    def wait() -> None:
+        ready.wait()
+        if errors:
+            raise errors[0]
+
+    return wait
 
 
 def check_backend(cfg: Config) -> None:

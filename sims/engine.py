@@ -19,10 +19,10 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.config import Config
-from sims.backend import backend_config, check_backend, init_ray
+from sims.backend import backend_config, check_backend, init_ray, start_ray
 from sims.stopping import Interrupted, Stopper, kill_children, stoppable
 
-__all__ = ["Interrupted", "check_backend", "simulate"]
+__all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
 
 
 _FLOWER_WRAPPERS = ("An error was encountered. Ending simulation.", "Simulation Runtime crashed.")
@@ -69,13 +69,14 @@ def simulate(
     cfg: Config,
     run_dir: Path | None = None,
     on_interrupt: Callable[[], object] | None = None,
+    ray_started: Callable[[], None] | None = None,
 ) -> None:
     """Run the apps on a pool of simulated nodes (:func:`pool_size`); returns when the ServerApp ends.
 
     Raises :class:`Interrupted` when SIGINT or SIGTERM stopped the run (``run_dir``
     names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
     ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
-    crashed.
+    crashed. ``ray_started`` waits for a Ray started in the background (:func:`sims.backend.start_ray`).
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
@@ -87,6 +88,8 @@ def simulate(
     try:
         import ray
 
+        if ray_started is not None:
+            ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
         stopper.install()
