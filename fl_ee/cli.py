@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_new_run_dir(Path(args.out))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.preflight import preflight
     from sims.backend import check_backend, start_ray
 
     if resuming:
@@ -74,10 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = resume.cfg
     assert cfg is not None
     check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
-    ray_started = start_ray(cfg)  # Ray's processes come up while the run is prepared
+    if not resuming:
+        cfg = preflight(cfg)
+    ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
     from fl_ee.checkpoint import Checkpoints
     from fl_ee.client import app as client_app
-    from fl_ee.preflight import preflight
     from fl_ee.progress import ProgressBar
     from fl_ee.report import tier_table
     from fl_ee.rundir import RunDir, default_run_dir, load_run
@@ -90,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"resuming {run_dir.path} after round {done}" if done else f"{run_dir.path}: no checkpoint; "
                   "starting over")
     else:
-        cfg, done = preflight(cfg), 0
+        done = 0
         run_dir = RunDir.create(args.out or default_run_dir())
         checkpoints = Checkpoints(run_dir.path)
     failure: Exception | None = None

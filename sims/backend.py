@@ -119,8 +119,9 @@ def init_ray(cfg: Config) -> None:
 def start_ray(cfg: Config) -> Callable[[], None]:
     """Start a local Ray in the background; returns the wait for it (which re-raises its error).
 
-    Ray takes seconds to start its processes; they come up while the run is prepared
-    (imports, preflight). A cluster (``simulation.ray_address``) was joined by
+    Ray takes seconds to start its processes; they come up while the caller goes on
+    (``fl-ee run``: after the preflight, while Flower and the apps are imported and the
+    run directory is made). A cluster (``simulation.ray_address``) was joined by
     :func:`check_backend`: nothing is started then. The thread outlives the start: Ray's
     processes are bound to the thread that started them (``PR_SET_PDEATHSIG``), so it
     waits, a daemon, for the process to end.
