@@ -40,7 +40,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 REVERSED = "reversed"
 SHUFFLED = "shuffled"
-NODES = 4  # the pool a run on a 2-core machine gets (sims.engine.pool_size)
+NODES = 8  # the pool a run on a 2-core machine gets (sims.engine.pool_size)
 
 
 def _copy(message: Message) -> Message:
