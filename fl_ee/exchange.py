@@ -14,9 +14,10 @@ number of *registered* clients. fl-ee runs a small pool of nodes instead
 * on the node, :func:`as_client` (a ClientApp mod) runs the handler in the client's own
   context (``node_config["partition-id"]`` is the client id), and sends the state it
   leaves back with the reply;
-* :meth:`Exchange.send` keeps that state for the client's next message and returns the
-  replies; each names its client in ``metadata.group_id`` (replies, error replies too,
-  copy it from the message they answer).
+* :meth:`Exchange.send` keeps that state for the client's next message (on disk, in
+  Flower's wire format, so memory does not grow with the clients that have taken part)
+  and returns the replies; each names its client in ``metadata.group_id`` (replies,
+  error replies too, copy it from the message they answer).
 
 A client's results depend on its id, its data and its state, never on the node that
 served it or on the order of the replies.
@@ -24,13 +25,16 @@ served it or on the order of the replies.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 from flwr.serverapp import Grid
 
 from fl_ee.protocol import CLIENT, STATE, ClientAddress
@@ -45,12 +49,27 @@ def client_of(message: Message) -> int:
 
 
 class Exchange:
-    """Sends the round loop's messages through a pool of nodes and keeps each client's state between calls."""
+    """Sends the round loop's messages through a pool of nodes and keeps each client's state between calls.
+
+    The states live in a temporary folder, one file per client, removed with the exchange.
+    """
 
     def __init__(self, grid: Grid, num_clients: int) -> None:
         self.grid = grid
         self.num_clients = num_clients
-        self.states: dict[int, dict[str, Any]] = {}  # client id -> the records of its Context.state
+        self._folder = tempfile.TemporaryDirectory(prefix="fl-ee-clients-")
+
+    def _state_file(self, client: int) -> Path:
+        return Path(self._folder.name) / f"{client}.pb"
+
+    def state_of(self, client: int) -> RecordDict:
+        """The client's own ``Context.state`` as its last successful call left it (empty before its first)."""
+        path = self._state_file(client)
+        if not path.exists():
+            return RecordDict()
+        proto = RecordDictProto()
+        proto.ParseFromString(path.read_bytes())
+        return recorddict_from_proto(proto)
 
     def _nodes(self) -> list[int]:
         deadline = time.monotonic() + NODE_WAIT_S
@@ -66,7 +85,7 @@ class Exchange:
         message.metadata.group_id = str(client)
         message.metadata.dst_node_id = node
         message.content[CLIENT] = ClientAddress(client, self.num_clients).to_record()
-        for key, record in self.states.get(client, {}).items():
+        for key, record in self.state_of(client).items():
             message.content[STATE + key] = record
 
     def _keep_state(self, reply: Message) -> None:
@@ -74,7 +93,8 @@ class Exchange:
         if reply.has_error():
             return
         keys = [k for k in reply.content.keys() if k.startswith(STATE)]
-        self.states[client_of(reply)] = {k.removeprefix(STATE): reply.content[k] for k in keys}
+        state = RecordDict({k.removeprefix(STATE): reply.content[k] for k in keys})
+        self._state_file(client_of(reply)).write_bytes(recorddict_to_proto(state).SerializeToString())
         for key in keys:
             del reply.content[key]
 

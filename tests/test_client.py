@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.data import client_data
@@ -48,9 +48,9 @@ class _Client:
         return self.exchange.send([message])[0]
 
     @property
-    def state(self) -> dict:
+    def state(self) -> RecordDict:
         """The client's own state, as its last call left it."""
-        return self.exchange.states[self.client_id]
+        return self.exchange.state_of(self.client_id)
 
 
 def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state():

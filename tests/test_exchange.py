@@ -36,7 +36,7 @@ def test_clients_take_turns_on_the_nodes_each_with_its_own_state():
         assert all(m.content["metrics"]["client"] == client_of(m) for m in first + second)
         assert [m.content["metrics"]["calls"] for m in first] == [1] * 5
         assert [m.content["metrics"]["calls"] for m in second] == [2] * 3  # each client's own count
-        assert {c: int(s["calls"]["n"]) for c, s in exchange.states.items()} == {0: 1, 1: 2, 2: 1, 3: 2, 4: 2}
+        assert [int(exchange.state_of(c)["calls"]["n"]) for c in range(5)] == [1, 2, 1, 2, 2]
         assert all(len(c.state) == 0 for c in grid.contexts.values())  # the nodes keep nothing
         assert all(set(m.content.keys()) == {"metrics"} for m in first + second)  # the state went to the exchange
 
@@ -63,4 +63,4 @@ def test_a_failed_call_names_its_client_and_leaves_its_state_as_it_was():
         replies = exchange.send(_to([0, 1, 2]))
         failed = [m for m in replies if m.has_error()]
         assert [client_of(m) for m in failed] == [2] and "client 2 is broken" in failed[0].error.reason
-        assert 2 not in exchange.states and int(exchange.states[0]["calls"]["n"]) == 2
+        assert len(exchange.state_of(2)) == 0 and int(exchange.state_of(0)["calls"]["n"]) == 2
