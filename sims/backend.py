@@ -66,6 +66,21 @@ def check_fit(cfg: Config, nodes: Iterable[dict[str, Any]], where: str) -> None:
                             key="simulation.client_gpus")
 
 
+def worker_count(cfg: Config) -> int:
+    """Clients Flower's Ray backend runs at once: per live node, the client resources it holds.
+
+    Counted as Flower's ``pool_size_from_resources`` counts, without its error for 0 (its
+    runtime then crashes on its own; :func:`check_fit` refuses such resources first).
+    """
+    cpus, gpus = cfg.simulation.client_cpus, cfg.simulation.client_gpus
+    total = 0
+    for node in ray.nodes():
+        resources = node.get("Resources") or {}
+        fits = int(resources.get("CPU", 0) / cpus)
+        total += min(fits, int(resources.get("GPU", 0) / gpus)) if gpus > 0 else fits
+    return total
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     """``(host, port)`` of a ``[scheme://]host:port`` address, or None when it is not one."""
     address = address.split("://", 1)[-1]

@@ -19,7 +19,7 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.config import Config
-from sims.backend import backend_config, check_backend, init_ray, start_ray
+from sims.backend import backend_config, check_backend, init_ray, start_ray, worker_count
 from sims.stopping import Interrupted, Stopper, kill_children, stoppable
 
 __all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
@@ -60,10 +60,7 @@ def pool_size(cfg: Config) -> int:
     (which checks every node for messages every 0.1 s) follows the workers, not the
     registered clients.
     """
-    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
-
-    workers = pool_size_from_resources(backend_config(cfg)["client_resources"])
-    return min(cfg.data.num_clients, NODES_PER_WORKER * workers)
+    return min(cfg.data.num_clients, NODES_PER_WORKER * max(1, worker_count(cfg)))
 
 
 def simulate(
