@@ -16,11 +16,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
+    """The children of every thread of ``pid`` (a thread's children are listed under that thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _pss_bytes(pid: int) -> int:
