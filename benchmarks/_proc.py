@@ -1,8 +1,9 @@
-"""Helpers the benchmarks share: run ``fl-ee`` as a child, watch its rounds, sum the RSS of its tree."""
+"""Helpers the benchmarks share: run ``fl-ee`` as a child, watch its rounds, sum the RSS and CPU time of its tree."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -15,11 +16,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
-    except OSError:
-        return []
+    """The children of every thread of ``pid`` (a thread's children are listed under that thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _pss_bytes(pid: int) -> int:
@@ -30,20 +34,42 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
+def _tree(root: int) -> list[int]:
+    """A process and all its live descendants."""
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(_children(pid))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
+    total = 0
+    for pid in _tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, utime 14, stime 15
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_bytes(root: int) -> int:
     """Memory of a process and all its descendants (Linux /proc).
 
     Sums each process's proportional set size, so libraries the processes share
     (torch, Ray) count once rather than once per process.
     """
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
+    total = 0
+    for pid in _tree(root):
         try:
             total += _pss_bytes(pid)
         except OSError:
             continue
-        stack.extend(_children(pid))
     return total
 
 
@@ -55,6 +81,7 @@ class Watched:
     ended: float = 0.0
     round_seen_at: dict[int, float] = field(default_factory=dict)  # round -> unix time its line appeared
     rss_at_round: dict[int, int] = field(default_factory=dict)  # round -> tree RSS when its line appeared
+    cpu_at_round: dict[int, float] = field(default_factory=dict)  # round -> tree CPU seconds when its line appeared
     peak_rss: int = 0
     returncode: int = 0
     stderr: str = ""
@@ -81,6 +108,7 @@ def watch_run(args: list[str], out: Path, poll_s: float = 0.1, memory_every_s: f
         now = time.time()
         for rnd in landed:
             watched.round_seen_at[rnd] = now
+            watched.cpu_at_round[rnd] = tree_cpu_seconds(child.pid)
         if landed or now - last_memory >= memory_every_s:
             rss, last_memory = tree_rss_bytes(child.pid), now
             watched.peak_rss = max(watched.peak_rss, rss)

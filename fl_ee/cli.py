@@ -86,28 +86,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_new_run_dir(Path(args.out))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.preflight import preflight
+    from sims.backend import check_backend, start_ray
+
+    if resuming:
+        from fl_ee.resume import prepare_resume
+
+        resume = prepare_resume(resuming, parse_overrides(args.overrides))
+        cfg = resume.cfg
+    assert cfg is not None
+    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
+    if not resuming:
+        cfg = preflight(cfg)
+    ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
     from fl_ee.checkpoint import Checkpoints
     from fl_ee.client import app as client_app
-    from fl_ee.preflight import preflight
     from fl_ee.progress import ProgressBar
     from fl_ee.report import tier_table
-    from fl_ee.resume import prepare_resume
     from fl_ee.rundir import RunDir, default_run_dir, load_run
     from fl_ee.server import make_server_app
     from fl_ee.tensorboard import tensorboard_observers
-    from sims.engine import Interrupted, check_backend, simulate
+    from sims.engine import Interrupted, simulate
 
     err = Console(stderr=True, soft_wrap=True)
     if resuming:
-        resume = prepare_resume(resuming, parse_overrides(args.overrides))
-        cfg, run_dir, checkpoints, done = resume.cfg, resume.run_dir, resume.checkpoints, resume.after_round
-        check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
+        run_dir, checkpoints, done = resume.run_dir, resume.checkpoints, resume.after_round
         err.print(f"resuming {run_dir.path} after round {done}" if done else f"{run_dir.path}: no checkpoint; "
                   "starting over")
     else:
-        assert cfg is not None
-        check_backend(cfg)
-        cfg, done = preflight(cfg), 0
+        done = 0
         run_dir = RunDir.create(args.out or default_run_dir())
         checkpoints = Checkpoints(run_dir.path)
     failure: Exception | None = None
@@ -115,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         observers = [run_dir, progress, *tensorboard_observers(cfg, run_dir.path, args.tensorboard)]
         try:
             simulate(make_server_app(cfg, observers, checkpoints), client_app, cfg, run_dir.path,
-                     on_interrupt=run_dir.discard_if_unstarted)
+                     on_interrupt=run_dir.discard_if_unstarted, ray_started=ray_started)
         except Interrupted as exc:
             progress.progress.stop()
             exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)

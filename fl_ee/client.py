@@ -1,12 +1,14 @@
 """The Flower ``ClientApp``: thin glue from messages to local training and evaluation.
 
 Every message carries the resolved run config (JSON) and the client's depth; the
-client's data split and personal exit heads are its own. Personal heads (modes
-``exits`` and ``self-distill``, :mod:`fl_ee.personal`) live in ``Context.state`` across
-rounds and are never sent; where the instructions name a ``state_dir`` they are also
-saved there after every round the client trains, and a fresh process (a resumed run)
-reads them back from it (:mod:`fl_ee.clientstate`). Under ``training.scheme = ic-only``
-a client returns only its exits once the backbone is frozen (:mod:`fl_ee.scheme`).
+client's data split and personal exit heads are its own. A node acts as whichever
+client a message names (:func:`fl_ee.exchange.as_client`), in that client's own context.
+Personal heads (modes ``exits`` and ``self-distill``, :mod:`fl_ee.personal`) live in the
+client's ``Context.state`` across rounds and are never aggregated; where the instructions
+name a ``state_dir`` they are also saved there after every round the client trains, and
+a fresh process (a resumed run) reads them back from it (:mod:`fl_ee.clientstate`).
+Under ``training.scheme = ic-only`` a client returns only its exits once the backbone is
+frozen (:mod:`fl_ee.scheme`).
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ from flwr.common.constant import ErrorCode
 
 from fl_ee.clientstate import load_exits, save_exits
 from fl_ee.config import Config
-from fl_ee.data import calibration_size, client_calibration, client_data, load_dataset, run_splits
+from fl_ee.data import client_calibration, client_data, load_dataset
 from fl_ee.deployment import policy_figures
 from fl_ee.device import client_device
+from fl_ee.exchange import as_client
 from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
 from fl_ee.personal import PERSONAL_HEADS, finetuned, personal_step
 from fl_ee.protocol import (
     ARRAYS,
     PERSONAL_EXITS,
-    ClientReport,
     EvaluateReply,
     Instructions,
     TrainReply,
@@ -52,7 +54,7 @@ from fl_ee.training import (
     train_joint,
 )
 
-app = ClientApp()
+app = ClientApp(mods=[as_client])
 
 Handler = Callable[[Message, Context], Message]
 
@@ -87,7 +89,7 @@ def model_spec(cfg: Config) -> ModelSpec:
 
 
 def client_id_of(context: Context) -> int:
-    """The client (partition) this node simulates."""
+    """The client (partition) this call simulates."""
     return int(context.node_config["partition-id"])
 
 
@@ -117,17 +119,6 @@ def _personal_heads(
         if saved is not None:
             heads.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()})
     return heads
-
-
-@app.query()
-@reports_errors
-def query(msg: Message, context: Context) -> Message:
-    """Report who this node is: its client id and local data sizes."""
-    client_id = client_id_of(context)
-    cfg = instructions_of(msg).config
-    split = run_splits(cfg)[client_id]  # sizes only: no need to gather the images
-    held_out = calibration_size(len(split.train), cfg.exit_policy.calibration_fraction)
-    return reply(msg, ClientReport(client_id, num_train=len(split.train) - held_out, num_test=len(split.test)))
 
 
 @app.train()

@@ -1,7 +1,7 @@
 """``fl-ee check``: what a run will do, from the cost model alone, without Ray or a run directory.
 
 :func:`make_plan` takes a preflighted config and works out, with the functions the run
-itself uses, who is in which tier (``sims.tiers``), how many bytes each depth's slice
+itself uses, who is in which tier (``fl_ee.server.make_clients``), how many bytes each depth's slice
 weighs (``sims.emulator.depth_bytes``), each client's training FLOPs and simulated
 round time (``sims.emulator.client_flops`` / ``client_times``), who the strategy
 samples each round (``sample_train``), and how long the rounds last on the virtual
@@ -19,14 +19,14 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from fl_ee.config import Config
-from fl_ee.data import load_dataset, run_splits
+from fl_ee.data import load_dataset
 from fl_ee.fit import Col, Sheet
 from fl_ee.models import EarlyExitNet, measure_flops
 from fl_ee.scheme import backbone_frozen
+from fl_ee.server import make_clients
 from sims.clock import OK
 from sims.emulator import DeviceEmulator, client_flops, depth_bytes
-from sims.tiers import assign_tiers
-from strategies import ClientInfo, build_strategy
+from strategies import build_strategy
 
 PLANNED_ROUNDS = 200  # rounds emulated for the estimate; longer runs are extrapolated from these
 
@@ -68,10 +68,7 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 def make_plan(cfg: Config) -> Plan:
     """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.preflight.preflight`."""
     data = load_dataset(cfg.data)
-    splits = run_splits(cfg)
-    tier_of = assign_tiers([t.share for t in cfg.tiers], cfg.data.num_clients, cfg.seed)
-    clients = [ClientInfo(cid, cid, cfg.tiers[t].name, cfg.tiers[t].depth, len(s.train), len(s.test))
-               for cid, (t, s) in enumerate(zip(tier_of, splits))]
+    clients = make_clients(cfg)
     model = EarlyExitNet(data.model_spec(cfg.model))
     flops = measure_flops(model)
     depths = [t.depth for t in cfg.tiers]

@@ -1,8 +1,10 @@
 """The wire protocol between the ServerApp and the ClientApp: every record key and payload, typed.
 
 A message from the server carries the client's slice of the global model under
-:data:`ARRAYS` and :class:`Instructions` under :data:`CONFIG`; a reply carries a
-:class:`ClientReport`, :class:`TrainReply` or :class:`EvaluateReply` under
+:data:`ARRAYS`, :class:`Instructions` under :data:`CONFIG`, and, on its way to a node,
+the :class:`ClientAddress` under :data:`CLIENT` and the client's own state under keys
+starting with :data:`STATE` (:mod:`fl_ee.exchange`); a reply carries a
+:class:`TrainReply` or :class:`EvaluateReply` under
 :data:`METRICS` (and, after training, the updated shared tensors under :data:`ARRAYS`).
 Each payload field travels under its name with ``-`` for ``_`` (``num_examples`` is
 ``num-examples``); optional fields that are ``None`` are left out.
@@ -21,7 +23,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from fl_ee.config import Config, config_from_dict
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # RecordDict keys of every message
-PERSONAL_EXITS = "personal-exits"  # the client's own exit heads in its Context.state (never sent)
+CLIENT = "client"  # the client a message is for (fl_ee.exchange)
+STATE = "state."  # prefix of the keys that carry the client's own Context.state to its node and back
+PERSONAL_EXITS = "personal-exits"  # the client's own exit heads in its Context.state (never aggregated)
 
 P = TypeVar("P", bound="Payload")
 
@@ -91,15 +95,6 @@ def _parse_config(text: str) -> Config:
 
 
 @dataclass(frozen=True)
-class ClientReport(Payload):
-    """A client's answer to the start-up query: who it is and how much data it holds."""
-
-    client_id: int
-    num_train: int
-    num_test: int
-
-
-@dataclass(frozen=True)
 class TrainReply(Payload):
     """The metrics of a client's training round; its shared tensors travel beside them.
 
@@ -148,6 +143,16 @@ class EvaluateReply(Payload):
     reliability: tuple[float, ...]
     overthinking: float
     ensemble_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class ClientAddress(Payload):
+    """The client a message is for: the node that gets it runs the ClientApp as this client."""
+
+    record_type: ClassVar[type[ConfigRecord]] = ConfigRecord
+
+    client_id: int
+    num_clients: int
 
 
 # ----------------------------------------------------------------------------- messages

@@ -11,33 +11,25 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.checkpoint import Checkpoints, LoopState
 from fl_ee.config import Config, config_to_json, load_config, parse_overrides
-from fl_ee.data import TensorDataset, load_dataset
+from fl_ee.data import TensorDataset, calibration_size, load_dataset, run_splits
 from fl_ee.errors import warn
+from fl_ee.exchange import Exchange
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
-from fl_ee.models import EarlyExitNet, build_model, load_weights, slice_state
+from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops, slice_state
 from fl_ee.observers import Observer
 from fl_ee.preflight import preflight
-from fl_ee.protocol import (
-    ARRAYS,
-    ClientReport,
-    EvaluateReply,
-    Instructions,
-    instruction_message,
-    instructions_of,
-    payload_of,
-    with_instructions,
-)
+from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
 from fl_ee.rundir import RunDir, client_row, default_run_dir
 from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
@@ -50,8 +42,6 @@ from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy
 from strategies.base import to_numpy
 
-NODE_WAIT_S = 120.0
-
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
     """The full-depth global model, initialised from the run seed or loaded from ``model.weights``."""
@@ -63,41 +53,40 @@ def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
     return model
 
 
-def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
-    deadline = time.monotonic() + NODE_WAIT_S
-    while len(node_ids := sorted(grid.get_node_ids())) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(node_ids)} of {count} simulated clients came up in {NODE_WAIT_S:.0f}s")
-        time.sleep(0.05)
-    if len(node_ids) > count:
-        raise RuntimeError(f"the federation has {len(node_ids)} nodes but data.num_clients is {count}; "
-                           f"run it with num-supernodes={count}")
-    return node_ids
-
-
 def _check(replies: Sequence[Message], what: str) -> None:
     """Fail loudly when every client of a step failed (a bug, not a straggler)."""
     if replies and all(m.has_error() for m in replies):
         raise RuntimeError(f"every client failed to {what}: {replies[0].error.reason}")
 
 
-def discover_clients(grid: Grid, cfg: Config, instructions: Instructions) -> list[ClientInfo]:
-    """Ask every node for its client id and data sizes; place each client in its tier."""
-    node_ids = _wait_for_nodes(grid, cfg.data.num_clients)
-    replies = list(grid.send_and_receive(
-        [instruction_message(ArrayRecord(), instructions, n, MessageType.QUERY) for n in node_ids]
-    ))
-    failed = [m for m in replies if m.has_error()]
-    if failed:
-        raise RuntimeError(f"{len(failed)} clients failed to report their data: {failed[0].error.reason}")
+def make_clients(cfg: Config) -> list[ClientInfo]:
+    """Every client of the run, in client-id order: its tier, depth and data sizes.
+
+    Worked out here from the seed and the (cached) split, as each client would: no
+    message is needed. A client's ``node_id`` is its client id: :mod:`fl_ee.exchange`
+    places its messages on the simulated nodes.
+    """
     tier_of = assign_tiers([t.share for t in cfg.tiers], cfg.data.num_clients, cfg.seed)
     clients = []
-    for reply in replies:
-        report = payload_of(reply, ClientReport)
-        tier = cfg.tiers[tier_of[report.client_id]]
-        clients.append(ClientInfo(reply.metadata.src_node_id, report.client_id, tier.name, tier.depth,
-                                  report.num_train, report.num_test))
-    return sorted(clients, key=lambda c: c.client_id)
+    for cid, split in enumerate(run_splits(cfg)):
+        tier = cfg.tiers[tier_of[cid]]
+        held_out = calibration_size(len(split.train), cfg.exit_policy.calibration_fraction)  # not trained on
+        clients.append(ClientInfo(cid, cid, tier.name, tier.depth, len(split.train) - held_out, len(split.test)))
+    return clients
+
+
+Work = Callable[[Message], float]
+
+
+def _work(strategy: DepthAwareStrategy, flops: Flops, evaluate: bool = False) -> Work:
+    """A message's forward FLOPs over the client's samples: :meth:`Exchange.send` sends the most first."""
+    costs = flops.exit_costs()
+
+    def work(message: Message) -> float:
+        client = strategy.recipient(message)
+        return (client.num_test if evaluate else client.num_train) * costs[client.depth - 1]
+
+    return work
 
 
 def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int) -> dict[str, Any]:
@@ -129,8 +118,8 @@ def _errors(strategy: DepthAwareStrategy, replies: Sequence[Message]) -> dict[Cl
 
 
 def train_round(
-    grid: Grid, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
-    config: ConfigRecord,
+    exchange: Exchange, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
+    config: ConfigRecord, work: Work | None = None,
 ) -> tuple[ArrayRecord, dict[str, Any], bool]:
     """One training round on the virtual clock: sample, emulate presence, train, settle, check, aggregate.
 
@@ -141,7 +130,7 @@ def train_round(
     record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
     whether the round was *bad*: it produced nothing finite to aggregate.
     """
-    messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, grid))
+    messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, exchange.grid))
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
     for message, client in zip(messages, clock.sampled):
@@ -149,7 +138,7 @@ def train_round(
             if pace_s := emulator.pace_seconds(clock, client):
                 with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s))
             send.append(message)
-    replies = list(grid.send_and_receive(send)) if send else []
+    replies = exchange.send(send, work)
     _check(replies, f"train in round {rnd}")
     errors = _errors(strategy, replies)
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
@@ -184,11 +173,12 @@ def train_round(
 
 
 def evaluate_round(
-    grid: Grid, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord
+    exchange: Exchange, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
+    work: Work | None = None,
 ) -> tuple[dict[int, Evaluation], dict[str, Any]]:
     """Federated evaluation: each sampled client's evaluation by client id, and the round's record."""
-    messages = list(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, grid))
-    replies = list(grid.send_and_receive(messages)) if messages else []  # none with fraction_evaluate = 0
+    messages = list(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, exchange.grid))
+    replies = exchange.send(messages, work)  # none with fraction_evaluate = 0
     _check(replies, f"evaluate in round {rnd}")
     aggregated = _guarded(strategy, "aggregate_evaluate", rnd, rnd, replies)
     evaluated = {strategy.sender(m).client_id: Evaluation(rnd, payload_of(m, EvaluateReply))
@@ -214,9 +204,11 @@ def run_federation(
     model = initial_model(cfg, data)
     strategy = build_strategy(cfg)
     config_text = config_to_json(cfg)
-    clients = discover_clients(grid, cfg, Instructions(config_text))
+    clients = make_clients(cfg)
+    exchange = Exchange(grid, len(clients))
     _guarded(strategy, "register_clients", 0, clients)
     emulator = DeviceEmulator(cfg, model, clients)
+    train_work, evaluate_work = _work(strategy, measure_flops(model)), _work(strategy, measure_flops(model), True)
     tiers = [t.name for t in cfg.tiers]
     state = LoopState(ArrayRecord(model.state_dict()))
     state_dir = ""
@@ -232,13 +224,15 @@ def run_federation(
     with ThreadPoolExecutor(max_workers=1) as background:
         for rnd in range(state.round + 1, cfg.rounds + 1):
             config = Instructions(config_text, server_round=rnd, state_dir=state_dir).to_record()
-            state.arrays, train, bad = train_round(grid, strategy, emulator, rnd, state.arrays, config)
+            state.arrays, train, bad = train_round(exchange, strategy, emulator, rnd, state.arrays, config,
+                                                   train_work)
             state.clocks.append(train.pop("clock"))
             errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 global_eval = background.submit(evaluate_global, state.arrays, data, model, cfg.max_depth)
-                evaluated, record["evaluate"] = evaluate_round(grid, strategy, rnd, state.arrays, config)
+                evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
+                                                               evaluate_work)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
                 state.results = with_deployed_thresholds(cfg, clients, {**state.results, **evaluated})
                 state.global_eval = global_eval.result()

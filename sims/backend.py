@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
@@ -65,6 +66,21 @@ def check_fit(cfg: Config, nodes: Iterable[dict[str, Any]], where: str) -> None:
                             key="simulation.client_gpus")
 
 
+def worker_count(cfg: Config) -> int:
+    """Clients Flower's Ray backend runs at once: per live node, the client resources it holds.
+
+    Counted as Flower's ``pool_size_from_resources`` counts, without its error for 0 (its
+    runtime then crashes on its own; :func:`check_fit` refuses such resources first).
+    """
+    cpus, gpus = cfg.simulation.client_cpus, cfg.simulation.client_gpus
+    total = 0
+    for node in ray.nodes():
+        resources = node.get("Resources") or {}
+        fits = int(resources.get("CPU", 0) / cpus)
+        total += min(fits, int(resources.get("GPU", 0) / gpus)) if gpus > 0 else fits
+    return total
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
     """``(host, port)`` of a ``[scheme://]host:port`` address, or None when it is not one."""
     address = address.split("://", 1)[-1]
@@ -113,6 +129,39 @@ def init_ray(cfg: Config) -> None:
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+
+def start_ray(cfg: Config) -> Callable[[], None]:
+    """Start a local Ray in the background; returns the wait for it (which re-raises its error).
+
+    Ray takes seconds to start its processes; they come up while the caller goes on
+    (``fl-ee run``: after the preflight, while Flower and the apps are imported and the
+    run directory is made). A cluster (``simulation.ray_address``) was joined by
+    :func:`check_backend`: nothing is started then. The thread outlives the start: Ray's
+    processes are bound to the thread that started them (``PR_SET_PDEATHSIG``), so it
+    waits, a daemon, for the process to end.
+    """
+    errors: list[BaseException] = []
+    ready = threading.Event()
+
+    def start() -> None:
+        try:
+            if not ray.is_initialized():
+                init_ray(cfg)
+        except BaseException as exc:  # re-raised by the wait, in the caller's thread
+            errors.append(exc)
+        finally:
+            ready.set()
+        threading.Event().wait()
+
+    threading.Thread(target=start, name="fl-ee-ray", daemon=True).start()
+
+    def wait() -> None:
+        ready.wait()
+        if errors:
+            raise errors[0]
+
+    return wait
 
 
 def check_backend(cfg: Config) -> None:

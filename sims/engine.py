@@ -19,10 +19,10 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.config import Config
-from sims.backend import backend_config, check_backend, init_ray
+from sims.backend import backend_config, check_backend, init_ray, start_ray, worker_count
 from sims.stopping import Interrupted, Stopper, kill_children, stoppable
 
-__all__ = ["Interrupted", "check_backend", "simulate"]
+__all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
 
 
 _FLOWER_WRAPPERS = ("An error was encountered. Ending simulation.", "Simulation Runtime crashed.")
@@ -47,19 +47,36 @@ class _Quiet(logging.Filter):
         return "run_simulation" not in record.getMessage()
 
 
+# Flower's engine hands a node's message to a worker at its next check (every 0.1 s): with
+# a few messages waiting per worker, calls as short as ~25 ms keep the workers busy, and
+# the last messages of an exchange are still the cheapest (fl_ee.exchange sends the costliest first)
+NODES_PER_WORKER = 4
+
+
+def pool_size(cfg: Config) -> int:
+    """Simulated nodes: enough to keep each of Flower's Ray workers busy, never more than the clients.
+
+    Any node acts as any client (:mod:`fl_ee.exchange`), so the cost of Flower's runtime
+    (which checks every node for messages every 0.1 s) follows the workers, not the
+    registered clients.
+    """
+    return min(cfg.data.num_clients, NODES_PER_WORKER * max(1, worker_count(cfg)))
+
+
 def simulate(
     server_app: ServerApp,
     client_app: ClientApp,
     cfg: Config,
     run_dir: Path | None = None,
     on_interrupt: Callable[[], object] | None = None,
+    ray_started: Callable[[], None] | None = None,
 ) -> None:
-    """Run the apps with one simulated node per client; returns when the ServerApp ends.
+    """Run the apps on a pool of simulated nodes (:func:`pool_size`); returns when the ServerApp ends.
 
     Raises :class:`Interrupted` when SIGINT or SIGTERM stopped the run (``run_dir``
     names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
     ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
-    crashed.
+    crashed. ``ray_started`` waits for a Ray started in the background (:func:`sims.backend.start_ray`).
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
@@ -71,13 +88,15 @@ def simulate(
     try:
         import ray
 
+        if ray_started is not None:
+            ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
         stopper.install()
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),
             client_app=client_app,
-            num_supernodes=cfg.data.num_clients,
+            num_supernodes=pool_size(cfg),
             backend_config=backend_config(cfg),
         )
     except BaseException as exc:

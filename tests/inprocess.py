@@ -1,7 +1,8 @@
 """An in-process Flower ``Grid``: the real ClientApp answers the server's messages in this process.
 
 Test infrastructure for the server loop (``fl_ee.server.run_federation`` and friends)
-without Ray. It mirrors what Flower's simulation runtime does around a ClientApp call
+without Ray; the server's clients take turns on its nodes (``fl_ee.exchange``). It
+mirrors what Flower's simulation runtime does around a ClientApp call
 (``flwr.server.superlink.fleet.vce``), so the server cannot tell the difference:
 
 * nodes get random-looking 64-bit ids (seeded here), never their partition ids;
@@ -39,6 +40,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 REVERSED = "reversed"
 SHUFFLED = "shuffled"
+NODES = 8  # the pool a run on a 2-core machine gets (sims.engine.pool_size)
 
 
 def _copy(message: Message) -> Message:
@@ -156,12 +158,13 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0, order: str = SHUFFLED,
-                  observers=(), checkpoints: bool = True) -> tuple[InProcessGrid, dict]:
+                  observers=(), checkpoints: bool = True, nodes: int = NODES) -> tuple[InProcessGrid, dict]:
     """``fl-ee run [PRESET] --set ... --out OUT`` through an :class:`InProcessGrid`: (the grid, the summary).
 
     ``overrides`` are ``"key=value"`` strings; ``seed`` draws the grid's ids and reply order
     (the run's own seed is the config's); ``observers`` follow the run beside its run
-    directory; ``checkpoints`` writes them (and the clients' state) as ``fl-ee run`` does.
+    directory; ``checkpoints`` writes them (and the clients' state) as ``fl-ee run`` does;
+    ``nodes`` is the grid's pool of nodes (the clients take turns on them).
     """
     from fl_ee.checkpoint import Checkpoints
     from fl_ee.config import load_config, parse_overrides
@@ -171,18 +174,18 @@ def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0
 
     cfg = preflight(load_config(preset, parse_overrides(list(overrides))))
     run_dir = RunDir.create(out)
-    with InProcessGrid(cfg.data.num_clients, seed=seed, order=order) as grid:
+    with InProcessGrid(nodes, seed=seed, order=order) as grid:
         summary = run_federation(grid, cfg, [run_dir, *observers], Checkpoints(out) if checkpoints else None)
     return grid, summary
 
 
 def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED) -> tuple[InProcessGrid, dict]:
-    """``fl-ee resume OUT --set ...`` through a fresh :class:`InProcessGrid` (fresh client contexts)."""
+    """``fl-ee resume OUT --set ...`` through a fresh :class:`InProcessGrid` (fresh nodes, no client state)."""
     from fl_ee.config import parse_overrides
     from fl_ee.resume import prepare_resume
     from fl_ee.server import run_federation
 
     resume = prepare_resume(out, parse_overrides(list(overrides)))
-    with InProcessGrid(resume.cfg.data.num_clients, seed=seed, order=order) as grid:
+    with InProcessGrid(NODES, seed=seed, order=order) as grid:
         summary = run_federation(grid, resume.cfg, [resume.run_dir], resume.checkpoints)
     return grid, summary

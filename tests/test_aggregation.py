@@ -4,6 +4,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fl_ee.config import config_from_dict, config_to_json
+from fl_ee.exchange import Exchange, as_client
 from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from fl_ee.seeding import Stream
@@ -78,7 +79,7 @@ def test_sampling_is_seeded_and_sized_by_fraction():
 def _constant_app() -> ClientApp:
     """A ClientApp whose training sets every received tensor to ``partition-id + 1`` and reports
     ``10 * (partition-id + 1)`` examples; partition 4 raises (its error reply must not count)."""
-    app = ClientApp()
+    app = ClientApp(mods=[as_client])
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -102,8 +103,8 @@ def test_custom_rule_plugs_in_through_aggregate_train():
             return np.median(np.stack(values), axis=0)
 
     depths = [1, 2, 4, 2, 4]
-    with InProcessGrid(len(depths), _constant_app(), seed=3) as grid:
-        clients = [ClientInfo(grid.node_of_partition(i), i, f"t{d}", d, 10, 2) for i, d in enumerate(depths)]
+    with InProcessGrid(2, _constant_app(), seed=3) as grid:
+        clients = [ClientInfo(i, i, f"t{d}", d, 10, 2) for i, d in enumerate(depths)]
         model = EarlyExitNet(ModelSpec(1, 8, 8, 10))
         sent = {k: np.full_like(v, -1.0) for k, v in to_numpy(ArrayRecord(model.state_dict())).items()}
         results = {}
@@ -111,7 +112,7 @@ def test_custom_rule_plugs_in_through_aggregate_train():
             strategy.register_clients(clients)
             config = Instructions(config_to_json(config_from_dict({})), server_round=1).to_record()
             messages = strategy.configure_train(1, to_record(sent), config, grid)
-            replies = list(grid.send_and_receive(messages))
+            replies = Exchange(grid, len(depths)).send(messages)
             assert sum(m.has_error() for m in replies) == 1  # partition 4
             new, metrics = strategy.aggregate_train(1, replies)
             results[type(strategy).__name__] = to_numpy(new)

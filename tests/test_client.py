@@ -1,19 +1,18 @@
-"""The ClientApp's handlers called as Flower calls them: message in, reply out, Context kept."""
+"""The ClientApp's handlers called as the server calls them: message in, reply out, the client's state kept."""
 
 import time
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
-from fl_ee.client import app
 from fl_ee.config import config_from_dict, config_to_json
 from fl_ee.data import client_data
+from fl_ee.exchange import Exchange
 from fl_ee.models import EarlyExitNet, ModelSpec, slice_state
 from fl_ee.protocol import (
     PERSONAL_EXITS,
-    ClientReport,
     EvaluateReply,
     Instructions,
     TrainReply,
@@ -21,6 +20,7 @@ from fl_ee.protocol import (
     payload_of,
 )
 from fl_ee.training import local_loss
+from inprocess import InProcessGrid
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})
 
@@ -36,41 +36,54 @@ def _message(kind: str, depth: int, server_round: int, cfg=CFG, seed: int | None
     return instruction_message(ArrayRecord(slice_state(model.state_dict(), depth)), instructions, 1, kind)
 
 
-def _context(client_id: int) -> Context:
-    return Context(run_id=1, node_id=1, node_config={"partition-id": client_id, "num-partitions": 4},
-                   state=RecordDict(), run_config={})
+class _Client:
+    """One client, called as the server calls it: through the exchange, on a one-node in-process grid."""
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.exchange = Exchange(InProcessGrid(1), CFG.data.num_clients)
+
+    def __call__(self, message: Message) -> Message:
+        message.metadata.dst_node_id = self.client_id
+        return self.exchange.send([message])[0]
+
+    @property
+    def state(self) -> RecordDict:
+        """The client's own state, as its last call left it."""
+        return self.exchange.state_of(self.client_id)
 
 
 def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state():
-    context = _context(2)
-    reply = app(_message(MessageType.TRAIN, depth=2, server_round=1), context)
+    client = _Client(2)
+    reply = client(_message(MessageType.TRAIN, depth=2, server_round=1))
     keys = set(reply.content["arrays"])
+    assert set(reply.content.keys()) == {"arrays", "metrics"}  # the state went to the exchange
     assert keys == set(_message(MessageType.TRAIN, 2, 1).content["arrays"])  # stages/exits 0..1, nothing personal
     assert payload_of(reply, TrainReply).num_examples > 0
-    personal = context.state[PERSONAL_EXITS]
+    personal = client.state[PERSONAL_EXITS]
     assert set(personal) == {k.removeprefix("exits.") for k in keys if k.startswith("exits.")}
 
     first = {k: a.numpy().copy() for k, a in personal.items()}
-    app(_message(MessageType.TRAIN, depth=2, server_round=2), context)
-    second = {k: a.numpy() for k, a in context.state[PERSONAL_EXITS].items()}
+    client(_message(MessageType.TRAIN, depth=2, server_round=2))
+    second = {k: a.numpy() for k, a in client.state[PERSONAL_EXITS].items()}
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
 
 
 def test_train_reports_the_local_loss_at_the_received_weights_when_asked():
-    plain = app(_message(MessageType.TRAIN, depth=3, server_round=1), _context(1))
+    plain = _Client(1)(_message(MessageType.TRAIN, depth=3, server_round=1))
     assert payload_of(plain, TrainReply).initial_loss is None
     message = _message(MessageType.TRAIN, depth=3, server_round=1, want_initial_loss=True)
     received = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=3)
     received.load_state_dict(message.content["arrays"].to_torch_state_dict())
     x, y, _, _ = client_data(CFG, 1)
     expected = local_loss(received, x, y, CFG.training)
-    metrics = payload_of(app(message, _context(1)), TrainReply)
+    metrics = payload_of(_Client(1)(message), TrainReply)
     assert metrics.initial_loss == pytest.approx(expected, rel=1e-6)
 
 
 def _trained(training: dict, server_round: int) -> dict[str, np.ndarray]:
     cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32, **training}})
-    reply = app(_message(MessageType.TRAIN, 3, server_round, cfg, seed=0), _context(0))
+    reply = _Client(0)(_message(MessageType.TRAIN, 3, server_round, cfg, seed=0))
     return {k: a.numpy() for k, a in reply.content["arrays"].items()}
 
 
@@ -89,10 +102,10 @@ def test_distillation_warm_up_and_options_reach_training():
 
 
 def test_evaluate_uses_personal_exits_once_trained():
-    context = _context(1)
-    before = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), context), EvaluateReply)
-    app(_message(MessageType.TRAIN, depth=3, server_round=1), context)
-    after = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), context), EvaluateReply)
+    client = _Client(1)
+    before = payload_of(client(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
+    client(_message(MessageType.TRAIN, depth=3, server_round=1))
+    after = payload_of(client(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
     assert len(after.exit_accuracy) == 3 and len(after.exit_fractions) == 3
     assert sum(after.exit_fractions) == pytest.approx(1.0)
     # the same global weights are evaluated; only the personal heads differ
@@ -101,21 +114,15 @@ def test_evaluate_uses_personal_exits_once_trained():
 
 def test_a_paced_client_sleeps_its_simulated_time():
     start = time.perf_counter()
-    app(_message(MessageType.TRAIN, depth=1, server_round=1, pace_s=0.5), _context(0))
+    _Client(0)(_message(MessageType.TRAIN, depth=1, server_round=1, pace_s=0.5))
     assert time.perf_counter() - start >= 0.5
-
-
-def test_query_reports_the_clients_data_sizes():
-    reply = payload_of(app(_message(MessageType.QUERY, depth=1, server_round=0), _context(3)), ClientReport)
-    assert reply.client_id == 3 and reply.num_train > reply.num_test > 0
-    assert reply.num_train == len(client_data(CFG, 3)[1])  # the calibration samples do not train
 
 
 def test_evaluate_reports_the_full_cost_and_every_policys_curves():
     from fl_ee.client import depth_flops, model_spec
     from fl_ee.deployment import curves_of, grids
 
-    m = payload_of(app(_message(MessageType.EVALUATE, depth=3, server_round=1), _context(0)), EvaluateReply)
+    m = payload_of(_Client(0)(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
     costs = depth_flops(model_spec(CFG), 3).exit_costs()
     assert m.full_flops == costs[-1] >= m.expected_flops and m.exit_flops == costs
     policy = CFG.exit_policy
@@ -136,11 +143,11 @@ def _cfg(**sections) -> object:
 def test_ic_only_returns_only_exits_once_the_backbone_is_frozen():
     cfg = _cfg(training={"scheme": "ic-only", "backbone_rounds": 2})
     sent = _message(MessageType.TRAIN, 2, 3, cfg, seed=0)
-    frozen = app(sent, _context(0))
+    frozen = _Client(0)(sent)
     assert set(frozen.content["arrays"]) == {k for k in sent.content["arrays"] if k.startswith("exits.")}
     received = {k: a.numpy() for k, a in sent.content["arrays"].items()}
     assert any(not np.array_equal(a.numpy(), received[k]) for k, a in frozen.content["arrays"].items())  # trained
-    e2e = app(_message(MessageType.TRAIN, 2, 2, cfg, seed=0), _context(0))  # rounds 1..backbone_rounds: everything
+    e2e = _Client(0)(_message(MessageType.TRAIN, 2, 2, cfg, seed=0))  # rounds 1..backbone_rounds: everything
     assert set(e2e.content["arrays"]) == set(sent.content["arrays"])
 
 
@@ -151,31 +158,31 @@ def test_evaluate_reports_the_ensemble_of_its_exits():
     model = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=3)
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     _, _, x, y = client_data(CFG, 2)
-    m = payload_of(app(message, _context(2)), EvaluateReply)
+    m = payload_of(_Client(2)(message), EvaluateReply)
     assert m.ensemble_accuracy == accuracy(ensemble(exit_logits(model, x)), y)
 
 
 def test_finetune_evaluates_a_tuned_copy_and_keeps_nothing(tmp_path):
     cfg = _cfg(personalisation={"mode": "finetune", "epochs": 2})
-    context = _context(1)
-    app(_message(MessageType.TRAIN, 3, 1, cfg, seed=0, state_dir=str(tmp_path)), context)
-    assert len(context.state) == 0 and not any(tmp_path.iterdir())  # no personal heads in training
+    client = _Client(1)
+    client(_message(MessageType.TRAIN, 3, 1, cfg, seed=0, state_dir=str(tmp_path)))
+    assert len(client.state) == 0 and not any(tmp_path.iterdir())  # no personal heads in training
     message = _message(MessageType.EVALUATE, 3, 1, cfg, seed=0, state_dir=str(tmp_path))
     received = {k: a.numpy().copy() for k, a in message.content["arrays"].items()}
-    replied = app(message, context)
+    replied = client(message)
     tuned = payload_of(replied, EvaluateReply)
-    plain = payload_of(app(_message(MessageType.EVALUATE, 3, 1, _cfg(personalisation={"mode": "none"}), seed=0),
-                           _context(1)), EvaluateReply)
+    plain = payload_of(_Client(1)(_message(MessageType.EVALUATE, 3, 1, _cfg(personalisation={"mode": "none"}),
+                                           seed=0)), EvaluateReply)
     assert tuned.exit_accuracy != plain.exit_accuracy  # evaluated after fine-tuning ...
-    assert len(context.state) == 0 and not any(tmp_path.iterdir()) and "arrays" not in replied.content  # kept, sent
+    assert len(client.state) == 0 and not any(tmp_path.iterdir()) and "arrays" not in replied.content  # kept, sent
     assert _same(received, {k: a.numpy() for k, a in message.content["arrays"].items()})  # nothing; model untouched
-    assert payload_of(app(message, context), EvaluateReply) == tuned  # so the next evaluation starts afresh
+    assert payload_of(client(message), EvaluateReply) == tuned  # so the next evaluation starts afresh
 
 
 def test_self_distill_keeps_personal_heads_like_exits():
-    context = _context(2)
+    client = _Client(2)
     cfg = _cfg(personalisation={"mode": "self-distill", "labelled_fraction": 0.5})
-    app(_message(MessageType.TRAIN, 2, 1, cfg, seed=0), context)
-    assert set(context.state[PERSONAL_EXITS]) == {k.removeprefix("exits.") for k in
+    client(_message(MessageType.TRAIN, 2, 1, cfg, seed=0))
+    assert set(client.state[PERSONAL_EXITS]) == {k.removeprefix("exits.") for k in
                                                   _message(MessageType.TRAIN, 2, 1, cfg).content["arrays"]
                                                   if k.startswith("exits.")}

@@ -15,6 +15,7 @@ from fl_ee.client import reports_errors
 from fl_ee.config import load_config, parse_overrides
 from fl_ee.faults import Diverged, DivergenceGuard, StrategyFault, aggregate_problem, update_problem
 from fl_ee.preflight import preflight
+from fl_ee.protocol import CLIENT, ClientAddress
 from fl_ee.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
 from fl_ee.server import run_federation
 from inprocess import InProcessGrid
@@ -36,7 +37,7 @@ def _strict(text: str) -> list[dict]:
 def _run(tmp_path: Path, overrides: list[str], client_app: ClientApp | None = None):
     cfg = preflight(load_config(None, parse_overrides([*TINY, *overrides])))
     out = RunDir.create(tmp_path / "run")
-    with InProcessGrid(cfg.data.num_clients, client_app) as grid:
+    with InProcessGrid(2, client_app) as grid:
         summary = run_federation(grid, cfg, [out])
     return out.path, summary
 
@@ -137,14 +138,10 @@ def _flaky_app() -> ClientApp:
     """The real ClientApp, except that client 1's training raises."""
     app = ClientApp()
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        return real_app(msg, context)
-
     @app.train()
     @reports_errors
     def train(msg: Message, context: Context) -> Message:
-        if context.node_config["partition-id"] == 1:
+        if ClientAddress.from_record(msg.content[CLIENT]).client_id == 1:
             raise OSError("disk full")
         return real_app(msg, context)
 

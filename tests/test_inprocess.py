@@ -9,7 +9,6 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fl_ee.config import load_config
-from fl_ee.protocol import PERSONAL_EXITS
 from inprocess import REVERSED, InProcessGrid, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]
@@ -19,7 +18,7 @@ TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]
 def tiny(tmp_path_factory):
     """The quickstart preset, 2 rounds over 6 clients, through the in-process grid: (grid, summary, run dir)."""
     out = tmp_path_factory.mktemp("inprocess") / "run"
-    grid, summary = run_inprocess(out, TINY)
+    grid, summary = run_inprocess(out, TINY, nodes=3)  # 6 clients take turns on 3 nodes
     return grid, summary, out
 
 
@@ -113,8 +112,8 @@ def test_a_tiny_run_gives_a_sane_summary(tiny):
     assert set(personalised["by_tier"]) == {"iot", "phone", "laptop"}
     assert set(summary["accuracy"]["global"]["by_exit"]) == {"1", "2", "3", "4"}
     assert summary["virtual_time_s"] > 0
-    # discovery asks everyone once; quickstart trains half the clients and evaluates all of them each round
-    assert grid.calls == {"query": 6, "train": 6, "evaluate": 12} and grid.errors == []
+    # quickstart trains half the clients and evaluates all of them each round; nothing else is asked
+    assert grid.calls == {"train": 6, "evaluate": 12} and grid.errors == []
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[-1]["evaluate"]["personalised"] == personalised
@@ -130,18 +129,19 @@ def test_clients_csv_rows_follow_client_ids_not_node_ids_or_reply_order(tiny):
     assert all(int(r["depth"]) == depth_of[r["tier"]] for r in rows)
 
 
-def test_personal_exits_stay_in_the_trained_clients_state(tiny):
+def test_nodes_keep_nothing_and_the_trained_clients_keep_their_personal_exits(tiny):
     grid, _, out = tiny
     trained = {c["client_id"] for r in map(json.loads, (out / "rounds.jsonl").read_text().splitlines())
                for c in r["clock"]["clients"] if c["outcome"] == "ok"}
-    holding = {int(c.node_config["partition-id"]) for c in grid.contexts.values() if PERSONAL_EXITS in c.state}
-    assert trained and holding == trained
+    assert len(grid.contexts) == 3 and all(len(c.state) == 0 for c in grid.contexts.values())
+    saved = {int(p.name) for p in (out / "checkpoint" / "clients").iterdir()}
+    assert trained and saved == trained
 
 
-def test_results_do_not_depend_on_node_ids_or_reply_order(tiny, tmp_path):
+def test_results_do_not_depend_on_nodes_or_reply_order(tiny, tmp_path):
     _, _, out = tiny
     again = tmp_path / "again"
-    run_inprocess(again, TINY, seed=7, order=REVERSED)
+    run_inprocess(again, TINY, seed=7, order=REVERSED, nodes=5)
     for name in ("summary.json", "clients.csv"):
         assert (again / name).read_bytes() == (out / name).read_bytes()
     strip = [{k: v for k, v in json.loads(line).items() if k != "wall_s"}

@@ -1,5 +1,5 @@
 """The server loop's pieces (``fl_ee.server``) one at a time, through the in-process grid, with
-numbers checked by hand: discovery, a training round under each straggler policy, a federated
+numbers checked by hand: the clients, a training round under each straggler policy, a federated
 evaluation, and ``build_summary`` on hand-made results.
 
 Virtual times come from the run's :class:`~sims.emulator.DeviceEmulator` (``emulator.times``,
@@ -19,16 +19,16 @@ from flwr.app import ArrayRecord, Message
 from flwr.clientapp import ClientApp
 from test_deployment import curve_reply
 
-from fl_ee import client as real_client
 from fl_ee.config import Config, config_from_dict, config_to_json, load_config
 from fl_ee.data import load_dataset, run_splits
+from fl_ee.exchange import Exchange, as_client
 from fl_ee.policies import CONFIDENCE_GRID
 from fl_ee.preflight import preflight
 from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, TrainReply, reply
 from fl_ee.seeding import Stream
-from fl_ee.server import discover_clients, evaluate_round, initial_model, train_round
+from fl_ee.server import evaluate_round, initial_model, make_clients, train_round
 from fl_ee.summary import Evaluation, build_summary
-from inprocess import REVERSED, InProcessGrid
+from inprocess import InProcessGrid
 from sims.clock import presence
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
@@ -36,6 +36,7 @@ from strategies import ClientInfo, DepthAwareStrategy, build_strategy
 from strategies.base import to_numpy, to_record
 
 NUM_CLIENTS = 6
+POOL = 2  # simulated nodes
 # two tiers two orders of magnitude apart end to end (as in the `stragglers` preset, whose 8 s
 # deadline is kept): a slow client takes seconds to tens of seconds, a fast one well under one
 SLOW = {"name": "slow", "share": 0.5, "depth": 2, "compute_gflops": 0.02, "download_mbps": 0.5, "upload_mbps": 0.5}
@@ -56,6 +57,7 @@ class Loop:
 
     cfg: Config
     grid: InProcessGrid
+    exchange: Exchange
     strategy: DepthAwareStrategy
     emulator: DeviceEmulator
     clients: list[ClientInfo]
@@ -66,7 +68,7 @@ class Loop:
         return Instructions(self.text, server_round=rnd).to_record()
 
     def train(self, rnd: int = 1):
-        new, record, bad = train_round(self.grid, self.strategy, self.emulator, rnd, self.arrays, self.config(rnd))
+        new, record, bad = train_round(self.exchange, self.strategy, self.emulator, rnd, self.arrays, self.config(rnd))
         assert not bad  # these rounds all produce finite updates
         return new, record
 
@@ -80,14 +82,14 @@ class Loop:
 @contextmanager
 def loop(cfg: Config, app: ClientApp | None = None, **grid_options):
     """The grid, strategy, emulator and initial arrays, as ``run_federation`` builds them."""
-    with InProcessGrid(cfg.data.num_clients, app, **grid_options) as grid:
+    with InProcessGrid(POOL, app, **grid_options) as grid:  # fewer nodes than clients, as in a run
         model = initial_model(cfg, load_dataset(cfg.data))
         strategy = build_strategy(cfg)
         text = config_to_json(cfg)
-        clients = discover_clients(grid, cfg, Instructions(text))
+        clients = make_clients(cfg)
         strategy.register_clients(clients)
-        yield Loop(cfg, grid, strategy, DeviceEmulator(cfg, model, clients), clients,
-                   ArrayRecord(model.state_dict()), text)
+        yield Loop(cfg, grid, Exchange(grid, cfg.data.num_clients), strategy, DeviceEmulator(cfg, model, clients),
+                   clients, ArrayRecord(model.state_dict()), text)
 
 
 def sampled_ids(lp: Loop, rnd: int) -> list[int]:
@@ -101,10 +103,9 @@ def by_id(record: dict) -> dict[int, dict]:
 
 
 def constant_app(train_raises: set[int] = frozenset(), evaluate_raises: set[int] = frozenset()) -> ClientApp:
-    """The real query (so discovery is real); training sets every received tensor to ``p + 1`` and
-    reports ``10 * (p + 1)`` examples; evaluation returns an :func:`eval_reply` (``p`` the partition)."""
-    app = ClientApp()
-    app.query()(real_client.query)
+    """Training sets every received tensor to ``p + 1`` and reports ``10 * (p + 1)`` examples;
+    evaluation returns an :func:`eval_reply` (``p`` the partition)."""
+    app = ClientApp(mods=[as_client])
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -131,47 +132,20 @@ def eval_reply(p: int) -> EvaluateReply:
                        fractions=(0.25, 0.75))
 
 
-# ----------------------------------------------------------------------------- discovery
+# ----------------------------------------------------------------------------- the clients
 
 
-@pytest.mark.parametrize("order", ["shuffled", REVERSED])
-def test_discovery_maps_random_node_ids_to_client_ids_tiers_depths_and_split_sizes(order):
+def test_the_clients_tiers_depths_and_split_sizes_follow_the_seed_and_the_split():
     cfg = make_config()
-    with InProcessGrid(NUM_CLIENTS, seed=5, order=order) as grid:
-        clients = discover_clients(grid, cfg, Instructions(config_to_json(cfg)))
-        partition = {n: c.node_config["partition-id"] for n, c in grid.contexts.items()}
-    assert [c.client_id for c in clients] == list(range(NUM_CLIENTS))  # sorted by client id, all there
-    assert not {c.node_id for c in clients} & set(range(NUM_CLIENTS + 1))  # node ids are not partition ids
+    clients = make_clients(cfg)
+    assert [c.client_id for c in clients] == [c.node_id for c in clients] == list(range(NUM_CLIENTS))
     tier_of = assign_tiers([0.5, 0.5], NUM_CLIENTS, cfg.seed)
     splits = run_splits(cfg)
     for c in clients:
-        assert partition[c.node_id] == c.client_id
         assert c.tier == ("slow", "fast")[tier_of[c.client_id]]
         assert c.depth == {"slow": 2, "fast": 4}[c.tier]
         assert (c.num_train, c.num_test) == (len(splits[c.client_id].train), len(splits[c.client_id].test))
     assert sum(c.tier == "slow" for c in clients) == 3  # shares 0.5/0.5 of 6
-
-
-def test_discovery_raises_naming_a_clients_failure():
-    cfg = make_config()
-    app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, context) -> Message:
-        if context.node_config["partition-id"] == 2:
-            raise ValueError("partition 2 is broken")
-        return real_client.query(msg, context)
-
-    with InProcessGrid(NUM_CLIENTS, app) as grid, pytest.raises(RuntimeError) as info:
-        discover_clients(grid, cfg, Instructions(config_to_json(cfg)))
-    assert "1 clients failed to report their data" in str(info.value)
-    assert "partition 2 is broken" in str(info.value)
-
-
-def test_discovery_refuses_more_nodes_than_clients():
-    cfg = make_config()
-    with InProcessGrid(NUM_CLIENTS + 1) as grid, pytest.raises(RuntimeError, match="num-supernodes=6"):
-        discover_clients(grid, cfg, Instructions(config_to_json(cfg)))
 
 
 # ---------------------------------------------------------------- training: straggler policies
@@ -315,7 +289,7 @@ def test_a_round_in_which_every_client_crashes_fails_loudly():
 def test_evaluate_round_collects_each_clients_evaluation_and_weighted_means():
     cfg = make_config("wait", 0.5, **{"strategy.fraction_evaluate": 1.0})
     with loop(cfg, constant_app(evaluate_raises={5})) as lp:
-        evaluated, record = evaluate_round(lp.grid, lp.strategy, 3, lp.arrays, lp.config(3))
+        evaluated, record = evaluate_round(lp.exchange, lp.strategy, 3, lp.arrays, lp.config(3))
         calls = lp.grid.calls["evaluate"]
     assert calls == NUM_CLIENTS
     assert sorted(evaluated) == record["clients"] == [0, 1, 2, 3, 4]  # client 5 raised
@@ -334,7 +308,7 @@ def test_evaluate_round_collects_each_clients_evaluation_and_weighted_means():
 def test_evaluate_round_samples_by_fraction_evaluate():
     cfg = make_config("wait", 0.5, **{"strategy.fraction_evaluate": 0.5})
     with loop(cfg, constant_app()) as lp:
-        evaluated, record = evaluate_round(lp.grid, lp.strategy, 2, lp.arrays, lp.config(2))
+        evaluated, record = evaluate_round(lp.exchange, lp.strategy, 2, lp.arrays, lp.config(2))
         expected = [c.client_id for c in lp.strategy.sample(2, 0.5, Stream.SAMPLE_EVALUATE)]
     assert len(expected) == 3 and record["clients"] == expected == sorted(evaluated)
     assert {e.round for e in evaluated.values()} == {2}

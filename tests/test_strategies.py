@@ -36,6 +36,7 @@ def _round_trip(strategy, current, client_arrays, metrics, config=None):
     replies = []
     for message in sent:
         cid = strategy.recipient(message).client_id
+        message.metadata.group_id = str(message.metadata.dst_node_id)  # as fl_ee.exchange sends it
         payload = TrainReply(cid, num_examples=10, train_loss=0.0, **metrics[cid])
         replies.append(reply(message, payload, ArrayRecord(_as_arrays(client_arrays[cid]))))
     new, _ = strategy.aggregate_train(1, replies[::-1])  # arrival order must not matter

@@ -30,7 +30,8 @@ GRID = ["strategy.name=depthfl,exclusive"]
 
 @pytest.mark.parametrize("argv, message", [
     (["--grid", "strategy.nme=depthfl"], "strategy.nme: unknown key (in setting strategy.nme=depthfl, seed 0)"),
-    (["--grid", "tiers.0.depth=2,7"], "tiers.0.depth: must be in 1..4 (the model has 4 exits) (in setting tiers.0.depth=7, seed 0)"),
+    (["--grid", "tiers.0.depth=2,7"],
+     "tiers.0.depth: must be in 1..4 (the model has 4 exits) (in setting tiers.0.depth=7, seed 0)"),
     (["--grid", "strategy.name="], "--grid strategy.name: empty grid"),
     (["--grid", "strategy.name"], "expected KEY=V1,V2"),
     (["--grid", "data.alpha=0.1,0.1"], "--grid data.alpha: a value is given twice"),

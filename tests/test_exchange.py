@@ -1,0 +1,66 @@
+"""``fl_ee.exchange``: many clients on a few nodes, each in its own context, the costliest sent first."""
+
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_ee.exchange import Exchange, as_client, client_of
+from inprocess import InProcessGrid
+
+
+def _counting_app(fail: int | None = None) -> ClientApp:
+    """Each call counts itself in the client's state and answers with the client id and its count."""
+    app = ClientApp(mods=[as_client])
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        client = int(context.node_config["partition-id"])
+        if client == fail:
+            raise ValueError(f"client {client} is broken")
+        calls = int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1
+        context.state["calls"] = MetricRecord({"n": calls})
+        return Message(RecordDict({"metrics": MetricRecord({"client": client, "calls": calls})}), reply_to=msg)
+
+    return app
+
+
+def _to(clients: list[int]) -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=c, message_type=MessageType.TRAIN) for c in clients]
+
+
+def test_clients_take_turns_on_the_nodes_each_with_its_own_state():
+    with InProcessGrid(2, _counting_app()) as grid:
+        exchange = Exchange(grid, 5)
+        first = exchange.send(_to([0, 1, 2, 3, 4]))
+        second = exchange.send(_to([1, 3, 4]))
+        assert sorted(client_of(m) for m in first) == [0, 1, 2, 3, 4]
+        assert all(m.content["metrics"]["client"] == client_of(m) for m in first + second)
+        assert [m.content["metrics"]["calls"] for m in first] == [1] * 5
+        assert [m.content["metrics"]["calls"] for m in second] == [2] * 3  # each client's own count
+        assert [int(exchange.state_of(c)["calls"]["n"]) for c in range(5)] == [1, 2, 1, 2, 2]
+        assert all(len(c.state) == 0 for c in grid.contexts.values())  # the nodes keep nothing
+        assert all(set(m.content.keys()) == {"metrics"} for m in first + second)  # the state went to the exchange
+
+
+def test_the_costliest_messages_go_out_first():
+    order = []
+    app = ClientApp(mods=[as_client])
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        order.append(int(context.node_config["partition-id"]))
+        return Message(RecordDict({"metrics": MetricRecord({})}), reply_to=msg)
+
+    work = {0: 1.0, 1: 5.0, 2: 3.0, 3: 5.0}
+    with InProcessGrid(1, app) as grid:  # one node: calls run in the order sent
+        Exchange(grid, 4).send(_to([0, 1, 2, 3]), work=lambda m: work[m.metadata.dst_node_id])
+    assert order == [1, 3, 2, 0]  # ties keep the given order
+
+
+def test_a_failed_call_names_its_client_and_leaves_its_state_as_it_was():
+    with InProcessGrid(2, _counting_app(fail=2)) as grid:
+        exchange = Exchange(grid, 3)
+        exchange.send(_to([0, 1]))
+        replies = exchange.send(_to([0, 1, 2]))
+        failed = [m for m in replies if m.has_error()]
+        assert [client_of(m) for m in failed] == [2] and "client 2 is broken" in failed[0].error.reason
+        assert len(exchange.state_of(2)) == 0 and int(exchange.state_of(0)["calls"]["n"]) == 2
