@@ -32,9 +32,9 @@ import torch
 from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
 from fl_ee.client import depth_flops, model_spec
 from fl_ee.config import Config, load_config
-from fl_ee.data import client_data, load_dataset
+from fl_ee.data import client_calibration, client_data, load_dataset
+from fl_ee.deployment import policy_figures
 from fl_ee.models import EarlyExitNet
-from fl_ee.policies import adaptive_inference
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.training import exit_logits, stage_features, train_exits, train_joint
 
@@ -83,10 +83,11 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
         train_joint(model, x, y, cfg.training, generator)
     for cid in record.get("evaluate", {}).get("clients", []):
         _, _, x, y = client_data(cfg, cid)
+        calib_x, calib_y = client_calibration(cfg, cid)
         model = EarlyExitNet(spec, depth_of[cid])
-        logits = exit_logits(model, x)
         costs = depth_flops(spec, depth_of[cid]).exit_costs()
-        adaptive_inference(logits, y, costs, cfg.exit_policy.name, cfg.exit_policy.threshold)
+        policy_figures(exit_logits(model, calib_x), calib_y, exit_logits(model, x), y, costs, cfg.exit_policy,
+                       cfg.max_depth)
     if "evaluate" in record:
         data = load_dataset(cfg.data)
         exit_logits(EarlyExitNet(spec, cfg.max_depth), data.test_x)

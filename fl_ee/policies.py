@@ -105,13 +105,6 @@ def adaptive_sweep(
     return results
 
 
-def adaptive_inference(
-    logits: Sequence[torch.Tensor], y: torch.Tensor, exit_costs: Sequence[float], policy: str, threshold: float
-) -> AdaptiveResult:
-    """:func:`adaptive_sweep` at one threshold."""
-    return adaptive_sweep(logits, y, exit_costs, policy, [threshold])[0]
-
-
 def overthinking(logits: Sequence[torch.Tensor], y: torch.Tensor) -> float:
     """Share of samples right at some earlier exit but wrong at the deepest (Kaya et al., SDN)."""
     if len(logits) < 2 or not len(y):

@@ -5,7 +5,6 @@ import torch
 
 from fl_ee.policies import (
     CONFIDENCE_GRID,
-    adaptive_inference,
     adaptive_sweep,
     exit_choice,
     exit_scores,
@@ -42,7 +41,7 @@ def test_adaptive_inference_by_hand():
     exit1 = torch.tensor([sure0, sure0, unsure, unsure])  # samples 0, 1 leave here
     exit2 = torch.tensor([unsure, unsure, sure1, [0.0, 0.1]])  # the rest leave at the last exit
     y = torch.tensor([0, 1, 1, 0])
-    result = adaptive_inference([exit1, exit2], y, exit_costs=[100.0, 300.0], policy="entropy", threshold=0.5)
+    [result] = adaptive_sweep([exit1, exit2], y, exit_costs=[100.0, 300.0], policy="entropy", thresholds=[0.5])
     # predictions: 0 (right), 0 (wrong), 1 (right), 1 (wrong)
     assert result.accuracy == pytest.approx(0.5)
     assert result.expected_flops == pytest.approx((100 + 100 + 300 + 300) / 4)
