@@ -25,7 +25,7 @@ from fl_ee.calibration import ece, exit_ece, fit_temperatures, reliability_bins,
 from fl_ee.config import Config, ExitPolicyConfig
 from fl_ee.metrics import exit_distribution, exit_means, flops_saving, mean_or_none, weighted_average
 from fl_ee.policies import POLICIES, AdaptiveResult, adaptive_sweep, overthinking, policy_grid
-from fl_ee.protocol import EvaluateReply
+from fl_ee.protocol import EvaluateReply, PolicyReport
 from fl_ee.thresholds import RULES, Curve, pareto_front, pooled, select
 
 SCOPES = ("personal", "tier", "global")
@@ -46,28 +46,14 @@ def fixed_index(policy: ExitPolicyConfig, name: str, grid: Sequence[float]) -> i
 
 
 @dataclass(frozen=True)
-class PolicyFigures:
-    """What a client measures about exit policies; the fields of :class:`EvaluateReply` of the same names.
+class PolicyFigures(PolicyReport):
+    """What a client measures about exit policies: the reply's fields (:class:`PolicyReport`) and ``adaptive``.
 
     ``adaptive``: the configured policy and rule at the client's own (personal)
-    threshold. Curves: for each policy of :data:`POLICIES`, the accuracy then the FLOPs
-    per sample at each point of its grid. ``fraction_curve``: the configured policy's
-    exit shares at each grid point (grid-major). ``reliability``: the bins of
-    :func:`~fl_ee.calibration.reliability_bins` before then after temperature scaling.
+    threshold.
     """
 
     adaptive: AdaptiveResult
-    exit_flops: tuple[float, ...]
-    calib_examples: int
-    calib_accuracy: float
-    calib_curves: tuple[float, ...]
-    test_curves: tuple[float, ...]
-    fraction_curve: tuple[float, ...]
-    temperatures: tuple[float, ...]
-    ece: tuple[float, ...]
-    ece_calibrated: tuple[float, ...]
-    reliability: tuple[float, ...]
-    overthinking: float
 
     def wire(self) -> dict[str, Any]:
         """The reply fields: everything but ``adaptive``."""

@@ -109,28 +109,17 @@ class TrainReply(Payload):
 
 
 @dataclass(frozen=True)
-class EvaluateReply(Payload):
-    """A client's evaluation with its personal exits on its local test split.
+class PolicyReport:
+    """What a client measures about exit policies (:func:`fl_ee.deployment.policy_figures`), as it travels.
 
-    Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
-    there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
-    sample) under the policy; ``full_flops`` per sample of its whole submodel; and
-    ``ensemble_accuracy``, the accuracy of the mean of its exits' softmax outputs
-    (``None`` only in checkpoints written before it existed). The fields from
-    ``exit_flops`` on are :class:`fl_ee.deployment.PolicyFigures`: every policy's curves
-    on the calibration and test splits, temperatures, ECE, reliability bins and
-    overthinking. The server replaces the adaptive figures by those at the thresholds of
-    the configured scope (:func:`fl_ee.deployment.deployed`).
+    ``exit_flops``: FLOPs per sample to leave at each exit. Curves: for each policy of
+    :data:`fl_ee.deployment.POLICIES`, the accuracy then the FLOPs per sample at each
+    point of its grid, on the calibration and on the test split. ``fraction_curve``: the
+    configured policy's exit shares at each grid point (grid-major). ``reliability``: the
+    bins of :func:`~fl_ee.calibration.reliability_bins` before then after temperature
+    scaling.
     """
 
-    client_id: int
-    num_examples: int
-    accuracy: float
-    exit_accuracy: tuple[float, ...]
-    adaptive_accuracy: float
-    expected_flops: float
-    exit_fractions: tuple[float, ...]
-    full_flops: float
     exit_flops: tuple[float, ...]
     calib_examples: int
     calib_accuracy: float
@@ -142,6 +131,31 @@ class EvaluateReply(Payload):
     ece_calibrated: tuple[float, ...]
     reliability: tuple[float, ...]
     overthinking: float
+
+
+@dataclass(frozen=True)
+class EvaluateReply(PolicyReport, Payload):
+    """A client's evaluation with its personal exits on its local test split.
+
+    Per exit it holds: ``exit_accuracy`` and ``exit_fractions`` (share of samples leaving
+    there under the exit policy); ``adaptive_accuracy`` and ``expected_flops`` (per
+    sample) under the policy; ``full_flops`` per sample of its whole submodel; and
+    ``ensemble_accuracy``, the accuracy of the mean of its exits' softmax outputs
+    (``None`` only in checkpoints written before it existed). The fields of
+    :class:`PolicyReport` hold every policy's curves on the calibration and test splits,
+    temperatures, ECE, reliability bins and overthinking. The server replaces the
+    adaptive figures by those at the thresholds of the configured scope
+    (:func:`fl_ee.deployment.deployed`).
+    """
+
+    client_id: int
+    num_examples: int
+    accuracy: float
+    exit_accuracy: tuple[float, ...]
+    adaptive_accuracy: float
+    expected_flops: float
+    exit_fractions: tuple[float, ...]
+    full_flops: float
     ensemble_accuracy: float | None = None
 
 
