@@ -27,10 +27,10 @@ from __future__ import annotations
 import pickle
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
@@ -189,3 +189,23 @@ def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED)
     with InProcessGrid(NODES, seed=seed, order=order) as grid:
         summary = run_federation(grid, resume.cfg, [resume.run_dir], resume.checkpoints)
     return grid, summary
+
+
+def counting_app(fail: int | None = None, mods: Sequence[Callable[..., Message]] = ()) -> ClientApp:
+    """A ClientApp that answers queries and training with its partition id, and counts its calls in its state.
+
+    The partition ``fail`` raises instead.
+    """
+    app = ClientApp(mods=list(mods))
+
+    def handle(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config[PARTITION_ID_KEY])
+        if partition == fail:
+            raise ValueError(f"partition {partition} is broken")
+        calls = int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1
+        context.state["calls"] = MetricRecord({"n": calls})
+        return Message(RecordDict({"metrics": MetricRecord({"partition": partition, "calls": calls})}), reply_to=msg)
+
+    app.query()(handle)
+    app.train()(handle)
+    return app

@@ -4,23 +4,7 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_ee.exchange import Exchange, as_client, client_of
-from inprocess import InProcessGrid
-
-
-def _counting_app(fail: int | None = None) -> ClientApp:
-    """Each call counts itself in the client's state and answers with the client id and its count."""
-    app = ClientApp(mods=[as_client])
-
-    @app.train()
-    def train(msg: Message, context) -> Message:
-        client = int(context.node_config["partition-id"])
-        if client == fail:
-            raise ValueError(f"client {client} is broken")
-        calls = int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1
-        context.state["calls"] = MetricRecord({"n": calls})
-        return Message(RecordDict({"metrics": MetricRecord({"client": client, "calls": calls})}), reply_to=msg)
-
-    return app
+from inprocess import InProcessGrid, counting_app
 
 
 def _to(clients: list[int]) -> list[Message]:
@@ -28,12 +12,12 @@ def _to(clients: list[int]) -> list[Message]:
 
 
 def test_clients_take_turns_on_the_nodes_each_with_its_own_state():
-    with InProcessGrid(2, _counting_app()) as grid:
+    with InProcessGrid(2, counting_app(mods=[as_client])) as grid:
         exchange = Exchange(grid, 5)
         first = exchange.send(_to([0, 1, 2, 3, 4]))
         second = exchange.send(_to([1, 3, 4]))
         assert sorted(client_of(m) for m in first) == [0, 1, 2, 3, 4]
-        assert all(m.content["metrics"]["client"] == client_of(m) for m in first + second)
+        assert all(m.content["metrics"]["partition"] == client_of(m) for m in first + second)
         assert [m.content["metrics"]["calls"] for m in first] == [1] * 5
         assert [m.content["metrics"]["calls"] for m in second] == [2] * 3  # each client's own count
         assert [int(exchange.state_of(c)["calls"]["n"]) for c in range(5)] == [1, 2, 1, 2, 2]
@@ -57,10 +41,10 @@ def test_the_costliest_messages_go_out_first():
 
 
 def test_a_failed_call_names_its_client_and_leaves_its_state_as_it_was():
-    with InProcessGrid(2, _counting_app(fail=2)) as grid:
+    with InProcessGrid(2, counting_app(fail=2, mods=[as_client])) as grid:
         exchange = Exchange(grid, 3)
         exchange.send(_to([0, 1]))
         replies = exchange.send(_to([0, 1, 2]))
         failed = [m for m in replies if m.has_error()]
-        assert [client_of(m) for m in failed] == [2] and "client 2 is broken" in failed[0].error.reason
+        assert [client_of(m) for m in failed] == [2] and "partition 2 is broken" in failed[0].error.reason
         assert len(exchange.state_of(2)) == 0 and int(exchange.state_of(0)["calls"]["n"]) == 2

@@ -4,12 +4,11 @@ import csv
 import json
 
 import pytest
-from flwr.app import Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fl_ee.config import load_config
-from inprocess import REVERSED, InProcessGrid, run_inprocess
+from inprocess import REVERSED, InProcessGrid, counting_app, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]
 
@@ -22,22 +21,6 @@ def tiny(tmp_path_factory):
     return grid, summary, out
 
 
-def _echo_app(fail_partition: int | None = None) -> ClientApp:
-    """A ClientApp that answers each query with its partition id, and counts the calls in its state."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, context) -> Message:
-        partition = int(context.node_config["partition-id"])
-        if partition == fail_partition:
-            raise ValueError(f"partition {partition} is broken")
-        calls = int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1
-        context.state["calls"] = MetricRecord({"n": calls})
-        return Message(RecordDict({"metrics": MetricRecord({"partition": partition, "calls": calls})}), reply_to=msg)
-
-    return app
-
-
 def _queries(grid: InProcessGrid) -> list[Message]:
     return [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in grid.get_node_ids()]
 
@@ -46,18 +29,18 @@ def _queries(grid: InProcessGrid) -> list[Message]:
 
 
 def test_nodes_have_random_distinct_ids_and_flowers_node_config():
-    with InProcessGrid(6, _echo_app()) as grid:
+    with InProcessGrid(6, counting_app()) as grid:
         ids = grid.get_node_ids()
         assert len(set(ids)) == 6 and not set(ids) & set(range(7)) and max(ids) < 2**64
         configs = [grid.contexts[n].node_config for n in ids]
         assert configs == [{"partition-id": i, "num-partitions": 6} for i in range(6)]
-    with InProcessGrid(6, _echo_app()) as same, InProcessGrid(6, _echo_app(), seed=1) as other:
+    with InProcessGrid(6, counting_app()) as same, InProcessGrid(6, counting_app(), seed=1) as other:
         assert same.get_node_ids() == ids and other.get_node_ids() != ids  # seeded
 
 
 @pytest.mark.parametrize("order", ["reversed", "shuffled"])
 def test_replies_answer_their_messages_out_of_send_order(order):
-    with InProcessGrid(8, _echo_app(), order=order) as grid:
+    with InProcessGrid(8, counting_app(), order=order) as grid:
         messages = _queries(grid)
         replies = grid.send_and_receive(messages)
         sent = [m.metadata.message_id for m in messages]
@@ -72,7 +55,7 @@ def test_replies_answer_their_messages_out_of_send_order(order):
 
 
 def test_context_state_persists_across_messages_and_push_pull_work_apart():
-    with InProcessGrid(3, _echo_app()) as grid:
+    with InProcessGrid(3, counting_app()) as grid:
         grid.send_and_receive(_queries(grid))
         ids = grid.push_messages(_queries(grid))
         first = grid.pull_messages(ids[:1])
@@ -82,7 +65,7 @@ def test_context_state_persists_across_messages_and_push_pull_work_apart():
 
 
 def test_a_client_exception_becomes_an_error_reply_and_keeps_the_old_state():
-    with InProcessGrid(4, _echo_app(fail_partition=2)) as grid:
+    with InProcessGrid(4, counting_app(fail=2)) as grid:
         broken = grid.node_of_partition(2)
         replies = list(grid.send_and_receive(_queries(grid)))
         failed = [m for m in replies if m.has_error()]
@@ -94,7 +77,7 @@ def test_a_client_exception_becomes_an_error_reply_and_keeps_the_old_state():
 
 
 def test_messages_can_be_built_without_a_task_identity_fixture():
-    with InProcessGrid(2, _echo_app()) as grid:
+    with InProcessGrid(2, counting_app()) as grid:
         message = Message(RecordDict(), dst_node_id=grid.get_node_ids()[0], message_type=MessageType.QUERY)
         assert message.metadata.src_node_id == 1 and message.metadata.run_id == grid.run.run_id
 
@@ -154,6 +137,6 @@ def test_the_grid_leaves_the_task_identity_as_it_found_it():
     from flwr.supercore.task_identity import TaskIdentity
 
     before = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    with InProcessGrid(2, _echo_app()):
+    with InProcessGrid(2, counting_app()):
         assert TaskIdentity.node_id == 1
     assert (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id) == before
