@@ -10,19 +10,23 @@
 ``ratio_steady`` compares wall times (the target). ``ratio_steady_cpu`` compares CPU
 seconds: those of fl-ee's whole process tree (driver, Ray, workers) over rounds 2..R
 against the floor's own; other jobs on the machine move it much less than wall times.
+This machine's speed drifts by 10-30% over minutes (the floor alone does), so the pair
+is measured ``--repeat`` times (3) and the medians are the result; each pair is in ``runs``.
 
 Reference workload: Fashion-MNIST from ../shared/data (digits when absent, said in the
 JSON), 100 clients, Dirichlet 0.5, three tiers of depth 2/3/4, 10 clients per round
 (training and evaluation), one local epoch, batch 32, 5 rounds, evaluation every round.
 
-    .venv/bin/python -m benchmarks.overhead
+    .venv/bin/python -m benchmarks.overhead [--repeat 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -94,7 +98,8 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def measure() -> dict:
+    """One ``fl-ee run`` of the reference workload, then its floor replayed right after it."""
     args, dataset = workload()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -109,6 +114,7 @@ def main() -> None:
     calls = sum(sum(c["outcome"] in ("ok", "late") for c in r["clock"]["clients"])
                 + len(r.get("evaluate", {}).get("clients", [])) for r in rounds[1:])
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1
     load_dataset(cfg.data)
@@ -116,12 +122,10 @@ def main() -> None:
     cpu_start = time.thread_time()
     floor_steady = sum(floor_round(cfg, r, depth_of) for r in rounds[1:]) / cores
     floor_cpu = time.thread_time() - cpu_start
+    torch.set_num_threads(threads)
     steady_cpu = watched.cpu_at_round[ROUNDS] - watched.cpu_at_round[1]
-
-    print(json.dumps({
-        "workload": {"dataset": dataset, "clients": CLIENTS, "clients_per_round": round(PER_ROUND * CLIENTS),
-                     "rounds": ROUNDS, "tiers_depth": [t.depth for t in cfg.tiers], "batch_size": 32,
-                     "local_epochs": 1, "eval_every": 1},
+    return {
+        "dataset": dataset, "tiers_depth": [t.depth for t in cfg.tiers],
         "fl_ee": {"wall_s": round(watched.ended - watched.started, 2),
                   "startup_s": round(loop_start - watched.started, 2),
                   "steady_state_s": round(steady, 2),
@@ -133,6 +137,22 @@ def main() -> None:
         "ratio_steady": round(steady / floor_steady, 3),
         "ratio_steady_cpu": round(steady_cpu / floor_cpu, 3),
         "overhead_ms_per_client_call": round(1000 * (steady - floor_steady) / max(calls, 1), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3, help="run/floor pairs; the medians are the result")
+    repeat = max(1, parser.parse_args().repeat)
+    pairs = [measure() for _ in range(repeat)]
+    print(json.dumps({
+        "workload": {"dataset": pairs[0]["dataset"], "clients": CLIENTS,
+                     "clients_per_round": round(PER_ROUND * CLIENTS), "rounds": ROUNDS,
+                     "tiers_depth": pairs[0]["tiers_depth"], "batch_size": 32, "local_epochs": 1, "eval_every": 1},
+        "startup_s": statistics.median(p["fl_ee"]["startup_s"] for p in pairs),
+        "ratio_steady": statistics.median(p["ratio_steady"] for p in pairs),
+        "ratio_steady_cpu": statistics.median(p["ratio_steady_cpu"] for p in pairs),
+        "runs": [{k: v for k, v in p.items() if k not in ("dataset", "tiers_depth")} for p in pairs],
     }, indent=2))
 
 

@@ -14,12 +14,21 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.config import Config
-from sims.backend import backend_config, check_backend, init_ray, start_ray, worker_count
+from sims.backend import (
+    backend_config,
+    check_backend,
+    init_ray,
+    local_resources,
+    server_threads,
+    start_ray,
+    worker_count,
+)
 from sims.stopping import Interrupted, Stopper, kill_children, stoppable
 
 __all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
@@ -85,6 +94,7 @@ def simulate(
     flwr_logger.addFilter(quiet)
     stopper = Stopper(run_dir, on_interrupt)
     stopper.install()
+    threads = torch.get_num_threads()
     try:
         import ray
 
@@ -92,6 +102,9 @@ def simulate(
             ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
+        if not cfg.simulation.ray_address:  # the clients run on this machine's cores too
+            torch.set_num_threads(server_threads(local_resources()["CPU"], worker_count(cfg),
+                                                 cfg.simulation.client_cpus))
         stopper.install()
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),
@@ -109,6 +122,7 @@ def simulate(
             raise
         raise RuntimeError(str(cause)) from cause
     finally:
+        torch.set_num_threads(threads)
         stopper.restore()
         flwr_logger.removeFilter(quiet)
         flwr_logger.setLevel(level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from torch import nn
-from torchvision.models import MobileNetV2
 
 from fl_ee.models.norm import norm_layer
 from fl_ee.models.spec import Block, ModelSpec
@@ -19,6 +18,8 @@ def mobilenet_v2_blocks(spec: ModelSpec) -> Iterator[Block]:
     Small inputs get a stride-1 stem; another channel count than 3 gets its own stem
     convolution. Modules carry torchvision's ``mobilenet_v2`` names.
     """
+    from torchvision.models import MobileNetV2  # ~1 s to import; the cnn needs none
+
     features = MobileNetV2(num_classes=spec.num_classes, width_mult=spec.width / STANDARD_WIDTH,
                            norm_layer=norm_layer(spec.norm)).features
     stem = features[0][0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from fl_ee.models.norm import norm_layer
 from fl_ee.models.spec import Block, ModelSpec
@@ -17,6 +16,8 @@ def resnet_blocks(spec: ModelSpec) -> Iterator[Block]:
     The stem is CIFAR's (3x3 convolution, stride 1) for small inputs, ImageNet's (7x7,
     stride 2, max-pool) otherwise. Modules carry torchvision's ``resnet`` names.
     """
+    from torchvision.models.resnet import BasicBlock  # ~1 s to import; the cnn needs none
+
     w, norm = spec.width, norm_layer(spec.norm)
     conv = (nn.Conv2d(spec.in_channels, w, 3, 1, 1, bias=False) if spec.small_input
             else nn.Conv2d(spec.in_channels, w, 7, 2, 3, bias=False))
