@@ -142,9 +142,10 @@ def group_runs(runs: Sequence[Run]) -> list[Setting]:
             name = ",".join(f"{k}={_text(flat.get(k))}" for k in differing) or "all"
         settings.append(Setting(name, tuple(runs_of)))
     names = [s.name for s in settings]
-    if len(set(names)) < len(names):  # two sweeps with a setting folder of the same name
-        settings = [Setting(f"{s.name} ({short})", s.runs) for s, short in
-                    zip(settings, short_names([s.runs[0].path.parent for s in settings])[1])]
+    clashing = {n for n in names if names.count(n) > 1}  # two sweeps with a setting folder of the same name
+    if clashing:  # those, and only those, get their folder below the sweeps' common one
+        shorts = iter(short_names([s.runs[0].path.parent for s in settings if s.name in clashing])[1])
+        settings = [Setting(f"{s.name} ({next(shorts)})", s.runs) if s.name in clashing else s for s in settings]
     return settings
 
 

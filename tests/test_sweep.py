@@ -236,6 +236,20 @@ def test_compare_says_which_test_and_welch_where_seeds_differ(settings_dirs, tmp
     assert "--baseline: 'fedavg' is no setting" in capsys.readouterr().err
 
 
+def test_only_settings_of_the_same_name_in_two_sweeps_are_told_apart_by_folder(settings_dirs, tmp_path, capsys):
+    sweeps = [tmp_path / "a" / "strategy.name=depthfl", tmp_path / "b" / "strategy.name=depthfl",
+              tmp_path / "b" / "strategy.name=exclusive"]
+    for folder, (name, mean) in zip(sweeps, [("depthfl", 0.7), ("depthfl", 0.7), ("exclusive", 0.6)]):
+        _fake_run(folder / "seed-0", name, 0, mean, 0.9)
+    other = load_config(None, {"strategy.name": "depthfl", "rounds": 7})  # sweep b set another value beside its grid
+    (sweeps[1] / "seed-0" / "config.toml").write_text(config_to_toml(other))
+    names = [s.name for s in group_runs([load_run(folder / "seed-0") for folder in sweeps])]
+    assert names == ["strategy.name=depthfl (a/strategy.name=depthfl)",
+                     "strategy.name=depthfl (b/strategy.name=depthfl)", "strategy.name=exclusive"]
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "exclusive", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["baseline"] == "strategy.name=exclusive"
+
+
 # --------------------------------------------------------------------------- end to end
 
 
