@@ -86,6 +86,8 @@ def simulate(
     names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
     ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
     crashed. ``ray_started`` waits for a Ray started in the background (:func:`sims.backend.start_ray`).
+    Meanwhile this process's torch (the server's own evaluation) uses only the cores the
+    local clients leave free (:func:`sims.backend.server_threads`).
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
