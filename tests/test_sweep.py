@@ -236,7 +236,7 @@ def test_compare_says_which_test_and_welch_where_seeds_differ(settings_dirs, tmp
     assert "--baseline: 'fedavg' is no setting" in capsys.readouterr().err
 
 
-def test_only_settings_of_the_same_name_in_two_sweeps_are_told_apart_by_folder(settings_dirs, tmp_path, capsys):
+def test_only_settings_of_the_same_name_in_two_sweeps_are_told_apart_by_folder(tmp_path, capsys):
     sweeps = [tmp_path / "a" / "strategy.name=depthfl", tmp_path / "b" / "strategy.name=depthfl",
               tmp_path / "b" / "strategy.name=exclusive"]
     for folder, (name, mean) in zip(sweeps, [("depthfl", 0.7), ("depthfl", 0.7), ("exclusive", 0.6)]):
