@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -46,10 +47,11 @@ from fl_ee.client import depth_flops, model_spec
 from fl_ee.config import Config, config_from_dict, config_to_json, load_config
 from fl_ee.data import client_calibration, client_data, load_dataset
 from fl_ee.deployment import policy_figures
+from fl_ee.globaleval import evaluate_global, slice_threads
 from fl_ee.models import EarlyExitNet, build_model, measure_flops, slice_state
 from fl_ee.preflight import preflight
 from fl_ee.seeding import Stream, derive_seed
-from fl_ee.server import evaluate_global, initial_model, make_clients
+from fl_ee.server import initial_model, make_clients
 from fl_ee.training import accuracy, exit_logits, stage_features, train_exits, train_joint
 from sims.emulator import client_flops
 from sims.tiers import assign_tiers
@@ -128,8 +130,9 @@ def peer_server(cfg: Config, ends: list[float], took_part: dict[str, list[list[i
             return aggregate
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
-            if server_round:
-                evaluate_global(arrays, data, model, cfg.max_depth)
+            if server_round:  # as fl-ee evaluates the global model (here with torch's own threads, clients idle)
+                with ThreadPoolExecutor(slice_threads()) as threads:
+                    evaluate_global(arrays, data, model, cfg.max_depth, threads)()
             ends.append(time.perf_counter())
 
         strategy = FedAvg(fraction_train=cfg.strategy.fraction_train, fraction_evaluate=cfg.strategy.fraction_evaluate,
@@ -174,7 +177,7 @@ def work_flops(cfg: Config, trained: list[list[int]], evaluated: list[list[int]]
 def fl_ee_side(tmp: Path) -> dict:
     """``fl-ee run`` of the reference workload: steady state, startup, and work."""
     args, _ = workload()
-    watched = watch_run(args, tmp / "fl-ee")
+    watched = watch_run(args, tmp / "fl-ee", memory_every_s=None)  # no memory readings: the peer has none
     rounds = read_rounds(tmp / "fl-ee")
     cfg = load_config(str(tmp / "fl-ee" / "config.toml"))
     trained = [[c["client_id"] for c in r["clock"]["clients"] if c["outcome"] in ("ok", "late")] for r in rounds]

@@ -103,7 +103,7 @@ def measure() -> dict:
     args, dataset = workload()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        watched = watch_run(args, out)
+        watched = watch_run(args, out, memory_every_s=None)  # memory: benchmarks/scale.py
         rounds = read_rounds(out)
         cfg = load_config(str(out / "config.toml"))
         with open(out / "clients.csv") as handle:
@@ -130,8 +130,7 @@ def measure() -> dict:
                   "startup_s": round(loop_start - watched.started, 2),
                   "steady_state_s": round(steady, 2),
                   "steady_state_cpu_s": round(steady_cpu, 2),
-                  "client_calls_steady": calls,
-                  "peak_rss_mb": round(watched.peak_rss / 2**20, 1)},
+                  "client_calls_steady": calls},
         "floor": {"steady_state_s": round(floor_steady, 2), "cpu_s": round(floor_cpu, 2), "cores": cores,
                   "threads": 1},
         "ratio_steady": round(steady / floor_steady, 3),

@@ -75,7 +75,7 @@ class LoopState:
 
     ``round`` is the last finished round (0 before the first); ``results`` each client's
     latest evaluation by client id; ``global_eval`` the global model's latest
-    evaluation (``by_exit`` and ``ensemble``, as :func:`fl_ee.server.evaluate_global`);
+    evaluation (``by_exit`` and ``ensemble``, as :func:`fl_ee.globaleval.global_accuracy`);
     ``clocks`` every round's clock record; ``accuracy_at`` the (virtual
     time, personalised mean) of every evaluation round.
     """

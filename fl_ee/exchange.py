@@ -13,11 +13,17 @@ number of *registered* clients. fl-ee runs a small pool of nodes instead
   in flight and the most work first, so the last client of a round is a short one;
 * on the node, :func:`as_client` (a ClientApp mod) runs the handler in the client's own
   context (``node_config["partition-id"]`` is the client id), and sends the state it
-  leaves back with the reply;
+  leaves back with the reply, and the node's own partition id;
 * :meth:`Exchange.send` keeps that state for the client's next message (on disk, in
   Flower's wire format, so memory does not grow with the clients that have taken part)
   and returns the replies; each names its client in ``metadata.group_id`` (replies,
   error replies too, copy it from the message they answer).
+
+Flower's runtime hands the waiting messages to its workers node by node, in the nodes'
+partition-id order (``add_messages_to_queue`` in ``flwr/server/superlink/fleet/vce/vce_api.py``),
+and the ServerApp sees only node ids; so the exchange learns each node's partition id
+from its replies, and puts the costliest messages on the nodes handed out first: the
+workers start on them first. Only the speed depends on it.
 
 A client's results depend on its id, its data and its state, never on the node that
 served it or on the order of the replies.
@@ -30,14 +36,14 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 from flwr.serverapp import Grid
 
-from fl_ee.protocol import CLIENT, STATE, ClientAddress
+from fl_ee.protocol import CLIENT, NODE, STATE, ClientAddress
 
 POLL_S = 0.005  # between pulls for replies (Flower's own grid waits 0.1 s)
 NODE_WAIT_S = 120.0  # for the first simulated node to come up
@@ -58,6 +64,7 @@ class Exchange:
         self.grid = grid
         self.num_clients = num_clients
         self._folder = tempfile.TemporaryDirectory(prefix="fl-ee-clients-")
+        self._partition: dict[int, int] = {}  # node id -> the node's partition id, as its replies tell
 
     def _state_file(self, client: int) -> Path:
         return Path(self._folder.name) / f"{client}.pb"
@@ -88,10 +95,16 @@ class Exchange:
         for key, record in self.state_of(client).items():
             message.content[STATE + key] = record
 
-    def _keep_state(self, reply: Message) -> None:
-        """Take the client's state out of a reply and keep it (a failed call changes nothing)."""
+    def _keep_state(self, reply: Message, node: int) -> None:
+        """Take the client's state, and the partition id of the ``node`` that answered, out of a reply; keep both.
+
+        A failed call changes nothing.
+        """
         if reply.has_error():
             return
+        if NODE in reply.content:
+            self._partition[node] = int(reply.content.config_records[NODE][PARTITION_ID_KEY])  # type: ignore[arg-type]
+            del reply.content[NODE]
         keys = [k for k in reply.content.keys() if k.startswith(STATE)]
         state = RecordDict({k.removeprefix(STATE): reply.content[k] for k in keys})
         self._state_file(client_of(reply)).write_bytes(recorddict_to_proto(state).SerializeToString())
@@ -107,10 +120,11 @@ class Exchange:
         """
         pending = sorted(messages, key=work, reverse=True) if work else list(messages)
         pending.reverse()  # popped from the end
-        free = self._nodes()[::-1]
+        free = self._nodes()
         in_flight: dict[str, int] = {}  # message id -> node
         replies: list[Message] = []
         while pending or in_flight:
+            free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
             batch = []
             while pending and free:
                 message, node = pending.pop(), free.pop()
@@ -125,8 +139,9 @@ class Exchange:
                         free.append(message.metadata.dst_node_id)
             pulled = list(self.grid.pull_messages(list(in_flight))) if in_flight else []
             for reply in pulled:
-                free.append(in_flight.pop(reply.metadata.reply_to_message_id))
-                self._keep_state(reply)
+                node = in_flight.pop(reply.metadata.reply_to_message_id)
+                free.append(node)
+                self._keep_state(reply, node)
                 replies.append(reply)
             if not pulled and in_flight:
                 time.sleep(POLL_S)
@@ -151,4 +166,6 @@ def as_client(message: Message, context: Context, call_next: ClientAppCallable) 
     if reply.has_content():
         for key, record in own.state.items():
             reply.content[STATE + key] = record
+        if PARTITION_ID_KEY in context.node_config:  # Flower's simulation gives every node one
+            reply.content[NODE] = ConfigRecord({PARTITION_ID_KEY: context.node_config[PARTITION_ID_KEY]})
     return reply

@@ -5,7 +5,9 @@ A message from the server carries the client's slice of the global model under
 the :class:`ClientAddress` under :data:`CLIENT` and the client's own state under keys
 starting with :data:`STATE` (:mod:`fl_ee.exchange`); a reply carries a
 :class:`TrainReply` or :class:`EvaluateReply` under
-:data:`METRICS` (and, after training, the updated shared tensors under :data:`ARRAYS`).
+:data:`METRICS` (and, after training, the updated shared tensors under :data:`ARRAYS`),
+and, on its way back from a node, the client's state and the node's partition id under
+:data:`NODE`.
 Each payload field travels under its name with ``-`` for ``_`` (``num_examples`` is
 ``num-examples``); optional fields that are ``None`` are left out.
 """
@@ -25,6 +27,7 @@ from fl_ee.config import Config, config_from_dict
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # RecordDict keys of every message
 CLIENT = "client"  # the client a message is for (fl_ee.exchange)
 STATE = "state."  # prefix of the keys that carry the client's own Context.state to its node and back
+NODE = "node"  # a reply's node: its partition id (fl_ee.exchange)
 PERSONAL_EXITS = "personal-exits"  # the client's own exit heads in its Context.state (never aggregated)
 
 P = TypeVar("P", bound="Payload")

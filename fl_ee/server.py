@@ -26,7 +26,8 @@ from fl_ee.data import TensorDataset, calibration_size, load_dataset, run_splits
 from fl_ee.errors import warn
 from fl_ee.exchange import Exchange
 from fl_ee.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
-from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops, slice_state
+from fl_ee.globaleval import evaluate_global, slice_threads
+from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops
 from fl_ee.observers import Observer
 from fl_ee.preflight import preflight
 from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
@@ -35,7 +36,6 @@ from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
 from fl_ee.summary import Evaluation, build_summary, personalised_summary, with_deployed_thresholds
 from fl_ee.tensorboard import tensorboard_observers
-from fl_ee.training import accuracy, ensemble, exit_logits
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
@@ -87,15 +87,6 @@ def _work(strategy: DepthAwareStrategy, flops: Flops, evaluate: bool = False) ->
         return (client.num_test if evaluate else client.num_train) * costs[client.depth - 1]
 
     return work
-
-
-def evaluate_global(arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int) -> dict[str, Any]:
-    """Accuracy of the global model on the global test set: ``by_exit`` (exits 1..depth) and their ``ensemble``."""
-    sub = build_model(model.spec, depth)
-    sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
-    logits = exit_logits(sub, data.test_x)
-    return {"by_exit": {str(i + 1): accuracy(z, data.test_y) for i, z in enumerate(logits)},
-            "ensemble": accuracy(ensemble(logits), data.test_y)}
 
 
 def _guarded(strategy: DepthAwareStrategy, method: str, rnd: int, *args: Any) -> Any:
@@ -220,8 +211,8 @@ def run_federation(
 
     guard = DivergenceGuard(cfg.simulation.max_bad_rounds, state.bad_rounds)
     started = time.perf_counter()
-    # the server's own evaluation runs while the clients evaluate (torch releases the GIL)
-    with ThreadPoolExecutor(max_workers=1) as background:
+    # the server's own evaluation runs while the clients evaluate, in slices side by side
+    with ThreadPoolExecutor(max_workers=slice_threads()) as threads:
         for rnd in range(state.round + 1, cfg.rounds + 1):
             config = Instructions(config_text, server_round=rnd, state_dir=state_dir).to_record()
             state.arrays, train, bad = train_round(exchange, strategy, emulator, rnd, state.arrays, config,
@@ -230,12 +221,12 @@ def run_federation(
             errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                global_eval = background.submit(evaluate_global, state.arrays, data, model, cfg.max_depth)
+                global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads)
                 evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
                                                                evaluate_work)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
                 state.results = with_deployed_thresholds(cfg, clients, {**state.results, **evaluated})
-                state.global_eval = global_eval.result()
+                state.global_eval = global_eval()
                 personalised = personalised_summary(clients, state.results, tiers, cfg.max_depth)
                 record["evaluate"] |= {"personalised": personalised, "global": state.global_eval}
                 state.accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))

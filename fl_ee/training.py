@@ -198,9 +198,19 @@ def head_logits(heads: Iterable[nn.Module], features: Iterable[torch.Tensor]) ->
     return out
 
 
+@torch.no_grad()
 def exit_logits(model: EarlyExitNet, x: torch.Tensor, heads: nn.ModuleList | None = None) -> list[torch.Tensor]:
-    """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits."""
-    return head_logits(model.exits if heads is None else heads, stage_features(model, x))
+    """Logits of every exit for all of ``x``; ``heads`` replaces the model's own exits.
+
+    Each evaluation batch goes through the stages and straight on to the heads, so only
+    one batch's features are held at a time; the batches, and so the logits, are those
+    of :func:`head_logits` over :func:`stage_features`.
+    """
+    model.eval()
+    heads = model.exits if heads is None else heads
+    heads.eval()
+    per_batch = [[head(f) for head, f in zip(heads, model.features(part))] for part in x.split(EVAL_BATCH)]
+    return [torch.cat(logits) for logits in zip(*per_batch)]
 
 
 def local_loss(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig) -> float:

@@ -81,15 +81,6 @@ def worker_count(cfg: Config) -> int:
     return total
 
 
-def server_threads(cores: float, workers: int, client_cpus: float) -> int:
-    """Torch threads for the server's own work (its global evaluation) beside ``workers`` local clients.
-
-    The cores the clients leave free, at least one: more threads than free cores only
-    make the server and the clients take turns on them, and the round waits for the clients.
-    """
-    return max(1, int(cores - workers * client_cpus))
-
-
 def _host_port(address: str) -> tuple[str, int] | None:
     """``(host, port)`` of a ``[scheme://]host:port`` address, or None when it is not one."""
     address = address.split("://", 1)[-1]

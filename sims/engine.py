@@ -24,8 +24,6 @@ from sims.backend import (
     backend_config,
     check_backend,
     init_ray,
-    local_resources,
-    server_threads,
     start_ray,
     worker_count,
 )
@@ -86,8 +84,8 @@ def simulate(
     names the rounds kept; ``on_interrupt`` runs first, also on the hard way out), and
     ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
     crashed. ``ray_started`` waits for a Ray started in the background (:func:`sims.backend.start_ray`).
-    Meanwhile this process's torch (the server's own evaluation) uses only the cores the
-    local clients leave free (:func:`sims.backend.server_threads`).
+    Meanwhile this process's torch runs each operation on one thread: the server's own
+    evaluation runs its slices side by side (:mod:`fl_ee.globaleval`).
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
@@ -104,9 +102,7 @@ def simulate(
             ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
-        if not cfg.simulation.ray_address:  # the clients run on this machine's cores too
-            torch.set_num_threads(server_threads(local_resources()["CPU"], worker_count(cfg),
-                                                 cfg.simulation.client_cpus))
+        torch.set_num_threads(1)  # the server's evaluation runs a slice per core instead (fl_ee.globaleval)
         stopper.install()
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),

@@ -48,3 +48,28 @@ def test_a_failed_call_names_its_client_and_leaves_its_state_as_it_was():
         failed = [m for m in replies if m.has_error()]
         assert [client_of(m) for m in failed] == [2] and "partition 2 is broken" in failed[0].error.reason
         assert len(exchange.state_of(2)) == 0 and int(exchange.state_of(0)["calls"]["n"]) == 2
+
+
+class _Logged(InProcessGrid):
+    """Logs the partition id of the node each pushed message goes to, with the client it is for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.placed: list[tuple[int, int]] = []
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.placed += [(self.contexts[m.metadata.dst_node_id].node_config["partition-id"], client_of(m))
+                        for m in messages]
+        return super().push_messages(messages)
+
+
+def test_once_a_node_has_answered_the_costliest_message_goes_to_the_node_flower_hands_out_first():
+    work = {0: 1.0, 1: 5.0, 2: 3.0, 3: 4.0}
+    with _Logged(4, counting_app(mods=[as_client]), seed=5) as grid:
+        exchange = Exchange(grid, 4)
+        first = exchange.send(_to([0, 1, 2, 3]))  # the nodes' partition ids are learnt from these replies
+        assert all("node" not in m.content for m in first)  # and taken out of them
+        grid.placed.clear()
+        exchange.send(_to([0, 1, 2, 3]), work=lambda m: work[m.metadata.dst_node_id])
+    assert grid.placed == [(0, 1), (1, 3), (2, 2), (3, 0)]  # partition 0 is the first node Flower scans

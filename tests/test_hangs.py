@@ -50,13 +50,6 @@ def test_client_resources_beyond_every_node_are_refused():
                      [{"CPU": 1.0, "GPU": 4.0}, {"CPU": 2.0, "GPU": 1.0}], "the cluster")
 
 
-def test_the_server_gets_the_cores_the_clients_leave_free():
-    assert backend.server_threads(2, 2, 1.0) == 1  # every core busy: still one thread
-    assert backend.server_threads(16, 10, 1.0) == 6
-    assert backend.server_threads(16, 4, 2.5) == 6
-    assert backend.server_threads(8, 3, 0.5) == 6
-
-
 def test_a_local_check_compares_with_this_machine(monkeypatch):
     monkeypatch.setattr(backend, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     with pytest.raises(UserError, match="client_cpus: 8 CPUs per client, but this machine has 2; use at most 2"):

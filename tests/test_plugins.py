@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from flwr.app import ArrayRecord
 from fl_ee.cli import main
 from fl_ee.config import load_config
 from fl_ee.data import load_dataset
-from fl_ee.server import evaluate_global, initial_model
+from fl_ee.globaleval import evaluate_global
+from fl_ee.server import initial_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5",
@@ -81,7 +83,8 @@ def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
     cfg = load_config(str(tmp_path / "run" / "config.toml"))
     data = load_dataset(cfg.data)
     model = initial_model(cfg, data)
-    untrained = evaluate_global(ArrayRecord(model.state_dict()), data, model, cfg.max_depth)["by_exit"]
+    with ThreadPoolExecutor(1) as thread:
+        untrained = evaluate_global(ArrayRecord(model.state_dict()), data, model, cfg.max_depth, thread)()["by_exit"]
     rounds = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [r["evaluate"]["global"]["by_exit"] for r in rounds] == [untrained, untrained]  # frozen every round
     assert all(any(c["outcome"] == "ok" for c in r["clock"]["clients"]) for r in rounds)  # ... although updates came

@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from fl_ee.config import TrainingConfig
-from fl_ee.models import EarlyExitNet, ModelSpec
+from fl_ee.models import EarlyExitNet, ModelSpec, build_model
 from fl_ee.training import (
+    EVAL_BATCH,
     accuracy,
     distillation_loss,
     ensemble,
     exit_logits,
     exit_loss,
     for_round,
+    head_logits,
     kd_weight_at,
     local_loss,
     mutual_distillation_loss,
@@ -207,3 +209,21 @@ def test_exit_training_leaves_the_backbone_untouched():
 
 def test_accuracy():
     assert accuracy(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(1, 8, 8, 3, width=2),
+                                  ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1, 1), norm="batch"),
+                                  ModelSpec(1, 8, 8, 3, width=8, backbone="mobilenet_v2")],
+                         ids=["cnn", "resnet", "mobilenet_v2"])
+def test_exit_logits_are_the_heads_over_the_stage_features_bit_for_bit(spec):
+    torch.manual_seed(0)
+    model = build_model(spec)
+    x = torch.randn(EVAL_BATCH + 40, 1, 8, 8)  # a full evaluation batch and a short one
+    heads = torch.nn.ModuleList(build_model(spec).exits)
+    for given in (None, heads):
+        logits = exit_logits(model, x, given)
+        expected = head_logits(model.exits if given is None else given, stage_features(model, x))
+        assert len(logits) == len(expected) == len(spec.exits)
+        assert all(torch.equal(a, b) for a, b in zip(logits, expected))
+    assert not model.training and not heads.training
+    assert [tuple(z.shape) for z in exit_logits(model, x[:0])] == [(0, 3)] * len(spec.exits)

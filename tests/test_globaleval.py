@@ -1,0 +1,60 @@
+"""``fl_ee.globaleval``: the global model evaluated in slices, side by side, gives the whole set's figures exactly."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from fl_ee.data import TensorDataset
+from fl_ee.globaleval import SLICE_ROWS, SliceCounts, evaluate_global, global_accuracy, slice_threads
+from fl_ee.models import EarlyExitNet, ModelSpec
+from fl_ee.training import EVAL_BATCH, accuracy, ensemble, exit_logits
+
+
+def _whole_set(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The global figures as the server computed them before the slicing: every exit over all of ``x`` at once."""
+    logits = exit_logits(model, x)
+    return {"by_exit": {str(i + 1): accuracy(z, y) for i, z in enumerate(logits)},
+            "ensemble": accuracy(ensemble(logits), y)}
+
+
+def test_global_accuracy_adds_the_slices_counts_by_hand():
+    counts = [SliceCounts(3, (1, 2), 2), SliceCounts(2, (0, 2), 1)]
+    assert global_accuracy(counts, 5) == {"by_exit": {"1": 0.2, "2": 0.8}, "ensemble": 0.6}
+
+
+def test_slices_missing_rows_are_refused_not_averaged_away():
+    with pytest.raises(ValueError, match="cover 3 of 5 rows"):
+        global_accuracy([SliceCounts(3, (1, 2), 2)], 5)
+    with pytest.raises(ValueError, match="cover 0 of 5 rows"):
+        global_accuracy([], 5)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sliced_evaluation_gives_the_whole_sets_figures_whatever_the_threads(threads):
+    assert SLICE_ROWS % EVAL_BATCH == 0  # a slice is whole evaluation batches: images meet the same batches
+    torch.manual_seed(0)
+    spec = ModelSpec(1, 8, 8, 10)
+    model = EarlyExitNet(spec)
+    rows = 2 * SLICE_ROWS + 300  # three slices, the last one short
+    x, y = torch.randn(rows, 1, 8, 8), torch.randint(0, 10, (rows,))
+    data = TensorDataset("random", x[:1], y[:1], x, y, 10)
+    depth = 3
+    sub = EarlyExitNet(spec, depth)
+    sub.load_state_dict({k: v for k, v in model.state_dict().items() if k in sub.state_dict()})
+    with ThreadPoolExecutor(threads) as pool:
+        result = evaluate_global(ArrayRecord(model.state_dict()), data, model, depth, pool)()
+    assert result == _whole_set(sub, x, y)
+    assert set(result["by_exit"]) == {"1", "2", "3"}
+    assert len(set(result["by_exit"].values())) > 1  # the exits differ: not a degenerate case
+
+
+@pytest.mark.parametrize(("cores", "torch_threads", "expected"), [(2, 1, 2), (16, 4, 4), (16, 16, 1), (2, 4, 1),
+                                                                 (None, 1, 1)])
+def test_slices_run_side_by_side_as_the_cores_hold_at_torchs_thread_count(monkeypatch, cores, torch_threads,
+                                                                            expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    assert slice_threads() == expected
