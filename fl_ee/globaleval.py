@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord
 
 from fl_ee.data import TensorDataset
 from fl_ee.models import EarlyExitNet, build_model, slice_state
-from fl_ee.training import EVAL_BATCH, ensemble, exit_logits
+from fl_ee.training import EVAL_BATCH, correct, ensemble, exit_logits
 
 SLICE_ROWS = 4 * EVAL_BATCH
 
@@ -40,8 +40,7 @@ class SliceCounts:
 def slice_counts(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> SliceCounts:
     """How many of ``x`` each exit of ``model``, and the exits' ensemble, classify as ``y``."""
     logits = exit_logits(model, x)
-    correct = [int((z.argmax(dim=1) == y).sum()) for z in [*logits, ensemble(logits)]]
-    return SliceCounts(len(y), tuple(correct[:-1]), correct[-1])
+    return SliceCounts(len(y), tuple(correct(z, y) for z in logits), correct(ensemble(logits), y))
 
 
 def global_accuracy(counts: Sequence[SliceCounts], rows: int) -> dict[str, Any]:

@@ -218,9 +218,14 @@ def local_loss(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: Train
     return float(exit_loss(exit_logits(model, x), y, cfg)) if len(y) else 0.0
 
 
+def correct(logits: torch.Tensor, y: torch.Tensor) -> int:
+    """Rows whose arg-max is the label."""
+    return int((logits.argmax(dim=1) == y).sum())
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows whose arg-max is the label."""
-    return int((logits.argmax(dim=1) == y).sum()) / len(y) if len(y) else 0.0
+    return correct(logits, y) / len(y) if len(y) else 0.0
 
 
 def ensemble(logits: Sequence[torch.Tensor]) -> torch.Tensor:
