@@ -19,7 +19,7 @@ lint: $(STAMP)
 
 # The same apps under Flower's CLI: a local SuperLink in simulation mode (started on
 # first use, on 127.0.0.1:39091) runs them with this venv's packages. NODES simulated
-# nodes, whatever data.num_clients is: the clients take turns on them (fl_ee/exchange.py).
+# nodes, whatever data.num_clients is: the clients take turns on them (fl_ee/wire/exchange.py).
 NODES ?= 8
 flwr-run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 FLWR_TELEMETRY_ENABLED=0 \

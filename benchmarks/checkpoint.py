@@ -35,12 +35,12 @@ VARIANTS = ("none", "1000", "1")
 
 def child(variant: str, out: Path) -> dict:
     """One run in this process; its timings."""
-    from fl_ee.checkpoint import Checkpoints
-    from fl_ee.client import app as client_app
-    from fl_ee.config import load_config
-    from fl_ee.preflight import preflight
-    from fl_ee.rundir import RunDir
-    from fl_ee.server import make_server_app
+    from fl_ee.core.config import load_config
+    from fl_ee.federation.checkpoint import Checkpoints
+    from fl_ee.federation.client import app as client_app
+    from fl_ee.federation.preflight import preflight
+    from fl_ee.federation.server import make_server_app
+    from fl_ee.results.rundir import RunDir
     from sims.engine import simulate
 
     every = 1 if variant == "none" else int(variant)

@@ -43,16 +43,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from benchmarks._proc import read_rounds, watch_run
 from benchmarks.overhead import PRESET, overrides, workload
-from fl_ee.client import depth_flops, model_spec
-from fl_ee.config import Config, config_from_dict, config_to_json, load_config
-from fl_ee.data import client_calibration, client_data, load_dataset
-from fl_ee.deployment import policy_figures
-from fl_ee.globaleval import evaluate_global, slice_threads
+from fl_ee.core.config import Config, config_from_dict, config_to_json, load_config
+from fl_ee.core.seeding import Stream, derive_seed
+from fl_ee.data.datasets import client_calibration, client_data, load_dataset
+from fl_ee.deployment.deploy import policy_figures
+from fl_ee.federation.client import depth_flops, model_spec
+from fl_ee.federation.globaleval import evaluate_global, slice_threads
+from fl_ee.federation.preflight import preflight
+from fl_ee.federation.server import initial_model, make_clients
+from fl_ee.learning.training import accuracy, exit_logits, stage_features, train_exits, train_joint
 from fl_ee.models import EarlyExitNet, build_model, measure_flops, slice_state
-from fl_ee.preflight import preflight
-from fl_ee.seeding import Stream, derive_seed
-from fl_ee.server import initial_model, make_clients
-from fl_ee.training import accuracy, exit_logits, stage_features, train_exits, train_joint
 from sims.emulator import client_flops
 from sims.tiers import assign_tiers
 

@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 
 from benchmarks._proc import SHARED_DATA, read_rounds, watch_run
-from fl_ee.client import depth_flops, model_spec
-from fl_ee.config import Config, load_config
-from fl_ee.data import client_calibration, client_data, load_dataset
-from fl_ee.deployment import policy_figures
+from fl_ee.core.config import Config, load_config
+from fl_ee.core.seeding import Stream, derive_seed
+from fl_ee.data.datasets import client_calibration, client_data, load_dataset
+from fl_ee.deployment.deploy import policy_figures
+from fl_ee.federation.client import depth_flops, model_spec
+from fl_ee.learning.training import exit_logits, stage_features, train_exits, train_joint
 from fl_ee.models import EarlyExitNet
-from fl_ee.seeding import Stream, derive_seed
-from fl_ee.training import exit_logits, stage_features, train_exits, train_joint
 
 ROUNDS, CLIENTS, PER_ROUND = 5, 100, 0.1
 

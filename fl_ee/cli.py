@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from fl_ee.config import Config, load_config, parse_overrides
-from fl_ee.errors import UserError
+from fl_ee.core.config import Config, load_config, parse_overrides
+from fl_ee.core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,15 +82,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
     cfg = None if resuming else load_config(args.config, parse_overrides(args.overrides))
     if getattr(args, "out", None):  # refused before any data is loaded
-        from fl_ee.rundir import check_new_run_dir
+        from fl_ee.results.rundir import check_new_run_dir
 
         check_new_run_dir(Path(args.out))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
-    from fl_ee.preflight import preflight
+    from fl_ee.federation.preflight import preflight
     from sims.backend import check_backend, start_ray
 
     if resuming:
-        from fl_ee.resume import prepare_resume
+        from fl_ee.federation.resume import prepare_resume
 
         resume = prepare_resume(resuming, parse_overrides(args.overrides))
         cfg = resume.cfg
@@ -99,13 +99,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not resuming:
         cfg = preflight(cfg)
     ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
-    from fl_ee.checkpoint import Checkpoints
-    from fl_ee.client import app as client_app
-    from fl_ee.progress import ProgressBar
-    from fl_ee.report import tier_table
-    from fl_ee.rundir import RunDir, default_run_dir, load_run
-    from fl_ee.server import make_server_app
-    from fl_ee.tensorboard import tensorboard_observers
+    from fl_ee.federation.checkpoint import Checkpoints
+    from fl_ee.federation.client import app as client_app
+    from fl_ee.federation.server import make_server_app
+    from fl_ee.results.progress import ProgressBar
+    from fl_ee.results.report import tier_table
+    from fl_ee.results.rundir import RunDir, default_run_dir, load_run
+    from fl_ee.results.tensorboard import tensorboard_observers
     from sims.engine import Interrupted, simulate
 
     err = Console(stderr=True, soft_wrap=True)
@@ -145,9 +145,9 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
     no round has been removed by then: there is nothing to keep (``--debug`` shows the
     traceback).
     """
-    from fl_ee.atomic import atomic_write
-    from fl_ee.faults import Diverged
-    from fl_ee.rundir import ERROR_LOG, ROUNDS
+    from fl_ee.core.atomic import atomic_write
+    from fl_ee.federation.faults import Diverged
+    from fl_ee.results.rundir import ERROR_LOG, ROUNDS
     from sims.stopping import kept_rounds
 
     cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
@@ -169,8 +169,8 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """``fl-ee check``: the preflight of ``fl-ee run``, then the plan; starts nothing, writes nothing."""
     cfg = load_config(args.config, parse_overrides(args.overrides))
-    from fl_ee.plan import make_plan, plan_renderables
-    from fl_ee.preflight import preflight
+    from fl_ee.federation.plan import make_plan, plan_renderables
+    from fl_ee.federation.preflight import preflight
     from sims.engine import check_backend
 
     check_backend(cfg)
@@ -182,10 +182,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``fl-ee report``: the tables of one run directory (or a sweep root), and its plots or HTML page on request."""
-    from fl_ee.atomic import atomic_write
-    from fl_ee.groups import is_sweep_root
-    from fl_ee.report import html_page, report_renderables
-    from fl_ee.rundir import SUMMARY, load_run
+    from fl_ee.core.atomic import atomic_write
+    from fl_ee.results.groups import is_sweep_root
+    from fl_ee.results.report import html_page, report_renderables
+    from fl_ee.results.rundir import SUMMARY, load_run
 
     if is_sweep_root(Path(args.run_dir)):
         return _report_sweep(args)
@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for part in renderables:
             out.print(part)
     if args.plots or args.html:
-        from fl_ee.plots import render_plots, write_plots
+        from fl_ee.results.plots import render_plots, write_plots
 
         images, skipped = render_plots(run)
         for name, why in skipped.items():
@@ -216,9 +216,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _report_sweep(args: argparse.Namespace) -> int:
     """``fl-ee report SWEEP_ROOT``: the settings compared (against the first), ``sweep.json``, the sweep's plots."""
-    from fl_ee.groups import SWEEP_JSON, load_settings, settings_table
-    from fl_ee.plots import render_plots, write_plots
-    from fl_ee.sweepplots import SWEEP_PLOTS
+    from fl_ee.results.groups import SWEEP_JSON, load_settings, settings_table
+    from fl_ee.results.plots import render_plots, write_plots
+    from fl_ee.results.sweepplots import SWEEP_PLOTS
 
     if args.html:
         raise UserError("--html reports one run directory; for a sweep use --plots")
@@ -240,9 +240,9 @@ def _report_sweep(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``fl-ee compare``: runs side by side, or settings (several seeds) with their CIs and tests against a baseline."""
-    from fl_ee.groups import comparison, find_setting, load_settings, settings_table
-    from fl_ee.report import compare_table
-    from fl_ee.rundir import to_json
+    from fl_ee.results.groups import comparison, find_setting, load_settings, settings_table
+    from fl_ee.results.report import compare_table
+    from fl_ee.results.rundir import to_json
 
     settings = load_settings(args.run_dirs)
     runs = [r for s in settings for r in s.runs]
@@ -259,9 +259,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``fl-ee sweep``: see :mod:`fl_ee.sweep`."""
-    from fl_ee.sweep import cmd_sweep as sweep
-    from fl_ee.sweep import parse_seeds
+    """``fl-ee sweep``: see :mod:`fl_ee.studies.sweep`."""
+    from fl_ee.studies.sweep import cmd_sweep as sweep
+    from fl_ee.studies.sweep import parse_seeds
 
     return sweep(args.config, args.overrides, args.grid, parse_seeds(args.seeds, args.seed_list), args.out, args.jobs)
 
@@ -290,7 +290,7 @@ def print_model(cfg: Config) -> None:
     """Per exit of the config's network on its dataset: FLOPs and parameters of the stage and of the exit head."""
     from rich.table import Table
 
-    from fl_ee.data import load_dataset
+    from fl_ee.data.datasets import load_dataset
     from fl_ee.models import build_model, exit_table
 
     data = load_dataset(cfg.data)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fl_ee.atomic import write_npz
-from fl_ee.cache import CacheDamaged, cache_root, checksum, unreadable
-from fl_ee.errors import UserError, warn
-from fl_ee.seeding import Stream, derive_seed, rng
+from fl_ee.core.atomic import write_npz
+from fl_ee.core.cache import CacheDamaged, cache_root, checksum, unreadable
+from fl_ee.core.errors import UserError, warn
+from fl_ee.core.seeding import Stream, derive_seed, rng
 
 if TYPE_CHECKING:  # imported where a split is computed: readers of the cache never pay for them (~2.5 s)
     from datasets import Dataset
@@ -139,7 +139,7 @@ def _compute_splits(
 def _read(path: Path, num_clients: int, num_samples: int) -> tuple[ClientSplit, ...]:
     """Cached splits, checked: no pickles, exactly the expected arrays, valid indices, the stored checksum.
 
-    Raises :class:`~fl_ee.cache.CacheDamaged` when anything does not match.
+    Raises :class:`~fl_ee.core.cache.CacheDamaged` when anything does not match.
     """
     names = [f"{kind}{i}" for i in range(num_clients) for kind in ("train", "test")]
     try:

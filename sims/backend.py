@@ -17,8 +17,8 @@ from typing import Any
 
 import ray
 
-from fl_ee.config import Config
-from fl_ee.errors import UserError
+from fl_ee.core.config import Config
+from fl_ee.core.errors import UserError
 
 PROBE_TIMEOUT_S = 5.0  # TCP connect to a cluster's address before ray.init
 

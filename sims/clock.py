@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fl_ee.seeding import Stream, rng
+from fl_ee.core.seeding import Stream, rng
 
 OK, LATE, UNAVAILABLE, FAILED, REJECTED = "ok", "late", "unavailable", "failed", "rejected"
-OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED, REJECTED)  # rejected: the server refused the update (fl_ee/faults.py)
+OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED, REJECTED)  # rejected: refused by the server (federation/faults.py)
 
 
 def transfer_seconds(num_bytes: float, mbps: float) -> float:

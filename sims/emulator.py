@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_ee.config import Config
+from fl_ee.core.config import Config
+from fl_ee.learning.personal import PERSONAL_HEADS
+from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes
-from fl_ee.personal import PERSONAL_HEADS
-from fl_ee.scheme import backbone_frozen, returned_state
 from sims.clock import (
     FAILED,
     OK,

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fl_ee.config import Config
+from fl_ee.core.config import Config
 from sims.backend import (
     backend_config,
     check_backend,
@@ -56,14 +56,14 @@ class _Quiet(logging.Filter):
 
 # Flower's engine hands a node's message to a worker at its next check (every 0.1 s): with
 # a few messages waiting per worker, calls as short as ~25 ms keep the workers busy, and
-# the last messages of an exchange are still the cheapest (fl_ee.exchange sends the costliest first)
+# the last messages of an exchange are still the cheapest (fl_ee.wire.exchange sends the costliest first)
 NODES_PER_WORKER = 4
 
 
 def pool_size(cfg: Config) -> int:
     """Simulated nodes: enough to keep each of Flower's Ray workers busy, never more than the clients.
 
-    Any node acts as any client (:mod:`fl_ee.exchange`), so the cost of Flower's runtime
+    Any node acts as any client (:mod:`fl_ee.wire.exchange`), so the cost of Flower's runtime
     (which checks every node for messages every 0.1 s) follows the workers, not the
     registered clients.
     """
@@ -85,7 +85,7 @@ def simulate(
     ``RuntimeError`` whose ``__cause__`` is the root cause when Flower's runtime or Ray
     crashed. ``ray_started`` waits for a Ray started in the background (:func:`sims.backend.start_ray`).
     Meanwhile this process's torch runs each operation on one thread: the server's own
-    evaluation runs its slices side by side (:mod:`fl_ee.globaleval`).
+    evaluation runs its slices side by side (:mod:`fl_ee.federation.globaleval`).
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     flwr_logger = logging.getLogger("flwr")
@@ -102,7 +102,7 @@ def simulate(
             ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
-        torch.set_num_threads(1)  # the server's evaluation runs a slice per core instead (fl_ee.globaleval)
+        torch.set_num_threads(1)  # the server's evaluation runs a slice per core instead (fl_ee.federation.globaleval)
         stopper.install()
         run_simulation(
             server_app=stoppable(server_app, stopper.stop),

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_ee.rundir import ROUNDS
+from fl_ee.results.rundir import ROUNDS
 
 GRACE_S = 3.0  # after a signal, the longest wait for an orderly stop before killing Ray
 

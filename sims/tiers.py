@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fl_ee.seeding import Stream, rng
+from fl_ee.core.seeding import Stream, rng
 
 
 def tier_counts(shares: Sequence[float], num_clients: int) -> list[int]:

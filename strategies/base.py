@@ -22,10 +22,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fl_ee.exchange import client_of
+from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import slice_state
-from fl_ee.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
-from fl_ee.seeding import Stream, rng
+from fl_ee.wire.exchange import client_of
+from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
 from strategies.aggregation import holder_aggregate, weighted_mean
 
 NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
@@ -33,7 +33,7 @@ NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """What the server knows of a simulated client; ``node_id`` addresses its messages (:mod:`fl_ee.exchange`)."""
+    """What the server knows of a simulated client; ``node_id`` addresses its messages (:mod:`fl_ee.wire.exchange`)."""
 
     node_id: int
     client_id: int
@@ -140,11 +140,11 @@ class DepthAwareStrategy(Strategy):
         return [pool[i] for i in sorted(chosen)]
 
     def sender(self, reply: Message) -> ClientInfo:
-        """The client a reply came from (:func:`fl_ee.exchange.client_of`)."""
+        """The client a reply came from (:func:`fl_ee.wire.exchange.client_of`)."""
         return self.clients[client_of(reply)]
 
     def recipient(self, message: Message) -> ClientInfo:
-        """The client a message goes to (until :class:`fl_ee.exchange.Exchange` places it on a node)."""
+        """The client a message goes to (until :class:`fl_ee.wire.exchange.Exchange` places it on a node)."""
         return self.clients[message.metadata.dst_node_id]
 
     def _messages(

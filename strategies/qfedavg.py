@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fl_ee.protocol import ARRAYS, Instructions, TrainReply, payload_of
+from fl_ee.wire.protocol import ARRAYS, Instructions, TrainReply, payload_of
 from strategies.aggregation import holder_aggregate
 from strategies.base import DepthAwareStrategy, check_option, is_number, to_numpy, to_record
 

@@ -9,8 +9,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
-from fl_ee.config import Config
-from fl_ee.errors import UserError
+from fl_ee.core.config import Config
+from fl_ee.core.errors import UserError
 from strategies.base import DepthAwareStrategy, OptionError
 
 ENTRY_POINT_GROUP = "fl_ee.strategies"

@@ -1,7 +1,7 @@
 """An in-process Flower ``Grid``: the real ClientApp answers the server's messages in this process.
 
-Test infrastructure for the server loop (``fl_ee.server.run_federation`` and friends)
-without Ray; the server's clients take turns on its nodes (``fl_ee.exchange``). It
+Test infrastructure for the server loop (``fl_ee.federation.server.run_federation`` and friends)
+without Ray; the server's clients take turns on its nodes (``fl_ee.wire.exchange``). It
 mirrors what Flower's simulation runtime does around a ClientApp call
 (``flwr.server.superlink.fleet.vce``), so the server cannot tell the difference:
 
@@ -51,7 +51,7 @@ def _copy(message: Message) -> Message:
 class InProcessGrid(Grid):
     """``num_nodes`` simulated nodes whose ClientApp runs in this process.
 
-    ``client_app`` defaults to ``fl_ee.client.app``; ``order`` is ``"reversed"`` or
+    ``client_app`` defaults to ``fl_ee.federation.client.app``; ``order`` is ``"reversed"`` or
     ``"shuffled"`` (seeded by ``seed``, which also draws the run and node ids).
     ``calls`` counts ClientApp calls by message type; ``errors`` keeps the exceptions raised.
     """
@@ -61,7 +61,7 @@ class InProcessGrid(Grid):
         if order not in (REVERSED, SHUFFLED):
             raise ValueError(f"order must be {REVERSED!r} or {SHUFFLED!r}, not {order!r}")
         if client_app is None:
-            from fl_ee.client import app as client_app
+            from fl_ee.federation.client import app as client_app
         self.client_app = client_app
         self.order = order
         self._rng = random.Random(seed)
@@ -166,11 +166,11 @@ def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0
     directory; ``checkpoints`` writes them (and the clients' state) as ``fl-ee run`` does;
     ``nodes`` is the grid's pool of nodes (the clients take turns on them).
     """
-    from fl_ee.checkpoint import Checkpoints
-    from fl_ee.config import load_config, parse_overrides
-    from fl_ee.preflight import preflight
-    from fl_ee.rundir import RunDir
-    from fl_ee.server import run_federation
+    from fl_ee.core.config import load_config, parse_overrides
+    from fl_ee.federation.checkpoint import Checkpoints
+    from fl_ee.federation.preflight import preflight
+    from fl_ee.federation.server import run_federation
+    from fl_ee.results.rundir import RunDir
 
     cfg = preflight(load_config(preset, parse_overrides(list(overrides))))
     run_dir = RunDir.create(out)
@@ -181,9 +181,9 @@ def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0
 
 def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED) -> tuple[InProcessGrid, dict]:
     """``fl-ee resume OUT --set ...`` through a fresh :class:`InProcessGrid` (fresh nodes, no client state)."""
-    from fl_ee.config import parse_overrides
-    from fl_ee.resume import prepare_resume
-    from fl_ee.server import run_federation
+    from fl_ee.core.config import parse_overrides
+    from fl_ee.federation.resume import prepare_resume
+    from fl_ee.federation.server import run_federation
 
     resume = prepare_resume(out, parse_overrides(list(overrides)))
     with InProcessGrid(NODES, seed=seed, order=order) as grid:

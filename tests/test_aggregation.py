@@ -3,11 +3,11 @@ import pytest
 from flwr.app import ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
 
-from fl_ee.config import config_from_dict, config_to_json
-from fl_ee.exchange import Exchange, as_client
+from fl_ee.core.config import config_from_dict, config_to_json
+from fl_ee.core.seeding import Stream
 from fl_ee.models import EarlyExitNet, ModelSpec
-from fl_ee.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
-from fl_ee.seeding import Stream
+from fl_ee.wire.exchange import Exchange, as_client
+from fl_ee.wire.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from inprocess import InProcessGrid
 from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
 from strategies.base import to_numpy, to_record

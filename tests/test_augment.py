@@ -1,7 +1,7 @@
 import torch
 
-from fl_ee.augment import crop_and_flip, shift_and_flip
-from fl_ee.device import client_device
+from fl_ee.learning.augment import crop_and_flip, shift_and_flip
+from fl_ee.learning.device import client_device
 
 IMAGE = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # one 1-channel 2x2 image
 

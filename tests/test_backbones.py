@@ -5,11 +5,11 @@ import torch
 import torchvision
 
 from fl_ee.cli import main
-from fl_ee.config import config_from_dict, load_config
-from fl_ee.errors import UserError
-from fl_ee.layout import block_count, even_flops_exits
+from fl_ee.core.config import config_from_dict, load_config
+from fl_ee.core.errors import UserError
+from fl_ee.core.layout import block_count, even_flops_exits
+from fl_ee.federation.preflight import preflight
 from fl_ee.models import ModelSpec, block_index, build_model, load_weights, measure_flops, parameter_count, slice_state
-from fl_ee.preflight import preflight
 
 TINY_RESNET = ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1, 1))
 TINY_MOBILENET = ModelSpec(1, 8, 8, 3, width=8, backbone="mobilenet_v2")
@@ -148,8 +148,8 @@ def load_weights_from(model, state, path=None):
 @pytest.fixture
 def saved(tmp_path):
     """A full-depth model's state saved for the default (digits, cnn) config, and the path."""
-    from fl_ee.data import load_dataset
-    from fl_ee.server import initial_model
+    from fl_ee.data.datasets import load_dataset
+    from fl_ee.federation.server import initial_model
 
     cfg = load_config(None, {"model.width": 4})
     state = initial_model(cfg, load_dataset(cfg.data)).state_dict()
@@ -159,8 +159,8 @@ def saved(tmp_path):
 
 
 def test_weights_start_the_global_model(saved):
-    from fl_ee.data import load_dataset
-    from fl_ee.server import initial_model
+    from fl_ee.data.datasets import load_dataset
+    from fl_ee.federation.server import initial_model
 
     state, path = saved
     cfg = preflight(load_config(None, {"model.width": 4, "model.weights": str(path)}))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fl_ee.calibration import MAX_TEMPERATURE, ece, exit_ece, fit_temperature, reliability_bins
+from fl_ee.deployment.calibration import MAX_TEMPERATURE, ece, exit_ece, fit_temperature, reliability_bins
 
 
 def test_temperature_fit_meets_the_closed_form():

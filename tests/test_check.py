@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.config import load_config
-from fl_ee.errors import UserError
-from fl_ee.plan import make_plan
-from fl_ee.preflight import config_warnings, preflight
+from fl_ee.core.config import load_config
+from fl_ee.core.errors import UserError
+from fl_ee.federation.plan import make_plan
+from fl_ee.federation.preflight import config_warnings, preflight
 from sims.emulator import client_times, depth_bytes
 from strategies import ClientInfo
 
@@ -38,7 +38,7 @@ def test_the_plan_is_the_run_cost_model():
     plan = make_plan(cfg)
     assert [t.name for t in plan.tiers] == ["iot", "phone", "laptop"]
     assert sum(t.clients for t in plan.tiers) == 6
-    from fl_ee.data import load_dataset, run_splits
+    from fl_ee.data.datasets import load_dataset, run_splits
     from fl_ee.models import EarlyExitNet
     from sims.tiers import assign_tiers
 
@@ -147,7 +147,7 @@ def test_a_run_in_which_no_client_trained_warns_and_says_so_in_its_summary(tmp_p
 
 
 def test_rounds_without_training_are_listed():
-    from fl_ee.summary import run_warnings
+    from fl_ee.results.summary import run_warnings
 
     def clock(ok: int) -> dict:
         return {"by_tier": {"a": {"sampled": 2, "ok": ok}, "b": {"sampled": 0, "ok": 0}}}

@@ -7,11 +7,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
-from fl_ee.config import config_from_dict, config_to_json
-from fl_ee.data import client_data
-from fl_ee.exchange import Exchange
+from fl_ee.core.config import config_from_dict, config_to_json
+from fl_ee.data.datasets import client_data
+from fl_ee.learning.training import local_loss
 from fl_ee.models import EarlyExitNet, ModelSpec, slice_state
-from fl_ee.protocol import (
+from fl_ee.wire.exchange import Exchange
+from fl_ee.wire.protocol import (
     PERSONAL_EXITS,
     EvaluateReply,
     Instructions,
@@ -19,7 +20,6 @@ from fl_ee.protocol import (
     instruction_message,
     payload_of,
 )
-from fl_ee.training import local_loss
 from inprocess import InProcessGrid
 
 CFG = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32}})
@@ -119,8 +119,8 @@ def test_a_paced_client_sleeps_its_simulated_time():
 
 
 def test_evaluate_reports_the_full_cost_and_every_policys_curves():
-    from fl_ee.client import depth_flops, model_spec
-    from fl_ee.deployment import curves_of, grids
+    from fl_ee.deployment.deploy import curves_of, grids
+    from fl_ee.federation.client import depth_flops, model_spec
 
     m = payload_of(_Client(0)(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
     costs = depth_flops(model_spec(CFG), 3).exit_costs()
@@ -152,7 +152,7 @@ def test_ic_only_returns_only_exits_once_the_backbone_is_frozen():
 
 
 def test_evaluate_reports_the_ensemble_of_its_exits():
-    from fl_ee.training import accuracy, ensemble, exit_logits
+    from fl_ee.learning.training import accuracy, ensemble, exit_logits
 
     message = _message(MessageType.EVALUATE, depth=3, server_round=1, cfg=_cfg(personalisation={"mode": "none"}))
     model = EarlyExitNet(ModelSpec(1, 8, 8, 10), depth=3)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fl_ee.config import config_from_dict
-from fl_ee.metrics import round_time_stats, straggler_summary, time_to_accuracy
+from fl_ee.core.config import config_from_dict
+from fl_ee.core.metrics import round_time_stats, straggler_summary, time_to_accuracy
 from fl_ee.models import EarlyExitNet, ModelSpec
 from sims.clock import LATE, OK, client_time, presence, settle, speed_factors, transfer_seconds
 from sims.emulator import client_times

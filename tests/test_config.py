@@ -7,7 +7,7 @@ import tomllib
 from pydantic import BaseModel
 
 from fl_ee.cli import main
-from fl_ee.config import (
+from fl_ee.core.config import (
     Config,
     apply_overrides,
     config_from_dict,
@@ -19,8 +19,8 @@ from fl_ee.config import (
     parse_overrides,
     preset_path,
 )
-from fl_ee.errors import UserError
-from fl_ee.training import for_round
+from fl_ee.core.errors import UserError
+from fl_ee.learning.training import for_round
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -255,7 +255,7 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "/nonexistent/config.toml"], "config file not found"),
         (["run", "--set", "strategy.name=nope"], "strategy.name: unknown strategy 'nope'"),
         (["run", "--set", "strategy.name=nomodule_xyz:Cls"], "strategy.name: cannot import"),
-        (["run", "--set", "strategy.name=fl_ee.config:Config"], "is not a strategies.DepthAwareStrategy subclass"),
+        (["run", "--set", "strategy.name=fl_ee.core.config:Config"], "is not a strategies.DepthAwareStrategy subclass"),
         (["run", "--set", "strategy.options.bogus=1"], "strategy.options.bogus: unknown option"),
         (["run", "--set", "simulation.straggler_policy=deadline"], "simulation.deadline_s: must be set"),
         (["run", "--set", "tiers.0.download_mbps=-3"], "tiers.0.download_mbps: must be > 0"),

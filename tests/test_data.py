@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fl_ee.config import DataConfig
-from fl_ee.data import load_dataset
-from fl_ee.errors import UserError
+from fl_ee.core.config import DataConfig
+from fl_ee.core.errors import UserError
+from fl_ee.data.datasets import load_dataset
 
 
 def test_digits_is_offline_and_normalised():
@@ -60,7 +60,7 @@ def test_imagefolder_errors_are_user_errors(tmp_path):
 
 
 def test_decoded_datasets_are_cached_and_keyed_by_their_files(tmp_path, monkeypatch):
-    from fl_ee.data import _load
+    from fl_ee.data.datasets import _load
 
     monkeypatch.setenv("FL_EE_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "images"
@@ -82,8 +82,8 @@ def test_decoded_datasets_are_cached_and_keyed_by_their_files(tmp_path, monkeypa
 
 
 def test_calibration_samples_are_held_out_of_training_deterministically():
-    from fl_ee.config import config_from_dict
-    from fl_ee.data import calibration_size, client_calibration, client_data, run_splits
+    from fl_ee.core.config import config_from_dict
+    from fl_ee.data.datasets import calibration_size, client_calibration, client_data, run_splits
 
     cases = [(50, 0.0), (50, 0.1), (3, 0.01), (1, 0.5), (10, 0.99)]
     assert [calibration_size(n, f) for n, f in cases] == [0, 5, 1, 0, 9]

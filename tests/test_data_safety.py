@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from fl_ee.cli import main
-from fl_ee.config import DataConfig
-from fl_ee.data import _load, _source_key, load_dataset
-from fl_ee.errors import UserError
+from fl_ee.core.config import DataConfig
+from fl_ee.core.errors import UserError
+from fl_ee.data.datasets import _load, _source_key, load_dataset
 from partitions import client_splits
 from partitions.split import _cached_splits
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fl_ee.config import config_from_dict
-from fl_ee.deployment import curves_of, deployed, grids, policy_figures, policy_table, thresholds_by_scope
-from fl_ee.policies import POLICIES
-from fl_ee.protocol import EvaluateReply
+from fl_ee.core.config import config_from_dict
+from fl_ee.deployment.deploy import curves_of, deployed, grids, policy_figures, policy_table, thresholds_by_scope
+from fl_ee.deployment.policies import POLICIES
+from fl_ee.wire.protocol import EvaluateReply
 
 CFG = config_from_dict({
     "exit_policy": {"name": "max-prob", "thresholds": "accuracy", "max_drop": 0.01},

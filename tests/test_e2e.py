@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fl_ee.config import load_config
+from fl_ee.core.config import load_config
 from inprocess import run_inprocess
 
 pytestmark = pytest.mark.e2e

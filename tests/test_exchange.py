@@ -1,9 +1,9 @@
-"""``fl_ee.exchange``: many clients on a few nodes, each in its own context, the costliest sent first."""
+"""``fl_ee.wire.exchange``: many clients on a few nodes, each in its own context, the costliest sent first."""
 
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_ee.exchange import Exchange, as_client, client_of
+from fl_ee.wire.exchange import Exchange, as_client, client_of
 from inprocess import InProcessGrid, counting_app
 
 

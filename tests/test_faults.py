@@ -10,14 +10,14 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fl_ee.client import app as real_app
-from fl_ee.client import reports_errors
-from fl_ee.config import load_config, parse_overrides
-from fl_ee.faults import Diverged, DivergenceGuard, StrategyFault, aggregate_problem, update_problem
-from fl_ee.preflight import preflight
-from fl_ee.protocol import CLIENT, ClientAddress
-from fl_ee.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
-from fl_ee.server import run_federation
+from fl_ee.core.config import load_config, parse_overrides
+from fl_ee.federation.client import app as real_app
+from fl_ee.federation.client import reports_errors
+from fl_ee.federation.faults import Diverged, DivergenceGuard, StrategyFault, aggregate_problem, update_problem
+from fl_ee.federation.preflight import preflight
+from fl_ee.federation.server import run_federation
+from fl_ee.results.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
+from fl_ee.wire.protocol import CLIENT, ClientAddress
 from inprocess import InProcessGrid
 
 # every device always online and never dropping out, so every outcome below is the server's doing

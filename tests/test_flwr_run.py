@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_ee.config import load_config
-from fl_ee.server import from_run_config
+from fl_ee.core.config import load_config
+from fl_ee.federation.server import from_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 

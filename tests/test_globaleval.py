@@ -1,4 +1,4 @@
-"""``fl_ee.globaleval``: the global model evaluated in slices, side by side, gives the whole set's figures exactly."""
+"""``fl_ee.federation.globaleval``: the global model evaluated in slices side by side gives the whole set's figures."""
 
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -7,10 +7,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fl_ee.data import TensorDataset
-from fl_ee.globaleval import SLICE_ROWS, SliceCounts, evaluate_global, global_accuracy, slice_threads
+from fl_ee.data.datasets import TensorDataset
+from fl_ee.federation.globaleval import SLICE_ROWS, SliceCounts, evaluate_global, global_accuracy, slice_threads
+from fl_ee.learning.training import EVAL_BATCH, accuracy, ensemble, exit_logits
 from fl_ee.models import EarlyExitNet, ModelSpec
-from fl_ee.training import EVAL_BATCH, accuracy, ensemble, exit_logits
 
 
 def _whole_set(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> dict:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_ee.config import load_config, parse_overrides
-from fl_ee.errors import UserError
+from fl_ee.core.config import load_config, parse_overrides
+from fl_ee.core.errors import UserError
 from sims import backend, engine, stopping
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,10 +169,10 @@ def test_an_unreachable_ray_address_fails_within_30s(tmp_path):
 
 CRASH = """
 import sys
-from fl_ee.client import app as client_app
-from fl_ee.config import load_config, parse_overrides
-from fl_ee.preflight import preflight
-from fl_ee.server import make_server_app
+from fl_ee.federation.client import app as client_app
+from fl_ee.core.config import load_config, parse_overrides
+from fl_ee.federation.preflight import preflight
+from fl_ee.federation.server import make_server_app
 from sims.engine import simulate
 
 # more CPUs per client than any node has: Flower's actor pool comes up empty and its runtime

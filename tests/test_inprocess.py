@@ -1,4 +1,4 @@
-"""The server loop (``fl_ee.server``) with the real ClientApp through an in-process Grid, no Ray."""
+"""The server loop (``fl_ee.federation.server``) with the real ClientApp through an in-process Grid, no Ray."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
-from fl_ee.config import load_config
+from fl_ee.core.config import load_config
 from inprocess import REVERSED, InProcessGrid, counting_app, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]

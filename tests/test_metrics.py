@@ -2,7 +2,7 @@
 
 import pytest
 
-from fl_ee.metrics import (
+from fl_ee.core.metrics import (
     efficiency,
     exit_distribution,
     fairness,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fl_ee.errors import UserError
+from fl_ee.core.errors import UserError
 from partitions import client_splits, local_split, partition_indices
 from sims.tiers import assign_tiers, tier_counts
 
@@ -77,7 +77,7 @@ def test_seed_streams_never_coincide_across_runs_or_clients():
     splits = {s: client_splits(LABELS, 4, "iid", 0.5, 2, 0.25, s) for s in (0, 1)}
     same = np.array_equal(np.sort(splits[0][1].test), np.sort(splits[1][0].test))
     assert not same
-    from fl_ee.seeding import Stream, derive_seed
+    from fl_ee.core.seeding import Stream, derive_seed
 
     assert len({derive_seed(0, s) for s in Stream}) == len(Stream)
     assert derive_seed(0, Stream.LOCAL_SPLIT, 1) != derive_seed(1, Stream.LOCAL_SPLIT, 0)

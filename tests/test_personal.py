@@ -1,13 +1,13 @@
-"""Personalisation modes (fl_ee/personal.py): hidden labels, self-distillation, fine-tuning."""
+"""Personalisation modes (fl_ee/learning/personal.py): hidden labels, self-distillation, fine-tuning."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_ee.config import TrainingConfig, config_from_dict
+from fl_ee.core.config import TrainingConfig, config_from_dict
+from fl_ee.learning.personal import UNLABELLED, finetuned, hide_labels, personal_step, train_self_distill
+from fl_ee.learning.training import distillation_loss, stage_features
 from fl_ee.models import EarlyExitNet, ModelSpec
-from fl_ee.personal import UNLABELLED, finetuned, hide_labels, personal_step, train_self_distill
-from fl_ee.training import distillation_loss, stage_features
 
 
 def _toy(n=48, classes=3):

@@ -13,10 +13,10 @@ import pytest
 from flwr.app import ArrayRecord
 
 from fl_ee.cli import main
-from fl_ee.config import load_config
-from fl_ee.data import load_dataset
-from fl_ee.globaleval import evaluate_global
-from fl_ee.server import initial_model
+from fl_ee.core.config import load_config
+from fl_ee.data.datasets import load_dataset
+from fl_ee.federation.globaleval import evaluate_global
+from fl_ee.federation.server import initial_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5",

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fl_ee.policies import (
+from fl_ee.deployment.policies import (
     CONFIDENCE_GRID,
     adaptive_sweep,
     exit_choice,

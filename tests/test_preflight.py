@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.config import load_config
-from fl_ee.errors import UserError
-from fl_ee.preflight import preflight
+from fl_ee.core.config import load_config
+from fl_ee.core.errors import UserError
+from fl_ee.federation.preflight import preflight
 
 
 @pytest.mark.parametrize(

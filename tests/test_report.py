@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.metrics import efficiency, fairness, mean_or_none
-from fl_ee.plots import PLOTS
-from fl_ee.report import best_of
+from fl_ee.core.metrics import efficiency, fairness, mean_or_none
+from fl_ee.results.plots import PLOTS
+from fl_ee.results.report import best_of
 from inprocess import run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0"]

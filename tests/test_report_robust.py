@@ -9,12 +9,12 @@ import pytest
 from rich.console import Console
 
 from fl_ee.cli import main
-from fl_ee.config import load_config
-from fl_ee.plan import make_plan, plan_renderables
-from fl_ee.plots import PLOTS, Skip, client_accuracies
-from fl_ee.preflight import preflight
-from fl_ee.report import compare_table, report_renderables, tier_table
-from fl_ee.rundir import load_run
+from fl_ee.core.config import load_config
+from fl_ee.federation.plan import make_plan, plan_renderables
+from fl_ee.federation.preflight import preflight
+from fl_ee.results.plots import PLOTS, Skip, client_accuracies
+from fl_ee.results.report import compare_table, report_renderables, tier_table
+from fl_ee.results.rundir import load_run
 from inprocess import run_inprocess
 
 TINY = ["rounds=2", "data.num_clients=4", "eval_every=2"]

@@ -17,21 +17,20 @@ import pytest
 from flwr.app import ArrayRecord
 from test_deployment import curve_reply
 
-from fl_ee import clientstate
-from fl_ee.atomic import read_npz, write_npz
-from fl_ee.checkpoint import (
+from fl_ee.cli import main
+from fl_ee.core.atomic import read_npz, write_npz
+from fl_ee.core.config import config_from_dict
+from fl_ee.core.errors import UserError
+from fl_ee.federation import clientstate
+from fl_ee.federation.checkpoint import (
     Checkpoints,
-    LoopState,
     loop_state_from_json,
     loop_state_to_json,
     split_strategy_state,
 )
-from fl_ee.cli import main
-from fl_ee.config import config_from_dict
-from fl_ee.errors import UserError
-from fl_ee.observers import Observer
-from fl_ee.protocol import EvaluateReply
-from fl_ee.summary import Evaluation
+from fl_ee.results.observers import LoopState, Observer
+from fl_ee.results.summary import Evaluation
+from fl_ee.wire.protocol import EvaluateReply
 from inprocess import resume_inprocess, run_inprocess
 from strategies import ClientInfo, DepthFL, FedAdam, FedDyn
 from strategies.aggregation import holder_aggregate

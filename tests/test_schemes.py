@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from fl_ee.config import config_from_dict
-from fl_ee.data import load_dataset
-from fl_ee.errors import UserError
-from fl_ee.observers import Observer
-from fl_ee.preflight import preflight
-from fl_ee.server import initial_model
+from fl_ee.core.config import config_from_dict
+from fl_ee.core.errors import UserError
+from fl_ee.data.datasets import load_dataset
+from fl_ee.federation.preflight import preflight
+from fl_ee.federation.server import initial_model
+from fl_ee.results.observers import Observer
 from inprocess import run_inprocess
 from strategies.base import to_numpy
 

@@ -1,4 +1,4 @@
-"""The server loop's pieces (``fl_ee.server``) one at a time, through the in-process grid, with
+"""The server loop's pieces (``fl_ee.federation.server``) one at a time, through the in-process grid, with
 numbers checked by hand: the clients, a training round under each straggler policy, a federated
 evaluation, and ``build_summary`` on hand-made results.
 
@@ -19,15 +19,15 @@ from flwr.app import ArrayRecord, Message
 from flwr.clientapp import ClientApp
 from test_deployment import curve_reply
 
-from fl_ee.config import Config, config_from_dict, config_to_json, load_config
-from fl_ee.data import load_dataset, run_splits
-from fl_ee.exchange import Exchange, as_client
-from fl_ee.policies import CONFIDENCE_GRID
-from fl_ee.preflight import preflight
-from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, TrainReply, reply
-from fl_ee.seeding import Stream
-from fl_ee.server import evaluate_round, initial_model, make_clients, train_round
-from fl_ee.summary import Evaluation, build_summary
+from fl_ee.core.config import Config, config_from_dict, config_to_json, load_config
+from fl_ee.core.seeding import Stream
+from fl_ee.data.datasets import load_dataset, run_splits
+from fl_ee.deployment.policies import CONFIDENCE_GRID
+from fl_ee.federation.preflight import preflight
+from fl_ee.federation.server import evaluate_round, initial_model, make_clients, train_round
+from fl_ee.results.summary import Evaluation, build_summary
+from fl_ee.wire.exchange import Exchange, as_client
+from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, TrainReply, reply
 from inprocess import InProcessGrid
 from sims.clock import presence
 from sims.emulator import DeviceEmulator

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from fl_ee.stats import (
+from fl_ee.results.stats import (
     PAIRED,
     WELCH,
     compare_seeds,

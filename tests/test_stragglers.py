@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fl_ee.config import load_config
+from fl_ee.core.config import load_config
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from fl_ee.cli import main
-from fl_ee.config import config_from_dict, config_to_json
-from fl_ee.errors import UserError
-from fl_ee.protocol import Instructions, TrainReply, instructions_of, reply
+from fl_ee.core.config import config_from_dict, config_to_json
+from fl_ee.core.errors import UserError
+from fl_ee.wire.protocol import Instructions, TrainReply, instructions_of, reply
 from strategies import ClientInfo, DepthAwareStrategy, Exclusive, FedAdam, FedDyn, FedYogi, QFedAvg, build_strategy
 from strategies.aggregation import holder_aggregate
 from strategies.exclusive import full_depth_clients
@@ -36,7 +36,7 @@ def _round_trip(strategy, current, client_arrays, metrics, config=None):
     replies = []
     for message in sent:
         cid = strategy.recipient(message).client_id
-        message.metadata.group_id = str(message.metadata.dst_node_id)  # as fl_ee.exchange sends it
+        message.metadata.group_id = str(message.metadata.dst_node_id)  # as fl_ee.wire.exchange sends it
         payload = TrainReply(cid, num_examples=10, train_loss=0.0, **metrics[cid])
         replies.append(reply(message, payload, ArrayRecord(_as_arrays(client_arrays[cid]))))
     new, _ = strategy.aggregate_train(1, replies[::-1])  # arrival order must not matter

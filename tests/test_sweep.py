@@ -12,13 +12,13 @@ import pytest
 from rich.console import Console
 
 from fl_ee.cli import main
-from fl_ee.config import config_to_toml, load_config
-from fl_ee.errors import UserError
-from fl_ee.groups import expand, group_runs
-from fl_ee.observers import Observer
-from fl_ee.rundir import load_run
-from fl_ee.stats import PAIRED, WELCH
-from fl_ee.sweep import SWEEP_JSON, check_existing, plan, run_sweep
+from fl_ee.core.config import config_to_toml, load_config
+from fl_ee.core.errors import UserError
+from fl_ee.results.groups import expand, group_runs
+from fl_ee.results.observers import Observer
+from fl_ee.results.rundir import load_run
+from fl_ee.results.stats import PAIRED, WELCH
+from fl_ee.studies.sweep import SWEEP_JSON, check_existing, plan, run_sweep
 from inprocess import resume_inprocess, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]

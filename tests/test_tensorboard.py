@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.config import load_config
-from fl_ee.errors import UserError
-from fl_ee.tensorboard import SUBDIR, TensorBoardWriter, tensorboard_observers
+from fl_ee.core.config import load_config
+from fl_ee.core.errors import UserError
+from fl_ee.results.tensorboard import SUBDIR, TensorBoardWriter, tensorboard_observers
 
 ROUND = {
     "round": 3,

@@ -1,6 +1,6 @@
 import pytest
 
-from fl_ee.thresholds import Curve, pareto_front, pooled, select
+from fl_ee.deployment.thresholds import Curve, pareto_front, pooled, select
 
 # a hand-made curve: FLOPs fraction and accuracy at five thresholds; the deepest exit scores 0.90
 CURVE = Curve(accuracy=(0.70, 0.85, 0.895, 0.88, 0.90), flops=(0.2, 0.4, 0.6, 0.5, 1.0), deepest=0.90)

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_ee.config import TrainingConfig
-from fl_ee.models import EarlyExitNet, ModelSpec, build_model
-from fl_ee.training import (
+from fl_ee.core.config import TrainingConfig
+from fl_ee.learning.training import (
     EVAL_BATCH,
     accuracy,
     distillation_loss,
@@ -23,6 +22,7 @@ from fl_ee.training import (
     train_exits,
     train_joint,
 )
+from fl_ee.models import EarlyExitNet, ModelSpec, build_model
 
 
 def test_distillation_loss_by_hand():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from fl_ee.config import ModelConfig
-from fl_ee.layout import even_flops_exits
+from fl_ee.core.config import ModelConfig
+from fl_ee.core.layout import even_flops_exits
 from fl_ee.models.flops import block_flops
 from fl_ee.models.spec import ModelSpec
 

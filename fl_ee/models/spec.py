@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fl_ee.layout import default_exits
+from fl_ee.core.layout import default_exits
 
 SMALL_INPUT = 32  # images up to this size get the CIFAR stem (3x3 convolution, stride 1, no max-pool)
 
@@ -18,7 +18,7 @@ Block = list[tuple[str | None, nn.Module]]
 class ModelSpec:
     """A backbone of blocks with an exit after each block number in ``exits`` (1-based).
 
-    ``exits`` empty means the backbone's default placement (:func:`fl_ee.layout.default_exits`).
+    ``exits`` empty means the backbone's default placement (:func:`fl_ee.core.layout.default_exits`).
     """
 
     in_channels: int

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 import torch
 
-from fl_ee.cache import one_line
-from fl_ee.errors import UserError
+from fl_ee.core.cache import one_line
+from fl_ee.core.errors import UserError
 from fl_ee.models.network import EarlyExitNet
 
 KEY = "model.weights"

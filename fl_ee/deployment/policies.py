@@ -1,0 +1,113 @@
+"""Exit policies: at inference a sample leaves at the first exit the policy lets it leave at.
+
+Pure functions over each exit's logits. ``entropy`` and ``max-prob`` compare a
+confidence with a threshold; ``calibrated`` is ``max-prob`` on temperature-scaled logits
+(the caller scales them, :mod:`fl_ee.deployment.calibration`); ``patience`` (PABEE) leaves once
+``patience`` consecutive exits agree on the class. Every policy is also run over a
+fixed grid of thresholds (:func:`policy_grid`), the curve the threshold rules of
+:mod:`fl_ee.deployment.thresholds` choose from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+POLICIES = ("entropy", "max-prob", "calibrated", "patience")
+# thresholds every confidence policy is evaluated at: fine near 0 (entropy) and near 1 (max-prob)
+CONFIDENCE_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99,
+                   0.995, 0.999, 1.0)
+
+
+def policy_grid(policy: str, threshold: float, patience: int, max_depth: int) -> tuple[float, ...]:
+    """The thresholds ``policy`` is evaluated at: patience 1..max_depth, else the confidence grid.
+
+    The configured ``threshold`` (or ``patience``) is always on it, so the ``fixed`` rule
+    is a point of the curve.
+    """
+    if policy == "patience":
+        return tuple(float(p) for p in range(1, max(max_depth, patience) + 1))
+    return tuple(sorted({*CONFIDENCE_GRID, threshold}))
+
+
+def exit_scores(logits: Sequence[torch.Tensor], policy: str) -> torch.Tensor:
+    """(exits, N): what the policy compares with its threshold at each exit.
+
+    ``entropy``: the normalised entropy H(p) / log(K); ``max-prob`` and ``calibrated``:
+    the top class probability; ``patience``: how many consecutive exits up to this one
+    predict this exit's class.
+    """
+    if policy == "patience":
+        predictions = torch.stack([z.argmax(dim=1) for z in logits])
+        streaks = [torch.ones_like(predictions[0])]
+        for i in range(1, len(logits)):
+            streaks.append(torch.where(predictions[i] == predictions[i - 1], streaks[-1] + 1, 1))
+        return torch.stack(streaks)
+    p = [torch.softmax(z.double(), dim=1) for z in logits]
+    if policy == "entropy":
+        return torch.stack([-(q * torch.log(q.clamp_min(1e-300))).sum(dim=1) / math.log(q.shape[1]) for q in p])
+    if policy in ("max-prob", "calibrated"):
+        return torch.stack([q.max(dim=1).values for q in p])
+    raise ValueError(f"unknown exit policy {policy!r}")
+
+
+def exit_choice_from_scores(scores: torch.Tensor, policy: str, threshold: float) -> torch.Tensor:
+    """The exit (0-based) each sample leaves at: the first whose score passes; the last exit takes the rest.
+
+    Entropy passes at most ``threshold``, the others at least (patience: its whole number).
+    """
+    if policy == "entropy":
+        leave = scores <= threshold
+    else:
+        leave = scores >= (round(threshold) if policy == "patience" else threshold)
+    leave[-1] = True
+    return leave.to(torch.uint8).argmax(dim=0)  # the first exit that lets the sample leave
+
+
+def exit_choice(logits: Sequence[torch.Tensor], policy: str, threshold: float) -> torch.Tensor:
+    """The exit (0-based) each sample leaves at under ``policy`` (for ``patience``, threshold = the patience)."""
+    return exit_choice_from_scores(exit_scores(logits, policy), policy, threshold)
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """Outcome of early-exit inference over a test set."""
+
+    accuracy: float
+    expected_flops: float
+    exit_fractions: tuple[float, ...]
+
+
+def adaptive_sweep(
+    logits: Sequence[torch.Tensor], y: torch.Tensor, exit_costs: Sequence[float], policy: str,
+    thresholds: Sequence[float],
+) -> list[AdaptiveResult]:
+    """Accuracy, mean FLOPs per sample and the share leaving at each exit under a policy, at each threshold.
+
+    ``exit_costs[i]`` is the cost of leaving at exit i (stages and heads 1..i).
+    """
+    scores = exit_scores(logits, policy)
+    right = torch.stack([z.argmax(dim=1) == y for z in logits]).double()  # (exits, N)
+    costs = torch.as_tensor(exit_costs, dtype=torch.float64)
+    n = max(len(y), 1)
+    results = []
+    for threshold in thresholds:
+        chosen = exit_choice_from_scores(scores, policy, threshold)
+        counts = torch.bincount(chosen, minlength=len(logits)).double()
+        results.append(AdaptiveResult(
+            accuracy=float(right.gather(0, chosen[None]).sum() / n),
+            expected_flops=float((counts * costs).sum() / n),
+            exit_fractions=tuple(float(c / n) for c in counts),
+        ))
+    return results
+
+
+def overthinking(logits: Sequence[torch.Tensor], y: torch.Tensor) -> float:
+    """Share of samples right at some earlier exit but wrong at the deepest (Kaya et al., SDN)."""
+    if len(logits) < 2 or not len(y):
+        return 0.0
+    right = torch.stack([z.argmax(dim=1) == y for z in logits])
+    return float((right[:-1].any(dim=0) & ~right[-1]).double().mean())

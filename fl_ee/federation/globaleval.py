@@ -1,0 +1,73 @@
+"""The global model's evaluation on the global test set, in slices evaluated side by side.
+
+The server evaluates the global model while the clients evaluate
+(:func:`fl_ee.federation.server.run_federation`); one thread for the whole test set would leave
+cores idle once the clients are done, so :func:`evaluate_global` hands each
+:data:`SLICE_ROWS` rows to one of :func:`slice_threads` threads (torch runs them
+without the GIL), and :func:`global_accuracy` adds their counts up. A slice is a whole number of evaluation
+batches (:data:`fl_ee.learning.training.EVAL_BATCH`), so every image goes through the network in
+the batch it would meet if the whole set were evaluated at once: the figures do not
+depend on the slicing or on the threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+
+from fl_ee.data.datasets import TensorDataset
+from fl_ee.learning.training import EVAL_BATCH, correct, ensemble, exit_logits
+from fl_ee.models import EarlyExitNet, build_model, slice_state
+
+SLICE_ROWS = 4 * EVAL_BATCH
+
+
+@dataclass(frozen=True)
+class SliceCounts:
+    """The global model on some rows of the test set: how many, and how many each exit and their ensemble got right."""
+
+    rows: int
+    exit_correct: tuple[int, ...]
+    ensemble_correct: int
+
+
+def slice_counts(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> SliceCounts:
+    """How many of ``x`` each exit of ``model``, and the exits' ensemble, classify as ``y``."""
+    logits = exit_logits(model, x)
+    return SliceCounts(len(y), tuple(correct(z, y) for z in logits), correct(ensemble(logits), y))
+
+
+def global_accuracy(counts: Sequence[SliceCounts], rows: int) -> dict[str, Any]:
+    """Accuracy over ``rows`` images from their slices' counts: ``by_exit`` (exits 1..depth) and their ``ensemble``."""
+    if sum(c.rows for c in counts) != rows or not counts:
+        raise ValueError(f"the slices cover {sum(c.rows for c in counts)} of {rows} rows")
+    exits = [sum(c.exit_correct[i] for c in counts) for i in range(len(counts[0].exit_correct))]
+    return {"by_exit": {str(i + 1): correct / rows for i, correct in enumerate(exits)},
+            "ensemble": sum(c.ensemble_correct for c in counts) / rows}
+
+
+def slice_threads() -> int:
+    """Slices to evaluate at once: as many as the cores hold at torch's thread count (one each under ``fl-ee run``)."""
+    return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+
+
+def evaluate_global(
+    arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int, threads: Executor
+) -> Callable[[], dict[str, Any]]:
+    """Start evaluating the global ``arrays`` (exits 1..``depth``) on ``data``'s test set, a slice per task.
+
+    Returns a function that waits for ``threads`` to run every slice and gives their
+    :func:`global_accuracy`.
+    """
+    sub = build_model(model.spec, depth)
+    sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
+    x, y = data.test_x, data.test_y
+    parts = [threads.submit(slice_counts, sub, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS])
+             for s in range(0, len(y), SLICE_ROWS)]
+    return lambda: global_accuracy([p.result() for p in parts], len(y))

@@ -1,0 +1,163 @@
+"""``fl-ee check``: what a run will do, from the cost model alone, without Ray or a run directory.
+
+:func:`make_plan` takes a preflighted config and works out, with the functions the run
+itself uses, who is in which tier (``fl_ee.federation.server.make_clients``), how many bytes each depth's slice
+weighs (``sims.emulator.depth_bytes``), each client's training FLOPs and simulated
+round time (``sims.emulator.client_flops`` / ``client_times``), who the strategy
+samples each round (``sample_train``), and how long the rounds last on the virtual
+clock (``DeviceEmulator``: availability, dropouts and the straggler policy). Nothing is
+trained: the estimate assumes no client crashes for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import RenderableType
+from rich.text import Text
+
+from fl_ee.core.config import Config
+from fl_ee.data.datasets import load_dataset
+from fl_ee.federation.server import make_clients
+from fl_ee.learning.scheme import backbone_frozen
+from fl_ee.models import EarlyExitNet, measure_flops
+from fl_ee.results.fit import Col, Sheet
+from sims.clock import OK
+from sims.emulator import DeviceEmulator, client_flops, depth_bytes
+from strategies import build_strategy
+
+PLANNED_ROUNDS = 200  # rounds emulated for the estimate; longer runs are extrapolated from these
+
+
+@dataclass(frozen=True)
+class TierPlan:
+    """One tier's share of the work, per round."""
+
+    name: str
+    depth: int
+    clients: int
+    down_bytes: int  # per client and round: the shared tensors of its depth
+    up_bytes: int  # what it returns in the last round (ic-only: its exits once the backbone is frozen)
+    sampled: float  # clients sent work per round, mean over the emulated rounds
+    train_flops: float  # training FLOPs of the tier's sampled clients per round, mean
+    time_p50_s: float | None  # a client's simulated time in the last round (download + compute + upload), median
+    time_max_s: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole run, estimated."""
+
+    cfg: Config
+    train_samples: int
+    tiers: list[TierPlan]
+    sampled: float  # clients sampled per round, mean
+    trained: float  # of them, online and finishing in time (their update counts), mean
+    round_p50_s: float
+    round_max_s: float
+    virtual_time_s: float  # all rounds, extrapolated beyond PLANNED_ROUNDS
+    planned_rounds: int
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def make_plan(cfg: Config) -> Plan:
+    """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`."""
+    data = load_dataset(cfg.data)
+    clients = make_clients(cfg)
+    model = EarlyExitNet(data.model_spec(cfg.model))
+    flops = measure_flops(model)
+    depths = [t.depth for t in cfg.tiers]
+    steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
+    down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady)
+    work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen) for c in clients}
+            for frozen in {False, steady}}
+    strategy = build_strategy(cfg)
+    strategy.register_clients(clients)
+    emulator = DeviceEmulator(cfg, model, clients)
+
+    planned = min(cfg.rounds, PLANNED_ROUNDS)
+    sampled = {t.name: 0 for t in cfg.tiers}
+    tier_flops = {t.name: 0.0 for t in cfg.tiers}
+    round_times, trained = [], 0
+    for rnd in range(1, planned + 1):
+        chosen = strategy.sample_train(rnd)
+        clock = emulator.begin(rnd, chosen)
+        emulator.settle(clock, [c for c in chosen if clock.runs(c)], {}, keep=strategy.train_quota())
+        round_times.append(clock.round_time_s)
+        trained += sum(outcome == OK for outcome in clock.outcomes.values())
+        for c in chosen:
+            sampled[c.tier] += 1
+            tier_flops[c.tier] += work[backbone_frozen(cfg.training, rnd)][c.client_id]
+
+    tiers = []
+    for tier in cfg.tiers:
+        times = [emulator.times_in(cfg.rounds)[c.client_id].total_s for c in clients if c.tier == tier.name]
+        tiers.append(TierPlan(tier.name, tier.depth, len(times), down[tier.depth], up[tier.depth],
+                              sampled[tier.name] / planned, tier_flops[tier.name] / planned,
+                              _percentile(times, 50), max(times) if times else None))
+    return Plan(cfg, len(data.train_y), tiers, sum(sampled.values()) / planned, trained / planned,
+                float(np.percentile(round_times, 50)), max(round_times),
+                emulator.virtual_time_s * cfg.rounds / planned, planned)
+
+
+# ------------------------------------------------------------------------------ render
+
+
+def _mb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e6:,.3f}"
+
+
+def _gflop(value: float) -> str:
+    return f"{value / 1e9:,.2f}"
+
+
+def _share(fraction: float) -> str:
+    return "all clients" if fraction == 1 else f"{100 * fraction:.3g}% of clients"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def plan_table(plan: Plan) -> Sheet:
+    """Per tier: clients, depth, bytes each way, sampled clients, training GFLOPs and client time per round."""
+    headers = ["tier", "depth", "clients", "down\nMB", "up\nMB", "sampled\n/round", "GFLOP\n/round", "client s\np50",
+               "client s\nmax"]
+    table = Sheet("Plan per tier", [Col(h, "left" if h == "tier" else "right") for h in headers],
+                  groups=[range(1, 5), range(5, 9)])
+    for t in plan.tiers:
+        table.add_row(t.name, str(t.depth), str(t.clients), _mb(t.down_bytes), _mb(t.up_bytes), f"{t.sampled:.1f}",
+                      _gflop(t.train_flops), _s(t.time_p50_s), _s(t.time_max_s))
+    table.add_section()
+    table.add_row("all", "", str(sum(t.clients for t in plan.tiers)), "", "", f"{plan.sampled:.1f}",
+                  _gflop(sum(t.train_flops for t in plan.tiers)), "", "")
+    table.caption = ("bytes per client each round; client s: simulated download + compute + upload of one "
+                     "client (sims/emulator.py)")
+    return table
+
+
+def plan_renderables(plan: Plan) -> list[RenderableType]:
+    """What ``fl-ee check`` prints: the run in a line, the tier table, the virtual clock's estimate."""
+    cfg = plan.cfg
+    d, s, sim = cfg.data, cfg.strategy, cfg.simulation
+    split = {"dirichlet": f"dirichlet alpha {d.alpha:g}", "shards": f"shards, {d.shards_per_client} classes each",
+             "iid": "iid"}[d.partitioner]
+    evaluate = ("no client evaluates (global model only)" if s.fraction_evaluate == 0
+                else f"{_share(s.fraction_evaluate)} evaluate")
+    policy = sim.straggler_policy + (f" {sim.deadline_s:g} s" if sim.straggler_policy == "deadline" else "")
+    extrapolated = (f" (extrapolated from the first {plan.planned_rounds})"
+                    if plan.planned_rounds < cfg.rounds else "")
+    return [
+        Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients ({split}); "
+             f"{cfg.rounds} rounds of {s.name}, {_share(s.fraction_train)} train, {evaluate}; "
+             f"model {cfg.model.backbone} width {cfg.model.width}, depth up to {cfg.max_depth}"),
+        plan_table(plan),
+        Text(f"virtual clock ({policy}): {plan.sampled:.1f} clients sampled per round, {plan.trained:.1f} of them "
+             f"counted; round time p50 {_s(plan.round_p50_s)} s, max {_s(plan.round_max_s)} s; "
+             f"all {cfg.rounds} rounds {_s(plan.virtual_time_s)} s{extrapolated}"),
+    ]

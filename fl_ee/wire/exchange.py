@@ -1,0 +1,171 @@
+"""Clients are virtual, nodes are a pool: how the round loop's messages reach the simulated nodes.
+
+Flower's simulation runtime checks every node for new messages every 0.1 s, each check
+scanning every stored message, so one node per client makes each round cost in the
+number of *registered* clients. fl-ee runs a small pool of nodes instead
+(:func:`sims.engine.pool_size`), and any node acts as any client:
+
+* the strategy addresses each message to a client: its ``dst_node_id`` is the client
+  id (the ``node_id`` of :class:`~strategies.ClientInfo`);
+* :meth:`Exchange.send` puts it on a free node with the client's address
+  (:class:`~fl_ee.wire.protocol.ClientAddress`) and the client's own state (its
+  ``Context.state`` as its last successful call left it), at most one message per node
+  in flight and the most work first, so the last client of a round is a short one;
+* on the node, :func:`as_client` (a ClientApp mod) runs the handler in the client's own
+  context (``node_config["partition-id"]`` is the client id), and sends the state it
+  leaves back with the reply, and the node's own partition id;
+* :meth:`Exchange.send` keeps that state for the client's next message (on disk, in
+  Flower's wire format, so memory does not grow with the clients that have taken part)
+  and returns the replies; each names its client in ``metadata.group_id`` (replies,
+  error replies too, copy it from the message they answer).
+
+Flower's runtime hands the waiting messages to its workers node by node, in the nodes'
+partition-id order (``add_messages_to_queue`` in ``flwr/server/superlink/fleet/vce/vce_api.py``),
+and the ServerApp sees only node ids; so the exchange learns each node's partition id
+from its replies, and puts the costliest messages on the nodes handed out first: the
+workers start on them first. Only the speed depends on it.
+
+A client's results depend on its id, its data and its state, never on the node that
+served it or on the order of the replies.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
+from flwr.serverapp import Grid
+
+from fl_ee.wire.protocol import CLIENT, NODE, STATE, ClientAddress
+
+POLL_S = 0.005  # between pulls for replies (Flower's own grid waits 0.1 s)
+NODE_WAIT_S = 120.0  # for the first simulated node to come up
+
+
+def client_of(message: Message) -> int:
+    """The client a reply (or an outgoing message, once sent) belongs to."""
+    return int(message.metadata.group_id)
+
+
+class Exchange:
+    """Sends the round loop's messages through a pool of nodes and keeps each client's state between calls.
+
+    The states live in a temporary folder, one file per client, removed with the exchange.
+    """
+
+    def __init__(self, grid: Grid, num_clients: int) -> None:
+        self.grid = grid
+        self.num_clients = num_clients
+        self._folder = tempfile.TemporaryDirectory(prefix="fl-ee-clients-")
+        self._partition: dict[int, int] = {}  # node id -> the node's partition id, as its replies tell
+
+    def _state_file(self, client: int) -> Path:
+        return Path(self._folder.name) / f"{client}.pb"
+
+    def state_of(self, client: int) -> RecordDict:
+        """The client's own ``Context.state`` as its last successful call left it (empty before its first)."""
+        path = self._state_file(client)
+        if not path.exists():
+            return RecordDict()
+        proto = RecordDictProto()
+        proto.ParseFromString(path.read_bytes())
+        return recorddict_from_proto(proto)
+
+    def _nodes(self) -> list[int]:
+        deadline = time.monotonic() + NODE_WAIT_S
+        while not (nodes := sorted(self.grid.get_node_ids())):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no simulated node came up in {NODE_WAIT_S:.0f}s")
+            time.sleep(POLL_S)
+        return nodes
+
+    def _address(self, message: Message, node: int) -> None:
+        """Re-address a message for client ``dst_node_id`` to ``node``, with the client's address and state."""
+        client = message.metadata.dst_node_id
+        message.metadata.group_id = str(client)
+        message.metadata.dst_node_id = node
+        message.content[CLIENT] = ClientAddress(client, self.num_clients).to_record()
+        for key, record in self.state_of(client).items():
+            message.content[STATE + key] = record
+
+    def _keep_state(self, reply: Message, node: int) -> None:
+        """Take the client's state, and the partition id of the ``node`` that answered, out of a reply; keep both.
+
+        A failed call changes nothing.
+        """
+        if reply.has_error():
+            return
+        if NODE in reply.content:
+            self._partition[node] = int(reply.content.config_records[NODE][PARTITION_ID_KEY])  # type: ignore[arg-type]
+            del reply.content[NODE]
+        keys = [k for k in reply.content.keys() if k.startswith(STATE)]
+        state = RecordDict({k.removeprefix(STATE): reply.content[k] for k in keys})
+        self._state_file(client_of(reply)).write_bytes(recorddict_to_proto(state).SerializeToString())
+        for key in keys:
+            del reply.content[key]
+
+    def send(self, messages: Iterable[Message], work: Callable[[Message], float] | None = None) -> list[Message]:
+        """Send every message (addressed to a client id) and return the replies, in arrival order.
+
+        ``work`` estimates a message's cost; the costliest go out first (ties in the
+        given order). Messages the grid refuses get no reply, as with Flower's
+        ``send_and_receive``.
+        """
+        pending = sorted(messages, key=work, reverse=True) if work else list(messages)
+        pending.reverse()  # popped from the end
+        free = self._nodes()
+        in_flight: dict[str, int] = {}  # message id -> node
+        replies: list[Message] = []
+        while pending or in_flight:
+            free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
+            batch = []
+            while pending and free:
+                message, node = pending.pop(), free.pop()
+                self._address(message, node)
+                batch.append(message)
+            if batch:
+                pushed = set(self.grid.push_messages(batch))
+                for message in batch:
+                    if message.metadata.message_id in pushed:
+                        in_flight[message.metadata.message_id] = message.metadata.dst_node_id
+                    else:
+                        free.append(message.metadata.dst_node_id)
+            pulled = list(self.grid.pull_messages(list(in_flight))) if in_flight else []
+            for reply in pulled:
+                node = in_flight.pop(reply.metadata.reply_to_message_id)
+                free.append(node)
+                self._keep_state(reply, node)
+                replies.append(reply)
+            if not pulled and in_flight:
+                time.sleep(POLL_S)
+        return replies
+
+
+def as_client(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: handle ``message`` as the client it names, in that client's own context.
+
+    The node's context is left as it was; the state the handler leaves travels back
+    with the reply (:class:`Exchange` keeps it for the client's next message).
+    """
+    address = ClientAddress.from_record(message.content.config_records[CLIENT])
+    state_keys = [k for k in message.content.keys() if k.startswith(STATE)]
+    state = RecordDict({k.removeprefix(STATE): message.content[k] for k in state_keys})
+    for key in [CLIENT, *state_keys]:
+        del message.content[key]
+    own = Context(run_id=context.run_id, node_id=context.node_id,
+                  node_config={PARTITION_ID_KEY: address.client_id, NUM_PARTITIONS_KEY: address.num_clients},
+                  state=state, run_config=context.run_config)
+    reply = call_next(message, own)
+    if reply.has_content():
+        for key, record in own.state.items():
+            reply.content[STATE + key] = record
+        if PARTITION_ID_KEY in context.node_config:  # Flower's simulation gives every node one
+            reply.content[NODE] = ConfigRecord({PARTITION_ID_KEY: context.node_config[PARTITION_ID_KEY]})
+    return reply
