@@ -1,6 +1,6 @@
 """Server-side aggregation: ``DepthAwareStrategy`` (the plug-in point) and shipped strategies."""
 
-import fl_ee  # noqa: F401, I001  (first: it keeps Flower's telemetry off before flwr loads)
+import fl_ee.core  # noqa: F401, I001  (first: fl_ee keeps Flower's telemetry off before flwr loads)
 from strategies.aggregation import holder_aggregate, weighted_mean
 from strategies.base import ClientInfo, DepthAwareStrategy, OptionError, check_option
 from strategies.depthfl import DepthFL

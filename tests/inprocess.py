@@ -176,6 +176,7 @@ def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0
     run_dir = RunDir.create(out)
     with InProcessGrid(nodes, seed=seed, order=order) as grid:
         summary = run_federation(grid, cfg, [run_dir, *observers], Checkpoints(out) if checkpoints else None)
+    check_schema(run_dir.path)
     return grid, summary
 
 
@@ -188,7 +189,16 @@ def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED)
     resume = prepare_resume(out, parse_overrides(list(overrides)))
     with InProcessGrid(NODES, seed=seed, order=order) as grid:
         summary = run_federation(grid, resume.cfg, [resume.run_dir], resume.checkpoints)
+    check_schema(resume.run_dir.path)
     return grid, summary
+
+
+def check_schema(run_dir) -> None:
+    """Every summary an in-process run writes must match the documented schema (fl_ee.results.schema)."""
+    from fl_ee.results.rundir import SUMMARY
+    from fl_ee.results.schema import Summary
+
+    Summary.model_validate_json((run_dir / SUMMARY).read_text())
 
 
 def counting_app(fail: int | None = None, mods: Sequence[Callable[..., Message]] = ()) -> ClientApp:

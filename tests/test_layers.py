@@ -17,7 +17,7 @@ PACKAGES = ("fl_ee", "strategies", "partitions", "sims")
 
 # lowest first; a module belongs to the first entry that is it or its package
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("fl_ee", "fl_ee.core", "sims.devices"),
+    ("fl_ee.core", "sims.devices"),
     ("fl_ee.models",),
     ("fl_ee.data", "partitions"),
     ("fl_ee.learning",),
@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fl_ee.results",),
     ("fl_ee.federation", "sims.backend", "sims.engine", "sims.stopping", "sims"),
     ("fl_ee.studies",),
-    ("fl_ee.cli",),
+    ("fl_ee.api",),
+    ("fl_ee.cli", "fl_ee"),  # the package itself: the API's names, imported on first use
 )
 
 

@@ -1,4 +1,4 @@
-"""Plots of a run directory (matplotlib, Agg): one colour per tier, the same in every plot.
+"""Plots of a run directory (matplotlib figures, no pyplot): one colour per tier, the same in every plot.
 
 Each plot is a function of a :class:`~fl_ee.results.report.Run` returning a figure, or raising
 :class:`Skip` with the reason when the run has no data for it (an unfinished run has no
@@ -19,8 +19,6 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fl_ee.results.rundir import CLIENTS, Run, get
-
-matplotlib.use("Agg")
 
 OUTCOME_HATCHES = {"ok": "", "late": "//", "unavailable": "..", "failed": "xx"}
 NO_CLOCK = "no virtual clock in rounds.jsonl (device emulation was off)"

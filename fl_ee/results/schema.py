@@ -1,0 +1,211 @@
+"""The schema of ``summary.json``: typed pydantic models, and the JSON Schema they give.
+
+:func:`fl_ee.results.summary.build_summary` writes the file; :class:`Summary` reads it back
+typed (the Python API's ``Run.summary``), and ``Summary.model_json_schema()`` is the JSON
+Schema the documentation ships. Accuracies are fractions in [0, 1]; ``None`` (JSON
+``null``) is a figure that no client could give (a tier nobody evaluated, an exit no
+client holds). Maps keyed by exit use the exit's number from 1 as a string (``"1"``);
+maps keyed by tier use the tier's name. Every model refuses keys it does not know, so a
+summary that drifts from this schema fails its tests rather than a user's notebook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fraction = float | None
+ByExit = dict[str, Fraction]
+ByTier = dict[str, Fraction]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Personalised(_Strict):
+    """Each evaluated client's personalised accuracy, averaged: by tier, by exit, adaptive and ensemble."""
+
+    mean: Fraction = Field(description="mean over clients of the accuracy at each client's deepest exit")
+    by_tier: ByTier
+    by_exit: ByExit = Field(description="mean over the clients that hold the exit")
+    adaptive_accuracy: Fraction = Field(description="under the configured exit policy")
+    expected_flops: float | None = Field(description="FLOPs per sample under the configured exit policy")
+    evaluated_clients: int
+    by_tier_exit: dict[str, ByExit]
+    adaptive_by_tier: ByTier
+    ensemble: Fraction = Field(description="the average of the client's exits' softmax outputs")
+    ensemble_by_tier: ByTier
+
+
+class GlobalAccuracy(_Strict):
+    """The global model's accuracy on the whole test set, per exit and for the exits' ensemble."""
+
+    by_exit: ByExit = Field(default_factory=dict)
+    ensemble: Fraction = None
+
+
+class Accuracy(_Strict):
+    """``accuracy``: the personalised figures (clients' own data) and the global model's."""
+
+    personalised: Personalised
+    global_: GlobalAccuracy = Field(alias="global")
+
+
+class Fairness(_Strict):
+    """``fairness``: the spread of per-client accuracy at each client's deepest exit."""
+
+    mean: Fraction
+    std: Fraction
+    min: Fraction
+    worst10: Fraction = Field(description="mean of the worst 10% of clients")
+    best10: Fraction = Field(description="mean of the best 10% of clients")
+    jain: Fraction = Field(description="Jain's index (sum x)^2 / (n sum x^2)")
+    gini: Fraction
+    by_tier: ByTier
+    tier_gap: Fraction = Field(description="best tier's mean minus worst tier's")
+
+
+class TierEfficiency(_Strict):
+    """Where samples leave under the configured exit policy, and what that saves."""
+
+    exit_distribution: ByExit
+    expected_flops: float | None
+    flops_saving: Fraction = Field(description="1 - expected FLOPs / FLOPs of the deepest exit held")
+
+
+class Efficiency(TierEfficiency):
+    """``efficiency``: :class:`TierEfficiency` over every evaluated client, and by tier."""
+
+    by_tier: dict[str, TierEfficiency | None]
+
+
+class PolicyFigures(_Strict):
+    """A deployed policy's figures: accuracy, FLOPs per sample, saving and latency on the tier's device."""
+
+    accuracy: Fraction
+    expected_flops: float | None
+    flops_saving: Fraction
+    latency_ms: float | None
+
+
+class PolicyEntry(PolicyFigures):
+    """:class:`PolicyFigures` over every evaluated client and by tier."""
+
+    by_tier: dict[str, PolicyFigures | None]
+
+
+class PolicyRow(PolicyEntry):
+    """One exit policy with one threshold rule and scope."""
+
+    policy: str
+    thresholds: str
+    scope: str
+    drop: float | None = Field(description="accuracy lost against the deepest exit")
+
+
+class Policies(_Strict):
+    """``policies``: the deepest exit, then every policy x threshold rule x scope."""
+
+    deepest: PolicyEntry
+    rows: list[PolicyRow]
+
+
+class Anytime(PolicyEntry):
+    """The configured exit policy as deployed."""
+
+    policy: str
+    thresholds: str
+    scope: str
+    drop: float | None
+    exit_distribution: ByExit
+
+
+class SubnetExit(_Strict):
+    """One exit used alone."""
+
+    accuracy: Fraction
+    flops: float | None
+
+
+class Subnet(_Strict):
+    """Each exit used alone, over every evaluated client and by tier."""
+
+    by_exit: dict[str, SubnetExit]
+    by_tier: dict[str, dict[str, SubnetExit] | None]
+
+
+class Deployment(_Strict):
+    """``deployment``: each exit alone (subnet), the configured policy (anytime), its curves (budgeted)."""
+
+    subnet: Subnet
+    anytime: Anytime
+    budgeted: dict[str, dict[str, Any]] = Field(
+        description="by_tier: tier -> {curves: policy -> {thresholds, accuracy, expected_flops}, pareto: [[policy, "
+                    "index], ...]} (null for a tier nobody evaluated)")
+
+
+class CalibrationFigures(_Strict):
+    """Expected calibration error before and after temperature scaling, and overthinking."""
+
+    ece: Fraction
+    ece_calibrated: Fraction
+    overthinking: Fraction = Field(description="share of samples an earlier exit got right but the deepest got wrong")
+
+
+class Calibration(CalibrationFigures):
+    """``calibration``: :class:`CalibrationFigures` pooled, per exit and by tier, with the reliability bins."""
+
+    ece_by_exit: ByExit
+    ece_calibrated_by_exit: ByExit
+    temperature_by_exit: dict[str, float | None]
+    reliability: dict[str, list[list[float]] | None] = Field(
+        description="before / after: per confidence bin, [samples, right answers, summed confidence]")
+    by_tier: dict[str, CalibrationFigures | None]
+
+
+class Clients(_Strict):
+    """``clients``: how many clients the run has, in total and by tier."""
+
+    total: int
+    by_tier: dict[str, int]
+
+
+class RoundTimes(_Strict):
+    """Percentiles of the round time on the virtual clock, in seconds."""
+
+    p50: float | None
+    p90: float | None
+    max: float | None
+
+
+class Stragglers(_Strict):
+    """``stragglers``: round times, late and dropped updates, participation by tier."""
+
+    round_time_s: RoundTimes
+    late_fraction: Fraction
+    dropped_updates: int
+    unavailable: int
+    participation_by_tier: ByTier
+    wasted_compute_s: float
+    outcomes_by_tier: dict[str, dict[str, int]] = Field(description="tier -> outcome -> clients (sampled, ok, ...)")
+
+
+class Summary(_Strict):
+    """``summary.json``: a finished run's final figures."""
+
+    accuracy: Accuracy
+    fairness: Fairness
+    efficiency: Efficiency
+    policies: Policies
+    deployment: Deployment
+    calibration: Calibration
+    clients: Clients
+    rounds: int
+    seed: int
+    virtual_time_s: float
+    time_to_accuracy_s: float | None = Field(description="virtual time at which the personalised mean first "
+                                                         "reached simulation.target_accuracy")
+    stragglers: Stragglers
+    warnings: list[str] = Field(description="what makes the run degenerate, one line each")
