@@ -15,7 +15,8 @@ from fl_ee.core.errors import UserError
 from fl_ee.results.schema import Summary
 from inprocess import run_inprocess
 
-TINY = ["rounds=3", "eval_every=1", "data.num_clients=6"]
+TINY = ["rounds=3", "eval_every=1", "data.num_clients=6", "training.local_epochs=1", "training.batch_size=64",
+        "personalisation.epochs=1"]
 
 
 @pytest.fixture(scope="module")

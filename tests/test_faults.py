@@ -23,7 +23,8 @@ from inprocess import InProcessGrid
 # every device always online and never dropping out, so every outcome below is the server's doing
 RELIABLE = [f"tiers.{i}.{key}={value}" for i in range(3)
             for key, value in (("availability", 1.0), ("failure_rate", 0.0))]
-TINY = ["rounds=4", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0", *RELIABLE]
+TINY = ["rounds=4", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0", *RELIABLE,
+        "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
 
 
 def _strict(text: str) -> list[dict]:
@@ -89,7 +90,7 @@ def test_json_files_never_hold_nan_and_say_which_values_were_not_finite():
 
 def test_a_diverging_run_rejects_every_update_and_stops_keeping_valid_json(tmp_path):
     with pytest.raises(Diverged, match=r"rounds 1-2 \(simulation.max_bad_rounds = 2\)"):
-        _run(tmp_path, ["training.lr=1e6", "simulation.max_bad_rounds=2"])
+        _run(tmp_path, ["training.lr=1e6", "training.batch_size=16", "simulation.max_bad_rounds=2"])
     run = tmp_path / "run"
     records = _strict((run / "rounds.jsonl").read_text())
     assert [r["round"] for r in records] == [1, 2]

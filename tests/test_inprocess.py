@@ -10,7 +10,8 @@ from flwr.common.constant import ErrorCode
 from fl_ee.core.config import load_config
 from inprocess import REVERSED, InProcessGrid, counting_app, run_inprocess
 
-TINY = ["rounds=2", "eval_every=1", "data.num_clients=6"]
+TINY = ["rounds=2", "eval_every=1", "data.num_clients=6",
+        "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
 
 
 @pytest.fixture(scope="module")

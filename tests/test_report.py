@@ -15,7 +15,8 @@ from fl_ee.results.plots import PLOTS
 from fl_ee.results.report import best_of
 from inprocess import run_inprocess
 
-TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0"]
+TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "strategy.fraction_train=1.0",
+        "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
 DEADLINE = ["rounds=2", "eval_every=1", "simulation.straggler_policy=deadline"]
 
 

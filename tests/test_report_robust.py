@@ -17,7 +17,8 @@ from fl_ee.results.report import compare_table, report_renderables, tier_table
 from fl_ee.results.rundir import load_run
 from inprocess import run_inprocess
 
-TINY = ["rounds=2", "data.num_clients=4", "eval_every=2"]
+TINY = ["rounds=2", "data.num_clients=4", "eval_every=2",
+        "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
 OFFLINE = [f"tiers.{i}.availability=0" for i in range(3)]
 
 
