@@ -4,18 +4,26 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint flwr-run clean
+.PHONY: run test lint docs docs-build flwr-run clean
 
 run: $(STAMP)
 	$(VENV)/bin/fl-ee run
 
-test: lint
+test: lint docs-build
 	$(VENV)/bin/python -m pytest -q
 
 # Lint (ruff) and type-check (mypy), as CI does before the tests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The documentation site (MkDocs, Material): `make docs` serves it on http://127.0.0.1:8000,
+# `make docs-build` builds it into build/site, failing on any broken link or reference (as CI does).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The same apps under Flower's CLI: a local SuperLink in simulation mode (started on
 # first use, on 127.0.0.1:39091) runs them with this venv's packages. NODES simulated
@@ -33,4 +41,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build

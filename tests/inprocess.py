@@ -24,10 +24,12 @@ Messages are delivered synchronously in ``push_messages``; ``pull_messages`` ret
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from uuid import UUID
 
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -193,12 +195,19 @@ def resume_inprocess(out, overrides=(), *, seed: int = 0, order: str = SHUFFLED)
     return grid, summary
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "reference" / "summary.schema.json"
+
+
 def check_schema(run_dir) -> None:
-    """Every summary an in-process run writes must match the documented schema (fl_ee.results.schema)."""
+    """Every summary an in-process run writes must match the documented schema: the JSON Schema file and its models."""
+    import jsonschema
+
     from fl_ee.results.rundir import SUMMARY
     from fl_ee.results.schema import Summary
 
-    Summary.model_validate_json((run_dir / SUMMARY).read_text())
+    text = (run_dir / SUMMARY).read_text()
+    jsonschema.validate(json.loads(text), json.loads(SCHEMA.read_text()))
+    Summary.model_validate_json(text)
 
 
 def counting_app(fail: int | None = None, mods: Sequence[Callable[..., Message]] = ()) -> ClientApp:

@@ -28,22 +28,22 @@ class Personalised(_Strict):
     """Each evaluated client's personalised accuracy, averaged: by tier, by exit, adaptive and ensemble."""
 
     mean: Fraction = Field(description="mean over clients of the accuracy at each client's deepest exit")
-    by_tier: ByTier
+    by_tier: ByTier = Field(description="``mean`` over each tier's clients")
     by_exit: ByExit = Field(description="mean over the clients that hold the exit")
     adaptive_accuracy: Fraction = Field(description="under the configured exit policy")
     expected_flops: float | None = Field(description="FLOPs per sample under the configured exit policy")
-    evaluated_clients: int
-    by_tier_exit: dict[str, ByExit]
-    adaptive_by_tier: ByTier
+    evaluated_clients: int = Field(description="clients with an evaluation (their latest counts)")
+    by_tier_exit: dict[str, ByExit] = Field(description="``by_exit`` over each tier's clients")
+    adaptive_by_tier: ByTier = Field(description="``adaptive_accuracy`` over each tier's clients")
     ensemble: Fraction = Field(description="the average of the client's exits' softmax outputs")
-    ensemble_by_tier: ByTier
+    ensemble_by_tier: ByTier = Field(description="``ensemble`` over each tier's clients")
 
 
 class GlobalAccuracy(_Strict):
     """The global model's accuracy on the whole test set, per exit and for the exits' ensemble."""
 
-    by_exit: ByExit = Field(default_factory=dict)
-    ensemble: Fraction = None
+    by_exit: ByExit = Field(default_factory=dict, description="each exit of the full-depth global model")
+    ensemble: Fraction = Field(None, description="the average of the global exits' softmax outputs")
 
 
 class Accuracy(_Strict):
@@ -56,22 +56,22 @@ class Accuracy(_Strict):
 class Fairness(_Strict):
     """``fairness``: the spread of per-client accuracy at each client's deepest exit."""
 
-    mean: Fraction
-    std: Fraction
-    min: Fraction
+    mean: Fraction = Field(description="mean over clients")
+    std: Fraction = Field(description="standard deviation over clients")
+    min: Fraction = Field(description="the worst client")
     worst10: Fraction = Field(description="mean of the worst 10% of clients")
     best10: Fraction = Field(description="mean of the best 10% of clients")
     jain: Fraction = Field(description="Jain's index (sum x)^2 / (n sum x^2)")
-    gini: Fraction
-    by_tier: ByTier
+    gini: Fraction = Field(description="Gini coefficient of the clients' accuracies")
+    by_tier: ByTier = Field(description="mean over each tier's clients")
     tier_gap: Fraction = Field(description="best tier's mean minus worst tier's")
 
 
 class TierEfficiency(_Strict):
     """Where samples leave under the configured exit policy, and what that saves."""
 
-    exit_distribution: ByExit
-    expected_flops: float | None
+    exit_distribution: ByExit = Field(description="share of test samples leaving at each exit")
+    expected_flops: float | None = Field(description="FLOPs per sample")
     flops_saving: Fraction = Field(description="1 - expected FLOPs / FLOPs of the deepest exit held")
 
 
@@ -168,8 +168,8 @@ class Calibration(CalibrationFigures):
 class Clients(_Strict):
     """``clients``: how many clients the run has, in total and by tier."""
 
-    total: int
-    by_tier: dict[str, int]
+    total: int = Field(description="clients in the run")
+    by_tier: dict[str, int] = Field(description="clients in each tier")
 
 
 class RoundTimes(_Strict):
@@ -184,11 +184,11 @@ class Stragglers(_Strict):
     """``stragglers``: round times, late and dropped updates, participation by tier."""
 
     round_time_s: RoundTimes
-    late_fraction: Fraction
-    dropped_updates: int
-    unavailable: int
-    participation_by_tier: ByTier
-    wasted_compute_s: float
+    late_fraction: Fraction = Field(description="late updates over sampled client-rounds")
+    dropped_updates: int = Field(description="updates started but not aggregated: late + failed + rejected")
+    unavailable: int = Field(description="sampled clients that were offline")
+    participation_by_tier: ByTier = Field(description="share of a tier's sampled clients whose update was aggregated")
+    wasted_compute_s: float = Field(description="simulated seconds of training whose update did not count")
     outcomes_by_tier: dict[str, dict[str, int]] = Field(description="tier -> outcome -> clients (sampled, ok, ...)")
 
 
@@ -202,10 +202,21 @@ class Summary(_Strict):
     deployment: Deployment
     calibration: Calibration
     clients: Clients
-    rounds: int
-    seed: int
-    virtual_time_s: float
+    rounds: int = Field(description="rounds run")
+    seed: int = Field(description="the run's seed")
+    virtual_time_s: float = Field(description="the virtual clock at the end of the run, in seconds")
     time_to_accuracy_s: float | None = Field(description="virtual time at which the personalised mean first "
                                                          "reached simulation.target_accuracy")
     stragglers: Stragglers
     warnings: list[str] = Field(description="what makes the run degenerate, one line each")
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of ``summary.json`` as the documentation ships it (``docs/reference/summary.schema.json``)."""
+    import json
+
+    return json.dumps(Summary.model_json_schema(by_alias=True), indent=2) + "\n"
+
+
+if __name__ == "__main__":  # python -m fl_ee.results.schema > docs/reference/summary.schema.json
+    print(json_schema_text(), end="")
