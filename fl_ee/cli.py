@@ -292,7 +292,9 @@ def print_model(cfg: Config) -> None:
 
     from fl_ee.data import load_dataset
     from fl_ee.models import build_model, exit_table
+    from fl_ee.preflight import check_model
 
+    check_model(cfg)  # a network too large for this machine, or too narrow for its images: one line
     data = load_dataset(cfg.data)
     model = build_model(data.model_spec(cfg.model))
     m = cfg.model

@@ -34,7 +34,7 @@ from fl_ee.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of,
 from fl_ee.rundir import RunDir, client_row, default_run_dir
 from fl_ee.scheme import backbone_frozen, returned_state
 from fl_ee.seeding import Stream, derive_seed
-from fl_ee.summary import Evaluation, build_summary, personalised_summary, with_deployed_thresholds
+from fl_ee.summary import Evaluation, build_summary, personalised_summary, run_warnings, with_deployed_thresholds
 from fl_ee.tensorboard import tensorboard_observers
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
@@ -242,7 +242,7 @@ def run_federation(
                 observer.after_state(state, strategy)
 
     summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at)
-    for line in summary["warnings"]:
+    for line in run_warnings(state.clocks):  # the config's were said before the run
         warn(line)
     rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]
     for observer in observers:
