@@ -291,8 +291,10 @@ def print_model(cfg: Config) -> None:
     from rich.table import Table
 
     from fl_ee.data.datasets import load_dataset
+    from fl_ee.federation.preflight import check_model
     from fl_ee.models import build_model, exit_table
 
+    check_model(cfg)  # a network too large for this machine, or too narrow for its images: one line
     data = load_dataset(cfg.data)
     model = build_model(data.model_spec(cfg.model))
     m = cfg.model

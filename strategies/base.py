@@ -59,8 +59,8 @@ def check_option(ok: bool, option: str, message: str) -> None:
 
 
 def is_number(value: Any) -> bool:
-    """An int or float option value (booleans are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float option value (booleans, NaN and infinity are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
 
 
 def _scalar(value: object) -> float:

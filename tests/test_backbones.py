@@ -1,5 +1,10 @@
 """Backbones, exit placement, exit heads and start-up weights, against hand-computed values."""
 
+import pickle
+import random
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -8,7 +13,7 @@ from fl_ee.cli import main
 from fl_ee.core.config import config_from_dict, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.core.layout import block_count, even_flops_exits
-from fl_ee.federation.preflight import preflight
+from fl_ee.federation.preflight import machine_memory, preflight
 from fl_ee.models import ModelSpec, block_index, build_model, load_weights, measure_flops, parameter_count, slice_state
 
 TINY_RESNET = ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1, 1))
@@ -186,8 +191,62 @@ def test_weights_that_do_not_fit_are_one_line(saved, tmp_path):
             preflight(load_config(None, {"model.weights": str(path), **overrides}))
         assert str(info.value) == f"model.weights: {message}"
     (tmp_path / "junk.pt").write_text("not a tensor file")
-    with pytest.raises(UserError, match="junk.pt: not a torch state-dict file"):
+    with pytest.raises(UserError, match="junk.pt: not a state-dict file fl-ee can read safely"):
         preflight(load_config(None, {"model.weights": str(tmp_path / "junk.pt")}))
+
+
+def touch(path: Path) -> None:
+    """What :class:`Payload` runs when it is unpickled."""
+    path.touch()
+
+
+class Payload:
+    """Unpickled, it would create ``marker``: code a weights file must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return touch, (self.marker,)
+
+
+def test_weights_that_hold_code_or_random_bytes_are_one_line_that_keeps_the_safe_loader(tmp_path, capsys):
+    marker, control = tmp_path / "ran", tmp_path / "control"
+    pickle.loads(pickle.dumps(Payload(control)))
+    assert control.exists()  # the payload is real: pickle runs it
+    (tmp_path / "payload.pkl").write_bytes(pickle.dumps(Payload(marker)))  # a bare pickle, protocol 4
+    torch.save({"stages.0.0.weight": torch.zeros(1), "x": Payload(marker)}, tmp_path / "payload.pt")  # torch's zip
+    (tmp_path / "random.pt").write_bytes(random.Random(0).randbytes(4096))
+    (tmp_path / "text.pt").write_text("hello\n")
+    not_tensors = "it is not a torch.save file of tensors"
+    for name, why in [("payload.pkl", not_tensors), ("payload.pt", f"it holds {__name__}.touch"),
+                      ("random.pt", not_tensors), ("text.pt", not_tensors)]:
+        path = tmp_path / name
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["check", "--set", "model.width=4", "--set", f"model.weights={path}"]) == 2
+        assert capsys.readouterr().err == (
+            f"fl-ee: error: model.weights: {path}: not a state-dict file fl-ee can read safely ({why}; fl-ee loads "
+            f"tensors only, never other objects); save the weights with torch.save(model.state_dict(), PATH)\n")
+        assert caught == []  # torch's UserWarnings are not passed on
+    assert not marker.exists()  # nothing was unpickled
+
+
+def test_a_network_too_wide_for_this_machine_says_lower_the_width_and_what_it_needs(capsys):
+    message = (f"model.width: a cnn of width 100000 needs 9,362.3 GB for its weights alone (4 bytes per parameter), "
+               f"more than this machine's {machine_memory() / 1e9:,.1f} GB of memory; lower model.width")
+    with pytest.raises(UserError) as info:  # what fl-ee run and check say, in their preflight
+        preflight(load_config(None, {"model.width": 100_000}))
+    assert str(info.value) == message
+    assert main(["list", "model", "--set", "model.width=100000"]) == 2
+    assert capsys.readouterr().err == f"fl-ee: error: {message}\n"
+
+
+def test_a_network_too_narrow_for_its_exits_says_raise_the_width(capsys):
+    assert main(["check", "--set", "model.width=1", "--set", "model.exit_head=linear"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fl-ee: error: model.width: a cnn of width 1 cannot run on 8x8 images (")
+    assert err.endswith("); raise model.width\n") and err.count("\n") == 1
 
 
 def test_cli_refuses_an_exit_past_the_backbone_in_one_line(capsys):

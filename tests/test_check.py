@@ -18,6 +18,8 @@ from strategies import ClientInfo
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "data.num_clients=6", "--set", "rounds=3"]
+WARMUP_PAST_THE_RUN = ("fl-ee: warning: training.kd_warmup_rounds = 8 is past the last round (3): distillation "
+                       "(last-exit) never starts, so the run trains as with training.distillation = none\n")
 
 
 def _check(capsys, *args: str) -> tuple[int, str, str]:
@@ -28,7 +30,7 @@ def _check(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_check_prints_the_plan_of_the_quickstart(capsys):
     code, out, err = _check(capsys, *SMALL)
-    assert code == 0 and err == ""
+    assert code == 0 and err == WARMUP_PAST_THE_RUN  # the preset's warm-up is 8 rounds
     for text in ("config ok: digits", "Plan per tier", "iot", "phone", "laptop", "virtual clock (wait)"):
         assert text in out
 
@@ -106,13 +108,66 @@ def test_a_tier_without_clients_is_a_warning(capsys):
 
 
 def test_tiers_never_online_are_warnings():
-    cfg = load_config(None, {"tiers.0.availability": 0})
+    cfg = load_config(None, {"tiers.0.availability": 0, "tiers.2.failure_rate": 1})
     assert config_warnings(cfg) == ["tier 'iot' has availability 0: its clients will never train; "
-                                    "raise tiers.0.availability"]
-    cfg = load_config(None, {f"tiers.{i}.availability": 0 for i in range(3)})
-    assert config_warnings(cfg) == ["every tier has availability 0: no client will ever train, "
-                                    "so the run will not be a result"]
+                                    "raise tiers.0.availability",
+                                    "tier 'laptop' has failure_rate 1: its clients always drop out before they "
+                                    "report; lower tiers.2.failure_rate"]
+    cfg = load_config(None, {"tiers.0.availability": 0, "tiers.1.availability": 0, "tiers.2.failure_rate": 1})
+    assert config_warnings(cfg) == ["no tier's clients ever finish a round (availability 0 or failure_rate 1): "
+                                    "no client will ever train, so the run will not be a result"]
     assert config_warnings(load_config(None)) == []
+
+
+SAME_AS_NONE = "so the run trains as with training.distillation = none"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lines"),
+    [
+        ({"rounds": 3}, [f"training.kd_warmup_rounds = 8 is past the last round (3): distillation (last-exit) never "
+                         f"starts, {SAME_AS_NONE}"]),
+        ({"rounds": 8}, []),  # the 8th round distils
+        ({"rounds": 3, "training.distillation": "none"}, []),  # nothing switched on, nothing to say
+        ({"training.distillation": "mutual", "training.kd_weight": 0},
+         [f"training.kd_weight = 0: distillation (mutual) adds nothing, {SAME_AS_NONE}"]),
+        ({f"tiers.{i}.depth": 1 for i in range(3)},
+         [f"every client holds one exit: distillation (last-exit) needs two, {SAME_AS_NONE}"]),
+        ({"training.exit_weights": [0, 0, 0, 0]},
+         ["training.exit_weights [0.0, 0.0, 0.0, 0.0] are 0 at every exit the clients hold: no loss reads a label, "
+          "so every exit stays at chance"]),
+        ({"training.exit_weights": [0, 0, 0, 1]},
+         ["tier 'iot' learns no labels: training.exit_weights are 0 at its exits 1-2",
+          "tier 'phone' learns no labels: training.exit_weights are 0 at its exits 1-3"]),
+        ({"training.exit_weights": [0, 0, 1, 1], "data.num_clients": 2, "tiers.0.share": 0.1, "tiers.1.share": 0.6},
+         ["tier 'iot' gets no client (share 0.1 of 2 clients); raise tiers.0.share or data.num_clients"]),
+        ({"exit_policy.calibration_fraction": 0.95},
+         ["exit_policy.calibration_fraction = 0.95 holds out 95% of each client's training samples to calibrate: "
+          "clients train on 5% of them"]),
+        ({"exit_policy.calibration_fraction": 0.49}, []),
+        ({"simulation.straggler_policy": "overselect", "simulation.overcommit": 0},
+         ["simulation.overcommit = 0: overselect samples no extra client, so the run is the same as with "
+          "straggler_policy = wait"]),
+        ({"strategy.fraction_evaluate": 0, "simulation.target_accuracy": 0.9},
+         ["personalisation.mode = exits is never measured: no client evaluates (strategy.fraction_evaluate = 0), so "
+          "the summary has the global model only",
+          "simulation.target_accuracy is never reached: no client evaluates (strategy.fraction_evaluate = 0), so "
+          "time_to_accuracy_s stays null"]),
+        ({"strategy.fraction_evaluate": 0, "personalisation.mode": "none"}, []),
+    ],
+)
+def test_settings_that_cannot_take_effect_or_leave_nothing_to_train_are_warnings(overrides, lines):
+    assert config_warnings(load_config(None, overrides)) == lines
+
+
+def test_ic_only_with_every_round_training_the_backbone_is_refused():
+    with pytest.raises(UserError, match=r"^training.backbone_rounds: must be below rounds \(3\), or no round trains "):
+        load_config(None, {"rounds": 3, "training.scheme": "ic-only", "training.backbone_rounds": 3})
+
+
+def test_every_shipped_preset_runs_without_a_warning():
+    for preset in ("quickstart", "fmnist-3tiers", "cifar10-resnet", "stragglers"):
+        assert config_warnings(load_config(preset)) == [], preset
 
 
 def test_check_with_no_client_evaluation_says_so(capsys):
@@ -140,10 +195,17 @@ def test_a_run_in_which_no_client_trained_warns_and_says_so_in_its_summary(tmp_p
     off = [f"tiers.{i}.availability=0" for i in range(3)]
     _, summary = run_inprocess(tmp_path / "idle", ["rounds=2", "data.num_clients=4", "eval_every=2", *off])
     err = capsys.readouterr().err
-    assert "fl-ee: warning: every tier has availability 0" in err
-    assert "fl-ee: warning: no client trained in any of the 2 rounds" in err
+    before, after = ("no tier's clients ever finish a round (availability 0 or failure_rate 1): no client will ever "
+                     "train, so the run will not be a result"), "no client trained in any of the 2 rounds"
+    assert err.count(before) == 1 and err.count(after) == 1  # the config's before the run, the run's after it
+    assert f"fl-ee: warning: {before}\n" in err and err.index(before) < err.index(after)
     written = json.loads((tmp_path / "idle" / "summary.json").read_text())
-    assert written["warnings"] == summary["warnings"] and "this run is not a result" in summary["warnings"][0]
+    assert written["warnings"] == summary["warnings"] == [
+        before,  # the config's, then the run's
+        f"training.kd_warmup_rounds = 8 is past the last round (2): distillation (last-exit) never starts, "
+        f"{SAME_AS_NONE}",
+        f"{after}: the global model kept its initial weights, so this run is not a result (look at the tiers' "
+        f"availability and the straggler policy)"]
 
 
 def test_rounds_without_training_are_listed():

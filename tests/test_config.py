@@ -1,3 +1,4 @@
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -143,6 +144,25 @@ def test_errors_are_one_line_naming_the_key_and_the_rule(raw, message):
     assert str(info.value).startswith(message)
 
 
+def test_no_float_anywhere_takes_nan_or_infinity():
+    floats = {key: info.annotation for key, info in schema_leaves().items() if info.annotation in (float, list[float])}
+    assert len(floats) == 28  # every float field, lists of floats included
+    for key, kind in floats.items():
+        dotted = key.replace("tiers.", "tiers.0.")
+        for bad in (math.inf, -math.inf, math.nan):
+            value, where = ([1.0, bad, 1.0, 1.0], f"{dotted}.1") if kind == list[float] else (bad, dotted)
+            with pytest.raises(UserError) as info:
+                load_config(None, {dotted: value})
+            assert str(info.value) == f"{where}: must be a finite number, got {bad!r}"
+
+
+def test_rounds_have_a_documented_upper_bound():
+    assert load_config(None, {"rounds": 100_000}).rounds == 100_000
+    with pytest.raises(UserError, match=r"^rounds: must be in 1\.\.100000$"):
+        load_config(None, {"rounds": 100_001})
+    assert "| `rounds` | 10 | federated rounds (at most 100000) |" in README.read_text()
+
+
 def test_a_saved_config_is_read_even_when_no_longer_valid():
     raw = config_to_dict(load_config("quickstart"))
     assert config_from_saved(raw) == load_config("quickstart")
@@ -263,6 +283,12 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "--set", "training.scheme=ic-only"], "training.backbone_rounds: ic-only needs a backbone to freeze"),
         (["run", "--set", "training.exit_weights=[1, 2]"], "training.exit_weights: needs one weight per exit"),
         (["run", "--set", "personalisation.labelled_fraction=0.5"], "only with personalisation.mode = self-distill"),
+        (["run", "--set", "simulation.overcommit=inf"], "simulation.overcommit: must be a finite number, got inf"),
+        (["run", "--set", "simulation.pace=true", "--set", "simulation.time_scale=inf"],
+         "simulation.time_scale: must be a finite number, got inf"),
+        (["run", "--set", "rounds=99999999999999999999"], "rounds: must be in 1..100000"),
+        (["run", "--set", "strategy.name=feddyn", "--set", "strategy.options.alpha=inf"],
+         "strategy.options.alpha: must be a number > 0, got inf"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line_with_exit_2(argv, needle, capsys, tmp_path):
@@ -272,7 +298,8 @@ def test_cli_reports_bad_input_in_one_line_with_exit_2(argv, needle, capsys, tmp
     assert not (tmp_path / "run").exists()  # nothing is started for bad input
 
 
-def test_cli_reports_missing_dataset(capsys, tmp_path):
+def test_cli_reports_missing_dataset(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no copy in ./data or ../shared/data to point at
     argv = ["run", "--set", "data.name=mnist", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -1,13 +1,17 @@
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fl_ee.core.config import DataConfig
+from fl_ee.core.config import DataConfig, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import load_dataset
+from fl_ee.federation.preflight import preflight
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_digits_is_offline_and_normalised():
@@ -26,10 +30,53 @@ def test_torchvision_datasets_from_local_files(shared_data, name, classes):
     assert torch.unique(data.train_y).tolist() == list(range(classes))
 
 
-def test_missing_torchvision_data_says_how_to_get_it(tmp_path):
+def test_missing_torchvision_data_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no copy in ./data or ../shared/data
     with pytest.raises(UserError) as info:
         load_dataset(DataConfig(name="fashion-mnist", root=str(tmp_path)))
-    assert info.value.key == "data.root" and "data.download=true" in str(info.value)
+    assert info.value.key == "data.root"
+    assert str(info.value) == (
+        f"data.root: fashion-mnist not found under '{tmp_path}' (no FashionMNIST/raw/train-images-idx3-ubyte); add "
+        f"--set data.root=DIR for the folder DIR that holds FashionMNIST/raw/, or --set data.download=true to "
+        f"download it")
+
+
+def test_a_preset_without_its_data_names_the_set_that_finds_the_readmes_copy(tmp_path, monkeypatch):
+    raw = tmp_path / "shared" / "data" / "FashionMNIST" / "raw"  # the README's ../shared/data, beside the clone
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).touch()
+    (tmp_path / "clone").mkdir()
+    monkeypatch.chdir(tmp_path / "clone")
+    with pytest.raises(UserError) as info:
+        preflight(load_config("fmnist-3tiers"))  # as shipped: data.root = "data"
+    assert str(info.value) == (
+        f"data.root: fashion-mnist not found under '{tmp_path / 'clone' / 'data'}' (no "
+        f"FashionMNIST/raw/train-images-idx3-ubyte); it is in ../shared/data: add --set data.root=../shared/data")
+
+
+def test_a_missing_cifar10_image_folder_gives_the_readmes_extraction_command(tmp_path, monkeypatch):
+    (tmp_path / "clone").mkdir()
+    monkeypatch.chdir(tmp_path / "clone")
+    root = tmp_path / "elsewhere" / "cifar10"
+    other = "add --set data.root=DIR for the folder DIR that holds train/<class>/ and test/<class>/ images"
+    start = f"data.root: imagefolder needs {root}/train/<class>/<image> files; {root}/train is not a folder; "
+    for without_archive in (True, False):
+        with pytest.raises(UserError) as info:
+            load_dataset(DataConfig(name="imagefolder", root=str(root)))
+        if without_archive:  # outside this project: torchvision's download is the way
+            assert str(info.value) == (f"{start}{other}, or --set data.name=cifar10 --set data.download=true to "
+                                       f"download torchvision's copy")
+            (tmp_path / "shared" / "data").mkdir(parents=True)
+            (tmp_path / "shared" / "data" / "cifar10-jpeg.tar.gz").touch()
+        else:
+            archive = "../shared/data/cifar10-jpeg.tar.gz"
+            assert str(info.value) == (f"{start}extract {archive} there (mkdir -p {root.parent} && tar xzf {archive} "
+                                       f"-C {root.parent}), or {other}")
+    shipped = load_config("cifar10-resnet").data.root  # the README's command makes the preset's folder
+    assert shipped == "/tmp/data/cifar10"
+    assert f"\nmkdir -p /tmp/data && tar xzf {archive} -C /tmp/data\n" in README.read_text()
 
 
 def test_imagefolder_reads_real_cifar10_jpegs(shared_data, tmp_path):

@@ -18,7 +18,7 @@ from fl_ee.results.groups import expand, group_runs
 from fl_ee.results.observers import Observer
 from fl_ee.results.rundir import load_run
 from fl_ee.results.stats import PAIRED, WELCH
-from fl_ee.studies.sweep import SWEEP_JSON, check_existing, plan, run_sweep
+from fl_ee.studies.sweep import SWEEP_JSON, check_existing, plan, run_sweep, setting_warnings
 from inprocess import resume_inprocess, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]
@@ -48,6 +48,19 @@ def test_bad_input_fails_in_one_line_before_any_run(argv, message, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("fl-ee: error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_config_warnings_are_given_once_per_setting_and_name_it(tmp_path, capsys):
+    never = ("training.kd_warmup_rounds = 8 is past the last round (3): distillation (last-exit) never starts, so "
+             "the run trains as with training.distillation = none")
+    jobs = plan(None, ["rounds=3", "data.num_clients=3"], ["training.distillation=none,last-exit"], [0, 1], tmp_path)
+    assert capsys.readouterr().err == ""  # not once per seed while planning
+    assert setting_warnings({j.setting: j.cfg for j in jobs}) == [
+        f"{never} (in setting training.distillation=last-exit)"]  # the two settings are one run twice
+    both = {name: load_config(None, {"rounds": 3, "strategy.name": name}) for name in ("depthfl", "exclusive")}
+    assert setting_warnings(both) == [f"{never} (in every setting)"]
+    assert setting_warnings({"base": both["depthfl"]}) == [never]
+    assert setting_warnings({"a": load_config(None, {"rounds": 8}), "b": load_config(None)}) == []
 
 
 def test_a_sweep_refuses_a_folder_holding_another_config(tmp_path):

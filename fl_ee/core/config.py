@@ -2,7 +2,8 @@
 
 Every section is a frozen, strict pydantic model whose fields carry their type, range,
 choices and one-line description. :func:`load_config` and :func:`config_from_dict`
-validate (ints are accepted for floats; bools and strings are never numbers) and report
+validate (ints are accepted for floats; bools and strings are never numbers, and NaN and
+infinity are refused everywhere) and report
 the first problem as a :class:`UserError` naming the dotted key (``data.alpha``,
 ``tiers.1.depth``); :func:`config_from_saved` reads old run directories leniently.
 ``strategy.options`` is a dict, so configs are not hashable.
@@ -30,8 +31,12 @@ from sims.devices import DEVICES
 DEFAULT_PRESET = "quickstart"
 
 
+MAX_ROUNDS = 100_000  # far beyond any federated study; a larger count is a typo, not a plan
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: every float of every section (and of its lists) must be finite
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _rule(ok: bool, field: str, message: str) -> None:
@@ -256,7 +261,7 @@ class Config(_Section):
 
     seed: Annotated[int, Field(
         ge=0, description="seeds the split, tiers, sampling, initial weights and local training")] = 0
-    rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 10
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS, description="federated rounds")] = 10
     eval_every: Annotated[int, Field(ge=1, description="evaluate every n rounds (and always after the last)")] = 1
     checkpoint_every: Annotated[int,
                                 Field(ge=1, description="save a checkpoint every n rounds (and after the last)")] = 1
@@ -478,6 +483,8 @@ def _user_error(error: ErrorDetails) -> UserError:
     elif kind == "literal_error":
         choices = get_args(_field_at(error["loc"]).annotation)
         message = f"unknown value {error['input']!r}; choose one of {', '.join(choices)}"
+    elif kind == "finite_number":
+        message = f"must be a finite number, got {error['input']!r}"
     elif kind in _BOUNDS:
         message = _range(_field_at(error["loc"]))
     else:

@@ -201,15 +201,26 @@ def _missing_source(name: str, root: str) -> Path | None:
     return next((folder / f for f in names if not (folder / f).is_file()), None)
 
 
+OFFLINE_COPIES = ("data", "../shared/data")  # where the README's examples keep datasets, from the working directory
+IMAGE_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.gz"}  # imagefolder roots of the presets: the archive that unpacks one
+
+
+def _copy_elsewhere(name: str, root: str) -> str | None:
+    """The first of :data:`OFFLINE_COPIES` (as written) other than ``root`` that holds ``name``'s files."""
+    return next((c for c in OFFLINE_COPIES if Path(c).resolve() != Path(root)
+                 and _missing_source(name, str(Path(c).resolve())) is None), None)
+
+
 def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
     cls = _torchvision_class(name)
     missing = _missing_source(name, root)
     if missing is not None and not download:
-        raise UserError(
-            f"{name} not found under {root!r} (no {Path(missing).relative_to(root)}); set data.download=true to "
-            f"fetch it, or point data.root at a folder that holds it (e.g. ../shared/data)",
-            key="data.root",
-        )
+        found = _copy_elsewhere(name, root)
+        fix = (f"it is in {found}: add --set data.root={found}" if found else
+               f"add --set data.root=DIR for the folder DIR that holds {SOURCE_DIRS[name][0]}/, or --set "
+               f"data.download=true to download it")
+        raise UserError(f"{name} not found under {root!r} (no {Path(missing).relative_to(root)}); {fix}",
+                        key="data.root")
     if missing is None:
         _check_source_files(name, root)
     try:
@@ -234,6 +245,18 @@ def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
     return _normalised(name, images(train), train.targets, images(test), test.targets, classes)
 
 
+def _image_folder_fix(root: Path) -> str:
+    """What makes ``root`` an image folder: extracting the archive of :data:`IMAGE_ARCHIVES` found, or ``--set``."""
+    other = "add --set data.root=DIR for the folder DIR that holds train/<class>/ and test/<class>/ images"
+    archive = IMAGE_ARCHIVES.get(root.name)
+    if archive is None:
+        return other
+    found = next((Path(c) / archive for c in OFFLINE_COPIES if (Path(c) / archive).is_file()), None)
+    if found is None:
+        return f"{other}, or --set data.name={root.name} --set data.download=true to download torchvision's copy"
+    return f"extract {found} there (mkdir -p {root.parent} && tar xzf {found} -C {root.parent}), or {other}"
+
+
 def _image_folder(root: str) -> TensorDataset:
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
@@ -242,7 +265,8 @@ def _image_folder(root: str) -> TensorDataset:
     for split in ("train", "test"):
         path = Path(root) / split
         if not path.is_dir():
-            raise UserError(f"imagefolder needs {path}/<class>/<image> files; {path} is not a folder", key="data.root")
+            raise UserError(f"imagefolder needs {path}/<class>/<image> files; {path} is not a folder; "
+                            f"{_image_folder_fix(Path(root))}", key="data.root")
         try:
             splits[split] = ImageFolder(str(path))
         except (FileNotFoundError, RuntimeError) as exc:

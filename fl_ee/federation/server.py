@@ -27,12 +27,18 @@ from fl_ee.data.datasets import TensorDataset, calibration_size, load_dataset, r
 from fl_ee.federation.checkpoint import Checkpoints
 from fl_ee.federation.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
-from fl_ee.federation.preflight import preflight
+from fl_ee.federation.preflight import config_warnings, preflight
 from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops
 from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.rundir import RunDir, client_row, default_run_dir
-from fl_ee.results.summary import Evaluation, build_summary, personalised_summary, with_deployed_thresholds
+from fl_ee.results.summary import (
+    Evaluation,
+    build_summary,
+    personalised_summary,
+    run_warnings,
+    with_deployed_thresholds,
+)
 from fl_ee.results.tensorboard import tensorboard_observers
 from fl_ee.wire.exchange import Exchange
 from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
@@ -241,8 +247,9 @@ def run_federation(
             for observer in observers:
                 observer.after_state(state, strategy)
 
-    summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at)
-    for line in summary["warnings"]:
+    summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at,
+                            config_warnings(cfg))
+    for line in run_warnings(state.clocks):  # the config's were said before the run
         warn(line)
     rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]
     for observer in observers:

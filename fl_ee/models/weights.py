@@ -10,7 +10,8 @@ exit) are ignored. It is read with ``weights_only=True``: tensors only, no code.
 
 from __future__ import annotations
 
-import pickle
+import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -22,17 +23,32 @@ from fl_ee.models.network import EarlyExitNet
 KEY = "model.weights"
 
 
+SAVE = "save the weights with torch.save(model.state_dict(), PATH)"
+
+
 def read_state(path: str) -> dict[str, torch.Tensor]:
-    """The state dict saved in ``path``; anything else is a :class:`UserError`."""
+    """The state dict saved in ``path``; anything else is a :class:`UserError`.
+
+    Only tensors are ever loaded (``weights_only=True``): a file that holds other objects
+    (a pickled class, code) or foreign bytes is refused in one line, and torch's own
+    warnings and advice (to turn the safe loader off) are not passed on.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the file's pickle protocol; the error says what counts
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file", key=KEY) from None
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path}: not a torch state-dict file ({one_line(exc)})", key=KEY) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or one_line(exc)}", key=KEY) from None
+    except Exception as exc:  # foreign bytes fail torch.load in many ways: UnpicklingError, RuntimeError, KeyError...
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it holds {found[1]}" if found else "it is not a torch.save file of tensors"
+        raise UserError(f"{path}: not a state-dict file fl-ee can read safely ({what}; fl-ee loads tensors only, "
+                        f"never other objects); {SAVE}", key=KEY) from None
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"{path}: holds no state dict (a mapping of names to tensors)", key=KEY)
+        raise UserError(f"{path}: holds no state dict (a mapping of names to tensors); {SAVE}", key=KEY)
     return dict(state)
 
 

@@ -94,6 +94,7 @@ def build_summary(
     global_eval: Mapping[str, Any],
     clocks: Sequence[Mapping[str, Any]],
     accuracy_at: Sequence[tuple[float, float | None]],
+    config_warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``summary.json``: the run's final figures.
 
@@ -101,7 +102,9 @@ def build_summary(
     model's last evaluation (``by_exit`` and ``ensemble``), ``clocks`` every round's clock
     record, and ``accuracy_at`` the (virtual time, personalised mean) of every evaluation
     round; the results' adaptive figures are those :func:`with_deployed_thresholds` set
-    (the server sets them each round).
+    (the server sets them each round). ``warnings`` holds ``config_warnings`` (what in the
+    config cannot take effect, :func:`fl_ee.federation.preflight.config_warnings`), then the
+    run's (:func:`run_warnings`).
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
     evaluated, replies = _evaluated(clients, results)
@@ -128,7 +131,7 @@ def build_summary(
         "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
         "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
                                         [c["wasted_compute_s"] for c in clocks]),
-        "warnings": run_warnings(clocks),
+        "warnings": [*config_warnings, *run_warnings(clocks)],
     }
 
 

@@ -4,20 +4,22 @@ A sweep root holds ``<setting>/seed-<s>/`` (a run directory, as ``fl-ee run --ou
 it) and ``<setting>/seed-<s>.log`` (that run's output), and ``sweep.json``, rewritten
 atomically after each finished run with every setting's statistics over its seeds
 (:mod:`fl_ee.results.groups`). Every combination and seed is validated (config and preflight)
-before the first run starts. Each run is a ``fl-ee run`` subprocess, ``--jobs`` at once;
-running the same command again skips the finished runs and continues an interrupted
-one from its latest checkpoint with ``fl-ee resume`` (which ends with the same results,
-byte for byte, as an uninterrupted run, and starts over where no checkpoint was written).
+before the first run starts, and the config warnings are given once, naming their
+setting. Each run is a ``fl-ee run`` subprocess, ``--jobs`` at once; running the same
+command again skips the finished runs and continues an interrupted one from its latest
+checkpoint with ``fl-ee resume`` (which ends with the same results, byte for byte, as an
+uninterrupted run, and starts over where no checkpoint was written).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fl_ee.core.atomic import atomic_write
 from fl_ee.core.config import Config, load_config, parse_overrides
-from fl_ee.core.errors import UserError
+from fl_ee.core.errors import UserError, warn
 from fl_ee.core.resumable import config_difference, resumable_config
 from fl_ee.results.groups import SEED_PREFIX, SWEEP_JSON, Setting, headline
 from fl_ee.results.rundir import ROUNDS, SUMMARY, load_run, to_json
@@ -147,11 +149,29 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
             overrides = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
             cfg = _named(name, seed, load_config, config, parse_overrides(list(overrides)))
             runs.append((name, seed, overrides, cfg))
-    jobs = [Job(name, seed, config, overrides, _named(name, seed, preflight, cfg), root / name / f"{SEED_PREFIX}{seed}")
+    check = functools.partial(preflight, warnings=False)  # said once per setting by cmd_sweep
+    jobs = [Job(name, seed, config, overrides, _named(name, seed, check, cfg), root / name / f"{SEED_PREFIX}{seed}")
             for name, seed, overrides, cfg in runs]
     for job in jobs:
         check_existing(job)
     return jobs
+
+
+def setting_warnings(configs: Mapping[str, Config]) -> list[str]:
+    """The :func:`~fl_ee.federation.preflight.config_warnings` of a sweep, by setting (one config each, for every seed).
+
+    A line that holds in every setting of several is given once, ``(in every setting)``;
+    any other names its setting, ``(in setting training.distillation=last-exit)``.
+    """
+    from fl_ee.federation.preflight import config_warnings
+
+    found = {name: config_warnings(cfg) for name, cfg in configs.items()}
+    if len(found) == 1:
+        return next(iter(found.values()))
+    everywhere = [line for line in next(iter(found.values())) if all(line in lines for lines in found.values())]
+    return [*(f"{line} (in every setting)" for line in everywhere),
+            *(f"{line} (in setting {name})" for name, lines in found.items() for line in lines
+              if line not in everywhere)]
 
 
 def _named(setting: str, seed: int, check: Callable[..., Config], *args: Any) -> Config:
@@ -325,6 +345,8 @@ def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[
     jobs = plan(config, sets, grid, seeds, root)
     for cfg in {j.cfg.simulation: j.cfg for j in jobs}.values():
         check_backend(cfg)
+    for line in setting_warnings({j.setting: j.cfg for j in jobs}):
+        warn(line)
     err = Console(stderr=True, soft_wrap=True)
     todo = sum(not j.finished for j in jobs)
     err.print(f"sweep of {len(jobs)} runs in {root}: {len(jobs) - todo} finished before, {todo} to run")
