@@ -136,6 +136,23 @@ def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summa
     _same_results(run, made("depthfl"))
 
 
+def test_a_resumed_run_trains_at_the_uninterrupted_runs_lr_schedule(made, tmp_path):
+    scheduled = [*FAST, "training.lr_schedule=cosine", "training.lr_min=0.001"]  # 0.05, 0.0255, 0.001
+    run_inprocess(tmp_path / "whole", scheduled)
+    with pytest.raises(Killed):
+        run_inprocess(tmp_path / "run", scheduled, observers=[KillIn(2)])
+    resume_inprocess(tmp_path / "run", seed=7)  # rounds 2 and 3 again, each at its own lr
+    _same_results(tmp_path / "run", tmp_path / "whole")
+    plain = json.loads((made("depthfl") / "summary.json").read_text())["accuracy"]
+    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["accuracy"] != plain  # the lr mattered
+
+
+def test_the_new_training_knobs_at_their_defaults_change_no_result(made, tmp_path):
+    defaults = ["training.weight_decay=0.0", "training.clip_norm=0.0", "training.lr_schedule='constant'"]
+    run_inprocess(tmp_path / "run", [*FAST, *defaults])
+    _same_results(tmp_path / "run", made("depthfl"))
+
+
 # ----------------------------------------------------------------------- the checkpoint itself
 
 
