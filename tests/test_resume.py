@@ -32,7 +32,7 @@ from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.summary import Evaluation
 from fl_ee.wire.protocol import EvaluateReply
 from inprocess import resume_inprocess, run_inprocess
-from strategies import ClientInfo, DepthFL, FedAdam, FedDyn
+from strategies import ClientInfo, DepthFL, FedAdam, FedAvgM, FedDyn
 from strategies.aggregation import holder_aggregate
 
 # the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
@@ -111,6 +111,7 @@ def _same_results(run: Path, reference: Path) -> None:
 @pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after"), [
     ("depthfl", 1, 3, 2),   # killed in the last round: resumed after round 2
     ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
+    ("fedavgm", 1, 2, 1),   # the server momentum restored from round 1
     ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
@@ -213,6 +214,18 @@ def test_feddyn_state_dict_by_hand_and_round_trip(tmp_path):
     _saved_and_loaded(a, b, tmp_path)
     again = [holder_aggregate(updates, [1, 1], current, s.aggregate_tensor) for s in (a, b)]
     assert all(again[0][k].tobytes() == again[1][k].tobytes() for k in current)
+
+
+def test_fedavgm_state_dict_by_hand_and_round_trip(tmp_path):
+    a = FedAvgM(server_learning_rate=1.0, server_momentum=0.5)
+    a.aggregate_tensor("k", [np.array([1.5], np.float32)], [1], np.array([1.0], np.float32))  # v = 0.5
+    assert {k: float(v[0]) for k, v in a.state_dict().items()} == {"v/k": 0.5}
+    b = _saved_and_loaded(a, FedAvgM(server_learning_rate=1.0, server_momentum=0.5), tmp_path)
+    current = np.array([1.5], np.float32)
+    step = [s.aggregate_tensor("k", [np.array([1.25], np.float32)], [1], current) for s in (a, b)]
+    assert step[0].tobytes() == step[1].tobytes() and step[0][0] == pytest.approx(1.5)  # v = 0.25 - 0.25 = 0
+    with pytest.raises(ValueError, match="unexpected state entries"):
+        FedAvgM().load_state_dict({"h/k": np.zeros(1)})
 
 
 def test_a_stateless_strategy_saves_nothing_and_refuses_foreign_state():
