@@ -6,6 +6,7 @@ from strategies.base import ClientInfo, DepthAwareStrategy, OptionError, check_o
 from strategies.depthfl import DepthFL
 from strategies.exclusive import Exclusive
 from strategies.fedadam import FedAdam
+from strategies.fedavgm import FedAvgM
 from strategies.feddyn import FedDyn
 from strategies.fedyogi import FedYogi
 from strategies.qfedavg import QFedAvg
@@ -17,6 +18,7 @@ __all__ = [
     "DepthFL",
     "Exclusive",
     "FedAdam",
+    "FedAvgM",
     "FedDyn",
     "FedYogi",
     "OptionError",

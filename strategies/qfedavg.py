@@ -63,7 +63,8 @@ class QFedAvg(DepthAwareStrategy):
     """q-FedAvg: q-FFL fairness, clients weighed up by their local loss to the power q.
 
     ``client_learning_rate`` sets ``L = 1 / client_learning_rate``; by default it is the
-    run's ``training.lr``.
+    learning rate the round's instructions give the clients (``training.lr`` under its
+    ``lr_schedule``).
     """
 
     def __init__(self, *, q: float = 0.1, client_learning_rate: float | None = None, **kwargs) -> None:
@@ -81,7 +82,7 @@ class QFedAvg(DepthAwareStrategy):
         """Sample as the base strategy does, asking every client for its ``initial-loss``."""
         instructions = Instructions.from_record(config)
         if self.client_learning_rate is None:
-            self._lr = instructions.config.training.lr
+            self._lr = instructions.config.training.lr if instructions.lr is None else instructions.lr
         asking = dataclasses.replace(instructions, want_initial_loss=True).to_record()
         return super().configure_train(server_round, arrays, asking, grid)
 

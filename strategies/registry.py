@@ -18,6 +18,7 @@ SHIPPED = {
     "depthfl": "strategies.depthfl:DepthFL",
     "exclusive": "strategies.exclusive:Exclusive",
     "feddyn": "strategies.feddyn:FedDyn",
+    "fedavgm": "strategies.fedavgm:FedAvgM",
     "fedadam": "strategies.fedadam:FedAdam",
     "fedyogi": "strategies.fedyogi:FedYogi",
     "qfedavg": "strategies.qfedavg:QFedAvg",

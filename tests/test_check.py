@@ -11,7 +11,7 @@ import pytest
 from fl_ee.cli import main
 from fl_ee.core.config import load_config
 from fl_ee.core.errors import UserError
-from fl_ee.federation.plan import make_plan
+from fl_ee.federation.plan import make_plan, training_line
 from fl_ee.federation.preflight import config_warnings, preflight
 from sims.emulator import client_times, depth_bytes
 from strategies import ClientInfo
@@ -33,6 +33,18 @@ def test_check_prints_the_plan_of_the_quickstart(capsys):
     assert code == 0 and err == WARMUP_PAST_THE_RUN  # the preset's warm-up is 8 rounds
     for text in ("config ok: digits", "Plan per tier", "iot", "phone", "laptop", "virtual clock (wait)"):
         assert text in out
+
+
+def test_check_shows_local_sgd_with_the_first_and_last_rounds_lr(capsys):
+    code, out, _ = _check(capsys, *SMALL, "--set", "training.lr=0.1", "--set", "training.weight_decay=0.0005",
+                          "--set", "training.lr_schedule=exp", "--set", "training.lr_decay=0.5")
+    assert code == 0 and ("local SGD: 2 epochs of batch 16, lr 0.1 in round 1 to 0.025 in round 3 "
+                          "(exp: x0.5 per round), momentum 0.9, weight decay 0.0005") in " ".join(out.split())
+    step = load_config(None, {"rounds": 300, "training.lr": 0.1, "training.lr_schedule": "step",
+                              "training.lr_milestones": [100, 200], "training.clip_norm": 5})
+    assert training_line(step) == ("local SGD: 2 epochs of batch 16, lr 0.1 in round 1 to 0.001 in round 300 "
+                                   "(step: x0.1 after rounds 100, 200), momentum 0.9, gradient norm clipped at 5")
+    assert training_line(load_config(None)) == "local SGD: 2 epochs of batch 16, lr 0.05, momentum 0.9"
 
 
 def test_the_plan_is_the_run_cost_model():

@@ -101,6 +101,26 @@ def test_distillation_warm_up_and_options_reach_training():
     assert not _same(_trained({"prox_mu": 0.5}, 1), _trained({}, 1))
 
 
+def test_every_step_trains_at_the_lr_the_instructions_carry():
+    def trained(cfg, **extra) -> dict[str, np.ndarray]:
+        client = _Client(0)
+        reply = client(_message(MessageType.TRAIN, 3, 2, cfg, seed=0, **extra))
+        personal = {f"personal.{k}": a.numpy() for k, a in client.state[PERSONAL_EXITS].items()}
+        return {**{k: a.numpy() for k, a in reply.content["arrays"].items()}, **personal}
+
+    sent = trained(_cfg(), lr=0.01)  # the config says 0.05
+    assert _same(sent, trained(_cfg(training={"lr": 0.01})))  # shared step and personal heads: as if configured
+    assert not _same(sent, trained(_cfg()))
+
+    def tuned(cfg, **extra) -> EvaluateReply:
+        return payload_of(_Client(1)(_message(MessageType.EVALUATE, 3, 1, cfg, seed=0, **extra)), EvaluateReply)
+
+    finetune = {"mode": "finetune"}
+    sent_lr = tuned(_cfg(personalisation=finetune), lr=0.01)
+    assert sent_lr == tuned(_cfg(personalisation=finetune, training={"lr": 0.01}))  # the fine-tuning too
+    assert sent_lr != tuned(_cfg(personalisation=finetune))
+
+
 def test_evaluate_uses_personal_exits_once_trained():
     client = _Client(1)
     before = payload_of(client(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)

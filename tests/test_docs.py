@@ -45,6 +45,7 @@ def test_the_config_reference_lists_every_key(hooks):
                 assert f"| `{section}.{key}` |" in page
     assert "| `tiers.N.depth` | int | required |" in page
     assert "| `data.test_fraction` | float | `0.2` | (0, 1) |" in page
+    assert "| `rounds` | int | `10` | [1, 100000] |" in page  # the documented upper bound
 
 
 def test_the_cli_reference_has_every_command(hooks):

@@ -32,7 +32,7 @@ from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.summary import Evaluation
 from fl_ee.wire.protocol import EvaluateReply
 from inprocess import resume_inprocess, run_inprocess
-from strategies import ClientInfo, DepthFL, FedAdam, FedDyn
+from strategies import ClientInfo, DepthFL, FedAdam, FedAvgM, FedDyn
 from strategies.aggregation import holder_aggregate
 
 # the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
@@ -111,6 +111,7 @@ def _same_results(run: Path, reference: Path) -> None:
 @pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after"), [
     ("depthfl", 1, 3, 2),   # killed in the last round: resumed after round 2
     ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
+    ("fedavgm", 1, 2, 1),   # the server momentum restored from round 1
     ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
@@ -134,6 +135,23 @@ def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summa
     grid, _ = resume_inprocess(run)
     assert "train" not in grid.calls and "evaluate" not in grid.calls  # no round left to run
     _same_results(run, made("depthfl"))
+
+
+def test_a_resumed_run_trains_at_the_uninterrupted_runs_lr_schedule(made, tmp_path):
+    scheduled = [*FAST, "training.lr_schedule=cosine", "training.lr_min=0.001"]  # 0.05, 0.0255, 0.001
+    run_inprocess(tmp_path / "whole", scheduled)
+    with pytest.raises(Killed):
+        run_inprocess(tmp_path / "run", scheduled, observers=[KillIn(2)])
+    resume_inprocess(tmp_path / "run", seed=7)  # rounds 2 and 3 again, each at its own lr
+    _same_results(tmp_path / "run", tmp_path / "whole")
+    plain = json.loads((made("depthfl") / "summary.json").read_text())["accuracy"]
+    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["accuracy"] != plain  # the lr mattered
+
+
+def test_the_new_training_knobs_at_their_defaults_change_no_result(made, tmp_path):
+    defaults = ["training.weight_decay=0.0", "training.clip_norm=0.0", "training.lr_schedule='constant'"]
+    run_inprocess(tmp_path / "run", [*FAST, *defaults])
+    _same_results(tmp_path / "run", made("depthfl"))
 
 
 # ----------------------------------------------------------------------- the checkpoint itself
@@ -196,6 +214,18 @@ def test_feddyn_state_dict_by_hand_and_round_trip(tmp_path):
     _saved_and_loaded(a, b, tmp_path)
     again = [holder_aggregate(updates, [1, 1], current, s.aggregate_tensor) for s in (a, b)]
     assert all(again[0][k].tobytes() == again[1][k].tobytes() for k in current)
+
+
+def test_fedavgm_state_dict_by_hand_and_round_trip(tmp_path):
+    a = FedAvgM(server_learning_rate=1.0, server_momentum=0.5)
+    a.aggregate_tensor("k", [np.array([1.5], np.float32)], [1], np.array([1.0], np.float32))  # v = 0.5
+    assert {k: float(v[0]) for k, v in a.state_dict().items()} == {"v/k": 0.5}
+    b = _saved_and_loaded(a, FedAvgM(server_learning_rate=1.0, server_momentum=0.5), tmp_path)
+    current = np.array([1.5], np.float32)
+    step = [s.aggregate_tensor("k", [np.array([1.25], np.float32)], [1], current) for s in (a, b)]
+    assert step[0].tobytes() == step[1].tobytes() and step[0][0] == pytest.approx(1.5)  # v = 0.25 - 0.25 = 0
+    with pytest.raises(ValueError, match="unexpected state entries"):
+        FedAvgM().load_state_dict({"h/k": np.zeros(1)})
 
 
 def test_a_stateless_strategy_saves_nothing_and_refuses_foreign_state():

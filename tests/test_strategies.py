@@ -12,7 +12,18 @@ from fl_ee.cli import main
 from fl_ee.core.config import config_from_dict, config_to_json
 from fl_ee.core.errors import UserError
 from fl_ee.wire.protocol import Instructions, TrainReply, instructions_of, reply
-from strategies import ClientInfo, DepthAwareStrategy, Exclusive, FedAdam, FedDyn, FedYogi, QFedAvg, build_strategy
+from strategies import (
+    ClientInfo,
+    DepthAwareStrategy,
+    DepthFL,
+    Exclusive,
+    FedAdam,
+    FedAvgM,
+    FedDyn,
+    FedYogi,
+    QFedAvg,
+    build_strategy,
+)
 from strategies.aggregation import holder_aggregate
 from strategies.exclusive import full_depth_clients
 from strategies.feddyn import feddyn_correction
@@ -141,6 +152,36 @@ def test_server_optimisers_move_only_tensors_with_holders():
     assert late["stages.3.w"][0] == pytest.approx(5 + 0.1 * 0.1 / (0.1 + 1e-3))
 
 
+# -------------------------------------------------------------------- fedavgm
+
+
+def test_fedavgm_by_hand_over_three_rounds():
+    s = FedAvgM(server_learning_rate=0.5, server_momentum=0.9)
+    # round 1: holders 1 and 2 weighted 1:3 average 1.75: v = 0.75, w = 1 + 0.5 x 0.75
+    w1 = s.aggregate_tensor("k", [np.array([1.0], np.float32), np.array([2.0], np.float32)], [1, 3],
+                            np.array([1.0], np.float32))
+    assert w1[0] == pytest.approx(1.375) and w1.dtype == np.float32
+    # round 2: one holder at w1 - 0.5: v = 0.9 x 0.75 - 0.5 = 0.175, w = 1.375 + 0.0875
+    w2 = s.aggregate_tensor("k", [w1 - 0.5], [1], w1)
+    assert w2[0] == pytest.approx(1.4625)
+    # round 3: the holder returns w2 unchanged; momentum alone moves it: v = 0.1575, w = 1.4625 + 0.07875
+    w3 = s.aggregate_tensor("k", [w2.copy()], [1], w2)
+    assert w3[0] == pytest.approx(1.54125) and s.v["k"][0] == pytest.approx(0.1575)
+
+
+def test_fedavgm_moves_only_tensors_with_holders_and_without_momentum_is_depthfl():
+    current = _arrays({"stages.0.w": [1.0, 2.0], "stages.3.w": [5.0]})
+    updates, weights = [_arrays({"stages.0.w": [1.5, 2.5]}), _arrays({"stages.0.w": [3.0, 0.0]})], [4, 1]
+    s = FedAvgM()
+    new = holder_aggregate(updates, weights, current, s.aggregate_tensor)
+    assert new["stages.3.w"][0] == 5.0 and set(s.v) == {"stages.0.w"}  # no holder: no move, no momentum
+    plain = FedAvgM(server_momentum=0.0)
+    same = holder_aggregate(updates, weights, current, plain.aggregate_tensor)
+    depthfl = holder_aggregate(updates, weights, current, DepthFL().aggregate_tensor)
+    assert np.allclose(same["stages.0.w"], depthfl["stages.0.w"]) and plain.state_dict() == {}
+    assert same["stages.0.w"].tolist() == pytest.approx([1.8, 2.0])  # (4 x 1.5 + 3) / 5, (4 x 2.5 + 0) / 5
+
+
 # -------------------------------------------------------------------- qfedavg
 
 
@@ -171,6 +212,19 @@ def test_qfedavg_weighs_by_reported_loss_with_the_runs_learning_rate(task_identi
     assert all(instructions_of(m).want_initial_loss for m in sent)  # clients are asked to report the loss
 
 
+def test_qfedavg_takes_the_rounds_scheduled_learning_rate(task_identity):
+    strategy = QFedAvg(q=1.0)
+    strategy.register_clients(_clients([1, 2]))
+    cfg = config_from_dict({"training": {"lr": 0.5, "lr_schedule": "exp", "lr_decay": 0.5}})
+    config = Instructions(config_to_json(cfg), server_round=2, lr=0.25).to_record()
+    current = _arrays({"stages.0.w": [1.0], "stages.1.w": [0.0]})
+    replies = {0: _arrays({"stages.0.w": [0.0]}), 1: _arrays({"stages.0.w": [2.0], "stages.1.w": [1.0]})}
+    losses = {0: {"initial_loss": 1.0}, 1: {"initial_loss": 3.0}}
+    _, new = _round_trip(strategy, current, replies, losses, config)
+    # L = 1/0.25 = 4: Delta_A = 4, h_A = 16 + 4 = 20; Delta_B = (-4, -4), h_B = 32 + 4 x 3 = 44
+    assert new["stages.0.w"][0] == pytest.approx(1 - (4 - 3 * 4) / 64) and new["stages.1.w"][0] == pytest.approx(3 / 11)
+
+
 # ------------------------------------------------------------------- registry
 
 
@@ -190,6 +244,8 @@ def test_every_shipped_strategy_builds_and_cites_its_source():
         ("feddyn", {"alpha": 0}, "strategy.options.alpha"),
         ("fedadam", {"eta": "fast"}, "strategy.options.eta"),
         ("fedyogi", {"beta_2": 1.0}, "strategy.options.beta_2"),
+        ("fedavgm", {"server_momentum": 1.0}, "strategy.options.server_momentum"),
+        ("fedavgm", {"server_learning_rate": 0}, "strategy.options.server_learning_rate"),
         ("qfedavg", {"q": -1}, "strategy.options.q"),
         ("exclusive", {"alpha": 0.1}, "strategy.options.alpha"),  # not an option of exclusive
     ],

@@ -131,6 +131,17 @@ class TrainingConfig(_Section):
     batch_size: Annotated[int, Field(ge=1, description="SGD batch size")] = 32
     lr: Annotated[float, Field(gt=0, description="SGD learning rate")] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1, description="SGD momentum")] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, description="SGD weight decay (L2) of every local step")] = 0.0
+    clip_norm: Annotated[float, Field(
+        ge=0, description="clip each local step's gradient to this L2 norm over all its tensors (0: off)")] = 0.0
+    lr_schedule: Annotated[Literal["constant", "exp", "step", "cosine"], Field(
+        description="the lr over rounds: constant, exp (x lr_decay each round), step (x lr_gamma after each "
+                    "milestone) or cosine (to lr_min in the last round)")] = "constant"
+    lr_decay: Annotated[float, Field(gt=0, le=1, description="exp: the lr's factor per round (DepthFL: 0.998)")] = 0.998
+    lr_milestones: Annotated[list[int], Field(
+        default_factory=list, description="step: the rounds after which the lr is multiplied by lr_gamma")]
+    lr_gamma: Annotated[float, Field(gt=0, le=1, description="step: the lr's factor at each milestone")] = 0.1
+    lr_min: Annotated[float, Field(ge=0, description="cosine: the lr of the last round")] = 0.0
     exit_weights: Annotated[list[float], Field(
         default_factory=list, description="weight of each exit's cross-entropy (empty: all 1)")]
     distillation: Annotated[Literal["last-exit", "mutual", "none"],
@@ -149,6 +160,13 @@ class TrainingConfig(_Section):
         _rule(self.scheme == "ic-only" or self.backbone_rounds == 0, "backbone_rounds",
               "only with training.scheme = ic-only")
         _rule(all(w >= 0 for w in self.exit_weights), "exit_weights", "must all be >= 0")
+        _rule(all(a < b for a, b in zip(self.lr_milestones, self.lr_milestones[1:]))
+              and all(m >= 1 for m in self.lr_milestones), "lr_milestones",
+              f"rounds must be increasing and >= 1, got {self.lr_milestones}")
+        _rule(self.lr_schedule != "step" or bool(self.lr_milestones), "lr_milestones",
+              "must name at least one round with lr_schedule = step, e.g. [100, 200]")
+        _rule(self.lr_schedule != "cosine" or self.lr_min <= self.lr, "lr_min",
+              f"must be at most training.lr ({self.lr:g}) with lr_schedule = cosine")
         return self
 
 

@@ -94,9 +94,15 @@ def client_id_of(context: Context) -> int:
 
 
 def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.device]:
-    """Parse the message: its instructions, the run config, the received submodel and the device it runs on."""
+    """Parse the message: its instructions, the run config, the received submodel and the device it runs on.
+
+    The config's ``training.lr`` is the round's learning rate the instructions carry, so
+    the shared step, the personal step and fine-tuning all train at the server's value.
+    """
     instructions = instructions_of(msg)
     cfg = instructions.config
+    if instructions.lr is not None:
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
     model = build_model(model_spec(cfg), instructions.depth)
     model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())

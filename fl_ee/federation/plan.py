@@ -22,6 +22,7 @@ from fl_ee.core.config import Config
 from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.server import make_clients
 from fl_ee.learning.scheme import backbone_frozen
+from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, measure_flops
 from fl_ee.results.fit import Col, Sheet
 from sims.clock import OK
@@ -141,8 +142,24 @@ def plan_table(plan: Plan) -> Sheet:
     return table
 
 
+def training_line(cfg: Config) -> str:
+    """Local SGD in a line: epochs, batch, the lr of the first and last round by its schedule, the other knobs."""
+    t = cfg.training
+    lr = f"lr {t.lr:g}"
+    if t.lr_schedule != "constant":
+        how = {"exp": f"x{t.lr_decay:g} per round", "cosine": "cosine",
+               "step": f"x{t.lr_gamma:g} after round{'s' * (len(t.lr_milestones) > 1)} "
+                       f"{', '.join(map(str, t.lr_milestones))}"}[t.lr_schedule]
+        lr = (f"lr {round_lr(t, cfg.rounds, 1):.4g} in round 1 to {round_lr(t, cfg.rounds, cfg.rounds):.4g} "
+              f"in round {cfg.rounds} ({t.lr_schedule}: {how})")
+    extra = (f", weight decay {t.weight_decay:g}" if t.weight_decay else "") + (
+        f", gradient norm clipped at {t.clip_norm:g}" if t.clip_norm else "")
+    epochs = f"{t.local_epochs} epoch{'s' * (t.local_epochs > 1)}"
+    return f"local SGD: {epochs} of batch {t.batch_size}, {lr}, momentum {t.momentum:g}{extra}"
+
+
 def plan_renderables(plan: Plan) -> list[RenderableType]:
-    """What ``fl-ee check`` prints: the run in a line, the tier table, the virtual clock's estimate."""
+    """What ``fl-ee check`` prints: the run and its local SGD in two lines, the tier table, the clock's estimate."""
     cfg = plan.cfg
     d, s, sim = cfg.data, cfg.strategy, cfg.simulation
     split = {"dirichlet": f"dirichlet alpha {d.alpha:g}", "shards": f"shards, {d.shards_per_client} classes each",
@@ -156,6 +173,7 @@ def plan_renderables(plan: Plan) -> list[RenderableType]:
         Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients ({split}); "
              f"{cfg.rounds} rounds of {s.name}, {_share(s.fraction_train)} train, {evaluate}; "
              f"model {cfg.model.backbone} width {cfg.model.width}, depth up to {cfg.max_depth}"),
+        Text(training_line(cfg)),
         plan_table(plan),
         Text(f"virtual clock ({policy}): {plan.sampled:.1f} clients sampled per round, {plan.trained:.1f} of them "
              f"counted; round time p50 {_s(plan.round_p50_s)} s, max {_s(plan.round_max_s)} s; "

@@ -29,6 +29,7 @@ from fl_ee.federation.faults import DivergenceGuard, StrategyFault, aggregate_pr
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
 from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops
 from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.rundir import RunDir, client_row, default_run_dir
@@ -220,7 +221,8 @@ def run_federation(
     # the server's own evaluation runs while the clients evaluate, in slices side by side
     with ThreadPoolExecutor(max_workers=slice_threads()) as threads:
         for rnd in range(state.round + 1, cfg.rounds + 1):
-            config = Instructions(config_text, server_round=rnd, state_dir=state_dir).to_record()
+            config = Instructions(config_text, server_round=rnd, state_dir=state_dir,
+                                  lr=round_lr(cfg.training, cfg.rounds, rnd)).to_record()
             state.arrays, train, bad = train_round(exchange, strategy, emulator, rnd, state.arrays, config,
                                                    train_work)
             state.clocks.append(train.pop("clock"))

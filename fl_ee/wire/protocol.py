@@ -75,6 +75,8 @@ class Instructions(Payload):
     paced client sleeps after training; ``state_dir`` is the folder where the client
     saves its personal exits each round it trains, and reads them back in a fresh
     process (a resumed run; :mod:`fl_ee.federation.clientstate`); empty: keep them in memory only.
+    ``lr`` is the round's learning rate (:func:`fl_ee.learning.training.round_lr`), which
+    every local step of the round trains at; ``None``: the config's ``training.lr``.
     """
 
     record_type: ClassVar[type[ConfigRecord]] = ConfigRecord
@@ -85,6 +87,7 @@ class Instructions(Payload):
     want_initial_loss: bool = False
     pace_s: float = 0.0
     state_dir: str = ""
+    lr: float | None = None
 
     @property
     def config(self) -> Config:
