@@ -17,3 +17,10 @@ class UserError(Exception):
 def warn(message: str) -> None:
     """One line on stderr, ``fl-ee: warning: <message>``: the run goes on, but the user should know."""
     print(f"fl-ee: warning: {message}", file=sys.stderr, flush=True)
+
+
+def shortened(text: str, limit: int = 80) -> str:
+    """``text`` as a one-line message shows it: where longer than ``limit``, its start and end, and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-(limit // 4):]} ({len(text)} characters)"
