@@ -11,12 +11,12 @@ from typing import NoReturn
 from rich.console import Console
 
 from fl_ee.config import Config, load_config, parse_overrides
-from fl_ee.errors import UserError, shortened
+from fl_ee.errors import UserError, printable, shortened
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"fl-ee: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,7 +162,7 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
             kept += f"; `fl-ee resume {run_dir}` continues"
     else:
         kept = "no round finished, nothing kept"
-    print(f"fl-ee: error: {what}; {kept}", file=sys.stderr)
+    print(f"fl-ee: error: {printable(what)}; {kept}", file=sys.stderr)
     return 3 if isinstance(cause, Diverged) else 1
 
 
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
-        print(f"fl-ee: error: {exc}", file=sys.stderr)
+        print(f"fl-ee: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fl-ee: interrupted", file=sys.stderr)

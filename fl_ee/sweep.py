@@ -196,7 +196,7 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
     directory of the sweep that holds something else than this sweep's run. Configs are
     checked first (fast); the data, split, model and strategy of each setting once, then
     each further seed's split (the only check that depends on the seed), with a progress
-    bar on ``console``.
+    bar on ``console`` where it is a terminal.
     """
     check_root(root)
     overrides = parse_overrides(list(sets))
@@ -223,7 +223,7 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
 
     jobs = []
     with Progress(TextColumn("validating the sweep's runs"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True, disable=console is None) as progress:
+                  transient=True, disable=console is None or not console.is_terminal) as progress:
         task = progress.add_task("", total=total)
         for name, runs in settings.items():
             first = _named(name, runs[0][0], preflight, runs[0][2])

@@ -135,6 +135,15 @@ def test_a_directory_or_a_path_too_long_is_one_line(tmp_path, capsys):
         "/FashionMNIST/raw (" + str(len(str(tmp_path)) + 5018) + " characters): File name too long\n")
 
 
+def test_an_error_is_one_line_whatever_its_path_or_argument_holds(capsys):
+    assert main(["report", "runs/a\nb\u2028c"]) == 2
+    assert capsys.readouterr().err == "fl-ee: error: no run directory at runs/a\\nb\\u2028c\n"
+    with pytest.raises(SystemExit) as exit:  # argparse's own errors have the same form
+        main(["compare"])
+    assert exit.value.code == 2 and capsys.readouterr().err == (
+        "fl-ee: error: the following arguments are required: RUN_DIR|SWEEP_ROOT (see fl-ee compare --help)\n")
+
+
 def test_seed_must_not_be_negative():
     with pytest.raises(UserError, match="seed: must be >= 0"):
         load_config(None, {"seed": -1})
