@@ -173,7 +173,7 @@ def setting_name(values: dict[str, str]) -> str:
     """The folder of a setting: ``key=value`` pairs joined by commas (``/``, ``,`` and odd characters %-escaped).
 
     A value longer than :data:`MAX_VALUE_CHARS`, and a name longer than
-    :data:`MAX_NAME_CHARS`, keep their start and end in ``~`` and a hash of the whole.
+    :data:`MAX_NAME_CHARS`, keep their start, then ``~`` and 8 hex digits of the whole's hash.
     """
     pairs = (f"{k}={_shortened(quote(v, safe='.:+-_@[]'), MAX_VALUE_CHARS)}" for k, v in values.items())
     return _shortened(",".join(pairs), MAX_NAME_CHARS) or BASE
@@ -217,8 +217,9 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
             raise UserError(f"two settings would share the folder {name}; shorten their values", key="--grid")
         settings[name] = []
         for seed in seeds:
-            run = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
-            settings[name].append((seed, run, _named(name, seed, load_config, config, parse_overrides(list(run)))))
+            run_sets = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
+            cfg = _named(name, seed, load_config, config, parse_overrides(list(run_sets)))
+            settings[name].append((seed, run_sets, cfg))
     from fl_ee.preflight import preflight, reseeded
 
     jobs = []
@@ -227,9 +228,9 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
         task = progress.add_task("", total=total)
         for name, runs in settings.items():
             first = _named(name, runs[0][0], preflight, runs[0][2])
-            for seed, run, cfg in runs:
+            for seed, run_sets, cfg in runs:
                 checked = first if cfg is runs[0][2] else _named(name, seed, reseeded, first, seed)
-                jobs.append(Job(name, seed, config, run, checked, root / name / f"{SEED_PREFIX}{seed}"))
+                jobs.append(Job(name, seed, config, run_sets, checked, root / name / f"{SEED_PREFIX}{seed}"))
                 progress.advance(task)
     for job in jobs:
         check_existing(job)
