@@ -11,12 +11,12 @@ from typing import NoReturn
 from rich.console import Console
 
 from fl_ee.core.config import Config, load_config, parse_overrides
-from fl_ee.core.errors import UserError
+from fl_ee.core.errors import UserError, printable, shortened
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"fl-ee: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,21 +80,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     resuming: str | None = getattr(args, "resume", None)
     if resuming and (getattr(args, "config", None) or getattr(args, "out", None)):
         raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
-    cfg = None if resuming else load_config(args.config, parse_overrides(args.overrides))
-    if getattr(args, "out", None):  # refused before any data is loaded
-        from fl_ee.results.rundir import check_new_run_dir
-
-        check_new_run_dir(Path(args.out))
-    # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
-    from fl_ee.federation.preflight import preflight
-    from sims.backend import check_backend, start_ray
-
-    if resuming:
+    if resuming:  # the run directory and its checkpoint are checked before torch is imported
         from fl_ee.federation.resume import prepare_resume
 
         resume = prepare_resume(resuming, parse_overrides(args.overrides))
         cfg = resume.cfg
-    assert cfg is not None
+    else:
+        cfg = load_config(args.config, parse_overrides(args.overrides))
+        if args.out:  # refused before any data is loaded
+            from fl_ee.results.rundir import check_new_run_dir
+
+            check_new_run_dir(Path(args.out))
+    # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.federation.preflight import preflight
+    from sims.backend import check_backend, start_ray
+
     check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
     if not resuming:
         cfg = preflight(cfg)
@@ -162,7 +162,7 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
             kept += f"; `fl-ee resume {run_dir}` continues"
     else:
         kept = "no round finished, nothing kept"
-    print(f"fl-ee: error: {what}; {kept}", file=sys.stderr)
+    print(f"fl-ee: error: {printable(what)}; {kept}", file=sys.stderr)
     return 3 if isinstance(cause, Diverged) else 1
 
 
@@ -247,7 +247,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = load_settings(args.run_dirs)
     runs = [r for s in settings for r in s.runs]
     if len(runs) < 2:
-        raise UserError("compare needs at least two run directories")
+        raise UserError("compare needs at least two finished runs")
     baseline = find_setting(settings, args.baseline) if args.baseline else settings[0]
     if args.json:
         print(to_json(comparison(settings, baseline), indent=2))
@@ -309,15 +309,36 @@ def print_model(cfg: Config) -> None:
     Console().print(table)
 
 
+PATH_ARGUMENTS = {"config": "CONFIG", "out": "--out", "resume": "DIR", "run_dir": "RUN_DIR", "run_dirs": "RUN_DIR",
+                  "tensorboard": "--tensorboard"}  # argument attribute: its name in messages
+
+
+def check_path_arguments(args: argparse.Namespace) -> None:
+    """Refuse, in one line, a path the file system cannot look up: a name too long, a folder it may not search.
+
+    A path that does not exist (yet) passes; each command says what it needs of it.
+    """
+    for attr, label in PATH_ARGUMENTS.items():
+        value = getattr(args, attr, None)
+        for text in value if isinstance(value, list) else [value] if value else []:
+            try:
+                Path(text).stat()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as exc:
+                raise UserError(f"{shortened(text)}: {exc.strerror}", key=label) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fl-ee`` console script."""
     args = _parser().parse_args(argv)
     try:
+        check_path_arguments(args)
         commands = {"run": cmd_run, "resume": cmd_run, "check": cmd_check, "report": cmd_report,
                     "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
-        print(f"fl-ee: error: {exc}", file=sys.stderr)
+        print(f"fl-ee: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fl-ee: interrupted", file=sys.stderr)

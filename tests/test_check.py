@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.core.config import load_config
+from fl_ee.core.config import config_to_toml, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.federation.plan import make_plan, training_line
 from fl_ee.federation.preflight import config_warnings, preflight
@@ -103,6 +103,59 @@ def test_a_bad_config_answers_before_torch_or_flower_is_imported():
                               text=True, env=env, cwd=REPO, timeout=60)
         assert done.stdout.split("\n")[0] == "2 ", (command, done.stdout, done.stderr)  # nothing heavy loaded
         assert done.stderr == "fl-ee: error: rounds: expected int, got 'x'\n"
+
+
+def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_path):
+    """``sweep``, ``compare``, ``report``, ``resume`` and ``run`` refuse bad arguments and paths fast.
+
+    Before torch, Flower, Ray, SciPy or matplotlib is imported: in well under 0.5 s.
+    """
+    run = tmp_path / "run"  # an unfinished run whose only checkpoint is truncated
+    (run / "checkpoint" / "round-000001").mkdir(parents=True)
+    (run / "config.toml").write_text(config_to_toml(load_config(None, {})))
+    (run / "rounds.jsonl").write_text('{"round": 1}\n')
+    (run / "checkpoint" / "round-000001" / "state.json").write_text('{"format": 1, "round": 1, "config": {}}')
+    (run / "checkpoint" / "round-000001" / "arrays.npz").write_bytes(b"PK\x03\x04\x14\x00")
+    (tmp_path / "notes.txt").write_text("mine")
+    argvs = [["sweep", "--grid", "strategy.name=a,,b"], ["sweep", "--grid", "nope=1,2"], ["sweep", "--seeds", "999"],
+             ["sweep", "--out", "notes.txt"], ["sweep", "--grid", "rounds=1,2", "--set", "rounds=3"],
+             ["compare", "missing", "notes.txt"], ["report", "notes.txt"], ["report", "."], ["resume", "."],
+             ["resume", "run", "--set", "rounds=5"], ["resume", "run"], ["run", "."], ["run", "--out", "x" * 5000]]
+    probe = ("import json, sys\n"
+             "from fl_ee.cli import main\n"
+             "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
+             "print(codes, sorted(m for m in ('torch', 'flwr', 'ray', 'scipy', 'matplotlib') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    done = subprocess.run([sys.executable, "-c", probe, json.dumps(argvs)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert done.stdout == f"{[2] * len(argvs)} []\n", done.stderr  # every one refused, nothing heavy imported
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(argvs) and all(line.startswith("fl-ee: error: ") for line in lines), lines
+    assert lines[-3].startswith(f"fl-ee: error: {Path('run', 'checkpoint', 'round-000001', 'arrays.npz')}: damaged "
+                                "checkpoint (File is not a zip file), and no earlier one to fall back to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]  # nothing made
+
+
+def test_a_directory_or_a_path_too_long_is_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"fl-ee: error: {tmp_path} is a directory; give a TOML file or a preset name "
+                                       "(fl-ee list presets)\n")
+    assert main(["run", "--out", "x" * 5000]) == 2
+    assert capsys.readouterr().err == (f"fl-ee: error: --out: {'x' * 40}...{'x' * 20} (5000 characters): "
+                                       "File name too long\n")
+    code, out, err = _check(capsys, "--set", "data.name=fashion-mnist", "--set", f"data.root={tmp_path / ('r' * 5000)}")
+    assert code == 2 and out == "" and err.count("\n") == 1 and len(err) < 200
+    assert err.startswith(f"fl-ee: error: data.root: {str(tmp_path)[:40]}") and err.endswith(
+        "/FashionMNIST/raw (" + str(len(str(tmp_path)) + 5018) + " characters): File name too long\n")
+
+
+def test_an_error_is_one_line_whatever_its_path_or_argument_holds(capsys):
+    assert main(["report", "runs/a\nb\u2028c"]) == 2
+    assert capsys.readouterr().err == "fl-ee: error: no run directory at runs/a\\nb\\u2028c\n"
+    with pytest.raises(SystemExit) as exit:  # argparse's own errors have the same form
+        main(["compare"])
+    assert exit.value.code == 2 and capsys.readouterr().err == (
+        "fl-ee: error: the following arguments are required: RUN_DIR|SWEEP_ROOT (see fl-ee compare --help)\n")
 
 
 def test_seed_must_not_be_negative():

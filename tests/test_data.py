@@ -11,7 +11,7 @@ from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.preflight import preflight
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "first-simulation.md"
 
 
 def test_digits_is_offline_and_normalised():
@@ -74,9 +74,9 @@ def test_a_missing_cifar10_image_folder_gives_the_readmes_extraction_command(tmp
             archive = "../shared/data/cifar10-jpeg.tar.gz"
             assert str(info.value) == (f"{start}extract {archive} there (mkdir -p {root.parent} && tar xzf {archive} "
                                        f"-C {root.parent}), or {other}")
-    shipped = load_config("cifar10-resnet").data.root  # the README's command makes the preset's folder
+    shipped = load_config("cifar10-resnet").data.root  # the first-simulation guide's command makes the preset's folder
     assert shipped == "/tmp/data/cifar10"
-    assert f"\nmkdir -p /tmp/data && tar xzf {archive} -C /tmp/data\n" in README.read_text()
+    assert f"\nmkdir -p /tmp/data && tar xzf {archive} -C /tmp/data\n" in GUIDE.read_text()
 
 
 def test_imagefolder_reads_real_cifar10_jpegs(shared_data, tmp_path):

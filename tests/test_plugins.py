@@ -1,4 +1,4 @@
-"""The plug-in contract end to end: the README's example as written, entry points, a freezing strategy."""
+"""The plug-in contract end to end: the strategy tutorial's example as written, entry points, a freezing strategy."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.globaleval import evaluate_global
 from fl_ee.federation.server import initial_model
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "custom-strategy.md"
 TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5",
         "--set", "strategy.fraction_train=1.0"]
 
@@ -34,10 +34,10 @@ class Frozen(DepthAwareStrategy):
 
 
 def readme_example() -> tuple[str, str, list[str]]:
-    """The custom-strategy example in README.md: (module file name, its code, the command's arguments)."""
-    text = README.read_text()
+    """The custom-strategy tutorial's example: (module file name, its code, the command's arguments)."""
+    text = TUTORIAL.read_text()
     match = re.search(r"```python\n# (\w+\.py)\n(.*?)```\s*```bash\n(fl-ee run [^\n]*)\n```", text, re.S)
-    assert match, "README.md lost its custom-strategy example"
+    assert match, "docs/tutorials/custom-strategy.md lost its example"
     filename, code, command = match.groups()
     return filename, f"# {filename}\n{code}", shlex.split(command)[1:]
 

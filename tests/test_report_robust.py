@@ -99,6 +99,30 @@ def test_a_clients_csv_that_is_not_text_is_one_error_line(runs, tmp_path, capsys
     assert err.startswith(f"fl-ee: error: {path / 'clients.csv'}: ") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("name", "content", "why"), [
+    ("summary.json", b"[]", "summary.json is not a run's summary (a JSON object)"),
+    ("summary.json", b"\xff\xd8\xff\xe0 binary", "summary.json is not JSON"),
+    ("rounds.jsonl", b"\x89PNG\r\n\x1a\n\x00\xff", "rounds.jsonl: not a rounds log (not UTF-8 text)"),
+    ("rounds.jsonl", b'[1, 2]\n{"round": 2}\n',
+     "rounds.jsonl: line 1 is not a round's record (a JSON object with its round)"),
+    ("config.toml", b"\xff\xfe\x00 binary", "config.toml: not UTF-8 text"),
+], ids=["summary-list", "summary-binary", "rounds-binary", "rounds-list", "config-binary"])
+def test_a_file_of_a_run_that_does_not_read_is_one_error_line(runs, tmp_path, capsys, name, content, why):
+    path = _copy(runs["ok"], tmp_path)
+    (path / name).write_bytes(content)
+    for command in (["report", str(path)], ["report", str(path), "--json"], ["compare", str(path), str(path)]):
+        assert main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"fl-ee: error: {path}/{why}\n", command
+
+
+def test_an_error_log_that_is_not_text_still_reports(runs, tmp_path, capsys):
+    path = _copy(runs["ok"], tmp_path)
+    (path / "error.log").write_bytes(b"boom \xff\xfe\nrest")
+    assert main(["report", str(path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ width
 
 

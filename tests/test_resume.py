@@ -263,6 +263,75 @@ def test_a_half_written_checkpoint_is_ignored(made):
         (checkpoints.path / ".round-000004.tmp").rmdir()
 
 
+def _flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "damage", "why"), [
+    ("arrays.npz", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "File is not a zip file"),
+    ("arrays.npz", _flip_middle_byte, "Bad CRC-32 for file"),
+    ("strategy.npz", Path.unlink, "No such file or directory"),
+    ("state.json", lambda p: p.write_text('{"format": 1, "round": 2'), "Expecting ',' delimiter"),
+])
+def test_a_damaged_only_checkpoint_is_named_before_anything_starts(made, tmp_path, capsys, name, damage, why):
+    run = copy_of(made("depthfl", 1, 3), tmp_path)  # killed in round 3: the checkpoint of round 2 is its only one
+    path = run / "checkpoint" / "round-000002" / name
+    damage(path)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["resume", str(run)]) == 2  # in process, refused before Ray (or torch) would start
+    err = _error(capsys)
+    assert err.startswith(f"fl-ee: error: {path}: damaged checkpoint (") and why in err
+    assert err.endswith(f"), and no earlier one to fall back to; remove {path.parent} and `fl-ee resume {run}` "
+                        "starts the run over")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_the_advice_for_a_damaged_only_checkpoint_ends_as_an_uninterrupted_run(made, tmp_path):
+    run = copy_of(made("depthfl", 1, 3), tmp_path)
+    arrays = run / "checkpoint" / "round-000002" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:100])
+    shutil.rmtree(arrays.parent)  # what the error line says to do
+    resume_inprocess(run)
+    _same_results(run, made("depthfl"))
+
+
+@pytest.mark.parametrize("left_by", ["kill", "failed-removal"])
+def test_a_damaged_checkpoint_falls_back_to_an_earlier_whole_one(made, tmp_path, monkeypatch, capsys, left_by):
+    """Round 1's checkpoint outlived round 2's write, then round 2's was damaged: the run resumes from round 1.
+
+    ``kill``: killed after round 2's checkpoint replaced round 1's, before round 1's was
+    removed. ``failed-removal``: round 1's could not be removed (as ``rmtree(ignore_errors=True)``
+    leaves a folder it may not delete), so its client files were kept too; killed in round 3.
+    """
+    real = shutil.rmtree
+
+    def removing(path, *args, **kwargs):
+        if Path(path).name == "round-000001" and Path(path).with_name("round-000002").is_dir():
+            if left_by == "kill":
+                raise Killed(2)
+            return
+        real(path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(shutil, "rmtree", removing)
+        run_inprocess(run, [*FAST, "strategy.name=depthfl", "checkpoint_every=1"],
+                      observers=[KillIn(3)] if left_by == "failed-removal" else [])
+    assert sorted(p.name for p in (run / "checkpoint").glob("round-*")) == ["round-000001", "round-000002"]
+    arrays = run / "checkpoint" / "round-000002" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:100])
+    assert _poison_stale_exits(run, 1) > 0  # the client files of later rounds must not be read either
+    capsys.readouterr()
+
+    resume_inprocess(run, seed=7)
+    assert capsys.readouterr().err == (f"fl-ee: warning: {arrays}: damaged checkpoint (File is not a zip file); "
+                                       "resuming from the checkpoint of round 1\n")
+    _same_results(run, made("depthfl"))
+    assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

@@ -1,8 +1,10 @@
 """``fl-ee sweep`` (planning, bad input, resumption, ``sweep.json``) and ``fl-ee compare`` over settings."""
 
 import dataclasses
+import hashlib
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +20,15 @@ from fl_ee.results.groups import expand, group_runs
 from fl_ee.results.observers import Observer
 from fl_ee.results.rundir import load_run
 from fl_ee.results.stats import PAIRED, WELCH
-from fl_ee.studies.sweep import SWEEP_JSON, check_existing, plan, run_sweep, setting_warnings
+from fl_ee.studies.sweep import (
+    SWEEP_JSON,
+    check_existing,
+    plan,
+    run_sweep,
+    setting_name,
+    setting_warnings,
+    split_values,
+)
 from inprocess import resume_inprocess, run_inprocess
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]
@@ -34,16 +44,25 @@ GRID = ["strategy.name=depthfl,exclusive"]
      "tiers.0.depth: must be in 1..4 (the model has 4 exits) (in setting tiers.0.depth=7, seed 0)"),
     (["--grid", "strategy.name="], "--grid strategy.name: empty grid"),
     (["--grid", "strategy.name"], "expected KEY=V1,V2"),
-    (["--grid", "data.alpha=0.1,0.1"], "--grid data.alpha: a value is given twice"),
+    (["--grid", "data.alpha=0.1,0.10"], "--grid data.alpha: the value 0.10 is given twice in '0.1,0.10'"),
+    (["--grid", "strategy.name=depthfl,,exclusive"],
+     "--grid strategy.name: value 2 of 'depthfl,,exclusive' is empty; write \"\" for an empty string"),
+    (["--grid", "strategy.name=depthfl,"], "--grid strategy.name: value 2 of 'depthfl,' is empty"),
+    (["--grid", "rounds=1,2", "--set", "rounds=3"], "--grid rounds: given in both --grid and --set; drop one"),
+    (["--seeds", "100000"], "--seeds: must be in 1..100"),
+    (["--seed-list", ",".join(map(str, range(101)))], "--seed-list: 101 seeds; a sweep runs at most 100"),
+    (["--grid", f"data.alpha={','.join(str(a) for a in range(1, 12))}", "--grid",
+      f"training.lr={','.join(str(r / 100) for r in range(1, 11))}", "--seed-list", ",".join(map(str, range(10)))],
+     "--grid: 1100 runs (11 x 10 values x 10 seeds); a sweep runs at most 1000: split it into several"),
     (["--grid", "seed=1,2"], "--grid seed: the seeds of a sweep come from --seeds"),
     (["--set", "seed=4"], "--set seed: the seeds of a sweep come from --seeds"),
-    (["--seeds", "0"], "--seeds: must be at least 1"),
+    (["--seeds", "0"], "--seeds: must be in 1..100"),
     (["--seed-list", "1,x"], "--seed-list: expected whole numbers"),
     (["--jobs", "0"], "--jobs: must be at least 1"),
 ])
 def test_bad_input_fails_in_one_line_before_any_run(argv, message, tmp_path, capsys):
     out = tmp_path / "sweep"
-    seeds = [] if argv[0].startswith("--seed") else ["--seeds", "1"]
+    seeds = [] if any(a.startswith("--seed") for a in argv) else ["--seeds", "1"]
     assert main(["sweep", *seeds, *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fl-ee: error: ") and message in err and len(err.strip().splitlines()) == 1
@@ -61,6 +80,58 @@ def test_config_warnings_are_given_once_per_setting_and_name_it(tmp_path, capsys
     assert setting_warnings(both) == [f"{never} (in every setting)"]
     assert setting_warnings({"base": both["depthfl"]}) == [never]
     assert setting_warnings({"a": load_config(None, {"rounds": 8}), "b": load_config(None)}) == []
+
+
+def test_a_file_is_no_sweep_root(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "sweep"):
+        assert main(["sweep", "--seeds", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"fl-ee: error: {tmp_path / 'notes.txt'} is not a directory; choose another --out\n"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_values_split_at_top_level_commas_only():
+    assert split_values("[1,2],[1, 3] , {a = 1, b = [2,3]},'x,y',\"p\\\",q\",z") == [
+        "[1,2]", "[1, 3]", "{a = 1, b = [2,3]}", "'x,y'", '"p\\",q"', "z"]
+    assert split_values("a") == ["a"] and split_values("a,,b") == ["a", "", "b"]
+
+
+def test_list_values_can_be_swept(tmp_path):
+    two_deep = [*TINY, "tiers.1.depth=2", "tiers.2.depth=2"]  # every tier fits a model of two exits
+    jobs = plan(None, two_deep, ["model.exits=[1,2],[1, 3]"], [0], tmp_path)
+    assert [(j.setting, j.cfg.model.exits) for j in jobs] == [("model.exits=[1%2C2]", [1, 2]),
+                                                              ("model.exits=[1%2C%203]", [1, 3])]
+    with pytest.raises(UserError, match=r"--grid model.exits: the value \[1, 2\] is given twice"):
+        plan(None, two_deep, ["model.exits=[1,2],[1, 2]"], [0], tmp_path)
+
+
+def test_long_values_get_short_stable_folder_names(tmp_path):
+    long = "x" * 300
+    jobs = plan(None, TINY, [f"tiers.0.name={long},y"], [0], tmp_path)
+    digest = hashlib.sha256(long.encode()).hexdigest()[:8]
+    assert [j.setting for j in jobs] == [f"tiers.0.name={'x' * 31}~{digest}", "tiers.0.name=y"]
+    assert jobs[0].cfg.tiers[0].name == long
+    jobs[0].path.mkdir(parents=True)  # a name the file system takes
+    # several long values: the whole name is cut too, and stays unique
+    names = [setting_name({f"tiers.{i}.name": "v" * 60 for i in range(5)} | {"data.alpha": a}) for a in "12"]
+    assert all(len(n) == 200 for n in names) and names[0] != names[1]
+    assert names[0].startswith(f"tiers.0.name={'v' * 31}~{hashlib.sha256(b'v' * 60).hexdigest()[:8]},tiers.1.name=")
+    assert names == [setting_name({f"tiers.{i}.name": "v" * 60 for i in range(5)} | {"data.alpha": a}) for a in "12"]
+
+
+def test_a_settings_checks_run_once_and_each_seed_gets_its_split(tmp_path, capsys):
+    # a tier too small for 3 clients: a config warning, said once for the sweep (not per seed, not while planning)
+    small = [*TINY, "tiers.0.share=0.1", "tiers.1.share=0.4", "tiers.2.share=0.5"]
+    jobs = plan(None, small, GRID, [0, 1, 2], tmp_path)
+    assert capsys.readouterr().err == ""
+    assert setting_warnings({j.setting: j.cfg for j in jobs}) == [
+        "tier 'iot' gets no client (share 0.1 of 3 clients); raise tiers.0.share or data.num_clients "
+        "(in every setting)",
+        "training.kd_warmup_rounds = 8 is past the last round (2): distillation (last-exit) never starts, so the "
+        "run trains as with training.distillation = none (in every setting)"]
+    assert [(j.seed, j.cfg.seed) for j in jobs] == [(s, s) for s in (0, 1, 2)] * 2
+    assert jobs[1].cfg == jobs[0].cfg.model_copy(update={"seed": 1})  # the first seed's checked config, reseeded
 
 
 def test_a_sweep_refuses_a_folder_holding_another_config(tmp_path):
@@ -247,6 +318,32 @@ def test_compare_says_which_test_and_welch_where_seeds_differ(settings_dirs, tmp
     assert "72.0 ± 5.0" in out  # 0.72 -/+ 0.0497, in %
     assert main(["compare", *map(str, settings_dirs), "--baseline", "fedavg"]) == 2
     assert "--baseline: 'fedavg' is no setting" in capsys.readouterr().err
+
+
+def test_compare_leaves_out_an_unfinished_run_with_a_note(settings_dirs, tmp_path, capsys):
+    unfinished = Path(shutil.copytree(settings_dirs[1], tmp_path / "unfinished"))
+    (unfinished / "summary.json").unlink()
+    assert main(["compare", str(settings_dirs[0]), str(unfinished), str(settings_dirs[3]), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"fl-ee: warning: {unfinished}: unfinished run (no summary.json) left out; "
+                   f"`fl-ee resume {unfinished}` finishes it\n")
+    assert {name: s["seeds"] for name, s in json.loads(out)["settings"].items()} == {
+        "strategy.name=depthfl": [0], "strategy.name=exclusive": [0]}
+    assert main(["compare", str(settings_dirs[0]), str(unfinished)]) == 2
+    assert capsys.readouterr().err.splitlines()[1] == "fl-ee: error: compare needs at least two finished runs"
+
+
+def test_compare_counts_a_seed_given_twice_once_and_names_both(settings_dirs, tmp_path, capsys):
+    again = Path(shutil.copytree(settings_dirs[0], tmp_path / "again"))  # the same config and seed
+    assert main(["compare", *map(str, settings_dirs[:2]), str(again), *map(str, settings_dirs[3:5]), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"fl-ee: warning: {settings_dirs[0]} and {again} are both seed 0 of one setting; only "
+                   f"{settings_dirs[0]} is counted\n")
+    depthfl = json.loads(out)["settings"]["strategy.name=depthfl"]
+    assert depthfl["seeds"] == [0, 1] and depthfl["metrics"]["mean"]["n"] == 2
+    assert depthfl["metrics"]["mean"]["mean"] == pytest.approx((0.70 + 0.72) / 2)
+    assert main(["compare", str(settings_dirs[0]), str(again)]) == 2  # a run and its copy: nothing to compare
+    assert capsys.readouterr().err.splitlines()[1] == "fl-ee: error: compare needs at least two finished runs"
 
 
 def test_only_settings_of_the_same_name_in_two_sweeps_are_told_apart_by_folder(tmp_path, capsys):

@@ -34,7 +34,7 @@ import torch
 
 from fl_ee.core.cache import CacheDamaged, cache_root, checksum, discard, load_array, one_line
 from fl_ee.core.config import Config, DataConfig, ModelConfig
-from fl_ee.core.errors import UserError, warn
+from fl_ee.core.errors import UserError, shortened, warn
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, model_spec
 from partitions import ClientSplit, client_splits
@@ -433,7 +433,11 @@ def _load(name: str, root: str, download: bool) -> TensorDataset:
 def load_dataset(cfg: DataConfig) -> TensorDataset:
     """The configured dataset, decoded once per process and kept in memory."""
     root = str(Path(cfg.root).expanduser().resolve())
-    return _load(cfg.name, root, cfg.download)
+    try:
+        return _load(cfg.name, root, cfg.download)
+    except OSError as exc:  # a path the file system refuses: a name too long, a folder it may not search
+        where = shortened(str(exc.filename or root))
+        raise UserError(f"{where}: {exc.strerror or one_line(exc)}", key="data.root") from None
 
 
 def run_splits(cfg: Config) -> tuple[ClientSplit, ...]:

@@ -21,6 +21,9 @@ Randomness needs no saving: every draw is seeded from the run seed, its stream, 
 and client (:mod:`fl_ee.core.seeding`), and torch's global generator is used only for the
 initial model, which a resumed run rebuilds from the seed. Arrays are NumPy ``.npz``
 read with ``allow_pickle=False``, everything else JSON; nothing is pickled.
+
+Flower and torch are imported only where a checkpoint is written or loaded, so that
+``fl-ee sweep``, ``compare`` and ``resume`` check their arguments without them.
 """
 
 from __future__ import annotations
@@ -30,26 +33,26 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord
 
 from fl_ee.core.atomic import atomic_write, read_npz, write_npz
+from fl_ee.core.cache import one_line
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError
 from fl_ee.core.resumable import config_difference, resumable_config
 from fl_ee.federation import clientstate
 from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.rundir import CHECKPOINT_DIR
-from fl_ee.results.summary import Evaluation
-from fl_ee.wire.protocol import EvaluateReply
-from strategies.base import to_numpy, to_record
 
 if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+
     from sims.emulator import DeviceEmulator
     from strategies import ClientInfo, DepthAwareStrategy
 
@@ -77,6 +80,9 @@ def loop_state_to_json(state: LoopState) -> dict[str, Any]:
 
 def loop_state_from_json(raw: Mapping[str, Any], arrays: ArrayRecord) -> LoopState:
     """The loop state of :func:`loop_state_to_json` and the global arrays."""
+    from fl_ee.results.summary import Evaluation
+    from fl_ee.wire.protocol import EvaluateReply
+
     def reply(values: Mapping[str, Any]) -> EvaluateReply:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return EvaluateReply(**fields)
@@ -119,10 +125,37 @@ class Checkpoint:
 
     def load(self, strategy: DepthAwareStrategy) -> LoopState:
         """The saved loop state; the saved strategy state goes into ``strategy``."""
+        from strategies.base import to_record
+
         raw = json.loads((self.path / STATE).read_text())
         state = loop_state_from_json(raw["loop"], to_record(read_npz(self.path / ARRAYS)))
         strategy.load_state_dict({**read_npz(self.path / STRATEGY), **raw["strategy"]})
         return state
+
+
+class _Damaged(Exception):
+    """A checkpoint file that does not read back: ``args`` are (its path, what is wrong)."""
+
+
+def _read_whole(folder: Path) -> Checkpoint:
+    """The checkpoint in ``folder``, once its ``state.json`` and both ``.npz`` archives read back in full.
+
+    Raises :class:`_Damaged` naming the first file that does not, and :class:`UserError`
+    for a checkpoint of another format.
+    """
+    try:
+        raw = json.loads((folder / STATE).read_text())
+        if isinstance(raw, dict) and raw.get("format") != FORMAT:
+            raise UserError(f"{folder}: checkpoint format {raw.get('format')!r}, this fl-ee reads {FORMAT}")
+        checkpoint = Checkpoint(int(raw["round"]), dict(raw["config"]), folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, not UTF-8 or JSON, not what was written
+        raise _Damaged(folder / STATE, one_line(exc)) from None
+    for name in (ARRAYS, STRATEGY):
+        try:
+            read_npz(folder / name)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # missing, truncated, changed
+            raise _Damaged(folder / name, one_line(exc)) from None
+    return checkpoint
 
 
 class Checkpoints(Observer):
@@ -137,6 +170,7 @@ class Checkpoints(Observer):
         self.rounds = 0
         self.config: dict[str, Any] = {}
         self.write_s: list[float] = []
+        self.damaged: list[tuple[Path, str]] = []  # what latest() passed over: (file, what is wrong)
 
     @property
     def client_dir(self) -> Path:
@@ -145,19 +179,25 @@ class Checkpoints(Observer):
 
     # ------------------------------------------------------------------ reading
     def latest(self) -> Checkpoint | None:
-        """The newest whole checkpoint, or ``None``."""
-        rounds = sorted(int(p.name.removeprefix(PREFIX)) for p in self.path.glob(f"{PREFIX}*")
-                        if p.is_dir() and p.name.removeprefix(PREFIX).isdigit()) if self.path.is_dir() else []
-        if not rounds:
-            return None
-        folder = self.path / f"{PREFIX}{rounds[-1]:06d}"
-        try:
-            raw = json.loads((folder / STATE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{folder / STATE}: unreadable checkpoint ({exc})") from None
-        if raw.get("format") != FORMAT:
-            raise UserError(f"{folder}: checkpoint format {raw.get('format')!r}, this fl-ee reads {FORMAT}")
-        return Checkpoint(int(raw["round"]), raw["config"], folder)
+        """The newest checkpoint that reads back whole, or ``None`` where there is none.
+
+        Its ``state.json``, ``arrays.npz`` and ``strategy.npz`` are read in full. A newer one
+        that does not read (a file truncated or changed since it was written) is passed
+        over and listed in :attr:`damaged` as (file, what is wrong); where no checkpoint
+        reads, a :class:`UserError` names the damaged file and says how to start over.
+        """
+        self.damaged = []
+        found = [p for p in self.path.glob(f"{PREFIX}*") if p.is_dir() and p.name.removeprefix(PREFIX).isdigit()]
+        for folder in sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)), reverse=True):
+            try:
+                return _read_whole(folder)
+            except _Damaged as exc:
+                self.damaged.append(exc.args)
+        if self.damaged:
+            path, why = self.damaged[0]
+            raise UserError(f"{path}: damaged checkpoint ({why}), and no earlier one to fall back to; remove "
+                            f"{path.parent} and `fl-ee resume {self.path.parent}` starts the run over")
+        return None
 
     def restore(
         self, cfg: Config, fresh: LoopState, strategy: DepthAwareStrategy, emulator: DeviceEmulator
@@ -190,6 +230,8 @@ class Checkpoints(Observer):
 
     def save(self, state: LoopState, strategy: DepthAwareStrategy) -> Path:
         """Write the checkpoint of ``state.round``, then drop older checkpoints and client files."""
+        from strategies.base import to_numpy
+
         started = time.perf_counter()
         name = f"{PREFIX}{state.round:06d}"
         tmp, final = self.path / f".{name}.tmp", self.path / name
@@ -206,12 +248,14 @@ class Checkpoints(Observer):
             "strategy": strategy_values,
             "loop": loop_state_to_json(state),
         }))
+        shutil.rmtree(final, ignore_errors=True)  # a damaged checkpoint a resume passed over
         os.replace(tmp, final)
         _fsync_dir(self.path)
         for old in self.path.glob(f"{PREFIX}*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
-        clientstate.prune(self.client_dir, state.round)
+        if [p.name for p in self.path.glob(f"{PREFIX}*")] == [name]:  # an older one left still needs its files
+            clientstate.prune(self.client_dir, state.round)
         self.write_s.append(time.perf_counter() - started)
         return final
 

@@ -51,6 +51,16 @@ def preflight(cfg: Config, warnings: bool = True) -> Config:
     return cfg
 
 
+def reseeded(checked: Config, seed: int) -> Config:
+    """``checked``, a config :func:`preflight` returned, under another seed, once its split was made.
+
+    The split is the one part of the preflight that depends on the seed.
+    """
+    cfg = checked.model_copy(update={"seed": seed})
+    run_splits(cfg)
+    return cfg
+
+
 def check_model(cfg: Config) -> None:
     """The network runs on the dataset's images (a sample through every stage and exit, FLOPs counted).
 

@@ -4,7 +4,9 @@ The run continues with the config stored in ``DIR/config.toml``. ``--set`` may c
 only :data:`~fl_ee.core.resumable.RESUMABLE_KEYS` (how often to checkpoint, where the data
 and the Ray cluster are, real pacing): keys that change no result, so the resumed run
 ends with the same ``summary.json`` and ``clients.csv`` as an uninterrupted one. Without
-a checkpoint (killed before its first), the run starts over in the same directory.
+a checkpoint (killed before its first), the run starts over in the same directory. A
+damaged checkpoint is named before anything starts; the run continues from an earlier
+whole one where there is one (a kill during a checkpoint's write leaves two).
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fl_ee.core.config import Config, load_config
-from fl_ee.core.errors import UserError
+from fl_ee.core.errors import UserError, warn
 from fl_ee.core.resumable import RESUMABLE_KEYS, config_difference
 from fl_ee.federation.checkpoint import Checkpoints
-from fl_ee.federation.preflight import preflight
-from fl_ee.results.rundir import CONFIG, RunDir, check_unfinished_run_dir
+from fl_ee.results.rundir import CONFIG, RunDir, check_unfinished_run_dir, load_run
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,27 @@ def prepare_resume(path: str | Path, overrides: dict[str, Any]) -> Resume:
     """Check that ``path`` holds an unfinished run that can continue, and set it up.
 
     Raises :class:`~fl_ee.core.errors.UserError` (one line) for a missing, foreign or finished
-    run directory, a ``--set`` of a key a resume cannot change, or a ``config.toml``
-    edited since the checkpoint was written.
+    run directory, a ``--set`` of a key a resume cannot change, a ``config.toml`` edited
+    since the checkpoint was written, or a damaged checkpoint with none to fall back to:
+    all before the data is loaded (and torch imported). A damaged checkpoint passed over
+    is a warning.
     """
     path = Path(path)
     check_unfinished_run_dir(path)
+    load_run(path)  # its config.toml and rounds.jsonl read back
     for key in overrides:
         if key not in RESUMABLE_KEYS:
             raise UserError(f"cannot be changed on resume (only {', '.join(RESUMABLE_KEYS)} can)", key=key)
-    cfg = preflight(load_config(str(path / CONFIG), overrides))
+    cfg = load_config(str(path / CONFIG), overrides)
     checkpoints = Checkpoints(path)
     latest = checkpoints.latest()
+    after = latest.round if latest else 0
+    for damaged, why in checkpoints.damaged:  # passed over for an earlier whole one
+        warn(f"{damaged}: damaged checkpoint ({why}); resuming from the checkpoint of round {after}")
     if latest is not None and (changed := config_difference(latest.config, cfg)) is not None:
         raise UserError(f"{path / CONFIG}: {changed} differs from the config the checkpoint was written with")
-    after = latest.round if latest else 0
+
+    from fl_ee.federation.preflight import preflight  # imports torch
+
+    cfg = preflight(cfg, warnings=False)  # the run's first start gave them; summary.json keeps them
     return Resume(cfg, RunDir(path, resume_after=after), checkpoints, after)

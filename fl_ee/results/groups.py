@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.text import Text
 
-from fl_ee.core.errors import UserError
+from fl_ee.core.errors import UserError, warn
 from fl_ee.core.resumable import resumable_config
 from fl_ee.results.fit import Col, Sheet
 from fl_ee.results.report import COMPARED, key_metrics, pct, short_names
@@ -92,17 +92,29 @@ def is_sweep_root(path: Path) -> bool:
 
 
 def expand(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories named by ``paths``: each a run directory, or a sweep root (its finished runs)."""
+    """The finished run directories named by ``paths``: each a run directory, or a sweep root (its runs).
+
+    An unfinished run is left out with a warning (its figures are not final); a sweep
+    root none of whose runs finished, or a path that holds no run, is a :class:`UserError`.
+    """
     found: list[Path] = []
     for path in map(Path, paths):
         if is_sweep_root(path):
-            finished = [p for p in sweep_run_dirs(path) if (p / SUMMARY).is_file()]
+            runs = sweep_run_dirs(path)
+            finished = [p for p in runs if (p / SUMMARY).is_file()]
             if not finished:
                 raise UserError(f"{path}: no run of this sweep has finished yet")
+            if len(finished) < len(runs):
+                left = [p.relative_to(path).as_posix() for p in runs if p not in finished]
+                warn(f"{path}: {len(left)} unfinished run{'s' if len(left) > 1 else ''} of this sweep left out "
+                     f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''})")
             found += finished
         else:
             check_run_dir(path)
-            found.append(path)
+            if (path / SUMMARY).is_file():
+                found.append(path)
+            else:
+                warn(f"{path}: unfinished run (no {SUMMARY}) left out; `fl-ee resume {path}` finishes it")
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
@@ -126,11 +138,17 @@ def setting_key(run: Run) -> dict[str, Any]:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Setting]:
-    """Runs grouped by setting, in the order each setting first appears; a setting's runs by seed."""
-    groups: dict[str, list[Run]] = {}
+    """Runs grouped by setting, in the order each setting first appears; a setting's runs by seed.
+
+    A run of a seed its setting already has (a copy, or the same run again) is left out with a warning.
+    """
+    groups: dict[str, dict[int, Run]] = {}
     for run in runs:
-        groups.setdefault(json.dumps(setting_key(run), sort_keys=True), []).append(run)
-    members = [sorted(g, key=lambda r: r.config.seed) for g in groups.values()]
+        group = groups.setdefault(json.dumps(setting_key(run), sort_keys=True), {})
+        if (first := group.setdefault(run.config.seed, run)) is not run:
+            warn(f"{first.path} and {run.path} are both seed {run.config.seed} of one setting; only "
+                 f"{first.path} is counted")
+    members = [sorted(g.values(), key=lambda r: r.config.seed) for g in groups.values()]
     flats = [_flat(json.loads(k)) for k in groups]
     differing = sorted({k for f in flats for k in f if any(g.get(k) != f.get(k) for g in flats)})
     settings = []

@@ -141,6 +141,15 @@ def check_unfinished_run_dir(path: Path) -> None:
         raise UserError(f"{path} holds a finished run; there is nothing to resume")
 
 
+def make_writable(path: Path, what: str) -> None:
+    """Make the folder ``path`` (and its parents) and check that it takes files; else one line naming ``what``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # writable? (a read-only mount fools os.access for root)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {path}: {exc.strerror}; choose another --out") from None
+
+
 class RunDir(Observer):
     """Writes one run's files under ``path`` as the round loop reports them.
 
@@ -160,11 +169,7 @@ class RunDir(Observer):
         path = Path(path)
         check_new_run_dir(path)
         created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=path).close()  # writable? (a read-only mount fools os.access for root)
-        except OSError as exc:
-            raise UserError(f"cannot write run directory {path}: {exc.strerror}; choose another --out") from None
+        make_writable(path, "run directory")
         return cls(path, created=created)
 
     def discard_if_unstarted(self) -> bool:
@@ -329,14 +334,21 @@ def _round_of(line: str) -> float:
 
 def _read_rounds(path: Path) -> list[dict[str, Any]]:
     """Round records; a half-written last line (a run killed mid-write) is dropped."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a rounds log (not UTF-8 text)") from None
     records = []
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number < len(lines):
                 raise UserError(f"{path}: line {number} is not JSON") from None
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise UserError(f"{path}: line {number} is not a round's record (a JSON object with its round)")
+        records.append(record)
     return records
 
 
@@ -349,6 +361,8 @@ def load_run(path: str | Path) -> Run:
     check_run_dir(path)
     try:
         config = config_from_saved(tomllib.loads((path / CONFIG).read_text()))
+    except UnicodeDecodeError:
+        raise UserError(f"{path / CONFIG}: not UTF-8 text") from None
     except (tomllib.TOMLDecodeError, UserError) as exc:
         raise UserError(f"{path / CONFIG}: {exc}") from None
     clients: list[dict[str, str]] = []
@@ -364,7 +378,9 @@ def load_run(path: str | Path) -> Run:
             summary = json.loads((path / SUMMARY).read_text())
         except ValueError:  # not JSON, or not text
             raise UserError(f"{path / SUMMARY} is not JSON") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"{path / SUMMARY} is not a run's summary (a JSON object)")
     stopped = None
     if (path / ERROR_LOG).is_file():
-        stopped = (path / ERROR_LOG).read_text().partition("\n")[0]
+        stopped = (path / ERROR_LOG).read_text(errors="replace").partition("\n")[0]
     return Run(path, config, _read_rounds(path / ROUNDS), clients, summary, stopped)

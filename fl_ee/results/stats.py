@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scipy.stats import t as student_t
-
 LEVEL = 0.95  # confidence of the intervals
 ALPHA = 0.05  # significance level of the tests (two-sided)
 Test = Literal["paired t-test", "Welch's t-test"]
@@ -38,6 +36,8 @@ def sample_std(values: Sequence[float]) -> float | None:
 
 def t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t as student_t  # here: SciPy takes 0.3 s to import, too long for a refusal
+
     return float(student_t.ppf(p, df))
 
 
@@ -45,6 +45,8 @@ def two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
     if math.isinf(t):
         return 0.0
+    from scipy.stats import t as student_t
+
     return float(2 * student_t.sf(abs(t), df))
 
 

@@ -14,7 +14,10 @@ uninterrupted run, and starts over where no checkpoint was written).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import math
+import re
 import signal
 import subprocess
 import sys
@@ -31,15 +34,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fl_ee.core.atomic import atomic_write
-from fl_ee.core.config import Config, load_config, parse_overrides
+from fl_ee.core.config import Config, load_config, parse_overrides, parse_value
 from fl_ee.core.errors import UserError, warn
 from fl_ee.core.resumable import config_difference, resumable_config
 from fl_ee.results.groups import SEED_PREFIX, SWEEP_JSON, Setting, headline
-from fl_ee.results.rundir import ROUNDS, SUMMARY, load_run, to_json
+from fl_ee.results.rundir import ROUNDS, SUMMARY, load_run, make_writable, to_json
 
 POLL_S = 0.25  # how often running runs are looked at
 STOP_WAIT_S = 60.0  # after an interrupt: how long a run may take to stop before it is killed
 BASE = "base"  # the one setting of a sweep without --grid
+MAX_SEEDS = 100  # seeds of a sweep
+MAX_RUNS = 1000  # runs of a sweep (settings x seeds); compare reads several sweeps together
+MAX_VALUE_CHARS = 40  # a longer grid value is shortened, with a hash, in its setting's folder name
+MAX_NAME_CHARS = 200  # and a longer folder name as a whole (file systems allow 255 bytes)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (a config holds a dict)
@@ -81,33 +88,65 @@ class Job:
 # ------------------------------------------------------------------------------ planning
 
 
+def split_values(text: str) -> list[str]:
+    """``text`` split at its top-level commas: those outside brackets, braces and quotes.
+
+    ``[1,2],[1,3]`` is two values, ``"a,b",c`` too; each is stripped of spaces.
+    """
+    values, start, depth, quote, i = [], 0, 0, "", 0
+    while i < len(text):
+        char = text[i]
+        if quote:  # inside a TOML string, where a backslash escapes the next character of a "..." one
+            if char == "\\" and quote == '"':
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+        i += 1
+    return [v.strip() for v in [*values, text[start:]]]
+
+
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     """``["strategy.name=depthfl,exclusive", ...]`` as ``{"strategy.name": ["depthfl", "exclusive"]}``.
 
-    Values stay text (``--set`` parses them); an empty grid, a key given twice, a value
-    given twice and ``seed`` (the seeds come from ``--seeds``) are refused.
+    Values are split at top-level commas (:func:`split_values`: ``model.exits=[1,2],[1,3]``)
+    and stay text (``--set`` parses them). An empty grid or value, a key given twice, a
+    value given twice (``0.1,0.10`` too) and ``seed`` (the seeds come from ``--seeds``) are refused.
     """
     grid: dict[str, list[str]] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
-        values = [v.strip() for v in text.split(",") if v.strip()]
         if not sep or not key:
             raise UserError(f"--grid {item!r}: expected KEY=V1,V2,...")
-        if not values:
+        if not text.strip():
             raise UserError("empty grid: give at least one value, KEY=V1,V2,...", key=f"--grid {key}")
+        values = split_values(text)
+        if "" in values:
+            raise UserError(f'value {values.index("") + 1} of {text!r} is empty; write "" for an empty string',
+                            key=f"--grid {key}")
         if key == "seed":
             raise UserError("the seeds of a sweep come from --seeds or --seed-list", key="--grid seed")
         if key in grid:
             raise UserError("given twice; list all its values in one --grid", key=f"--grid {key}")
-        if len(set(values)) < len(values):
-            raise UserError(f"a value is given twice in {text!r}", key=f"--grid {key}")
+        parsed = [repr(parse_value(v)) for v in values]
+        if len(set(parsed)) < len(parsed):
+            twice = next(v for i, v in enumerate(values) if parsed[i] in parsed[:i])
+            raise UserError(f"the value {twice} is given twice in {text!r}", key=f"--grid {key}")
         grid[key] = values
     return grid
 
 
 def parse_seeds(count: int | None, listed: str | None) -> list[int]:
-    """``--seeds N`` (0..N-1, default 3) or ``--seed-list 0,1,2``."""
+    """``--seeds N`` (0..N-1, default 3) or ``--seed-list 0,1,2``: at most :data:`MAX_SEEDS`."""
     if listed is not None:
         try:
             seeds = [int(s) for s in listed.split(",") if s.strip()]
@@ -115,43 +154,88 @@ def parse_seeds(count: int | None, listed: str | None) -> list[int]:
             raise UserError(f"expected whole numbers separated by commas, got {listed!r}", key="--seed-list") from None
         if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
             raise UserError("expected distinct seeds >= 0", key="--seed-list")
+        if len(seeds) > MAX_SEEDS:
+            raise UserError(f"{len(seeds)} seeds; a sweep runs at most {MAX_SEEDS}", key="--seed-list")
         return seeds
     count = 3 if count is None else count
-    if count < 1:
-        raise UserError("must be at least 1", key="--seeds")
+    if not 1 <= count <= MAX_SEEDS:
+        raise UserError(f"must be in 1..{MAX_SEEDS}", key="--seeds")
     return list(range(count))
 
 
+def _shortened(text: str, limit: int) -> str:
+    """``text``, or where longer than ``limit``: its start, ``~`` and 8 hex digits of its SHA-256 (stable, unique)."""
+    if len(text) <= limit:
+        return text
+    head = re.sub(r"%[0-9A-Fa-f]?$", "", text[: limit - 9])  # never half of a %-escape
+    return f"{head}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def setting_name(values: dict[str, str]) -> str:
-    """The folder of a setting: ``key=value`` pairs joined by commas (``/`` and odd characters %-escaped)."""
-    return ",".join(f"{k}={quote(v, safe='.:+-_@[]')}" for k, v in values.items()) or BASE
+    """The folder of a setting: ``key=value`` pairs joined by commas (``/``, ``,`` and odd characters %-escaped).
+
+    A value longer than :data:`MAX_VALUE_CHARS`, and a name longer than
+    :data:`MAX_NAME_CHARS`, keep their start, then ``~`` and 8 hex digits of the whole's hash.
+    """
+    pairs = (f"{k}={_shortened(quote(v, safe='.:+-_@[]'), MAX_VALUE_CHARS)}" for k, v in values.items())
+    return _shortened(",".join(pairs), MAX_NAME_CHARS) or BASE
+
+
+def check_root(root: Path) -> None:
+    """Refuse, in one line, a sweep root that is (or is under) a file, or is a run directory."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing} is not a directory; choose another --out")
+    if (root / ROUNDS).exists():
+        raise UserError(f"{root} is a run directory; choose another --out")
 
 
 def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], seeds: Sequence[int],
-         root: Path) -> list[Job]:
+         root: Path, console: Console | None = None) -> list[Job]:
     """Every run of the sweep, validated: the config of each combination and seed, and its preflight.
 
     Raises :class:`UserError` (one line, naming the setting) for bad input, and for a run
-    directory of the sweep that holds something else than this sweep's run.
+    directory of the sweep that holds something else than this sweep's run. Configs are
+    checked first (fast); the data, split, model and strategy of each setting once, then
+    each further seed's split (the only check that depends on the seed), with a progress
+    bar on ``console`` where it is a terminal.
     """
-    from fl_ee.federation.preflight import preflight
-
-    if "seed" in parse_overrides(list(sets)):
+    check_root(root)
+    overrides = parse_overrides(list(sets))
+    if "seed" in overrides:
         raise UserError("the seeds of a sweep come from --seeds or --seed-list", key="--set seed")
-    if (root / ROUNDS).exists():
-        raise UserError(f"{root} is a run directory; choose another --out for the sweep")
     grid = parse_grid(grid_items)
-    runs = []  # every config first (fast), then every preflight (data and split)
+    if both := [k for k in grid if k in overrides]:
+        raise UserError("given in both --grid and --set; drop one", key=f"--grid {both[0]}")
+    if (total := math.prod(len(v) for v in grid.values()) * len(seeds)) > MAX_RUNS:
+        sizes = " x ".join(str(len(v)) for v in grid.values())
+        raise UserError(f"{total} runs ({sizes} values x {len(seeds)} seeds); a sweep runs at most {MAX_RUNS}: "
+                        "split it into several (fl-ee compare reads them together)", key="--grid")
+    settings: dict[str, list[tuple[int, tuple[str, ...], Config]]] = {}
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         name = setting_name(values)
+        if name in settings:  # two values only a hash tells apart, and the hashes met
+            raise UserError(f"two settings would share the folder {name}; shorten their values", key="--grid")
+        settings[name] = []
         for seed in seeds:
-            overrides = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
-            cfg = _named(name, seed, load_config, config, parse_overrides(list(overrides)))
-            runs.append((name, seed, overrides, cfg))
+            run_sets = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
+            cfg = _named(name, seed, load_config, config, parse_overrides(list(run_sets)))
+            settings[name].append((seed, run_sets, cfg))
+    from fl_ee.federation.preflight import preflight, reseeded
+
     check = functools.partial(preflight, warnings=False)  # said once per setting by cmd_sweep
-    jobs = [Job(name, seed, config, overrides, _named(name, seed, check, cfg), root / name / f"{SEED_PREFIX}{seed}")
-            for name, seed, overrides, cfg in runs]
+
+    jobs = []
+    with Progress(TextColumn("validating the sweep's runs"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True, disable=console is None or not console.is_terminal) as progress:
+        task = progress.add_task("", total=total)
+        for name, runs in settings.items():
+            first = _named(name, runs[0][0], check, runs[0][2])
+            for seed, run_sets, cfg in runs:
+                checked = first if cfg is runs[0][2] else _named(name, seed, reseeded, first, seed)
+                jobs.append(Job(name, seed, config, run_sets, checked, root / name / f"{SEED_PREFIX}{seed}"))
+                progress.advance(task)
     for job in jobs:
         check_existing(job)
     return jobs
@@ -337,17 +421,19 @@ def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[
               parallel: int) -> int:
     """``fl-ee sweep``: plan and validate, run, then print the settings compared (exit 1 if a run failed)."""
     from fl_ee.results.groups import group_runs, settings_table
-    from sims.backend import check_backend
 
     if parallel < 1:
         raise UserError("must be at least 1", key="--jobs")
     root = Path(out) if out else default_sweep_dir()
-    jobs = plan(config, sets, grid, seeds, root)
+    err = Console(stderr=True, soft_wrap=True)
+    jobs = plan(config, sets, grid, seeds, root, err)
+    from sims.backend import check_backend  # imports Ray
+
     for cfg in {j.cfg.simulation: j.cfg for j in jobs}.values():
         check_backend(cfg)
     for line in setting_warnings({j.setting: j.cfg for j in jobs}):
         warn(line)
-    err = Console(stderr=True, soft_wrap=True)
+    make_writable(root, "sweep root")
     todo = sum(not j.finished for j in jobs)
     err.print(f"sweep of {len(jobs)} runs in {root}: {len(jobs) - todo} finished before, {todo} to run")
     spec = {"config": config, "set": sets, "grid": parse_grid(grid), "seeds": seeds}
