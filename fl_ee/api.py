@@ -48,7 +48,8 @@ class Run:
     path: Path
 
     @cached_property
-    def _files(self) -> RunFiles:
+    def files(self) -> RunFiles:
+        """The run directory's files, parsed (what ``fl-ee report`` reads)."""
         from fl_ee.results.rundir import load_run as read
 
         return read(self.path)
@@ -56,19 +57,19 @@ class Run:
     @property
     def config(self) -> Config:
         """The run's resolved configuration (``config.toml``)."""
-        return self._files.config
+        return self.files.config
 
     @property
     def finished(self) -> bool:
         """Whether the run wrote its ``summary.json``."""
-        return self._files.summary is not None
+        return self.files.summary is not None
 
     @cached_property
     def summary(self) -> Summary | None:
         """``summary.json``, typed (:class:`fl_ee.results.schema.Summary`); ``None`` if the run did not finish."""
         from fl_ee.results.schema import Summary
 
-        raw = self._files.summary
+        raw = self.files.summary
         return None if raw is None else Summary.model_validate(raw)
 
     @cached_property
@@ -76,7 +77,7 @@ class Run:
         """``rounds.jsonl``, one row per round; columns are the records' dotted keys (``evaluate.global.ensemble``)."""
         import pandas as pd
 
-        return pd.json_normalize(self._files.rounds, sep=".")
+        return pd.json_normalize(self.files.rounds, sep=".")
 
     @cached_property
     def clients(self) -> pd.DataFrame:
@@ -95,7 +96,7 @@ class Run:
         figures = {}
         for name, plot in PLOTS.items():
             try:
-                figures[name] = plot(self._files)
+                figures[name] = plot(self.files)
             except Skip:
                 continue
         return figures
@@ -134,18 +135,22 @@ def run(config_or_preset: str | Path | None = None, *, set: Mapping[str, Any] | 
     """
     from fl_ee.federation.preflight import preflight
     from fl_ee.results.rundir import check_new_run_dir
+    from sims.backend import check_backend
 
     cfg = load_config(None if config_or_preset is None else str(config_or_preset), dict(set or {}))
     if out is not None:
         check_new_run_dir(Path(out))
+    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused before the data loads
     return execute(preflight(cfg), out=out, progress=progress)
 
 
 def resume(run_dir: str | Path, *, set: Mapping[str, Any] | None = None, progress: bool = True) -> Run:
     """Continue the unfinished run in ``run_dir`` from its latest checkpoint (``set``: keys that change no result)."""
     from fl_ee.federation.resume import prepare_resume
+    from sims.backend import check_backend
 
     prepared = prepare_resume(str(run_dir), dict(set or {}))
+    check_backend(prepared.cfg)
     return execute(prepared.cfg, run_dir=prepared.run_dir, checkpoints=prepared.checkpoints,
                    done=prepared.after_round, progress=progress)
 
@@ -153,18 +158,24 @@ def resume(run_dir: str | Path, *, set: Mapping[str, Any] | None = None, progres
 def execute(cfg: Config, *, out: str | Path | None = None, run_dir: RunDir | None = None,
             checkpoints: Checkpoints | None = None, done: int = 0, progress: bool = True,
             tensorboard: str | None = None) -> Run:
-    """Run a preflighted ``cfg`` on Ray: a new run directory at ``out``, or ``run_dir`` resumed after round ``done``.
+    """Run ``cfg`` on Ray: a new run directory at ``out``, or ``run_dir`` resumed after round ``done``.
 
-    The run directory, its checkpoints, the progress bar and TensorBoard follow the run.
-    Raises :class:`sims.engine.Interrupted` when a signal stopped it, and the failure
-    itself (a ``RuntimeError`` from Flower's runtime, :class:`~fl_ee.federation.faults.Diverged`,
-    a strategy's fault) when it failed; finished rounds are kept.
+    ``cfg`` has passed :func:`~fl_ee.federation.preflight.preflight` and
+    :func:`~sims.backend.check_backend` (which :func:`run` and :func:`resume` call first).
+
+    The run directory, its checkpoints, the progress bar (on stderr) and TensorBoard
+    follow the run; ``fl-ee run`` and ``fl-ee resume`` are this function. Raises
+    :class:`sims.engine.Interrupted` when a signal stopped the run, and the failure itself
+    (a ``RuntimeError`` from Flower's runtime, :class:`~fl_ee.federation.faults.Diverged`, a
+    strategy's fault) when it failed; finished rounds are kept, and a new run that
+    finished none leaves nothing behind.
     """
+    from contextlib import ExitStack
+
     from rich.console import Console
 
-    from sims.backend import check_backend, start_ray
+    from sims.backend import start_ray
 
-    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
     ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
     from fl_ee.federation.checkpoint import Checkpoints
     from fl_ee.federation.client import app as client_app
@@ -177,17 +188,13 @@ def execute(cfg: Config, *, out: str | Path | None = None, run_dir: RunDir | Non
     if run_dir is None:
         run_dir = RunDir.create(out or default_run_dir())
         checkpoints = Checkpoints(run_dir.path)
-    bar = ProgressBar(cfg.rounds, Console(stderr=True, soft_wrap=True), done=done) if progress else None
-    with run_dir.discarded_on_early_failure():
-        observers = [run_dir, *([bar] if bar else []), *tensorboard_observers(cfg, run_dir.path, tensorboard)]
-        try:
-            if bar is not None:
-                bar.__enter__()
-            simulate(make_server_app(cfg, observers, checkpoints), client_app, cfg, run_dir.path,
-                     on_interrupt=run_dir.discard_if_unstarted, ray_started=ray_started)
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+    with ExitStack() as stack:
+        stack.enter_context(run_dir.discarded_on_early_failure())
+        bars = [stack.enter_context(ProgressBar(cfg.rounds, Console(stderr=True, soft_wrap=True), done=done))
+                ] if progress else []
+        observers = [run_dir, *bars, *tensorboard_observers(cfg, run_dir.path, tensorboard)]
+        simulate(make_server_app(cfg, observers, checkpoints), client_app, cfg, run_dir.path,
+                 on_interrupt=run_dir.discard_if_unstarted, ray_started=ray_started)
     return Run(run_dir.path)
 
 

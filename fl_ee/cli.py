@@ -92,49 +92,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             check_new_run_dir(Path(args.out))
     # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.api import execute
     from fl_ee.federation.preflight import preflight
-    from sims.backend import check_backend, start_ray
-
-    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused here
-    if not resuming:
-        cfg = preflight(cfg)
-    ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
-    from fl_ee.federation.checkpoint import Checkpoints
-    from fl_ee.federation.client import app as client_app
-    from fl_ee.federation.server import make_server_app
-    from fl_ee.results.progress import ProgressBar
     from fl_ee.results.report import tier_table
-    from fl_ee.results.rundir import RunDir, default_run_dir, load_run
-    from fl_ee.results.tensorboard import tensorboard_observers
-    from sims.engine import Interrupted, simulate
+    from fl_ee.results.rundir import default_run_dir
+    from sims.backend import check_backend
+    from sims.engine import Interrupted
 
+    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused before the data loads
     err = Console(stderr=True, soft_wrap=True)
     if resuming:
-        run_dir, checkpoints, done = resume.run_dir, resume.checkpoints, resume.after_round
-        err.print(f"resuming {run_dir.path} after round {done}" if done else f"{run_dir.path}: no checkpoint; "
-                  "starting over")
+        path, done = resume.run_dir.path, resume.after_round
+        err.print(f"resuming {path} after round {done}" if done else f"{path}: no checkpoint; starting over")
     else:
-        done = 0
-        run_dir = RunDir.create(args.out or default_run_dir())
-        checkpoints = Checkpoints(run_dir.path)
-    failure: Exception | None = None
-    with ProgressBar(cfg.rounds, err, done=done) as progress, run_dir.discarded_on_early_failure():
-        observers = [run_dir, progress, *tensorboard_observers(cfg, run_dir.path, args.tensorboard)]
-        try:
-            simulate(make_server_app(cfg, observers, checkpoints), client_app, cfg, run_dir.path,
-                     on_interrupt=run_dir.discard_if_unstarted, ray_started=ray_started)
-        except Interrupted as exc:
-            progress.progress.stop()
-            exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)
-        except UserError:
-            raise
-        except Exception as exc:
-            failure = exc
-    if failure is not None:  # said once the progress bar is gone
-        return _stopped(failure, run_dir.path, args.debug)
-    out = Console()
-    out.print(tier_table(load_run(run_dir.path)))
-    err.print(f"results in {run_dir.path}")
+        cfg, path = preflight(cfg), Path(args.out or default_run_dir())
+    try:
+        run = (execute(cfg, run_dir=resume.run_dir, checkpoints=resume.checkpoints, done=resume.after_round,
+                       tensorboard=args.tensorboard) if resuming
+               else execute(cfg, out=path, tensorboard=args.tensorboard))
+    except Interrupted as exc:
+        exc.leave()  # its line, then exit 130 at once (Ray's native teardown can take seconds)
+    except UserError:
+        raise
+    except Exception as exc:  # said once the progress bar is gone
+        return _stopped(exc, path, args.debug)
+    Console().print(tier_table(run.files))
+    err.print(f"results in {run.path}")
     return 0
 
 
