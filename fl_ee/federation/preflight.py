@@ -2,7 +2,7 @@
 
 ``fl-ee run``, ``fl-ee check`` and the ServerApp (``flwr run``) all call :func:`preflight`,
 so any bad input (missing or unreadable data, a split that cannot be made, an unknown
-strategy or option) ends as one line and exit code 2 before anything is started or
+strategy, client algorithm or option) ends as one line and exit code 2 before anything is started or
 written, and a valid but degenerate config (a tier without clients, no client ever
 online) is named in a ``fl-ee: warning:`` line.
 """
@@ -14,9 +14,11 @@ from pathlib import Path
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError, warn
 from fl_ee.data.datasets import load_dataset, run_splits
+from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops
 from sims.tiers import tier_counts
 from strategies import build_strategy
+from strategies.feddyn import client_alpha
 
 
 def _absolute(path: str) -> str:
@@ -31,7 +33,7 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def preflight(cfg: Config) -> Config:
-    """Check the data, the split and the strategy; return the config with absolute paths.
+    """Check the data, the split, the strategy and the client algorithm; return the config with absolute paths.
 
     Raises :class:`~fl_ee.core.errors.UserError` naming the key at fault. The dataset and the
     split are cached on the way (in this process and on disk), so the run reuses them.
@@ -40,6 +42,7 @@ def preflight(cfg: Config) -> Config:
     run_splits(cfg)  # loads the dataset, then splits it over the clients
     check_model(cfg)
     build_strategy(cfg)
+    build_algorithm(cfg)
     for line in config_warnings(cfg):
         warn(line)
     return cfg
@@ -63,7 +66,7 @@ def check_model(cfg: Config) -> None:
 
 
 def config_warnings(cfg: Config) -> list[str]:
-    """Valid but degenerate choices: a tier without clients, tiers whose clients are never online."""
+    """Valid but degenerate choices: a tier without clients, tiers whose clients are never online, FedProx on FedDyn."""
     counts = tier_counts([t.share for t in cfg.tiers], cfg.data.num_clients)
     found = [f"tier {t.name!r} gets no client (share {t.share:g} of {cfg.data.num_clients} clients); "
              f"raise tiers.{i}.share or data.num_clients" for i, (t, n) in enumerate(zip(cfg.tiers, counts)) if not n]
@@ -74,4 +77,6 @@ def config_warnings(cfg: Config) -> list[str]:
     else:
         found += [f"tier {t.name!r} has availability 0: its clients will never train; raise tiers.{i}.availability"
                   for i, t in offline]
+    if cfg.training.prox_mu > 0 and client_alpha(cfg) > 0:
+        found.append("training.prox_mu adds a second quadratic term to FedDyn's own (alpha); set it to 0 for FedDyn")
     return found
