@@ -52,7 +52,8 @@ def client_flops(
     and epoch. The client ``algorithm`` adds its own work
     (:meth:`~fl_ee.learning.algorithm.ClientAlgorithm.train_flops`: personal heads, a
     teacher's pass; fine-tuning happens before evaluation, which the clock does not time).
-    FedProx's and FedDyn's terms cost a few FLOPs per parameter and step, left out.
+    FedProx's and FedDyn's terms (about 10 FLOPs per parameter and SGD step) are left out,
+    as is the optimiser's update; a client sends its shared slice only, FedDyn's too.
     """
     backbone, heads, n = sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train
     if frozen:

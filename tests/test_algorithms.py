@@ -1,6 +1,8 @@
 """Client algorithms (fl_ee/learning/algorithm.py): the shipped modes as before, plug-ins by name, faulty plug-ins."""
 
 import json
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -8,13 +10,15 @@ import torch
 from flwr.app import MessageType
 from test_client import _Client, _message
 from test_clock import _times
-from test_plugins import install_entry_point
+from test_plugins import README, install_entry_point
 
 from fl_ee.cli import main
+from fl_ee.core.atomic import read_npz
 from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
 from fl_ee.core.plugins import check_option
 from fl_ee.learning.algorithm import ClientAlgorithm, LocalTraining, Losses, build_algorithm, train_round
+from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.results.rundir import CLIENT_ERRORS
 from fl_ee.wire.protocol import CLIENT_STATE, EvaluateReply, TrainReply, payload_of
 from inprocess import run_inprocess
@@ -208,3 +212,27 @@ def test_the_clock_charges_what_an_algorithm_says_it_computes():
     with pytest.raises(UserError, match=r"^personalisation.mode: test_algorithms:Negative.train_flops returned -1; "
                                         r"it must return FLOPs, a number >= 0$"):
         _times("test_algorithms:Negative")
+
+
+# ------------------------------------------------------------------------------ the README's example
+
+def readme_algorithm() -> tuple[str, str, list[str]]:
+    """The README's client-algorithm example: (module file name, its code, the command's --set overrides)."""
+    section = README.read_text().split("\n## Client algorithms\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n# (\w+\.py)\n(.*?)```\s*```bash\nfl-ee run ([^\n]*)\n```", section, re.S)
+    assert match, "README.md lost its client-algorithm example"
+    filename, code, args = match.groups()
+    return filename, f"# {filename}\n{code}", [a for a in shlex.split(args) if a != "--set"]
+
+
+def test_the_readmes_client_algorithm_runs_as_written(tmp_path, monkeypatch):
+    filename, code, overrides = readme_algorithm()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 25
+    (tmp_path / filename).write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    _, summary = run_inprocess(out, ["rounds=2", "eval_every=2", "data.num_clients=6", *overrides])
+    assert summary["accuracy"]["personalised"]["mean"] > 0.2  # 10 classes: chance is 0.1
+    saved = [read_npz(p) for p in (out / "checkpoint" / "clients").glob("*/round-*.npz")]
+    head = {f"lasthead/{k}" for k in EarlyExitNet(ModelSpec(1, 8, 8, 10)).exits[-1].state_dict()}
+    assert saved and all(set(keys) == head for keys in saved)  # the tensors of each client's deepest head
