@@ -10,7 +10,7 @@ import torch
 from flwr.app import MessageType
 from test_client import _Client, _message
 from test_clock import _times
-from test_plugins import README, install_entry_point
+from test_plugins import README, fl_ee, install_entry_point
 
 from fl_ee.cli import main
 from fl_ee.core.atomic import read_npz
@@ -236,3 +236,15 @@ def test_the_readmes_client_algorithm_runs_as_written(tmp_path, monkeypatch):
     saved = [read_npz(p) for p in (out / "checkpoint" / "clients").glob("*/round-*.npz")]
     head = {f"lasthead/{k}" for k in EarlyExitNet(ModelSpec(1, 8, 8, 10)).exits[-1].state_dict()}
     assert saved and all(set(keys) == head for keys in saved)  # the tensors of each client's deepest head
+
+
+@pytest.mark.e2e
+def test_the_readmes_client_algorithm_runs_through_ray_from_the_working_directory(tmp_path):
+    filename, code, overrides = readme_algorithm()
+    (tmp_path / filename).write_text(code)
+    tiny = [a for o in ["rounds=2", "eval_every=2", "data.num_clients=5"] for a in ("--set", o)]
+    done = fl_ee(["run", *[a for o in overrides for a in ("--set", o)], *tiny, "--out", "run"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "run" / CLIENT_ERRORS).exists()  # every Ray worker imported it
+    saved = [read_npz(p) for p in (tmp_path / "run" / "checkpoint" / "clients").glob("*/round-*.npz")]
+    assert saved and all(keys and all(k.startswith("lasthead/") for k in keys) for keys in saved)

@@ -97,3 +97,12 @@ def test_feddyn_server_and_clients_learn_the_digits_quickstart(tmp_path):
     assert min(by_exit.values()) > 0.3 and max(by_exit.values()) > 0.6  # 10 classes: chance is 0.1
     saved = [read_npz(p) for p in (out / "checkpoint" / "clients").glob("*/round-*.npz")]
     assert saved and all(keys and all(k.startswith("feddyn/") for k in keys) for keys in saved)
+
+
+def test_fedprox_on_top_of_feddyn_is_warned_about():
+    from fl_ee.federation.preflight import config_warnings
+
+    warning = "training.prox_mu adds a second quadratic term to FedDyn's own (alpha); set it to 0 for FedDyn"
+    assert warning in config_warnings(config_from_dict({"strategy": {"name": "feddyn"}, "training": {"prox_mu": 0.1}}))
+    assert warning not in config_warnings(config_from_dict({"strategy": {"name": "feddyn"}}))
+    assert warning not in config_warnings(config_from_dict({"training": {"prox_mu": 0.1}}))
