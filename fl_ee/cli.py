@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -64,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep root (default: sweeps/<timestamp>); the same command on it again "
                        "runs only what is not finished")
     sweep.add_argument("--jobs", type=int, default=1, metavar="K", help="runs at once (default 1)")
-    listing = sub.add_parser("list", help="list strategies or presets, or the cost of a config's model per exit")
-    listing.add_argument("what", choices=("strategies", "presets", "model"))
+    listing = sub.add_parser("list", help="list strategies, client algorithms or presets, or the cost of a config's "
+                                          "model per exit")
+    listing.add_argument("what", choices=("strategies", "algorithms", "presets", "model"))
     listing.add_argument("config", nargs="?", help="for model: TOML config file or preset name (default: quickstart)")
     listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="for model: override a config value by dotted key, as for run")
@@ -250,7 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``fl-ee list``: the strategies (plug-ins included), the shipped presets, or the model's cost per exit."""
+    """``fl-ee list``: strategies or client algorithms (plug-ins included), the shipped presets, or the model's cost."""
     from importlib import resources
 
     if args.what == "model":
@@ -258,15 +260,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "strategies":
         from strategies.registry import available, strategy_class
 
-        for name, path in sorted(available().items()):
-            doc = (strategy_class(name).__doc__ or "").strip().splitlines()
-            print(f"{name:12s} {doc[0] if doc else path}")
+        print_plugins(available(), strategy_class)
+    elif args.what == "algorithms":
+        from fl_ee.learning import algorithm
+
+        print_plugins(algorithm.available(), algorithm.algorithm_class)
     else:
         for entry in sorted(resources.files("sims").joinpath("presets").iterdir(), key=lambda p: p.name):
             if entry.name.endswith(".toml"):
                 first = entry.read_text().splitlines()[0].lstrip("# ")
                 print(f"{entry.name.removesuffix('.toml'):16s} {first}")
     return 0
+
+
+def print_plugins(names: dict[str, str], find: Callable[[str], type]) -> None:
+    """Each plug-in's name and the first line of its class's docstring (else its ``module:Class`` path)."""
+    for name, path in sorted(names.items()):
+        doc = (find(name).__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else path}")
 
 
 def print_model(cfg: Config) -> None:

@@ -7,8 +7,9 @@ Pure functions of numbers and seeds; nothing here waits. A client's round time i
   + upload   (bytes it returns / uplink)
 
 with training FLOPs = 3 x forward FLOPs of its submodel with its exits x samples x
-local epochs (forward + backward ~ 3 forwards); how the training scheme and the
-personalisation mode change the work and the bytes is ``sims.emulator.client_flops``.
+local epochs (forward + backward ~ 3 forwards, :func:`fl_ee.models.training_flops`); how
+the training scheme and the client algorithm change the work and the bytes is
+``sims.emulator.client_flops``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,6 @@ OUTCOMES = (OK, LATE, UNAVAILABLE, FAILED, REJECTED)  # rejected: refused by the
 def transfer_seconds(num_bytes: float, mbps: float) -> float:
     """Seconds to move ``num_bytes`` over a ``mbps`` megabit-per-second link."""
     return num_bytes * 8 / (mbps * 1e6)
-
-
-def training_flops(forward_flops: float, samples: int, epochs: int) -> float:
-    """FLOPs of training end to end: 3 x forward x samples x epochs."""
-    return 3.0 * forward_flops * samples * epochs
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_ee.core.config import Config
-from fl_ee.learning.personal import PERSONAL_HEADS
+from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops
 from fl_ee.learning.scheme import backbone_frozen, returned_state
-from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes
+from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes, training_flops
 from sims.clock import (
     FAILED,
     OK,
@@ -28,7 +28,6 @@ from sims.clock import (
     presence,
     settle,
     speed_factors,
-    training_flops,
 )
 from strategies import ClientInfo
 
@@ -42,27 +41,26 @@ def depth_bytes(model: EarlyExitNet, depths: Iterable[int], frozen: bool = False
     return {d: state_bytes(returned_state(state, d, frozen)) for d in set(depths)}
 
 
-def client_flops(cfg: Config, flops: Flops, depth: int, num_train: int, frozen: bool = False) -> float:
+def client_flops(
+    cfg: Config, flops: Flops, depth: int, num_train: int, frozen: bool = False,
+    algorithm: ClientAlgorithm | None = None,
+) -> float:
     """A client's training FLOPs in one round, as the ClientApp spends them.
 
     Shared step: ``3 x forward x samples x local_epochs`` end to end; with a ``frozen``
     backbone (``ic-only``), one forward pass of the backbone and ``3 x heads`` per sample
-    and epoch. Personal heads (``exits``, ``self-distill``) add ``3 x heads`` per sample and
-    personal epoch over the same frozen features (one more backbone pass when the shared
-    step trains the backbone), and ``self-distill`` one pass of the deepest global head
-    (its teacher). ``finetune`` and ``none`` add nothing to a training round.
+    and epoch. The client ``algorithm`` adds its own work
+    (:meth:`~fl_ee.learning.algorithm.ClientAlgorithm.train_flops`: personal heads, a
+    teacher's pass; fine-tuning happens before evaluation, which the clock does not time).
+    FedProx's and FedDyn's terms (about 10 FLOPs per parameter and SGD step) are left out,
+    as is the optimiser's update; a client sends its shared slice only, FedDyn's too.
     """
     backbone, heads, n = sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train
     if frozen:
         work = backbone * n + training_flops(heads, n, cfg.training.local_epochs)
     else:
         work = training_flops(flops.exit_costs()[depth - 1], n, cfg.training.local_epochs)
-    mode = cfg.personalisation.mode
-    if mode in PERSONAL_HEADS:
-        work += (0 if frozen else backbone * n) + training_flops(heads, n, cfg.personalisation.epochs)
-    if mode == "self-distill":
-        work += flops.exits[depth - 1] * n
-    return work
+    return work + round_flops(algorithm or build_algorithm(cfg), flops, depth, num_train, frozen)
 
 
 def client_times(
@@ -72,14 +70,14 @@ def client_times(
 
     ``frozen``: in a round of ``ic-only`` that trains the exits alone.
     """
-    flops = measure_flops(model)
+    flops, algorithm = measure_flops(model), build_algorithm(cfg)
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
     down = depth_bytes(model, (c.depth for c in clients))
     up = depth_bytes(model, (c.depth for c in clients), frozen)
     times = {}
     for client, factor in zip(clients, factors):
-        tier, work = tiers[client.tier], client_flops(cfg, flops, client.depth, client.num_train, frozen)
+        tier, work = tiers[client.tier], client_flops(cfg, flops, client.depth, client.num_train, frozen, algorithm)
         times[client.client_id] = client_time(down[client.depth], up[client.depth], work,
                                               tier.compute_gflops * factor, tier.download_mbps, tier.upload_mbps)
     return times

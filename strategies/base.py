@@ -22,6 +22,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fl_ee.core.plugins import OptionError as OptionError  # re-exported: part of the plug-in API
+from fl_ee.core.plugins import check_option as check_option
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import slice_state
 from fl_ee.wire.exchange import client_of
@@ -41,21 +43,6 @@ class ClientInfo:
     depth: int
     num_train: int
     num_test: int
-
-
-class OptionError(ValueError):
-    """A strategy option with a bad value; ``option`` names it (reported as ``strategy.options.<option>``)."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
-        self.message = message
-
-
-def check_option(ok: bool, option: str, message: str) -> None:
-    """Raise :class:`OptionError` for ``option`` unless ``ok``."""
-    if not ok:
-        raise OptionError(option, message)
 
 
 def is_number(value: Any) -> bool:

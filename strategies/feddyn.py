@@ -10,9 +10,11 @@ the ``M`` clients, with holders' average ``a`` and current value ``w``::
 
 ``h`` is kept per tensor on the server (checkpointed as ``h/<key>`` by
 :meth:`~FedDyn.state_dict`); ``a`` is example-weighted unless ``weighted=false``
-(DepthFL's unweighted average). Only the server side is here: FedDyn's client
-adds ``-<grad_prev, w> + (alpha/2)||w - w_global||^2``; ``training.prox_mu = alpha`` gives
-the quadratic part, the linear part is not implemented.
+(DepthFL's unweighted average). The client half comes with it: under this strategy (or a
+subclass) every client adds ``-<g_prev, w> + (alpha/2)||w - w_received||^2`` to its
+shared step's loss and keeps ``g_prev`` as its own state (:mod:`fl_ee.learning.feddyn`),
+with the ``alpha`` of :func:`client_alpha`. ``training.prox_mu`` would add a second
+quadratic term on top.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from fl_ee.core.config import Config
 from strategies.base import check_option, is_number
 from strategies.depthfl import DepthFL
+from strategies.registry import build_strategy, strategy_class
 
 
 def feddyn_correction(
@@ -36,7 +40,7 @@ def feddyn_correction(
 
 
 class FedDyn(DepthFL):
-    """FedDyn: DepthFL's dynamic-regularisation correction (alpha) on the holders' average."""
+    """FedDyn: dynamic regularisation (alpha), the correction on the holders' average and each client's term."""
 
     def __init__(self, *, alpha: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -63,3 +67,9 @@ class FedDyn(DepthFL):
         if bad:
             raise ValueError(f"{type(self).__name__}: unexpected state entries {bad}")
         self.h = {name.removeprefix("h/"): np.asarray(h, np.float64) for name, h in state.items()}
+
+
+def client_alpha(cfg: Config) -> float:
+    """FedDyn's ``alpha`` for the run's clients: the strategy's, when it is :class:`FedDyn` or a subclass; else 0."""
+    strategy = build_strategy(cfg) if issubclass(strategy_class(cfg.strategy.name), FedDyn) else None
+    return strategy.alpha if isinstance(strategy, FedDyn) else 0.0

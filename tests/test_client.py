@@ -13,7 +13,7 @@ from fl_ee.learning.training import local_loss
 from fl_ee.models import EarlyExitNet, ModelSpec, slice_state
 from fl_ee.wire.exchange import Exchange
 from fl_ee.wire.protocol import (
-    PERSONAL_EXITS,
+    CLIENT_STATE,
     EvaluateReply,
     Instructions,
     TrainReply,
@@ -60,12 +60,12 @@ def test_train_returns_only_the_shared_slice_and_keeps_personal_exits_in_state()
     assert set(reply.content.keys()) == {"arrays", "metrics"}  # the state went to the exchange
     assert keys == set(_message(MessageType.TRAIN, 2, 1).content["arrays"])  # stages/exits 0..1, nothing personal
     assert payload_of(reply, TrainReply).num_examples > 0
-    personal = client.state[PERSONAL_EXITS]
-    assert set(personal) == {k.removeprefix("exits.") for k in keys if k.startswith("exits.")}
+    personal = client.state[CLIENT_STATE]
+    assert set(personal) == {k.replace("exits.", "exits/", 1) for k in keys if k.startswith("exits.")}
 
     first = {k: a.numpy().copy() for k, a in personal.items()}
     client(_message(MessageType.TRAIN, depth=2, server_round=2))
-    second = {k: a.numpy() for k, a in client.state[PERSONAL_EXITS].items()}
+    second = {k: a.numpy() for k, a in client.state[CLIENT_STATE].items()}
     assert any(not np.array_equal(first[k], second[k]) for k in first)  # kept and trained further
 
 
@@ -105,7 +105,7 @@ def test_every_step_trains_at_the_lr_the_instructions_carry():
     def trained(cfg, **extra) -> dict[str, np.ndarray]:
         client = _Client(0)
         reply = client(_message(MessageType.TRAIN, 3, 2, cfg, seed=0, **extra))
-        personal = {f"personal.{k}": a.numpy() for k, a in client.state[PERSONAL_EXITS].items()}
+        personal = {f"state.{k}": a.numpy() for k, a in client.state[CLIENT_STATE].items()}
         return {**{k: a.numpy() for k, a in reply.content["arrays"].items()}, **personal}
 
     sent = trained(_cfg(), lr=0.01)  # the config says 0.05
@@ -203,6 +203,6 @@ def test_self_distill_keeps_personal_heads_like_exits():
     client = _Client(2)
     cfg = _cfg(personalisation={"mode": "self-distill", "labelled_fraction": 0.5})
     client(_message(MessageType.TRAIN, 2, 1, cfg, seed=0))
-    assert set(client.state[PERSONAL_EXITS]) == {k.removeprefix("exits.") for k in
-                                                  _message(MessageType.TRAIN, 2, 1, cfg).content["arrays"]
-                                                  if k.startswith("exits.")}
+    assert set(client.state[CLIENT_STATE]) == {k.replace("exits.", "exits/", 1) for k in
+                                               _message(MessageType.TRAIN, 2, 1, cfg).content["arrays"]
+                                               if k.startswith("exits.")}

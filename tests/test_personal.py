@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from fl_ee.core.config import TrainingConfig, config_from_dict
-from fl_ee.learning.personal import UNLABELLED, finetuned, hide_labels, personal_step, train_self_distill
-from fl_ee.learning.training import distillation_loss, stage_features
+from fl_ee.learning.algorithm import LocalTraining
+from fl_ee.learning.personal import UNLABELLED, SelfDistill, finetuned, hide_labels, train_self_distill
+from fl_ee.learning.training import distillation_loss
 from fl_ee.models import EarlyExitNet, ModelSpec
 
 
@@ -35,7 +36,8 @@ def _self_distill_heads(labels: torch.Tensor, fraction: float) -> dict[str, torc
     model = EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3)
     heads = torch.nn.ModuleList(EarlyExitNet(ModelSpec(1, 8, 8, 3), depth=3).exits)
     cfg = config_from_dict({"personalisation": {"mode": "self-distill", "labelled_fraction": fraction, "epochs": 2}})
-    personal_step(cfg, 1, 0, heads, model.exits, stage_features(model, x), labels, torch.Generator().manual_seed(1))
+    local = LocalTraining(model, x, labels, 1, 0, torch.Generator().manual_seed(1), cfg.training, False, {}, cfg)
+    SelfDistill(cfg).personal_step(local, heads)
     return heads.state_dict()
 
 

@@ -47,12 +47,12 @@ def fl_ee(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subp
                           capture_output=True, text=True, timeout=300)
 
 
-def install_entry_point(folder: Path, name: str, value: str) -> None:
-    """Register ``name`` in the ``fl_ee.strategies`` group the way an installed package does (a dist-info)."""
+def install_entry_point(folder: Path, name: str, value: str, group: str = "fl_ee.strategies") -> None:
+    """Register ``name`` in an entry-point ``group`` the way an installed package does (a dist-info)."""
     info = folder / "frozen_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: frozen-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[fl_ee.strategies]\n{name} = {value}\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {value}\n")
 
 
 @pytest.mark.e2e

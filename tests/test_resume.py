@@ -112,6 +112,7 @@ def _same_results(run: Path, reference: Path) -> None:
     ("depthfl", 1, 3, 2),   # killed in the last round: resumed after round 2
     ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
     ("fedavgm", 1, 2, 1),   # the server momentum restored from round 1
+    ("feddyn", 1, 2, 1),    # the server's h from the checkpoint, every client's g_prev from its own files
     ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
@@ -126,6 +127,14 @@ def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path
     resume_inprocess(run, seed=7)  # fresh client contexts, other node ids and reply order
     _same_results(run, made(strategy))
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
+
+
+def test_feddyn_clients_save_g_prev_beside_their_exits_each_round(made):
+    files = sorted((made("feddyn", 1, 2) / "checkpoint" / "clients").glob("*/round-*.npz"))
+    assert {p.name for p in files} == {"round-000001.npz", "round-000002.npz"}  # round 2's: the killed round's
+    for path in files:
+        namespaces = {key.split("/")[0] for key in read_npz(path)}
+        assert namespaces == {"exits", "feddyn"}
 
 
 def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summary(made, tmp_path):
@@ -243,11 +252,11 @@ def test_a_stateless_strategy_saves_nothing_and_refuses_foreign_state():
 
 def test_client_files_a_client_reads_and_the_ones_a_checkpoint_prunes(tmp_path):
     for rnd in (1, 3, 4):
-        clientstate.save_exits(tmp_path, 7, rnd, {"0.w": np.full(2, float(rnd), np.float32)})
-    assert clientstate.load_exits(tmp_path, 7, through=0) is None
-    assert clientstate.load_exits(tmp_path, 7, through=2)["0.w"][0] == 1.0  # rounds 3 and 4 are unseen
-    assert clientstate.load_exits(tmp_path, 7, through=9)["0.w"][0] == 4.0
-    assert clientstate.load_exits(tmp_path, 8, through=9) is None
+        clientstate.save_state(tmp_path, 7, rnd, {"0.w": np.full(2, float(rnd), np.float32)})
+    assert clientstate.load_state(tmp_path, 7, through=0) is None
+    assert clientstate.load_state(tmp_path, 7, through=2)["0.w"][0] == 1.0  # rounds 3 and 4 are unseen
+    assert clientstate.load_state(tmp_path, 7, through=9)["0.w"][0] == 4.0
+    assert clientstate.load_state(tmp_path, 8, through=9) is None
     clientstate.prune(tmp_path, through=3)  # the checkpoint of round 3 needs round 3's file, and 4 may follow
     assert sorted(p.name for p in (tmp_path / "00007").iterdir()) == ["round-000003.npz", "round-000004.npz"]
     clientstate.drop_after(tmp_path, 3)  # resuming after round 3

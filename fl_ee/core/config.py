@@ -6,7 +6,7 @@ validate (ints are accepted for floats; bools and strings are never numbers, and
 infinity are refused everywhere) and report
 the first problem as a :class:`UserError` naming the dotted key (``data.alpha``,
 ``tiers.1.depth``); :func:`config_from_saved` reads old run directories leniently.
-``strategy.options`` is a dict, so configs are not hashable.
+``strategy.options`` and ``personalisation.options`` are dicts, so configs are not hashable.
 """
 
 from __future__ import annotations
@@ -173,13 +173,17 @@ class TrainingConfig(_Section):
 class PersonalisationConfig(_Section):
     """How each client personalises: heads kept on the client, fine-tuning before evaluation, or nothing."""
 
-    mode: Annotated[Literal["exits", "self-distill", "finetune", "none"], Field(
-        description="exits: supervised personal heads; self-distill: heads taught by the deepest exit; "
-                    "finetune: tune a copy before evaluating; none: the global model")] = "exits"
+    mode: Annotated[str, Field(
+        min_length=1,
+        description="the client algorithm: exits (supervised personal heads), self-distill (heads taught by the "
+                    "deepest exit), finetune (tune a copy before evaluating), none (the global model), another "
+                    "registered name (fl-ee list algorithms) or package.module:Class")] = "exits"
     epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning)")] = 1
     labelled_fraction: Annotated[float, Field(
         ge=0, le=1, description="self-distill: share of local training samples whose label the personal step reads",
     )] = 1.0
+    options: Annotated[dict[str, Any], Field(default_factory=dict,
+                                             description="constructor arguments of the client algorithm")]
 
     @model_validator(mode="after")
     def _labels_only_for_self_distill(self) -> PersonalisationConfig:

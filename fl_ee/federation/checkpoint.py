@@ -12,8 +12,9 @@
   virtual clock).
 
 The folder is written as ``.round-<r>.tmp`` and renamed, so a checkpoint is whole or
-absent; older ones are removed after the rename. Every client's personal exits are its
-own: clients save them under ``RUN_DIR/checkpoint/clients/`` each round they train
+absent; older ones are removed after the rename. Every client's state (what its client
+algorithm keeps, such as personal exits, and FedDyn's ``g_prev``) is its own: clients save
+it under ``RUN_DIR/checkpoint/clients/`` each round they train
 (:mod:`fl_ee.federation.clientstate`), and a checkpoint of round ``r`` stands for each client's
 newest file of a round ``<= r``.
 
@@ -174,7 +175,7 @@ class Checkpoints(Observer):
 
     @property
     def client_dir(self) -> Path:
-        """Where clients save their personal exits (:mod:`fl_ee.federation.clientstate`)."""
+        """Where clients save their state (:mod:`fl_ee.federation.clientstate`)."""
         return self.path / CLIENTS
 
     # ------------------------------------------------------------------ reading

@@ -1,20 +1,23 @@
-"""The Flower ``ClientApp``: thin glue from messages to local training and evaluation.
+"""The Flower ``ClientApp``: thin glue from messages to the client algorithm's training and evaluation.
 
 Every message carries the resolved run config (JSON) and the client's depth; the
-client's data split and personal exit heads are its own. A node acts as whichever
-client a message names (:func:`fl_ee.wire.exchange.as_client`), in that client's own context.
-Personal heads (modes ``exits`` and ``self-distill``, :mod:`fl_ee.learning.personal`) live in the
-client's ``Context.state`` across rounds and are never aggregated; where the instructions
-name a ``state_dir`` they are also saved there after every round the client trains, and
-a fresh process (a resumed run) reads them back from it (:mod:`fl_ee.federation.clientstate`).
-Under ``training.scheme = ic-only`` a client returns only its exits once the backbone is
+client's data split and state are its own. A node acts as whichever client a message
+names (:func:`fl_ee.wire.exchange.as_client`), in that client's own context. What a
+client does locally is its client algorithm's (``personalisation.mode``,
+:mod:`fl_ee.learning.algorithm`); under ``strategy.name = "feddyn"`` its shared step
+also carries FedDyn's client term (:mod:`fl_ee.learning.feddyn`). The client's state
+(the arrays its algorithm keeps, and FedDyn's ``g_prev``) lives in its ``Context.state``
+across rounds and is never aggregated; where the instructions name a ``state_dir`` it is
+also saved there after every round the client trains, and a fresh process (a resumed
+run) reads it back from there (:mod:`fl_ee.federation.clientstate`). Under
+``training.scheme = ic-only`` a client returns only its exits once the backbone is
 frozen (:mod:`fl_ee.learning.scheme`).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -24,35 +27,37 @@ from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fl_ee.core.config import Config
+from fl_ee.core.config import Config, config_from_dict
 from fl_ee.core.seeding import Stream, derive_seed
 from fl_ee.data.datasets import client_calibration, client_data, load_dataset
 from fl_ee.deployment.deploy import policy_figures
-from fl_ee.federation.clientstate import load_exits, save_exits
-from fl_ee.learning.device import client_device
-from fl_ee.learning.personal import PERSONAL_HEADS, finetuned, personal_step
-from fl_ee.learning.scheme import backbone_frozen, returned_state
-from fl_ee.learning.training import (
-    accuracy,
-    ensemble,
-    exit_logits,
-    for_round,
-    local_loss,
-    stage_features,
-    train_exits,
-    train_joint,
+from fl_ee.federation.clientstate import load_state, save_state
+from fl_ee.learning.algorithm import (
+    ClientAlgorithm,
+    LocalEvaluation,
+    LocalTraining,
+    algorithm_class,
+    build_algorithm,
+    evaluation_model,
+    train_round,
 )
+from fl_ee.learning.device import client_device
+from fl_ee.learning.feddyn import FedDynTerm
+from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss
 from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
-    PERSONAL_EXITS,
+    CLIENT_STATE,
     EvaluateReply,
     Instructions,
     TrainReply,
     instructions_of,
     reply,
 )
+from strategies.base import to_numpy, to_record
+from strategies.feddyn import client_alpha
 
 app = ClientApp(mods=[as_client])
 
@@ -110,33 +115,36 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
     return instructions, cfg, model.to(device), device
 
 
-def _personal_heads(
-    model: EarlyExitNet, context: Context, instructions: Instructions, through: int
-) -> torch.nn.ModuleList:
-    """The client's own exit heads: from its state, else saved in a round ``<= through``, else the global ones.
+@functools.lru_cache(maxsize=8)
+def _client_side(run_config: str) -> tuple[type[ClientAlgorithm], float]:
+    """The client algorithm's class and FedDyn's alpha (0: none) of a run config, resolved once per process."""
+    cfg = config_from_dict(json.loads(run_config))
+    return algorithm_class(cfg.personalisation.mode), client_alpha(cfg)
 
-    Saved heads are read only by a process that holds none in its state (a resumed run).
+
+def _client_state(context: Context, instructions: Instructions, through: int) -> dict[str, torch.Tensor]:
+    """The client's state: from its ``Context.state``, else saved in a round ``<= through``, else empty.
+
+    Saved state is read only by a process that holds none in its context (a resumed run).
     """
-    heads = copy.deepcopy(model.exits)
-    if PERSONAL_EXITS in context.state:
-        heads.load_state_dict(context.state.array_records[PERSONAL_EXITS].to_torch_state_dict())
+    if CLIENT_STATE in context.state:
+        arrays = to_numpy(context.state.array_records[CLIENT_STATE])
     elif instructions.state_dir:
-        saved = load_exits(instructions.state_dir, client_id_of(context), through)
-        if saved is not None:
-            heads.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()})
-    return heads
+        arrays = load_state(instructions.state_dir, client_id_of(context), through) or {}
+    else:
+        arrays = {}
+    return {key: torch.from_numpy(value) for key, value in arrays.items()}
 
 
 @app.train()
 @reports_errors
 def train(msg: Message, context: Context) -> Message:
-    """Personalise heads over the frozen received backbone, then train the shared tensors.
+    """Run the client algorithm's training round; send the shared tensors, keep the state.
 
     The shared step trains backbone and exits end to end, or only the exits once
-    ``ic-only`` froze the backbone (then only the exits go back). Backbone features are
-    computed once for every step that keeps the backbone frozen. When the instructions ask
-    for it (q-FFL does), it also reports the local objective at the received weights; it
-    costs a forward pass.
+    ``ic-only`` froze the backbone (then only the exits go back). When the instructions
+    ask for it (q-FFL does), it also reports the local objective at the received
+    weights; it costs a forward pass.
     """
     instructions, cfg, model, device = _setup(msg)
     client_id, rnd = client_id_of(context), instructions.server_round
@@ -145,42 +153,41 @@ def train(msg: Message, context: Context) -> Message:
     training = for_round(cfg.training, rnd)
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, rnd, client_id))
     initial_loss = local_loss(model, x, y, training) if instructions.want_initial_loss else None
-    frozen, personal = backbone_frozen(cfg.training, rnd), cfg.personalisation.mode in PERSONAL_HEADS
-    features = stage_features(model, x) if frozen or personal else []
-    personal_loss, heads = None, None
-    if personal:
-        heads = _personal_heads(model, context, instructions, through=rnd - 1)
-        personal_loss = personal_step(cfg, rnd, client_id, heads, model.exits, features, y, generator)
-        context.state[PERSONAL_EXITS] = ArrayRecord(heads.state_dict())
-    if frozen:
-        train_loss = train_exits(model.exits, features, y, training, training.local_epochs, generator, training.prox_mu)
-    else:
-        train_loss = train_joint(model, x, y, training, generator, augment=cfg.data.augment)
+    frozen = backbone_frozen(cfg.training, rnd)
+    state = _client_state(context, instructions, through=rnd - 1)
+    cls, alpha = _client_side(instructions.run_config)
+    dyn = FedDynTerm(alpha, model, state) if alpha > 0 else None
+    local = LocalTraining(model, x, y, rnd, client_id, generator, training, frozen, state, cfg,
+                          dyn.penalty if dyn else None)
+    losses, kept = train_round(build_algorithm(cfg, cls), local)
+    if dyn is not None:
+        kept |= {key: value.cpu().numpy() for key, value in dyn.state(model).items()}
+    if kept:
+        context.state[CLIENT_STATE] = to_record(kept)
     time.sleep(instructions.pace_s)  # real pacing, when asked for
-    if heads is not None and instructions.state_dir:  # last, so a client that failed saves nothing
-        save_exits(instructions.state_dir, client_id, rnd, {k: v.cpu().numpy() for k, v in heads.state_dict().items()})
-    metrics = TrainReply(client_id, len(y), train_loss, personal_loss, initial_loss)
+    if kept and instructions.state_dir:  # last, so a client that failed saves nothing
+        save_state(instructions.state_dir, client_id, rnd, kept)
+    metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss)
     return reply(msg, metrics, ArrayRecord(returned_state(model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()
 @reports_errors
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy per exit and of their ensemble as the mode personalises, and adaptive accuracy vs. FLOPs.
+    """Accuracy per exit and of their ensemble, of what the client algorithm evaluates, and adaptive accuracy vs. FLOPs.
 
-    Personal heads over the received backbone (``exits``, ``self-distill``), a fine-tuned
-    copy of the received submodel (``finetune``: neither kept nor sent), or the received
-    model (``none``).
+    The shipped modes evaluate personal heads over the received backbone (``exits``,
+    ``self-distill``), a fine-tuned copy of the received submodel (``finetune``: neither
+    kept nor sent), or the received model (``none``).
     """
     instructions, cfg, model, device = _setup(msg)
-    client_id, rnd, mode = client_id_of(context), instructions.server_round, cfg.personalisation.mode
+    client_id, rnd = client_id_of(context), instructions.server_round
     x_train, y_train, x, y = client_data(cfg, client_id)
     calib_x, calib_y = client_calibration(cfg, client_id)
-    heads = _personal_heads(model, context, instructions, through=rnd) if mode in PERSONAL_HEADS else None
-    if mode == "finetune":
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.FINETUNE, rnd, client_id))
-        model = finetuned(model, x_train.to(device), y_train.to(device), for_round(cfg.training, rnd),
-                          cfg.personalisation.epochs, generator)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.FINETUNE, rnd, client_id))
+    local = LocalEvaluation(model, x_train.to(device), y_train.to(device), rnd, client_id, generator,
+                            for_round(cfg.training, rnd), _client_state(context, instructions, through=rnd), cfg)
+    model, heads = evaluation_model(build_algorithm(cfg, _client_side(instructions.run_config)[0]), local)
     logits = [z.cpu() for z in exit_logits(model, x.to(device), heads)]
     costs = depth_flops(model.spec, model.depth).exit_costs()
     calib_logits = [z.cpu() for z in exit_logits(model, calib_x.to(device), heads)]

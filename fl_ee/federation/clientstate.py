@@ -1,12 +1,15 @@
-"""A client's own state on disk: its personal exit heads after every round it trained, so a resumed run finds them.
+"""A client's own state on disk, after every round it trained, so a resumed run finds it.
 
-In simulation every client writes under the folder its instructions name
-(:attr:`fl_ee.wire.protocol.Instructions.state_dir`, ``RUN_DIR/checkpoint/clients``), one file
-per client and round::
+The state is whatever its client algorithm keeps (:meth:`fl_ee.learning.algorithm.ClientAlgorithm.kept`:
+personal exits as ``exits/<key>``, a user's arrays under its namespace) and, under
+``strategy.name = "feddyn"``, FedDyn's ``g_prev`` as ``feddyn/<key>``: named arrays. In
+simulation every client writes under the folder its instructions name
+(:attr:`fl_ee.wire.protocol.Instructions.state_dir`, ``RUN_DIR/checkpoint/clients``), one
+file per client and round::
 
-    <state_dir>/<client id>/round-<r>.npz     # personal exits after training in round r
+    <state_dir>/<client id>/round-<r>.npz     # the client's state after training in round r
 
-A client keeps its heads in Flower's ``Context.state`` while its process lives; a fresh
+A client keeps its state in Flower's ``Context.state`` while its process lives; a fresh
 process (a resumed run) reads the newest file of a round it may see: before round ``r``
 for training in round ``r``, up to ``r`` for evaluating in it. Files of later rounds (a
 killed run's work past its last checkpoint) are never read, and the checkpoint removes
@@ -39,15 +42,15 @@ def _rounds(folder: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in folder.iterdir() if (m := _ROUND_FILE.fullmatch(p.name))}
 
 
-def save_exits(state_dir: str | Path, client_id: int, server_round: int, heads: Mapping[str, np.ndarray]) -> None:
-    """Save a client's personal exit heads after it trained in ``server_round``."""
+def save_state(state_dir: str | Path, client_id: int, server_round: int, state: Mapping[str, np.ndarray]) -> None:
+    """Save a client's state after it trained in ``server_round``."""
     folder = _client_dir(state_dir, client_id)
     folder.mkdir(parents=True, exist_ok=True)
-    write_npz(folder / f"round-{server_round:06d}.npz", heads)
+    write_npz(folder / f"round-{server_round:06d}.npz", state)
 
 
-def load_exits(state_dir: str | Path, client_id: int, through: int) -> dict[str, np.ndarray] | None:
-    """The client's newest saved heads of a round ``<= through``; ``None`` if it has none."""
+def load_state(state_dir: str | Path, client_id: int, through: int) -> dict[str, np.ndarray] | None:
+    """The client's newest saved state of a round ``<= through``; ``None`` if it has none."""
     rounds = [r for r in _rounds(_client_dir(state_dir, client_id)) if r <= through]
     if not rounds:
         return None

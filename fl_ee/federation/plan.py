@@ -21,6 +21,7 @@ from rich.text import Text
 from fl_ee.core.config import Config
 from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.server import make_clients
+from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, measure_flops
@@ -75,7 +76,8 @@ def make_plan(cfg: Config) -> Plan:
     depths = [t.depth for t in cfg.tiers]
     steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
     down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady)
-    work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen) for c in clients}
+    algorithm = build_algorithm(cfg)
+    work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen, algorithm) for c in clients}
             for frozen in {False, steady}}
     strategy = build_strategy(cfg)
     strategy.register_clients(clients)

@@ -2,7 +2,7 @@
 
 ``fl-ee run``, ``fl-ee check`` and the ServerApp (``flwr run``) all call :func:`preflight`,
 so any bad input (missing or unreadable data, a split that cannot be made, an unknown
-strategy or option) ends as one line and exit code 2 before anything is started or
+strategy, client algorithm or option) ends as one line and exit code 2 before anything is started or
 written, and a valid config with a setting that cannot take effect in the run or that
 leaves nothing to train (a tier without clients, no client ever online, distillation
 whose warm-up outlasts the run, exit weights all 0) is named in a ``fl-ee: warning:`` line.
@@ -18,9 +18,11 @@ import torch
 from fl_ee.core.config import Config, TierConfig
 from fl_ee.core.errors import UserError, warn
 from fl_ee.data.datasets import load_dataset, run_splits
+from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import tier_counts
 from strategies import build_strategy
+from strategies.feddyn import client_alpha
 
 
 def _absolute(path: str) -> str:
@@ -35,7 +37,7 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def preflight(cfg: Config, warnings: bool = True) -> Config:
-    """Check the data, the split, the model and the strategy; return the config with absolute paths.
+    """Check the data, the split, the model, the strategy and the client algorithm; return the config, paths absolute.
 
     Raises :class:`~fl_ee.core.errors.UserError` naming the key at fault. The dataset and the
     split are cached on the way (in this process and on disk), so the run reuses them.
@@ -46,6 +48,7 @@ def preflight(cfg: Config, warnings: bool = True) -> Config:
     run_splits(cfg)  # loads the dataset, then splits it over the clients
     check_model(cfg)
     build_strategy(cfg)
+    build_algorithm(cfg)
     for line in config_warnings(cfg) if warnings else ():
         warn(line)
     return cfg
@@ -157,6 +160,8 @@ def _training_warnings(cfg: Config, tiers: list[TierConfig]) -> list[str]:
     if held >= CALIBRATION_WARNING:
         found.append(f"exit_policy.calibration_fraction = {held:g} holds out {held * 100:g}% of each client's "
                      f"training samples to calibrate: clients train on {(1 - held) * 100:g}% of them")
+    if cfg.training.prox_mu > 0 and client_alpha(cfg) > 0:
+        found.append("training.prox_mu adds a second quadratic term to FedDyn's own (alpha); set it to 0 for FedDyn")
     sim = cfg.simulation
     if sim.straggler_policy == "overselect" and sim.overcommit == 0:
         found.append("simulation.overcommit = 0: overselect samples no extra client, so the run is the same as "

@@ -195,7 +195,7 @@ def run_federation(
 
     ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`. With ``checkpoints``
     (a run directory's), the loop's state is saved there every ``checkpoint_every``
-    rounds, clients keep their personal exits there, and where it already holds a
+    rounds, clients keep their state there, and where it already holds a
     checkpoint the run continues from it.
     """
     data = load_dataset(cfg.data)

@@ -1,15 +1,17 @@
-"""Personalisation modes (``personalisation.mode``): what a client makes its own, and how.
+"""The shipped personalisation modes (``personalisation.mode``), as client algorithms (:mod:`fl_ee.learning.algorithm`).
 
-* ``exits``: personal exit heads, trained over the frozen received backbone with the
-  shared step's loss (:func:`fl_ee.learning.training.exit_loss`) and kept on the client.
-* ``self-distill`` (PersEPhonEE): personal heads taught by the received global model's
-  deepest exit, whose soft predictions need no labels. Only a seeded share
-  ``labelled_fraction`` of the local training samples keeps its label
+* ``exits`` (:class:`Exits`): personal exit heads, trained over the frozen received
+  backbone with the shared step's loss (:func:`fl_ee.learning.training.exit_loss`) before
+  the shared step, and kept on the client as ``exits/<key>``.
+* ``self-distill`` (:class:`SelfDistill`, PersEPhonEE): personal heads taught by the
+  received global model's deepest exit, whose soft predictions need no labels. Only a
+  seeded share ``labelled_fraction`` of the local training samples keeps its label
   (:func:`hide_labels`): labelled samples add cross-entropy, the others learn from the
   teacher alone.
-* ``finetune`` (FedBABU, ReeFL): before each evaluation a copy of the whole received
-  submodel is trained end to end (:func:`finetuned`); nothing of it is kept or sent.
-* ``none``: the global model as received.
+* ``finetune`` (:class:`Finetune`, FedBABU, ReeFL): before each evaluation a copy of the
+  whole received submodel is trained end to end (:func:`finetuned`); nothing of it is
+  kept or sent.
+* ``none``: the global model as received (:class:`~fl_ee.learning.algorithm.ClientAlgorithm` itself).
 
 Nothing here knows about Flower.
 """
@@ -17,25 +19,24 @@ Nothing here knows about Flower.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from fl_ee.core.config import Config, TrainingConfig
+from fl_ee.core.config import TrainingConfig
 from fl_ee.core.seeding import Stream, rng
+from fl_ee.learning.algorithm import ClientAlgorithm, LocalEvaluation, LocalTraining, Losses
 from fl_ee.learning.training import (
     distillation_loss,
     fit,
-    for_round,
     head_logits,
     supervised_loss,
     train_exits,
     train_joint,
 )
-from fl_ee.models import EarlyExitNet
+from fl_ee.models import EarlyExitNet, Flops, training_flops
 
-PERSONAL_HEADS = ("exits", "self-distill")  # the modes that train personal heads every round
 UNLABELLED = -1  # the target of a sample whose label is hidden
 
 
@@ -78,32 +79,6 @@ def train_self_distill(
     return fit(heads.parameters(), cfg, epochs, len(targets), generator, batch_loss)
 
 
-def personal_step(
-    cfg: Config,
-    server_round: int,
-    client_id: int,
-    heads: nn.ModuleList,
-    global_heads: nn.ModuleList,
-    features: Sequence[torch.Tensor],
-    y: torch.Tensor,
-    generator: torch.Generator,
-) -> float:
-    """Train a client's personal ``heads`` (mode ``exits`` or ``self-distill``) over its frozen ``features``.
-
-    ``global_heads`` are the received exits: the deepest one teaches under ``self-distill``,
-    whose distillation weight is ``training.kd_weight`` in every round (the teacher is the
-    trained global model, so no warm-up applies).
-    """
-    mode, epochs = cfg.personalisation.mode, cfg.personalisation.epochs
-    if mode == "exits":
-        return train_exits(heads, features, y, for_round(cfg.training, server_round), epochs, generator)
-    if mode == "self-distill":
-        teacher = head_logits(global_heads[-1:], features[-1:])[0]
-        targets = hide_labels(y, cfg.personalisation.labelled_fraction, cfg.seed, client_id)
-        return train_self_distill(heads, features, teacher, targets, cfg.training, epochs, generator)
-    raise ValueError(f"personalisation mode {mode!r} keeps no personal heads")
-
-
 def finetuned(
     model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainingConfig, epochs: int,
     generator: torch.Generator,
@@ -115,3 +90,76 @@ def finetuned(
     tuned = copy.deepcopy(model)
     train_joint(tuned, x, y, cfg.model_copy(update={"prox_mu": 0.0}), generator, epochs)
     return tuned
+
+
+def personal_heads(model: EarlyExitNet, state: Mapping[str, torch.Tensor]) -> nn.ModuleList:
+    """The client's own exit heads: its kept ``exits/<key>`` arrays, else a copy of the received exits."""
+    heads = copy.deepcopy(model.exits)
+    saved = {key.removeprefix(f"{Exits.namespace}/"): value for key, value in state.items()
+             if key.startswith(f"{Exits.namespace}/")}
+    if saved:
+        heads.load_state_dict(saved)
+    return heads
+
+
+class Exits(ClientAlgorithm):
+    """exits: personal exit heads over the frozen received backbone, trained with the shared step's loss."""
+
+    namespace = "exits"
+
+    def train(self, local: LocalTraining) -> Losses:
+        """The personal step on the client's heads, then the shared step."""
+        self.heads = personal_heads(local.model, local.state)
+        personal = self.personal_step(local, self.heads)
+        return Losses(local.shared_step(), personal)
+
+    def personal_step(self, local: LocalTraining, heads: nn.ModuleList) -> float:
+        """Train ``heads`` over the received backbone's features for ``personalisation.epochs``; the mean loss."""
+        return train_exits(heads, local.features, local.y, local.training, self.cfg.personalisation.epochs,
+                           local.generator)
+
+    def kept(self, local: LocalTraining) -> dict[str, torch.Tensor]:
+        """The personal heads, as ``exits/<key>``."""
+        return {f"{self.namespace}/{key}": value for key, value in self.heads.state_dict().items()}
+
+    def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList]:
+        """The received submodel with the personal heads."""
+        return local.model, personal_heads(local.model, local.state)
+
+    def train_flops(self, flops: Flops, depth: int, num_train: int, frozen: bool) -> float:
+        """One backbone pass (shared with a frozen shared step) and ``3 x heads`` per sample and personal epoch."""
+        backbone, heads = sum(flops.stages[:depth]), sum(flops.exits[:depth])
+        return (0 if frozen else backbone * num_train) + training_flops(heads, num_train,
+                                                                        self.cfg.personalisation.epochs)
+
+
+class SelfDistill(Exits):
+    """self-distill: personal heads taught by the received deepest exit; labelled_fraction of labels (PersEPhonEE)."""
+
+    namespace = "exits"
+
+    def personal_step(self, local: LocalTraining, heads: nn.ModuleList) -> float:
+        """Train ``heads`` from the received deepest exit's logits, and the labels kept (:func:`hide_labels`).
+
+        The distillation weight is ``training.kd_weight`` in every round (the teacher is
+        the trained global model, so no warm-up applies).
+        """
+        cfg = self.cfg
+        teacher = head_logits(local.model.exits[-1:], local.features[-1:])[0]
+        targets = hide_labels(local.y, cfg.personalisation.labelled_fraction, cfg.seed, local.client_id)
+        return train_self_distill(heads, local.features, teacher, targets, cfg.training,
+                                  cfg.personalisation.epochs, local.generator)
+
+    def train_flops(self, flops: Flops, depth: int, num_train: int, frozen: bool) -> float:
+        """As :class:`Exits`, plus the teacher head's forward pass over the samples."""
+        return super().train_flops(flops, depth, num_train, frozen) + flops.exits[depth - 1] * num_train
+
+
+class Finetune(ClientAlgorithm):
+    """finetune: a copy of the received submodel trained end to end before each evaluation (FedBABU, ReeFL)."""
+
+    def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, None]:
+        """:func:`finetuned` for ``personalisation.epochs``, from the evaluation's generator; nothing kept."""
+        tuned = finetuned(local.model, local.x_train, local.y_train, local.training, self.cfg.personalisation.epochs,
+                          local.generator)
+        return tuned, None

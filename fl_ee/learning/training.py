@@ -153,13 +153,22 @@ def fit(
 
 
 def _with_prox(
-    module: nn.Module, mu: float, batch_loss: Callable[[torch.Tensor], torch.Tensor]
+    module: nn.Module, mu: float, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``batch_loss`` plus FedProx's term to the weights ``module`` holds now (none for ``mu = 0``)."""
-    if mu <= 0:
-        return batch_loss
-    anchors = [p.detach().clone() for p in module.parameters()]
-    return lambda idx: batch_loss(idx) + proximal_term(module.parameters(), anchors, mu)
+    """``batch_loss`` plus FedProx's term to the weights ``module`` holds now (none for ``mu = 0``), and ``penalty()``.
+
+    ``penalty`` (``None``: none) is any further term on the trained tensors, FedDyn's for one.
+    """
+    anchors = [p.detach().clone() for p in module.parameters()] if mu > 0 else []
+
+    def loss(idx: torch.Tensor) -> torch.Tensor:
+        value = batch_loss(idx)
+        if mu > 0:
+            value = value + proximal_term(module.parameters(), anchors, mu)
+        return value if penalty is None else value + penalty()
+
+    return loss
 
 
 def train_joint(
@@ -170,19 +179,21 @@ def train_joint(
     generator: torch.Generator,
     epochs: int | None = None,
     augment: bool = False,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """Train every stage and exit of ``model`` for ``epochs`` (default ``cfg.local_epochs``); the mean loss.
 
     With ``cfg.prox_mu > 0`` the loss includes the proximal term to the weights ``model``
-    starts from (the received global ones); with ``augment`` each batch is randomly
-    cropped and flipped (:func:`~fl_ee.learning.augment.crop_and_flip`, drawn from ``generator``).
+    starts from (the received global ones), and ``penalty()`` where given (FedDyn's term,
+    :mod:`fl_ee.learning.feddyn`); with ``augment`` each batch is randomly cropped and
+    flipped (:func:`~fl_ee.learning.augment.crop_and_flip`, drawn from ``generator``).
     """
     model.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return exit_loss(model(crop_and_flip(x[idx], generator) if augment else x[idx]), y[idx], cfg)
 
-    loss = _with_prox(model, cfg.prox_mu, batch_loss)
+    loss = _with_prox(model, cfg.prox_mu, batch_loss, penalty)
     return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss)
 
 
@@ -202,18 +213,20 @@ def train_exits(
     epochs: int,
     generator: torch.Generator,
     prox_mu: float = 0.0,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """Train ``heads`` (one per stage) over a frozen backbone's ``features``; returns the mean loss.
 
     The backbone is fixed, so its features (:func:`stage_features`) are computed once and
-    reused every epoch. ``prox_mu > 0`` adds the proximal term to the heads' starting weights.
+    reused every epoch. ``prox_mu > 0`` adds the proximal term to the heads' starting
+    weights, and ``penalty()`` is added where given.
     """
     heads.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return exit_loss([head(f[idx]) for head, f in zip(heads, features)], y[idx], cfg)
 
-    return fit(heads.parameters(), cfg, epochs, len(y), generator, _with_prox(heads, prox_mu, batch_loss))
+    return fit(heads.parameters(), cfg, epochs, len(y), generator, _with_prox(heads, prox_mu, batch_loss, penalty))
 
 
 @torch.no_grad()

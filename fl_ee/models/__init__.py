@@ -1,6 +1,6 @@
 """Early-exit networks of any backbone and exit placement, their per-block cost, and state slicing by depth."""
 
-from fl_ee.models.flops import Flops, block_flops, exit_table, measure_flops, parameter_count
+from fl_ee.models.flops import Flops, block_flops, exit_table, measure_flops, parameter_count, training_flops
 from fl_ee.models.network import EarlyExitNet, build_model
 from fl_ee.models.placement import model_spec
 from fl_ee.models.spec import ModelSpec
@@ -21,4 +21,5 @@ __all__ = [
     "parameter_count",
     "slice_state",
     "state_bytes",
+    "training_flops",
 ]

@@ -27,6 +27,11 @@ class Flops:
         return tuple(costs)
 
 
+def training_flops(forward_flops: float, samples: int, epochs: int) -> float:
+    """FLOPs of training end to end: 3 x forward x samples x epochs (forward + backward ~ 3 forwards)."""
+    return 3.0 * forward_flops * samples * epochs
+
+
 def _count(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     with FlopCounterMode(display=False) as counter:
         y = module(x)

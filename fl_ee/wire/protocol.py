@@ -28,7 +28,7 @@ ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # RecordDict keys of ev
 CLIENT = "client"  # the client a message is for (fl_ee.wire.exchange)
 STATE = "state."  # prefix of the keys that carry the client's own Context.state to its node and back
 NODE = "node"  # a reply's node: its partition id (fl_ee.wire.exchange)
-PERSONAL_EXITS = "personal-exits"  # the client's own exit heads in its Context.state (never aggregated)
+CLIENT_STATE = "client-state"  # the client's own arrays in its Context.state (never aggregated)
 
 P = TypeVar("P", bound="Payload")
 
@@ -73,8 +73,9 @@ class Instructions(Payload):
     submodel depth (set per client by the strategy); ``want_initial_loss`` asks for the
     local objective at the received weights (q-FFL needs it); ``pace_s`` is how long a
     paced client sleeps after training; ``state_dir`` is the folder where the client
-    saves its personal exits each round it trains, and reads them back in a fresh
-    process (a resumed run; :mod:`fl_ee.federation.clientstate`); empty: keep them in memory only.
+    saves its state (personal exits, FedDyn's ``g_prev``) each round it trains, and reads
+    it back in a fresh process (a resumed run; :mod:`fl_ee.federation.clientstate`);
+    empty: keep it in memory only.
     ``lr`` is the round's learning rate (:func:`fl_ee.learning.training.round_lr`), which
     every local step of the round trains at; ``None``: the config's ``training.lr``.
     """
