@@ -11,7 +11,7 @@ from rich.console import Console
 from fl_ee.cli import main
 from fl_ee.config import load_config
 from fl_ee.plan import make_plan, plan_renderables
-from fl_ee.plots import PLOTS, Skip, client_accuracies
+from fl_ee.plots import PLOTS, Skip, accuracy_over_rounds, client_accuracies
 from fl_ee.preflight import preflight
 from fl_ee.report import compare_table, report_renderables, tier_table
 from fl_ee.rundir import load_run
@@ -50,6 +50,15 @@ def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs
                  "reliability"):
         assert f"skipped plot {name}: no client was evaluated (strategy.fraction_evaluate = 0)" in err
     assert {p.stem for p in (path / "plots").glob("*.png")} == {"round_time", "participation"}
+
+
+def test_a_single_evaluation_is_drawn_on_its_round_with_a_note(runs):
+    ax = accuracy_over_rounds(load_run(runs["ok"])).axes[0]  # 2 rounds, eval_every 2: round 2 alone
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
+    assert ax.get_xlim() == (1, 3)
+    assert [list(line.get_xdata()) for line in ax.lines] == [[2]] * 4  # a dot per tier and the mean
+    assert ax.get_xlabel() == ("round\n(one evaluation only, after round 2: more rounds or a smaller eval_every "
+                               "draw a curve)")
 
 
 def test_a_run_in_which_no_client_trained_reports_its_warning(runs, tmp_path, capsys):
