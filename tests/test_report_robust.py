@@ -13,7 +13,7 @@ from fl_ee.config import load_config
 from fl_ee.plan import make_plan, plan_renderables
 from fl_ee.plots import PLOTS, Skip, accuracy_over_rounds, client_accuracies
 from fl_ee.preflight import preflight
-from fl_ee.report import compare_table, report_renderables, tier_table
+from fl_ee.report import compare_table, policy_table, report_renderables, tier_table
 from fl_ee.rundir import load_run
 from inprocess import run_inprocess
 
@@ -137,6 +137,35 @@ def test_split_tables_keep_every_cell(runs):
     assert len(_render(tier_table(run), 200)) < len(_render(tier_table(run), 80))  # split at 80, whole at 200
     words = [{w for w in text.split() if "─" not in w} for text in (wide, narrow)]
     assert words[0] == words[1]  # every header, label and figure, none cut
+
+
+POLICIES = ("entropy", "max-prob", "calibrated", "patience")
+
+
+def _policy_rows(lines: list[str]) -> list[list[str]]:
+    return [line.split() for line in lines if line.split()[:1] and line.split()[0] in POLICIES]
+
+
+def test_the_policy_table_stays_whole_at_80_columns_and_wide_shows_every_column(runs, capsys, monkeypatch):
+    run = load_run(runs["ok"])
+    lines = _render(policy_table(run), 80)
+    _assert_fits(lines)
+    headers = [line.split() for line in lines if line.split()[:1] == ["policy"]]
+    assert headers == [["policy", "thresholds", "scope", "accuracy", "%", "drop", "MFLOPs", "saving", "%"]]
+    rows = _policy_rows(lines)  # e.g. entropy fixed - 64.5 -5.0 pp 0.195 50.3: every figure of a row on its line
+    assert len(rows) == 28 and {len(row) for row in rows} == {8}
+    assert "latency ms left out at this width: `fl-ee report --wide` (or --html) shows it" in " ".join(
+        " ".join(lines).split())
+    whole = _render(policy_table(run), 120)  # a wider terminal shows it all
+    assert {len(row) for row in _policy_rows(whole)} == {9} and "left out" not in " ".join(whole)
+
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = _report(capsys, str(runs["ok"]), "--wide")
+    assert code == 0
+    wide = out.splitlines()
+    assert [line.split()[-2:] for line in wide if line.split()[:1] == ["policy"]] == [["latency", "ms"]]
+    assert len(_policy_rows(wide)) == 28 and {len(row) for row in _policy_rows(wide)} == {9}
+    assert max(map(len, wide)) > 80 and "left out" not in out
 
 
 def test_the_check_plan_fits_80_columns():
