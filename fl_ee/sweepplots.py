@@ -71,7 +71,7 @@ def metric_intervals(settings: Sequence[Setting]) -> Figure:
     axes[0].set_xlim(-0.6, len(settings) - 0.4)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    for ax in axes[len(metrics) - COLUMNS:len(metrics)]:  # the lowest panel of each column names the settings
+    for ax in axes[max(0, len(metrics) - COLUMNS):len(metrics)]:  # the lowest panel of each column names them
         ax.xaxis.set_tick_params(labelbottom=True, labelrotation=30, labelsize="small")
         for tick in ax.get_xticklabels():
             tick.set(horizontalalignment="right", rotation_mode="anchor")
