@@ -14,6 +14,8 @@ from rich.console import Console
 from fl_ee.core.config import Config, load_config, parse_overrides
 from fl_ee.core.errors import UserError, printable, shortened
 
+WIDE_COLUMNS = 1000  # `report --wide`: the width tables are laid out for, so that each stays in one piece
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print summary.json instead of the tables")
     report.add_argument("--plots", action="store_true", help="write PNG plots under RUN_DIR/plots/")
     report.add_argument("--html", action="store_true", help="write a self-contained RUN_DIR/report.html")
+    report.add_argument("--wide", action="store_true", help="every column of every table, each table in one piece "
+                        "however wide (for a wide terminal, `less -S` or a file)")
     compare = sub.add_parser("compare", help="key metrics of several runs, or of settings over their seeds")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR|SWEEP_ROOT",
                          help="run directories (runs of one config but their seed form a setting) or sweep roots")
@@ -176,14 +180,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         return _report_sweep(args)
     run = load_run(args.run_dir)
     err = Console(stderr=True, soft_wrap=True)
-    renderables = report_renderables(run)
     if args.json:
         if run.summary is None:
             raise UserError(f"{run.path} has no {SUMMARY} (the run did not finish); drop --json to see its rounds")
         sys.stdout.write((run.path / SUMMARY).read_text())
     else:
-        out = Console()
-        for part in renderables:
+        out = _tables_console(args.wide)
+        for part in report_renderables(run, wide=args.wide):
             out.print(part)
     if args.plots or args.html:
         from fl_ee.results.plots import render_plots, write_plots
@@ -194,9 +197,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.plots:
             err.print(f"plots in {write_plots(run.path, images)}: {', '.join(images) or 'none'}")
         if args.html:
-            atomic_write(run.path / "report.html", html_page(run, renderables, images, skipped))
+            atomic_write(run.path / "report.html", html_page(run, report_renderables(run, wide=True), images, skipped))
             err.print(f"report in {run.path / 'report.html'}")
     return 0
+
+
+def _tables_console(wide: bool) -> Console:
+    """Where tables are printed: fitted to the terminal, or with ``--wide`` each in one piece however wide."""
+    return Console(width=WIDE_COLUMNS) if wide else Console()
 
 
 def _report_sweep(args: argparse.Namespace) -> int:
@@ -213,7 +221,7 @@ def _report_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"{root} has no {SWEEP_JSON}")
         sys.stdout.write((root / SWEEP_JSON).read_text())
     else:
-        Console().print(settings_table(settings, settings[0]))
+        _tables_console(args.wide).print(settings_table(settings, settings[0]))
     if args.plots:
         err = Console(stderr=True, soft_wrap=True)
         images, skipped = render_plots(settings, SWEEP_PLOTS)

@@ -19,6 +19,7 @@ import ray
 
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError
+from sims import reaper
 
 PROBE_TIMEOUT_S = 5.0  # TCP connect to a cluster's address before ray.init
 
@@ -121,14 +122,23 @@ def resolve_address(address: str) -> str:
 
 
 def init_ray(cfg: Config) -> None:
-    """``ray.init`` as Flower's ``RayBackend.init_ray`` does it (Flower skips it once Ray is up)."""
+    """``ray.init`` as Flower's ``RayBackend.init_ray`` does it (Flower skips it once Ray is up).
+
+    The processes of a Ray started here die with this process, also when it is killed
+    (:mod:`sims.reaper`); a cluster it joins is left alone.
+    """
     args: dict[str, Any] = dict(backend_config(cfg)["init_args"])
+    if "address" not in args:
+        reaper.arm()
     args.setdefault("include_dashboard", False)
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+    node: Any = ray._private.worker._global_node
+    if node.head:  # not when ray.init found a cluster to join (`ray start`, RAY_ADDRESS)
+        reaper.watch(node.get_session_dir_path())
 
 
 def start_ray(cfg: Config) -> Callable[[], None]:

@@ -24,6 +24,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.results.rundir import ROUNDS
+from sims import reaper
 
 GRACE_S = 3.0  # after a signal, the longest wait for an orderly stop before killing Ray
 
@@ -205,9 +206,10 @@ def kill_children(known: Iterable[tuple[int, str]] = ()) -> None:
     """SIGKILL every process this one started, and theirs (the local Ray: GCS, raylet, workers, agents).
 
     ``known`` adds descendants seen earlier: Ray workers whose raylet has gone are no
-    longer this process's descendants.
+    longer this process's descendants. The watchdog of :mod:`sims.reaper` is spared: it
+    kills what is left once this process has ended.
     """
-    kill_processes(descendants(os.getpid()) | set(known))
+    kill_processes({p for p in descendants(os.getpid()) | set(known) if p[0] != reaper.watchdog_pid()})
 
 
 class Stopper:

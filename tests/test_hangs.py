@@ -260,6 +260,69 @@ def test_a_signal_ends_the_run_within_5s_and_leaves_no_ray_behind(signum, tmp_pa
     assert not ours_alive(raytmp)
 
 
+ARMED = """
+import os, subprocess, sys, time
+from sims import reaper
+
+reaper.arm()
+session = sys.argv[1]
+unmarked = {k: v for k, v in os.environ.items() if k != reaper.OWNER}
+marked = subprocess.Popen(["sleep", "60"])
+grouped = subprocess.Popen(["sleep", "60"], stdout=open(os.path.join(session, "a.log"), "w"), env=unmarked)
+outsider = subprocess.Popen(["sleep", "60"], stdout=open(os.path.join(session, "b.log"), "w"), env=unmarked,
+                            start_new_session=True)  # like a `tail -f` of a Ray log in another terminal
+reaper.watch(session)
+print(marked.pid, grouped.pid, outsider.pid, reaper.watchdog_pid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_watchdog_kills_what_its_process_started_once_it_is_killed_and_nothing_else(tmp_path):
+    armed = subprocess.Popen([sys.executable, "-c", ARMED, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=REPO, env=env())
+    pids = [int(p) for p in armed.stdout.readline().split()]
+    marked, grouped, outsider, watchdog = pids
+    try:
+        assert all(alive(pid) for pid in pids)
+        armed.kill()
+        armed.wait()
+        deadline = time.monotonic() + 5
+        while (alive(marked) or alive(grouped) or alive(watchdog)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(marked) and not alive(grouped) and not alive(watchdog)
+        assert alive(outsider)
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+BOUND = """
+import signal, subprocess, time
+from sims.reaper import die_with_parent
+
+child = subprocess.Popen(["sleep", "60"], start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_bound_to_its_parent_gets_the_signal_when_the_parent_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", BOUND], stdout=subprocess.PIPE, text=True, cwd=REPO, env=env())
+    child = int(parent.stdout.readline())
+    try:
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_descendants_are_found_and_killed_by_pid_and_start_time():
     child = subprocess.Popen(["sleep", "30"])
     try:
@@ -271,3 +334,67 @@ def test_descendants_are_found_and_killed_by_pid_and_start_time():
         assert child.wait(timeout=5) == -signal.SIGKILL
     finally:
         child.kill()
+
+
+# ------------------------------------------------------------------ SIGKILL leaves no orphans
+
+
+def wait_for_round(out: Path, process: subprocess.Popen, deadline_s: float = 150) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not (out / "rounds.jsonl").is_file() or not (out / "rounds.jsonl").read_text().strip():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "round 1 never came"
+        time.sleep(0.1)
+
+
+def survivors(ours: set[tuple[int, str]], raytmp: str, wait_s: float) -> list[str]:
+    """What is left, after at most ``wait_s``, of the processes ``ours`` and of this Ray temp dir's session."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        table = stopping._processes()
+        left = [f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}" for pid, started in ours
+                if pid in table and table[pid][1] == started and alive(pid)] + ours_alive(raytmp)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+@pytest.mark.e2e
+def test_a_killed_run_takes_its_ray_along(tmp_path, raytmp):
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=30", "--set",
+                            "data.num_clients=6", "--out", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=env(RAY_TMPDIR=raytmp))
+    try:
+        wait_for_round(out, run)
+        ours = stopping.descendants(run.pid)
+        names = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid, _ in ours}
+        assert {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names, names  # Ray's own fate-sharing misses these
+        run.kill()
+        run.wait(timeout=10)
+        assert survivors(ours, raytmp, wait_s=10) == []
+    finally:
+        run.kill()
+        run.communicate()
+
+
+@pytest.mark.e2e
+def test_a_killed_sweep_takes_its_running_run_and_its_ray_along(tmp_path, raytmp):
+    run_dir = tmp_path / "sweep" / "base" / "seed-0"
+    sweep = subprocess.Popen([sys.executable, "-m", "fl_ee.cli", "sweep", "--seeds", "1", "--set", "rounds=30",
+                              "--set", "data.num_clients=6", "--out", str(tmp_path / "sweep")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env=env(RAY_TMPDIR=raytmp))
+    try:
+        wait_for_round(run_dir, sweep)
+        ours = stopping.descendants(sweep.pid)
+        runs = [pid for pid, _ in ours if b"fl_ee.cli\0run\0" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(runs) == 1 and len(ours) > 5, ours  # the run and its Ray
+        sweep.kill()
+        sweep.wait(timeout=10)
+        assert survivors(ours, raytmp, wait_s=15) == []
+    finally:
+        sweep.kill()
+        sweep.communicate()
+    assert "interrupted (SIGTERM)" in (run_dir.parent / "seed-0.log").read_text()  # the run stopped in order

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fl_ee.deployment",),
     ("strategies", "sims.clock", "sims.tiers", "sims.emulator"),
     ("fl_ee.results",),
-    ("fl_ee.federation", "sims.backend", "sims.engine", "sims.stopping", "sims"),
+    ("fl_ee.federation", "sims.backend", "sims.engine", "sims.stopping", "sims.reaper", "sims"),
     ("fl_ee.studies",),
     ("fl_ee.api",),
     ("fl_ee.cli", "fl_ee"),  # the package itself: the API's names, imported on first use

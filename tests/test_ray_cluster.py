@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,44 @@ def test_a_run_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
     assert json.loads((out / "summary.json").read_text())["clients"]["total"] == 4
     drivers = list(temp.glob("session_*/logs/python-core-driver-*.log"))
     assert drivers, "the simulation did not attach to the cluster under test"
+
+
+
+def cluster_processes(temp: Path) -> set[tuple[int, str]]:
+    """``(pid, start time)`` of the live processes whose command line names the cluster's temp dir (GCS, raylet)."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            names_temp = str(temp).encode() in (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if names_temp and fields[0] != "Z":
+            found.add((int(entry.name), fields[19]))
+    return found
+
+
+@pytest.mark.parametrize("how", ["ray_address", "RAY_ADDRESS"])
+def test_a_killed_run_leaves_the_cluster_it_joined_running(ray_head, tmp_path, how):
+    """Only a Ray that fl-ee started dies with it: by ``simulation.ray_address`` or the ``RAY_ADDRESS`` Ray reads."""
+    address, temp = ray_head
+    cluster = cluster_processes(temp)
+    assert {b"gcs_server", b"raylet"} <= {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].rsplit(b"/")[-1]
+                                          for pid, _ in cluster}
+    joined = ["--set", f"simulation.ray_address={address}"] if how == "ray_address" else []
+    env = dict(os.environ) if joined else dict(os.environ, RAY_ADDRESS=address)
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=30", "--set",
+                            "data.num_clients=6", *joined, "--out", str(out)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 150
+        while not (out / "rounds.jsonl").is_file() or not (out / "rounds.jsonl").read_text().strip():
+            assert run.poll() is None and time.monotonic() < deadline, "round 1 never came"
+            time.sleep(0.1)
+        assert list(temp.glob("session_*/logs/python-core-driver-*.log")), "the run did not join the cluster"
+    finally:
+        run.kill()
+        run.wait()
+    time.sleep(3)  # a watchdog of the run kills within a second
+    assert cluster <= cluster_processes(temp)

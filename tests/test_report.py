@@ -244,6 +244,7 @@ def test_report_plots_and_self_contained_html(copy_of, capsys):
     assert page.count('src="data:image/png;base64,') == len(written)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "Fairness" in page and "Jain" in page
+    assert "latency ms" in page and "left out" not in page  # the whole policy table, whatever the terminal
 
 
 def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):

@@ -12,8 +12,8 @@ from fl_ee.cli import main
 from fl_ee.core.config import load_config
 from fl_ee.federation.plan import make_plan, plan_renderables
 from fl_ee.federation.preflight import preflight
-from fl_ee.results.plots import PLOTS, Skip, client_accuracies
-from fl_ee.results.report import compare_table, report_renderables, tier_table
+from fl_ee.results.plots import PLOTS, Skip, accuracy_over_rounds, client_accuracies
+from fl_ee.results.report import compare_table, policy_table, report_renderables, tier_table
 from fl_ee.results.rundir import load_run
 from inprocess import run_inprocess
 
@@ -51,6 +51,15 @@ def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs
                  "reliability"):
         assert f"skipped plot {name}: no client was evaluated (strategy.fraction_evaluate = 0)" in err
     assert {p.stem for p in (path / "plots").glob("*.png")} == {"round_time", "participation"}
+
+
+def test_a_single_evaluation_is_drawn_on_its_round_with_a_note(runs):
+    ax = accuracy_over_rounds(load_run(runs["ok"])).axes[0]  # 2 rounds, eval_every 2: round 2 alone
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
+    assert ax.get_xlim() == (1, 3)
+    assert [list(line.get_xdata()) for line in ax.lines] == [[2]] * 4  # a dot per tier and the mean
+    assert ax.get_xlabel() == ("round\n(one evaluation only, after round 2: more rounds or a smaller eval_every "
+                               "draw a curve)")
 
 
 def test_a_run_in_which_no_client_trained_reports_its_warning(runs, tmp_path, capsys):
@@ -153,6 +162,35 @@ def test_split_tables_keep_every_cell(runs):
     assert len(_render(tier_table(run), 200)) < len(_render(tier_table(run), 80))  # split at 80, whole at 200
     words = [{w for w in text.split() if "─" not in w} for text in (wide, narrow)]
     assert words[0] == words[1]  # every header, label and figure, none cut
+
+
+POLICIES = ("entropy", "max-prob", "calibrated", "patience")
+
+
+def _policy_rows(lines: list[str]) -> list[list[str]]:
+    return [line.split() for line in lines if line.split()[:1] and line.split()[0] in POLICIES]
+
+
+def test_the_policy_table_stays_whole_at_80_columns_and_wide_shows_every_column(runs, capsys, monkeypatch):
+    run = load_run(runs["ok"])
+    lines = _render(policy_table(run), 80)
+    _assert_fits(lines)
+    headers = [line.split() for line in lines if line.split()[:1] == ["policy"]]
+    assert headers == [["policy", "thresholds", "scope", "accuracy", "%", "drop", "MFLOPs", "saving", "%"]]
+    rows = _policy_rows(lines)  # e.g. entropy fixed - 64.5 -5.0 pp 0.195 50.3: every figure of a row on its line
+    assert len(rows) == 28 and {len(row) for row in rows} == {8}
+    assert "latency ms left out at this width: `fl-ee report --wide` (or --html) shows it" in " ".join(
+        " ".join(lines).split())
+    whole = _render(policy_table(run), 120)  # a wider terminal shows it all
+    assert {len(row) for row in _policy_rows(whole)} == {9} and "left out" not in " ".join(whole)
+
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = _report(capsys, str(runs["ok"]), "--wide")
+    assert code == 0
+    wide = out.splitlines()
+    assert [line.split()[-2:] for line in wide if line.split()[:1] == ["policy"]] == [["latency", "ms"]]
+    assert len(_policy_rows(wide)) == 28 and {len(row) for row in _policy_rows(wide)} == {9}
+    assert max(map(len, wide)) > 80 and "left out" not in out
 
 
 def test_the_check_plan_fits_80_columns():

@@ -11,23 +11,27 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import LineCollection
 from rich.console import Console
 
 from fl_ee.cli import main
 from fl_ee.core.config import config_to_toml, load_config
 from fl_ee.core.errors import UserError
-from fl_ee.results.groups import expand, group_runs
+from fl_ee.results.groups import expand, group_runs, load_settings
 from fl_ee.results.observers import Observer
 from fl_ee.results.rundir import load_run
 from fl_ee.results.stats import PAIRED, WELCH
+from fl_ee.results.sweepplots import accuracy_band, metric_intervals
 from fl_ee.studies.sweep import (
     SWEEP_JSON,
+    Job,
     check_existing,
     plan,
     run_sweep,
     setting_name,
     setting_warnings,
     split_values,
+    write_sweep_json,
 )
 from inprocess import resume_inprocess, run_inprocess
 
@@ -396,3 +400,40 @@ def test_report_of_a_sweep_root_prints_the_settings_and_draws_their_plots(tmp_pa
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy_rounds.png", "metrics.png"]
     assert main(["report", str(tmp_path), "--json"]) == 2  # no sweep.json: not made by fl-ee sweep
     assert capsys.readouterr().err.strip() == f"fl-ee: error: {tmp_path} has no sweep.json"
+
+
+def test_sweep_plots_name_the_settings_in_the_order_of_the_table_and_keep_intervals_in_range(tmp_path, capsys,
+                                                                                                monkeypatch):
+    """Two seeds far apart: the 95% intervals span more than 0-100%; the grid lists exclusive first."""
+    monkeypatch.setenv("COLUMNS", "200")
+    means = {"exclusive": [0.60, 0.95], "depthfl": [0.70, 0.72]}
+    jobs = []
+    for strategy, values in means.items():
+        for seed, mean in enumerate(values):
+            path = _fake_run(tmp_path / f"strategy.name={strategy}" / f"seed-{seed}", strategy, seed, mean, 0.8)
+            jobs.append(Job(f"strategy.name={strategy}", seed, None, (), load_run(path).config, path))
+    write_sweep_json(tmp_path, jobs, {}, {})
+    names = ["strategy.name=exclusive", "strategy.name=depthfl"]  # not the folders' alphabetical order
+    settings = load_settings([tmp_path])
+    assert [s.name for s in settings] == names
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("strategy.name=exclusive (baseline)") < out.index("strategy.name=depthfl")
+
+    fig = metric_intervals(settings)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    mean = panels["personalised mean % (higher is better)"]
+    labelled = [ax for ax in panels.values() if ax.get_xticklabels()]
+    assert len(labelled) == 4 and all([t.get_text() for t in ax.get_xticklabels()] == names for ax in labelled)
+    bars = [segment[:, 1] for c in mean.collections if isinstance(c, LineCollection) for segment in c.get_segments()]
+    # exclusive: 77.5 -/+ 12.706 * 24.75 (t of 1 df): cut at 0 and 100; depthfl: 71 -/+ 12.706 * 1.0
+    assert [(low, high) for low, high in bars] == [(0.0, 100.0), pytest.approx((58.29, 83.71), abs=0.01)]
+    assert 0 <= mean.get_ylim()[0] and mean.get_ylim()[1] <= 100
+    assert fig.get_suptitle().endswith("; intervals cut where they pass the metric's range")
+    jain = panels["Jain's index (higher is better)"]
+    assert 0 <= jain.get_ylim()[0] and jain.get_ylim()[1] <= 1
+
+    band = accuracy_band(settings).axes[0]
+    extents = [path.vertices[:, 1] for c in band.collections for path in c.get_paths()]
+    assert extents and all(0 <= y.min() and y.max() <= 100 for y in extents)
+    assert min(y.min() for y in extents) == 0 and max(y.max() for y in extents) == 100  # exclusive's, cut

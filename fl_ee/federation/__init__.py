@@ -6,5 +6,5 @@ evaluation), ``checkpoint`` and ``resume``, ``faults`` (what every update and
 aggregate must pass), ``preflight`` (every check before Ray starts) and ``plan``
 (``fl-ee check``'s plan from the cost model). May import every layer below it, up to
 :mod:`fl_ee.results`; beside it sit the engine's modules :mod:`sims.backend`,
-:mod:`sims.engine` and :mod:`sims.stopping`.
+:mod:`sims.engine`, :mod:`sims.stopping` and :mod:`sims.reaper`.
 """

@@ -52,6 +52,8 @@ class Sheet:
     The first ``keys`` columns (the row labels) are repeated in every part; the other
     columns are spread over as few parts as fit, first along ``groups`` (lists of column
     indices that belong together) when given. ``None`` in ``rows`` starts a section.
+    The ``extra`` columns are left out where the whole table does not fit, before it is
+    split: the caption names them and ``extra_hint`` says how to see them.
     """
 
     title: str | None
@@ -60,6 +62,8 @@ class Sheet:
     caption: str | None = None
     keys: int = 1
     groups: Sequence[Sequence[int]] = ()
+    extra: Sequence[int] = ()
+    extra_hint: str = ""
 
     def add_row(self, *cells: RenderableType) -> None:
         """Append a row (one cell per column)."""
@@ -102,10 +106,26 @@ class Sheet:
         caption = [Text(self.caption, style="table.caption")] if self.caption else []
         return Group(*title, *(self.table([*keys, *chunk], overflow=overflow) for chunk in chunks), *caption)
 
+    def without_extra(self) -> Sheet:
+        """The table without its ``extra`` columns, its caption naming them."""
+        kept = [i for i in range(len(self.columns)) if i not in self.extra]
+        at = {old: new for new, old in enumerate(kept)}
+        note = f"{', '.join(self.columns[i].header for i in self.extra)} left out at this width: {self.extra_hint}"
+        return Sheet(self.title, [self.columns[i] for i in kept],
+                     [None if row is None else [row[i] for i in kept] for row in self.rows],
+                     caption=f"{self.caption}; {note}" if self.caption else note, keys=self.keys,
+                     groups=[g for g in ([at[i] for i in group if i in at] for group in self.groups) if g])
+
     def layouts(self) -> Iterable[RenderableType]:
-        """The whole table (then more tightly spaced), then split in its groups, then in 2, 3, ... parts."""
+        """The whole table (then more tightly spaced); then without its extra columns, or split.
+
+        Split in its groups, then in 2, 3, ... parts.
+        """
         yield self.table(title=self.title, caption=self.caption)
         yield self.table(title=self.title, caption=self.caption, compact=True)
+        if self.extra:
+            yield from self.without_extra().layouts()
+            return
         if self.groups:
             yield self._tables(self.groups)
         for count in range(2, len(self.columns) - self.keys + 1):
@@ -117,7 +137,8 @@ class Sheet:
             if fits(console, options, layout):
                 yield layout
                 return
-        yield self.parts(max(1, len(self.columns) - self.keys), overflow="fold")
+        narrowest = self.without_extra() if self.extra else self
+        yield narrowest.parts(max(1, len(narrowest.columns) - narrowest.keys), overflow="fold")
 
 
 @dataclass

@@ -77,13 +77,24 @@ class Setting:
 # ------------------------------------------------------------------------------ grouping
 
 
+def _settings_order(root: Path) -> dict[str, int]:
+    """Each setting's position in the sweep root's ``sweep.json`` (none where it is missing or unreadable)."""
+    try:
+        settings = json.loads((root / SWEEP_JSON).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: i for i, name in enumerate(settings)} if isinstance(settings, dict) else {}
+
+
 def sweep_run_dirs(root: Path) -> list[Path]:
-    """The run directories of a sweep root, ``<setting>/seed-<s>/``, finished or not."""
-    found = []
-    for path in sorted(root.glob(f"*/{SEED_PREFIX}*")):
-        if path.is_dir() and (path / ROUNDS).is_file():
-            found.append(path)
-    return found
+    """The run directories of a sweep root, ``<setting>/seed-<s>/``, finished or not.
+
+    Settings in the order of ``sweep.json`` (the grid's, as ``fl-ee sweep`` prints them);
+    folders it does not name follow by name.
+    """
+    order = _settings_order(root)
+    found = [p for p in root.glob(f"*/{SEED_PREFIX}*") if p.is_dir() and (p / ROUNDS).is_file()]
+    return sorted(found, key=lambda p: (order.get(p.parent.name, len(order)), p))
 
 
 def is_sweep_root(path: Path) -> bool:

@@ -76,13 +76,25 @@ def _legend(ax: Axes) -> None:
     ax.legend(title="accuracy at each client's deepest exit", fontsize="small", title_fontsize="small")
 
 
+def round_axis(ax: Axes, rounds: Sequence[int]) -> None:
+    """Whole rounds on the x axis; where ``rounds`` holds a single round, that tick alone and a note below."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(set(rounds)) == 1:
+        only = rounds[0]
+        ax.set_xlim(only - 1, only + 1)
+        ax.set_xticks([only])
+        ax.set_xlabel(f"{ax.get_xlabel()}\n(one evaluation only, after round {only}: "
+                      "more rounds or a smaller eval_every draw a curve)")
+
+
 def accuracy_over_rounds(run: Run) -> Figure:
     """Personalised accuracy per tier at each evaluation round."""
     records = run.evaluations
     if not records:
         raise Skip("no evaluation round in rounds.jsonl yet")
-    fig = _accuracy_lines(run, records, [r["round"] for r in records], "round", "Personalised accuracy over rounds")
-    fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    rounds = [r["round"] for r in records]
+    fig = _accuracy_lines(run, records, rounds, "round", "Personalised accuracy over rounds")
+    round_axis(fig.axes[0], rounds)
     return fig
 
 

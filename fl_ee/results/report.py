@@ -149,10 +149,12 @@ def _key_values(title: str, rows: Sequence[tuple[str, str]], caption: str | None
     return table
 
 
-def policy_table(run: Run) -> Sheet | None:
+def policy_table(run: Run, wide: bool = False) -> Sheet | None:
     """The summary's ``policies`` section: each exit policy, threshold rule and scope against the deepest exit.
 
     The deployed one (the configured policy, rule and scope) is in bold; ``None`` before the run finishes.
+    Where it does not fit whole, its latency column is left out (never with ``wide``) rather than the
+    table split in parts.
     """
     p, calibration = get(run.summary, "policies"), get(run.summary, "calibration")
     if p is None:
@@ -160,7 +162,8 @@ def policy_table(run: Run) -> Sheet | None:
     policy = run.config.exit_policy
     table = Sheet("Exit policies on the clients' test splits",
                   [Col("policy", "left"), Col("thresholds", "left"), Col("scope", "left"), Col("accuracy %"),
-                   Col("drop"), Col("MFLOPs"), Col("saving %"), Col("latency ms")], keys=3)
+                   Col("drop"), Col("MFLOPs"), Col("saving %"), Col("latency ms")], keys=3,
+                  extra=() if wide else (7,), extra_hint="`fl-ee report --wide` (or --html) shows it")
     deepest = p["deepest"]
     table.add_row("deepest exit", "", "", pct(get(deepest, "accuracy")), "", mflops(get(deepest, "expected_flops")),
                   pct(get(deepest, "flops_saving")), millis(get(deepest, "latency_ms")))
@@ -229,10 +232,10 @@ def straggler_table(run: Run) -> Table:
     )
 
 
-def report_renderables(run: Run) -> list[RenderableType]:
-    """Everything ``fl-ee report`` prints, in order."""
+def report_renderables(run: Run, wide: bool = False) -> list[RenderableType]:
+    """Everything ``fl-ee report`` prints, in order (``wide``: no column left out)."""
     parts: list[RenderableType] = [tier_table(run)] if run.summary else []
-    if (policies := policy_table(run)) is not None:
+    if (policies := policy_table(run, wide)) is not None:
         parts.append(policies)
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]

@@ -39,6 +39,7 @@ from fl_ee.core.errors import UserError, warn
 from fl_ee.core.resumable import config_difference, resumable_config
 from fl_ee.results.groups import SEED_PREFIX, SWEEP_JSON, Setting, headline
 from fl_ee.results.rundir import ROUNDS, SUMMARY, load_run, make_writable, to_json
+from sims.reaper import die_with_parent
 
 POLL_S = 0.25  # how often running runs are looked at
 STOP_WAIT_S = 60.0  # after an interrupt: how long a run may take to stop before it is killed
@@ -334,8 +335,10 @@ def launch_subprocess(job: Job, resume: bool) -> subprocess.Popen[bytes]:
     with open(job.log, "ab") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
-        # its own session: a Ctrl-C reaches the sweep, which stops each run in turn
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # its own session: a Ctrl-C reaches the sweep, which stops each run in turn; a SIGTERM
+        # when the sweep ends, also by SIGKILL, so that no run (nor its Ray) outlives it
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent(signal.SIGTERM))
 
 
 class _Stop(Exception):
