@@ -106,7 +106,7 @@ def test_a_bad_config_answers_before_torch_or_flower_is_imported():
 
 
 def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_path):
-    """``sweep``, ``compare``, ``report``, ``resume`` and ``run`` refuse bad arguments and paths fast.
+    """``sweep``, ``compare``, ``report``, ``resume``, ``run`` and ``check`` refuse bad arguments and paths fast.
 
     Before torch, Flower, Ray, SciPy or matplotlib is imported: in well under 0.5 s.
     """
@@ -120,7 +120,8 @@ def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_
     argvs = [["sweep", "--grid", "strategy.name=a,,b"], ["sweep", "--grid", "nope=1,2"], ["sweep", "--seeds", "999"],
              ["sweep", "--out", "notes.txt"], ["sweep", "--grid", "rounds=1,2", "--set", "rounds=3"],
              ["compare", "missing", "notes.txt"], ["report", "notes.txt"], ["report", "."], ["resume", "."],
-             ["resume", "run", "--set", "rounds=5"], ["resume", "run"], ["run", "."], ["run", "--out", "x" * 5000]]
+             ["resume", "run", "--set", "rounds=5"], ["resume", "run"], ["run", "."], ["run", "--out", "x" * 5000],
+             ["run", "--set", "model.weights=missing.pt"], ["check", "--set", "model.weights=notes.txt"]]
     probe = ("import json, sys\n"
              "from fl_ee.cli import main\n"
              "codes = [main(argv) for argv in json.loads(sys.argv[1])]\n"
@@ -131,8 +132,12 @@ def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_
     assert done.stdout == f"{[2] * len(argvs)} []\n", done.stderr  # every one refused, nothing heavy imported
     lines = done.stderr.splitlines()
     assert len(lines) == len(argvs) and all(line.startswith("fl-ee: error: ") for line in lines), lines
-    assert lines[-3].startswith(f"fl-ee: error: {Path('run', 'checkpoint', 'round-000001', 'arrays.npz')}: damaged "
+    assert lines[-5].startswith(f"fl-ee: error: {Path('run', 'checkpoint', 'round-000001', 'arrays.npz')}: damaged "
                                 "checkpoint (File is not a zip file), and no earlier one to fall back to")
+    assert lines[-2:] == ["fl-ee: error: model.weights: missing.pt: no such file",
+                          "fl-ee: error: model.weights: notes.txt: not a state-dict file fl-ee can read safely (it is "
+                          "not a torch.save file of tensors; fl-ee loads tensors only, never other objects); save the "
+                          "weights with torch.save(model.state_dict(), PATH)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]  # nothing made
 
 

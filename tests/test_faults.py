@@ -177,8 +177,9 @@ def _fl_ee(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.e2e
 def test_a_diverged_run_exits_3_in_one_line_and_stays_reportable(tmp_path):
     out = tmp_path / "run"
-    overrides = [a for o in [*TINY, "training.lr=1e6", "simulation.max_bad_rounds=2"] for a in ("--set", o)]
-    done = _fl_ee("run", *overrides, "--out", str(out), cwd=tmp_path)
+    diverging = [*TINY, "training.lr=1e6", "training.batch_size=16", "training.kd_warmup_rounds=0",
+                 "simulation.max_bad_rounds=2"]
+    done = _fl_ee("run", *[a for o in diverging for a in ("--set", o)], "--out", str(out), cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("fl-ee")]
     assert lines == [f"fl-ee: error: training diverged: no finite update or aggregate in rounds 1-2 "

@@ -39,6 +39,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+SAVE_WEIGHTS = "save the weights with torch.save(model.state_dict(), PATH)"
+NOT_TENSORS = "not a state-dict file fl-ee can read safely"
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; its legacy pickle format
+
+
+def weights_file_problem(path: str) -> str | None:
+    """What makes ``path`` no ``model.weights`` file, from the file system and its first bytes alone (no torch).
+
+    :func:`fl_ee.models.weights.read_state` reads the whole file safely later.
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        return "no such file"
+    try:
+        with file.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head.startswith(TORCH_SAVE_MAGIC):
+        return (f"{NOT_TENSORS} (it is not a torch.save file of tensors; fl-ee loads tensors only, never other "
+                f"objects); {SAVE_WEIGHTS}")
+    return None
+
+
 def _rule(ok: bool, field: str, message: str) -> None:
     """A cross-field check; its error names ``field`` of the model being validated."""
     if not ok:
@@ -79,6 +103,13 @@ class ModelConfig(_Section):
                      ] = "auto"
     num_exits: Annotated[int, Field(ge=1, description="exits placed by even-flops")] = 4
     weights: Annotated[str, Field(description="a state-dict file to start the global model from (empty: none)")] = ""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_file(cls, value: str) -> str:
+        if value and (problem := weights_file_problem(value)):
+            raise PydanticCustomError("weights", "{message}", {"message": f"{value}: {problem}"})
+        return value
 
     @field_validator("exits", mode="before")
     @classmethod

@@ -17,13 +17,12 @@ from collections.abc import Mapping
 import torch
 
 from fl_ee.core.cache import one_line
+from fl_ee.core.config import NOT_TENSORS, SAVE_WEIGHTS
 from fl_ee.core.errors import UserError
 from fl_ee.models.network import EarlyExitNet
 
 KEY = "model.weights"
 
-
-SAVE = "save the weights with torch.save(model.state_dict(), PATH)"
 
 
 def read_state(path: str) -> dict[str, torch.Tensor]:
@@ -44,11 +43,11 @@ def read_state(path: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # foreign bytes fail torch.load in many ways: UnpicklingError, RuntimeError, KeyError...
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f"it holds {found[1]}" if found else "it is not a torch.save file of tensors"
-        raise UserError(f"{path}: not a state-dict file fl-ee can read safely ({what}; fl-ee loads tensors only, "
-                        f"never other objects); {SAVE}", key=KEY) from None
+        raise UserError(f"{path}: {NOT_TENSORS} ({what}; fl-ee loads tensors only, "
+                        f"never other objects); {SAVE_WEIGHTS}", key=KEY) from None
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"{path}: holds no state dict (a mapping of names to tensors); {SAVE}", key=KEY)
+        raise UserError(f"{path}: holds no state dict (a mapping of names to tensors); {SAVE_WEIGHTS}", key=KEY)
     return dict(state)
 
 
