@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
@@ -47,14 +48,16 @@ def test_ic_only_freezes_the_backbone_after_its_e2e_rounds(tmp_path):
     assert all(times[1][c] < times[0][c] for c in times[0]) and times[1] == times[2]
 
 
-def test_ic_only_needs_a_backbone_to_freeze():
+def test_ic_only_needs_a_backbone_to_freeze(tmp_path):
     with pytest.raises(UserError) as info:
         config_from_dict({"rounds": 3, "training": {"scheme": "ic-only"}})
     assert info.value.key == "training.backbone_rounds" and "model.weights" in str(info.value)
     with pytest.raises(UserError) as info:
         config_from_dict({"rounds": 3, "training": {"scheme": "ic-only", "backbone_rounds": 3}})
     assert info.value.key == "training.backbone_rounds"
-    assert config_from_dict({"rounds": 3, "model": {"weights": "w.pt"}, "training": {"scheme": "ic-only"}})
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    weights = {"weights": str(tmp_path / "w.pt")}
+    assert config_from_dict({"rounds": 3, "model": weights, "training": {"scheme": "ic-only"}})
 
 
 def _weights(cfg, path):
