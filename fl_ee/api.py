@@ -215,11 +215,23 @@ def _overrides(values: Mapping[str, Any]) -> list[str]:
 
 
 def _literal(value: Any) -> str:
-    """``value`` as the TOML literal ``--set`` reads back to the same value."""
-    import tomli_w
+    """``value`` as ``--set`` reads it back to the same value, on one line: a bare word as it is, else TOML."""
+    from fl_ee.core.config import parse_value
 
-    text = tomli_w.dumps({"v": value}).strip()
-    return text.removeprefix("v = ")
+    if isinstance(value, str) and parse_value(value) == value and "," not in value:
+        return value  # a sweep's folder is then named by the word itself
+    return _toml(value)
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a one-line TOML literal."""
+    import json
+
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # numbers, booleans and quoted strings read the same in TOML
 
 
 def sweep(config_or_preset: str | Path | None = None, *, grid: Mapping[str, Sequence[Any]],

@@ -66,9 +66,11 @@ def test_bad_paths_are_one_line_user_errors(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("value", [0.1, 5, True, "depthfl", [2, 4, 9], "two words", -1e-3])
+@pytest.mark.parametrize("value", [0.1, 5, True, "depthfl", [2, 4, 9], "two words", -1e-3, "a,b", "true",
+                                   ["x", 1.5], {"trim": 1, "q": "a b"}])
 def test_values_reach_the_command_line_as_toml_literals_that_read_back_the_same(value):
-    assert parse_overrides([f"k={_literal(value)}"]) == {"k": value}
+    literal = _literal(value)
+    assert parse_overrides([f"k={literal}"]) == {"k": value} and "\n" not in literal
 
 
 def test_import_fl_ee_stays_light():
