@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from fl_ee.federation.checkpoint import Checkpoints
+    from fl_ee.federation.resume import Resume
     from fl_ee.results.groups import Setting
     from fl_ee.results.rundir import Run as RunFiles
     from fl_ee.results.rundir import RunDir
@@ -133,26 +134,43 @@ def run(config_or_preset: str | Path | None = None, *, set: Mapping[str, Any] | 
     "tiers.0.depth": 2}``); ``out`` is the run directory (default ``runs/<timestamp>``), a
     new or empty folder. ``progress`` shows the progress bar (it renders in Jupyter too).
     """
-    from fl_ee.federation.preflight import preflight
-    from fl_ee.results.rundir import check_new_run_dir
-    from sims.backend import check_backend
-
-    cfg = load_config(None if config_or_preset is None else str(config_or_preset), dict(set or {}))
-    if out is not None:
-        check_new_run_dir(Path(out))
-    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused before the data loads
-    return execute(preflight(cfg), out=out, progress=progress)
+    return execute(checked_run(config_or_preset, set or {}, out), out=out, progress=progress)
 
 
 def resume(run_dir: str | Path, *, set: Mapping[str, Any] | None = None, progress: bool = True) -> Run:
     """Continue the unfinished run in ``run_dir`` from its latest checkpoint (``set``: keys that change no result)."""
-    from fl_ee.federation.resume import prepare_resume
-    from sims.backend import check_backend
-
-    prepared = prepare_resume(str(run_dir), dict(set or {}))
-    check_backend(prepared.cfg)
+    prepared = checked_resume(run_dir, set or {})
     return execute(prepared.cfg, run_dir=prepared.run_dir, checkpoints=prepared.checkpoints,
                    done=prepared.after_round, progress=progress)
+
+
+def checked_run(config_or_preset: str | Path | None, overrides: Mapping[str, Any],
+                out: str | Path | None) -> Config:
+    """The config of a new run, checked before anything starts: config, run directory, Ray resources, preflight.
+
+    A used ``out`` and resources Ray cannot host are refused before the data loads.
+    """
+    from fl_ee.results.rundir import check_new_run_dir
+
+    cfg = load_config(None if config_or_preset is None else str(config_or_preset), dict(overrides))
+    if out is not None:
+        check_new_run_dir(Path(out))
+    from fl_ee.federation.preflight import preflight  # torch, Ray: only once the config and folder are good
+    from sims.backend import check_backend
+
+    check_backend(cfg)
+    return preflight(cfg)
+
+
+def checked_resume(run_dir: str | Path, overrides: Mapping[str, Any]) -> Resume:
+    """An unfinished run set up to continue (:func:`~fl_ee.federation.resume.prepare_resume`), its Ray checked."""
+    from fl_ee.federation.resume import prepare_resume
+
+    prepared = prepare_resume(str(run_dir), dict(overrides))
+    from sims.backend import check_backend  # Ray: only once the run directory is good
+
+    check_backend(prepared.cfg)
+    return prepared
 
 
 def execute(cfg: Config, *, out: str | Path | None = None, run_dir: RunDir | None = None,

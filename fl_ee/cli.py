@@ -86,32 +86,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     resuming: str | None = getattr(args, "resume", None)
     if resuming and (getattr(args, "config", None) or getattr(args, "out", None)):
         raise UserError("--resume continues the run in DIR with the config stored there; drop CONFIG and --out")
-    if resuming:  # the run directory and its checkpoint are checked before torch is imported
-        from fl_ee.federation.resume import prepare_resume
+    from fl_ee.api import checked_resume, checked_run, execute
 
-        resume = prepare_resume(resuming, parse_overrides(args.overrides))
-        cfg = resume.cfg
-    else:
-        cfg = load_config(args.config, parse_overrides(args.overrides))
-        if args.out:  # refused before any data is loaded
-            from fl_ee.results.rundir import check_new_run_dir
-
-            check_new_run_dir(Path(args.out))
-    # Imported here so that `fl-ee --help` and bad configs answer without loading torch/Flower.
-    from fl_ee.api import execute
-    from fl_ee.federation.preflight import preflight
-    from fl_ee.results.report import tier_table
-    from fl_ee.results.rundir import default_run_dir
-    from sims.backend import check_backend
-    from sims.engine import Interrupted
-
-    check_backend(cfg)  # client resources Ray cannot host, an unreachable cluster: refused before the data loads
     err = Console(stderr=True, soft_wrap=True)
-    if resuming:
-        path, done = resume.run_dir.path, resume.after_round
+    overrides = parse_overrides(args.overrides)
+    if resuming:  # the run directory and its checkpoint are checked before torch is imported
+        resume = checked_resume(resuming, overrides)
+        cfg, path, done = resume.cfg, resume.run_dir.path, resume.after_round
         err.print(f"resuming {path} after round {done}" if done else f"{path}: no checkpoint; starting over")
     else:
-        cfg, path = preflight(cfg), Path(args.out or default_run_dir())
+        from fl_ee.results.rundir import default_run_dir
+
+        cfg, path = checked_run(args.config, overrides, args.out), Path(args.out or default_run_dir())
+    # Imported only now, so that `fl-ee --help` and bad configs answer without loading torch/Flower.
+    from fl_ee.results.report import tier_table
+    from sims.engine import Interrupted
+
     try:
         run = (execute(cfg, run_dir=resume.run_dir, checkpoints=resume.checkpoints, done=resume.after_round,
                        tensorboard=args.tensorboard) if resuming
