@@ -129,24 +129,24 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
-def _schema_rows(schema: dict[str, Any], node: dict[str, Any], path: str, rows: list[str], seen: set[str]) -> None:
+def _schema_rows(schema: dict[str, Any], node: dict[str, Any], path: str, rows: list[str]) -> None:
     """One row per key of ``node`` (a JSON Schema object), recursing into the objects it refers to."""
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
-        _schema_rows(schema, schema["$defs"][name], path, rows, seen)
+        _schema_rows(schema, schema["$defs"][name], path, rows)
         return
     for option in node.get("anyOf", []):
         if option.get("type") != "null":
-            _schema_rows(schema, option, path, rows, seen)
+            _schema_rows(schema, option, path, rows)
     for key, sub in node.get("properties", {}).items():
         dotted = f"{path}.{key}" if path else key
         about = sub.get("description") or _referred(schema, sub).get("description") or ""
         rows.append(f"| `{dotted}` | {_json_type(schema, sub)} | {' '.join(about.split()).replace('|', '/')} |")
-        _schema_rows(schema, sub, dotted, rows, seen)
+        _schema_rows(schema, sub, dotted, rows)
     if isinstance(node.get("additionalProperties"), dict):
-        _schema_rows(schema, node["additionalProperties"], f"{path}.<key>", rows, seen)
+        _schema_rows(schema, node["additionalProperties"], f"{path}.<key>", rows)
     if isinstance(node.get("items"), dict):
-        _schema_rows(schema, node["items"], f"{path}[]", rows, seen)
+        _schema_rows(schema, node["items"], f"{path}[]", rows)
 
 
 def _referred(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def summary_page() -> str:
 
     schema = Summary.model_json_schema(by_alias=True)
     rows = ["| key | type | meaning |", "|---|---|---|"]
-    _schema_rows(schema, schema, "", rows, set())
+    _schema_rows(schema, schema, "", rows)
     return "\n".join(["# `summary.json` schema", "",
                       "Generated from the pydantic models in `fl_ee/results/schema.py`; the JSON Schema file is "
                       "[summary.schema.json](summary.schema.json), and every run of the test suite is validated "
