@@ -47,12 +47,12 @@ from fl_ee.core.config import Config, config_from_dict, config_to_json, load_con
 from fl_ee.core.seeding import Stream, derive_seed
 from fl_ee.data.datasets import client_calibration, client_data, load_dataset
 from fl_ee.deployment.deploy import policy_figures
-from fl_ee.federation.client import depth_flops, model_spec
+from fl_ee.federation.client import model_spec
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import preflight
 from fl_ee.federation.server import initial_model, make_clients
 from fl_ee.learning.training import accuracy, exit_logits, stage_features, train_exits, train_joint
-from fl_ee.models import EarlyExitNet, build_model, measure_flops, slice_state
+from fl_ee.models import EarlyExitNet, build_model, measure_flops, slice_state, submodel_flops
 from sims.emulator import client_flops
 from sims.tiers import assign_tiers
 
@@ -105,7 +105,7 @@ def peer_evaluate(msg: Message, context: Context) -> Message:
     _, _, x, y = client_data(cfg, cid)
     calib_x, calib_y = client_calibration(cfg, cid)
     logits = exit_logits(model, x, heads)
-    costs = depth_flops(model.spec, model.depth).exit_costs()
+    costs = submodel_flops(model.spec, model.depth).exit_costs()
     adaptive = policy_figures(exit_logits(model, calib_x, heads), calib_y, logits, y, costs, cfg.exit_policy,
                               cfg.max_depth).adaptive
     metrics = MetricRecord({"num-examples": len(y), "client-id": cid, "accuracy": accuracy(logits[-1], y),

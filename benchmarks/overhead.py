@@ -38,9 +38,9 @@ from fl_ee.core.config import Config, load_config
 from fl_ee.core.seeding import Stream, derive_seed
 from fl_ee.data.datasets import client_calibration, client_data, load_dataset
 from fl_ee.deployment.deploy import policy_figures
-from fl_ee.federation.client import depth_flops, model_spec
+from fl_ee.federation.client import model_spec
 from fl_ee.learning.training import exit_logits, stage_features, train_exits, train_joint
-from fl_ee.models import EarlyExitNet
+from fl_ee.models import EarlyExitNet, submodel_flops
 
 ROUNDS, CLIENTS, PER_ROUND = 5, 100, 0.1
 
@@ -89,7 +89,7 @@ def floor_round(cfg: Config, record: dict, depth_of: dict[int, int]) -> float:
         _, _, x, y = client_data(cfg, cid)
         calib_x, calib_y = client_calibration(cfg, cid)
         model = EarlyExitNet(spec, depth_of[cid])
-        costs = depth_flops(spec, depth_of[cid]).exit_costs()
+        costs = submodel_flops(spec, depth_of[cid]).exit_costs()
         policy_figures(exit_logits(model, calib_x), calib_y, exit_logits(model, x), y, costs, cfg.exit_policy,
                        cfg.max_depth)
     if "evaluate" in record:

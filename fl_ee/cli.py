@@ -285,12 +285,13 @@ def print_model(cfg: Config) -> None:
     from fl_ee.data.datasets import load_dataset
     from fl_ee.federation.preflight import check_model
     from fl_ee.models import build_model, exit_table
+    from strategies import network_spec
 
     check_model(cfg)  # a network too large for this machine, or too narrow for its images: one line
     data = load_dataset(cfg.data)
-    model = build_model(data.model_spec(cfg.model))
+    model = build_model(network_spec(cfg, data))
     m = cfg.model
-    table = Table(title=f"{m.backbone} width {m.width}, {m.norm} norm, {m.exit_head} exit heads, "
+    table = Table(title=f"{m.backbone} width {m.width}, {model.spec.norm} norm, {m.exit_head} exit heads, "
                         f"{tuple(data.train_x.shape[1:])} inputs: FLOPs per sample (2 x multiply-accumulates)")
     for header in ("exit", "after block", "stage MFLOPs", "stage params", "head MFLOPs", "head params",
                    "MFLOPs to exit"):

@@ -1,9 +1,9 @@
 """Device emulation for a run: every client's simulated time, presence, and round outcomes.
 
 Glue between the pure cost model (``sims/clock.py``) and the server loop: it knows each
-client's tier profile, data size and submodel cost, and turns a round's sampled clients
-into who is sent work and, once replies are in, who counted, who was late, and how
-long the round took on the virtual clock.
+client's tier profile, data size and submodel cost (the FLOPs and bytes of its depth and
+width), and turns a round's sampled clients into who is sent work and, once replies are
+in, who counted, who was late, and how long the round took on the virtual clock.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from typing import Any
 from fl_ee.core.config import Config
 from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops
 from fl_ee.learning.scheme import backbone_frozen, returned_state
-from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes, training_flops
+from fl_ee.models import (
+    EarlyExitNet,
+    Flops,
+    ModelSpec,
+    narrow_state,
+    state_bytes,
+    submodel_flops,
+    submodel_shapes,
+    training_flops,
+)
 from sims.clock import (
     FAILED,
     OK,
@@ -30,26 +39,33 @@ from sims.clock import (
     speed_factors,
 )
 from strategies import ClientInfo
+from strategies.fjord import client_dropout
+
+Submodel = tuple[int, float]  # a client's (depth, width ratio)
 
 
-def depth_bytes(model: EarlyExitNet, depths: Iterable[int], frozen: bool = False) -> dict[int, int]:
-    """Bytes a client of each depth returns in a round: its slice, or only its exits when ``frozen``.
+def submodel_bytes(model: EarlyExitNet, submodels: Iterable[Submodel], frozen: bool = False) -> dict[Submodel, int]:
+    """Bytes a client of each (depth, width) returns in a round: its slice, or only its exits when ``frozen``.
 
     It always receives its whole slice (it needs the backbone to train its exits).
     """
     state = model.state_dict()
-    return {d: state_bytes(returned_state(state, d, frozen)) for d in set(depths)}
+    return {(d, w): state_bytes(returned_state(narrow_state(state, submodel_shapes(model.spec, d, w)), d, frozen))
+            for d, w in set(submodels)}
 
 
 def client_flops(
     cfg: Config, flops: Flops, depth: int, num_train: int, frozen: bool = False,
-    algorithm: ClientAlgorithm | None = None,
+    algorithm: ClientAlgorithm | None = None, shared_forward: float | None = None,
 ) -> float:
     """A client's training FLOPs in one round, as the ClientApp spends them.
 
-    Shared step: ``3 x forward x samples x local_epochs`` end to end; with a ``frozen``
-    backbone (``ic-only``), one forward pass of the backbone and ``3 x heads`` per sample
-    and epoch. The client ``algorithm`` adds its own work
+    ``flops`` are those of the client's submodel (its width's). Shared step: ``3 x forward
+    x samples x local_epochs`` end to end, ``forward`` being one sample's forward FLOPs
+    through the submodel's exits, or ``shared_forward`` where its steps train other widths
+    (FjORD: :func:`shared_step_forward`); with a ``frozen`` backbone (``ic-only``), one
+    forward pass of the backbone and ``3 x heads`` per sample and epoch. The client
+    ``algorithm`` adds its own work
     (:meth:`~fl_ee.learning.algorithm.ClientAlgorithm.train_flops`: personal heads, a
     teacher's pass; fine-tuning happens before evaluation, which the clock does not time).
     FedProx's and FedDyn's terms (about 10 FLOPs per parameter and SGD step) are left out,
@@ -59,8 +75,29 @@ def client_flops(
     if frozen:
         work = backbone * n + training_flops(heads, n, cfg.training.local_epochs)
     else:
-        work = training_flops(flops.exit_costs()[depth - 1], n, cfg.training.local_epochs)
+        forward = flops.exit_costs()[depth - 1] if shared_forward is None else shared_forward
+        work = training_flops(forward, n, cfg.training.local_epochs)
     return work + round_flops(algorithm or build_algorithm(cfg), flops, depth, num_train, frozen)
+
+
+def shared_step_forward(cfg: Config, spec: ModelSpec, depth: int, width: float) -> float | None:
+    """One sample's expected forward FLOPs in a shared step of a (depth, width) client whose steps draw widths.
+
+    Under FjORD's ordered dropout (:func:`strategies.fjord.client_dropout`): the mean over
+    the widths it draws from, plus its own width's where that teaches; ``None`` otherwise.
+    """
+    plan = client_dropout(cfg, width)
+    if plan is None:
+        return None
+    return plan.forward_flops(lambda w: submodel_flops(spec, None, w).exit_costs()[depth - 1])
+
+
+def client_work(cfg: Config, spec: ModelSpec, clients: Sequence[ClientInfo], frozen: bool = False) -> dict[int, float]:
+    """Each client's training FLOPs in one round (:func:`client_flops` of its submodel), by client id."""
+    algorithm = build_algorithm(cfg)
+    shared = {key: shared_step_forward(cfg, spec, *key) for key in {(c.depth, c.width) for c in clients}}
+    return {c.client_id: client_flops(cfg, submodel_flops(spec, None, c.width), c.depth, c.num_train, frozen,
+                                      algorithm, shared[c.depth, c.width]) for c in clients}
 
 
 def client_times(
@@ -70,16 +107,16 @@ def client_times(
 
     ``frozen``: in a round of ``ic-only`` that trains the exits alone.
     """
-    flops, algorithm = measure_flops(model), build_algorithm(cfg)
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
-    down = depth_bytes(model, (c.depth for c in clients))
-    up = depth_bytes(model, (c.depth for c in clients), frozen)
+    submodels = [(c.depth, c.width) for c in clients]
+    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, frozen)
+    work = client_work(cfg, model.spec, clients, frozen)
     times = {}
-    for client, factor in zip(clients, factors):
-        tier, work = tiers[client.tier], client_flops(cfg, flops, client.depth, client.num_train, frozen, algorithm)
-        times[client.client_id] = client_time(down[client.depth], up[client.depth], work,
-                                              tier.compute_gflops * factor, tier.download_mbps, tier.upload_mbps)
+    for client, factor, key in zip(clients, factors, submodels):
+        tier = tiers[client.tier]
+        times[client.client_id] = client_time(down[key], up[key], work[client.client_id], tier.compute_gflops * factor,
+                                              tier.download_mbps, tier.upload_mbps)
     return times
 
 

@@ -9,8 +9,11 @@ from strategies.fedadam import FedAdam
 from strategies.fedavgm import FedAvgM
 from strategies.feddyn import FedDyn
 from strategies.fedyogi import FedYogi
+from strategies.fjord import FjORD
+from strategies.heterofl import HeteroFL
 from strategies.qfedavg import QFedAvg
-from strategies.registry import available, build_strategy, strategy_class
+from strategies.registry import available, build_strategy, network_spec, strategy_class
+from strategies.scalefl import ScaleFL
 
 __all__ = [
     "ClientInfo",
@@ -21,12 +24,16 @@ __all__ = [
     "FedAvgM",
     "FedDyn",
     "FedYogi",
+    "FjORD",
+    "HeteroFL",
     "OptionError",
     "QFedAvg",
+    "ScaleFL",
     "available",
     "build_strategy",
     "check_option",
     "holder_aggregate",
+    "network_spec",
     "strategy_class",
     "weighted_mean",
 ]

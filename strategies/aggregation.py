@@ -1,4 +1,12 @@
-"""Holder-aware aggregation: each shared tensor is combined over the clients that hold it."""
+"""Holder-aware aggregation: each shared tensor, or each part of it, is combined over the clients that hold it.
+
+A depth-sliced client holds whole tensors; a width-sliced one holds the leading corner of
+each (:mod:`fl_ee.models.width`). Where a tensor's holders sent corners of different sizes,
+every element is combined over the holders of that element: the elements of the smallest
+corner over all of them, the elements the next corner adds over the holders of that corner
+or a larger one, and so on (HeteroFL's, FjORD's and ScaleFL's nested aggregation); elements
+outside every corner keep their value.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+
+from fl_ee.models.state import corner
 
 W = TypeVar("W")  # what a client's update is weighted by: usually its example count
 # (key, holders' values, holders' weights, current global value) -> new global value
@@ -35,7 +45,9 @@ def holder_aggregate(
 
     ``updates[i]`` holds only the keys client i trained (its depth's slice), weighted by
     ``weights[i]`` (an example count, or whatever per-client value ``rule`` needs).
-    Updates are combined in the order given.
+    Updates are combined in the order given. A key whose holders sent leading corners of
+    it (width-sliced clients) goes to ``rule`` once per region of elements with the same
+    holders, as flat arrays (:func:`region_aggregate`).
     """
     unknown = {k for u in updates for k in u} - set(current)
     if unknown:
@@ -43,9 +55,49 @@ def holder_aggregate(
     new: dict[str, np.ndarray] = {}
     for key, value in current.items():
         holders = [(u[key], w) for u, w in zip(updates, weights) if key in u]
-        if holders:
+        if not holders:
+            new[key] = value
+        elif all(np.shape(v) == np.shape(value) for v, _ in holders):
             values, holder_weights = zip(*holders)
             new[key] = rule(key, list(values), list(holder_weights), value)
         else:
-            new[key] = value
+            new[key] = region_aggregate(key, holders, value, rule)
+    return new
+
+
+def _corner_mask(shape: tuple[int, ...], full: tuple[int, ...]) -> np.ndarray:
+    mask = np.zeros(full, dtype=bool)
+    mask[corner(shape)] = True
+    return mask
+
+
+def region_aggregate(
+    key: str, holders: Sequence[tuple[np.ndarray, W]], current: np.ndarray, rule: TensorRule
+) -> np.ndarray:
+    """One tensor from holders that sent leading corners of it: ``rule`` over each region's holders.
+
+    The corners must nest (each within the next larger one and within ``current``); the
+    region of a corner is its elements outside every smaller corner, and its holders are
+    the clients whose corner contains it. ``rule`` gets each region's elements as flat
+    arrays (holders' values, their weights, the current values) and returns the new ones;
+    elements outside every corner keep their value. Raises ``ValueError`` for corners that
+    do not nest.
+    """
+    full = np.shape(current)
+    shapes = sorted({np.shape(v) for v, _ in holders}, key=lambda s: int(np.prod(s)))
+    for small, large in zip(shapes, [*shapes[1:], full]):
+        if len(small) != len(full) or any(a > b for a, b in zip(small, large)):
+            raise ValueError(f"{key}: holders' shapes {shapes} are not nested corners of {list(full)}")
+    new, inner = np.array(current, copy=True), np.zeros(full, dtype=bool)
+    for shape in shapes:
+        outer = _corner_mask(shape, full)
+        region = outer & ~inner
+        members = [(v, w) for v, w in holders if all(a >= b for a, b in zip(np.shape(v), shape))]
+        values = []
+        for v, _ in members:
+            padded = np.zeros(full, dtype=np.asarray(v).dtype)
+            padded[corner(np.shape(v))] = v
+            values.append(padded[region])
+        new[region] = rule(key, values, [w for _, w in members], current[region])
+        inner = outer
     return new

@@ -2,8 +2,9 @@
 
 Sampling, messaging and aggregation are separate methods, as in Flower's own
 strategies. A custom strategy overrides :meth:`DepthAwareStrategy.aggregate_tensor`
-(one shared tensor at a time), :meth:`DepthAwareStrategy.train_pool` (who may train), or
-Flower's ``configure_*``/``aggregate_*`` methods; its ``__init__`` keywords are its options,
+(one shared tensor at a time), :meth:`DepthAwareStrategy.train_pool` (who may train),
+:meth:`DepthAwareStrategy.model_spec` (the network it trains), or Flower's
+``configure_*``/``aggregate_*`` methods; its ``__init__`` keywords are its options,
 checked with :func:`check_option`.
 """
 
@@ -14,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
@@ -25,7 +26,7 @@ from flwr.supercore import log
 from fl_ee.core.plugins import OptionError as OptionError  # re-exported: part of the plug-in API
 from fl_ee.core.plugins import check_option as check_option
 from fl_ee.core.seeding import Stream, rng
-from fl_ee.models import slice_state
+from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
 from strategies.aggregation import holder_aggregate, weighted_mean
@@ -35,7 +36,10 @@ NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """What the server knows of a simulated client; ``node_id`` addresses its messages (:mod:`fl_ee.wire.exchange`)."""
+    """What the server knows of a simulated client; ``node_id`` addresses its messages (:mod:`fl_ee.wire.exchange`).
+
+    ``depth`` and ``width`` (a ratio of the full network's channels) are its tier's submodel.
+    """
 
     node_id: int
     client_id: int
@@ -43,6 +47,7 @@ class ClientInfo:
     depth: int
     num_train: int
     num_test: int
+    width: float = 1.0
 
 
 def is_number(value: Any) -> bool:
@@ -79,7 +84,14 @@ class DepthAwareStrategy(Strategy):
     overcommit : float
         Under the ``overselect`` straggler policy: training samples
         ``ceil(k * (1 + overcommit))`` clients, of which the first ``k`` to finish count.
+
+    ``partial_tensors`` says whether :meth:`aggregate_tensor` may be given part of a tensor
+    (the elements that width-scaled holders share, as flat arrays): true for rules without
+    state of their own, false for a rule that keeps state per whole tensor (the server
+    optimisers, FedDyn) or reads whole tensors; with false, tiers cannot be width-scaled.
     """
+
+    partial_tensors: ClassVar[bool] = True
 
     def __init__(
         self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0
@@ -89,12 +101,22 @@ class DepthAwareStrategy(Strategy):
         self.seed = seed
         self.overcommit = overcommit
         self.clients: dict[int, ClientInfo] = {}
+        self.spec: ModelSpec | None = None
         self._sent: ArrayRecord | None = None
 
+    # ------------------------------------------------------------------ model
+    def model_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The network this strategy trains, from the one the config describes (default: that one)."""
+        return spec
+
     # ------------------------------------------------------------------ clients
-    def register_clients(self, clients: Iterable[ClientInfo]) -> None:
-        """Tell the strategy who is out there (node id, client id, tier, depth, sizes)."""
+    def register_clients(self, clients: Iterable[ClientInfo], spec: ModelSpec | None = None) -> None:
+        """Tell the strategy who is out there (node id, client id, tier, depth, width, sizes), and the network.
+
+        ``spec`` (the network of :meth:`model_spec`) is needed to slice width-scaled submodels.
+        """
         self.clients = {c.node_id: c for c in clients}
+        self.spec = spec
 
     def train_pool(self) -> list[ClientInfo]:
         """The clients that may be sampled for training (all of them; override to restrict)."""
@@ -134,14 +156,24 @@ class DepthAwareStrategy(Strategy):
         """The client a message goes to (until :class:`fl_ee.wire.exchange.Exchange` places it on a node)."""
         return self.clients[message.metadata.dst_node_id]
 
+    def client_slice(self, arrays: ArrayRecord, client: ClientInfo) -> ArrayRecord:
+        """The part of ``arrays`` a client holds: the stages and exits of its depth, narrowed to its width."""
+        if client.width == 1:
+            return ArrayRecord(slice_state(arrays, client.depth))
+        if self.spec is None:
+            raise ValueError("width-scaled clients need the network: register_clients(clients, spec)")
+        shapes = submodel_shapes(self.spec, client.depth, client.width)
+        return to_record(narrow_state({key: arrays[key].numpy() for key in shapes}, shapes))
+
     def _messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:
-        """One message per client: its depth's slice, and the round's instructions with its depth."""
+        """One message per client: its slice (:meth:`client_slice`), and the round's instructions with its submodel."""
         instructions = Instructions.from_record(config)
         return [
-            instruction_message(ArrayRecord(slice_state(arrays, c.depth)),
-                                dataclasses.replace(instructions, depth=c.depth), c.node_id, message_type)
+            instruction_message(self.client_slice(arrays, c), dataclasses.replace(instructions, depth=c.depth,
+                                                                                  width=c.width),
+                                c.node_id, message_type)
             for c in clients
         ]
 
@@ -179,7 +211,9 @@ class DepthAwareStrategy(Strategy):
     ) -> np.ndarray:
         """The new value of one shared tensor from its holders' values and example counts.
 
-        The default is the example-weighted mean; override this to plug in a rule.
+        The default is the example-weighted mean; override this to plug in a rule. Where
+        width-scaled holders hold parts of a tensor, it is called once per part, with flat
+        arrays (:func:`~strategies.aggregation.region_aggregate`; see ``partial_tensors``).
         """
         return weighted_mean(values, weights)
 

@@ -28,6 +28,8 @@ from strategies.depthfl import DepthFL
 class FedAvgM(DepthFL):
     """FedAvgM: server learning rate and momentum on the holders' average (server_learning_rate, server_momentum)."""
 
+    partial_tensors = False  # its state is per whole tensor: no width-scaled tiers
+
     def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
         check_option(is_number(server_learning_rate) and server_learning_rate > 0, "server_learning_rate",

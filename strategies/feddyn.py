@@ -42,6 +42,8 @@ def feddyn_correction(
 class FedDyn(DepthFL):
     """FedDyn: dynamic regularisation (alpha), the correction on the holders' average and each client's term."""
 
+    partial_tensors = False  # its state is per whole tensor: no width-scaled tiers
+
     def __init__(self, *, alpha: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
         check_option(is_number(alpha) and alpha > 0, "alpha", f"must be a number > 0, got {alpha!r}")

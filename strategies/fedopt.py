@@ -28,6 +28,8 @@ from strategies.depthfl import DepthFL
 class FedOpt(DepthFL):
     """Base of the server optimisers: per-tensor moments over DepthFL's holders' average."""
 
+    partial_tensors = False  # its state is per whole tensor: no width-scaled tiers
+
     def __init__(self, *, eta: float, beta_1: float, beta_2: float, tau: float, **kwargs) -> None:
         super().__init__(**kwargs)
         check_option(is_number(eta) and eta > 0, "eta", f"must be a number > 0, got {eta!r}")

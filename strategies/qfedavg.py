@@ -9,6 +9,9 @@ returned weights ``w_k``::
     h_k     = q F_k^(q-1) ||Delta_k||^2 + L F_k^q      (norm over every tensor k returned)
     w      <- w - sum_k F_k^q Delta_k / sum_k h_k     (sums over the tensor's holders)
 
+A width-scaled client returns the leading corner of each tensor: its ``Delta_k`` is over
+that corner, and each element's sums run over the holders of that element.
+
 Larger ``q`` weighs high-loss clients more; ``q = 0`` is the unweighted mean of holders.
 """
 
@@ -21,6 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fl_ee.models.state import corner
 from fl_ee.wire.protocol import ARRAYS, Instructions, TrainReply, payload_of
 from strategies.aggregation import holder_aggregate
 from strategies.base import DepthAwareStrategy, check_option, is_number, to_numpy, to_record
@@ -38,7 +42,8 @@ def qffl_aggregate(
     """The q-FedAvg step, each tensor combined over the clients that returned it."""
     scales = []  # per client: (F^q, h)
     for update, loss in zip(updates, losses, strict=True):
-        sq_norm = sum(float(np.sum((lipschitz * (np.float64(current[k]) - u)) ** 2)) for k, u in update.items())
+        sq_norm = sum(float(np.sum((lipschitz * (np.float64(current[k][corner(np.shape(u))]) - u)) ** 2))
+                      for k, u in update.items())
         f = loss + EPS
         scales.append((f**q, q * f ** (q - 1) * sq_norm + lipschitz * f**q))
 

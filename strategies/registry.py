@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fl_ee.core.config import Config
 from fl_ee.core.plugins import build, plugin_class, registered
+from fl_ee.data.datasets import TensorDataset, load_dataset
+from fl_ee.models import ModelSpec
 from strategies.base import DepthAwareStrategy
 
 ENTRY_POINT_GROUP = "fl_ee.strategies"
@@ -14,7 +16,10 @@ SHIPPED = {
     "fedavgm": "strategies.fedavgm:FedAvgM",
     "fedadam": "strategies.fedadam:FedAdam",
     "fedyogi": "strategies.fedyogi:FedYogi",
+    "fjord": "strategies.fjord:FjORD",
+    "heterofl": "strategies.heterofl:HeteroFL",
     "qfedavg": "strategies.qfedavg:QFedAvg",
+    "scalefl": "strategies.scalefl:ScaleFL",
 }
 
 
@@ -27,6 +32,16 @@ def strategy_class(name: str) -> type[DepthAwareStrategy]:
     """Resolve ``name`` to a :class:`DepthAwareStrategy` subclass."""
     return plugin_class(name, available(), DepthAwareStrategy, kind="strategy",
                         base_name="strategies.DepthAwareStrategy", key="strategy.name")
+
+
+def network_spec(cfg: Config, data: TensorDataset | None = None) -> ModelSpec:
+    """The network a run trains: the config's, fitted to its dataset, as its strategy has it.
+
+    ``data`` is the run's dataset (loaded if not given); the strategy may change the network
+    (:meth:`~strategies.base.DepthAwareStrategy.model_spec`: HeteroFL's static batch norm).
+    """
+    data = load_dataset(cfg.data) if data is None else data
+    return build_strategy(cfg).model_spec(data.model_spec(cfg.model))
 
 
 def build_strategy(cfg: Config) -> DepthAwareStrategy:

@@ -13,7 +13,7 @@ from fl_ee.core.config import config_to_toml, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.federation.plan import make_plan, training_line
 from fl_ee.federation.preflight import config_warnings, preflight
-from sims.emulator import client_times, depth_bytes
+from sims.emulator import client_times, submodel_bytes
 from strategies import ClientInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +62,11 @@ def test_the_plan_is_the_run_cost_model():
     clients = [ClientInfo(i, i, cfg.tiers[t].name, cfg.tiers[t].depth, len(s.train), len(s.test))
                for i, (t, s) in enumerate(zip(tier_of, run_splits(cfg)))]
     times = client_times(cfg, model, clients)
-    size = depth_bytes(model, [2, 3, 4])
+    size = submodel_bytes(model, [(2, 1.0), (3, 1.0), (4, 1.0)])
     for tier in plan.tiers:
         mine = [times[c.client_id].total_s for c in clients if c.tier == tier.name]
         assert tier.time_max_s == pytest.approx(max(mine))
-        assert tier.down_bytes == tier.up_bytes == size[tier.depth]
+        assert tier.down_bytes == tier.up_bytes == size[tier.depth, 1.0]
     assert plan.tiers[0].down_bytes < plan.tiers[1].down_bytes < plan.tiers[2].down_bytes
     assert plan.sampled == pytest.approx(3.0)  # fraction_train 0.5 of 6
     assert plan.virtual_time_s > 0 and plan.round_max_s >= plan.round_p50_s > 0
@@ -81,6 +81,10 @@ def test_the_plan_is_the_run_cost_model():
         (["nope=1"], "nope: unknown key"),
         (["data.num_clients=100000"], "use at most 673 clients"),
         (["strategy.name=nosuch"], "strategy.name: unknown strategy 'nosuch'"),
+        (["tiers.0.width=0"], "tiers.0.width: must be in (0, 1]"),
+        (["tiers.2.width=1.5"], "tiers.2.width: must be in (0, 1]"),
+        (["strategy.name=fedadam", "tiers.1.width=0.5"],
+         "tiers.1.width: strategy fedadam keeps state per whole tensor, so its tiers cannot be width-scaled"),
     ],
 )
 def test_check_fails_in_one_line_with_exit_2(overrides, needle, capsys):

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from fl_ee.core.config import config_from_dict, config_to_json
 from fl_ee.data.datasets import client_data
 from fl_ee.learning.training import local_loss
-from fl_ee.models import EarlyExitNet, ModelSpec, slice_state
+from fl_ee.models import EarlyExitNet, ModelSpec, slice_state, submodel_flops
 from fl_ee.wire.exchange import Exchange
 from fl_ee.wire.protocol import (
     CLIENT_STATE,
@@ -140,10 +140,10 @@ def test_a_paced_client_sleeps_its_simulated_time():
 
 def test_evaluate_reports_the_full_cost_and_every_policys_curves():
     from fl_ee.deployment.deploy import curves_of, grids
-    from fl_ee.federation.client import depth_flops, model_spec
+    from fl_ee.federation.client import model_spec
 
     m = payload_of(_Client(0)(_message(MessageType.EVALUATE, depth=3, server_round=1)), EvaluateReply)
-    costs = depth_flops(model_spec(CFG), 3).exit_costs()
+    costs = submodel_flops(model_spec(CFG), 3).exit_costs()
     assert m.full_flops == costs[-1] >= m.expected_flops and m.exit_flops == costs
     policy = CFG.exit_policy
     all_grids = grids(policy, CFG.max_depth)

@@ -178,17 +178,19 @@ def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
     # tier table: means over each tier's clients.csv rows; the "all" row's FLOPs are the summary's
     for tier, depth in (("iot", 2), ("phone", 3), ("laptop", 4)):
         members = [r for r in rows if r["tier"] == tier]
-        cells = _cells(out, tier)
-        assert cells[:3] == [str(depth), str(len(members)), _pct(participation[tier])]
+        cells, submodel = _cells(out, tier), summary["submodels"][tier]
+        assert cells[:6] == [str(depth), "1", f"{submodel['flops'] / 1e6:.3f}", f"{submodel['params'] / 1e3:,.1f}",
+                             str(len(members)), _pct(participation[tier])]
+        assert submodel["flops"] == max(float(r["full_flops"]) for r in members)  # the full submodel's cost
         for i in range(1, 5):
             held = [float(r[f"accuracy_exit{i}"]) for r in members if r[f"accuracy_exit{i}"]]
-            assert (cells[2 + i] == "-") if not held else _near(cells[2 + i], sum(held) / len(held)), (tier, i)
-        assert _near(cells[7], sum(float(r["accuracy_ensemble"]) for r in members) / len(members))
-        assert _near(cells[8], sum(float(r["adaptive_accuracy"]) for r in members) / len(members))
+            assert (cells[5 + i] == "-") if not held else _near(cells[5 + i], sum(held) / len(held)), (tier, i)
+        assert _near(cells[10], sum(float(r["accuracy_ensemble"]) for r in members) / len(members))
+        assert _near(cells[11], sum(float(r["adaptive_accuracy"]) for r in members) / len(members))
         weights = [int(r["num_test"]) for r in members]
         expected = sum(w * float(r["expected_flops"]) for w, r in zip(weights, members)) / sum(weights)
         full = sum(w * float(r["full_flops"]) for w, r in zip(weights, members)) / sum(weights)
-        assert _near(cells[9], expected, 1e-6, 0.001) and _near(cells[10], 1 - expected / full)
+        assert _near(cells[12], expected, 1e-6, 0.001) and _near(cells[13], 1 - expected / full)
     everyone = _cells(out, "all")
     assert everyone[0] == "6"
     for i in range(1, 5):
@@ -305,7 +307,7 @@ def test_report_shows_late_stragglers_of_a_deadline_run(runs, capsys):
                     rf"dropped updates +{stragglers['dropped_updates']}"):
         assert re.search(pattern, out), pattern
     slow = next(line for line in out.splitlines() if line.strip().startswith("slow"))
-    assert slow.split()[3] == f"{100 * stragglers['participation_by_tier']['slow']:.1f}"
+    assert slow.split()[6] == f"{100 * stragglers['participation_by_tier']['slow']:.1f}"
     assert {p.stem for p in (path / "plots").glob("*.png")} == set(PLOTS)
 
 

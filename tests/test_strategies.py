@@ -25,7 +25,7 @@ from strategies import (
     build_strategy,
 )
 from strategies.aggregation import holder_aggregate
-from strategies.exclusive import full_depth_clients
+from strategies.exclusive import full_model_clients
 from strategies.feddyn import feddyn_correction
 from strategies.qfedavg import qffl_aggregate
 from strategies.registry import SHIPPED, strategy_class
@@ -61,14 +61,14 @@ def _as_arrays(values: dict[str, np.ndarray]) -> dict[str, Array]:
 # ------------------------------------------------------------------ exclusive
 
 
-def test_full_depth_clients_are_those_of_the_deepest_tier():
+def test_full_model_clients_are_those_of_the_deepest_tier():
     clients = _clients([1, 2, 4, 2, 4])
-    assert [c.client_id for c in full_depth_clients(clients)] == [2, 4]
-    assert [c.client_id for c in full_depth_clients(_clients([2, 3, 3]))] == [1, 2]  # deepest of this run
-    assert full_depth_clients([]) == []
+    assert [c.client_id for c in full_model_clients(clients)] == [2, 4]
+    assert [c.client_id for c in full_model_clients(_clients([2, 3, 3]))] == [1, 2]  # deepest of this run
+    assert full_model_clients([]) == []
 
 
-def test_exclusive_trains_only_full_depth_clients(task_identity):
+def test_exclusive_trains_only_full_model_clients(task_identity):
     strategy = Exclusive(fraction_train=1.0)
     strategy.register_clients(_clients([1, 2, 4, 2, 4]))
     current = _arrays({f"stages.{i}.w": [0.0] for i in range(4)})
@@ -234,7 +234,7 @@ def test_every_shipped_strategy_builds_and_cites_its_source():
         assert issubclass(cls, DepthAwareStrategy) and path.endswith(f":{cls.__name__}")
         assert isinstance(build_strategy(config_from_dict({"strategy": {"name": name}})), cls)
         source = sys.modules[cls.__module__].__doc__
-        assert re.search(r"et al\., .*(ICLR|NeurIPS|KDD|ICML) 20\d\d", source), name  # authors, venue, year
+        assert re.search(r"et al\., .*(ICLR|NeurIPS|KDD|ICML|CVPR) 20\d\d", source), name  # authors, venue, year
 
 
 @pytest.mark.parametrize(

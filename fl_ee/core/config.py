@@ -97,7 +97,9 @@ class ModelConfig(_Section):
                                                   "in the standard networks)")] = 16
     layers: Annotated[list[int], Field(default_factory=lambda: [2, 2, 2, 2], min_length=1,
                                        description="ResNet blocks per group ([2,2,2,2]: ResNet-18)")]
-    norm: Annotated[Literal["group", "batch", "none"], Field(description="the normalisation layers")] = "group"
+    norm: Annotated[Literal["group", "batch", "static-batch", "none"], Field(
+        description="the normalisation layers (static-batch: batch norm without running statistics, HeteroFL's)")
+                    ] = "group"
     exit_head: Annotated[Literal["linear", "mlp", "conv"], Field(description="the classifier at each exit")] = "mlp"
     exits: Annotated[str | list[int], Field(description="auto, even-flops, or the blocks (1-based) an exit follows")
                      ] = "auto"
@@ -285,11 +287,13 @@ class LoggingConfig(_Section):
 
 
 class TierConfig(_Section):
-    """A device tier: its share of clients, the depth they hold, and how fast they are."""
+    """A device tier: its share of clients, the depth and width they hold, and how fast they are."""
 
     name: Annotated[str, Field(min_length=1, description="the tier's name")]
     share: Annotated[float, Field(gt=0, le=1, description="share of the clients in this tier")]
     depth: Annotated[int, Field(description="stages (and exits) the tier's clients hold: 1..the model's exits")]
+    width: Annotated[float, Field(gt=0, le=1, description="width ratio r: the tier's clients hold the first "
+                                                          "ceil(r x channels) channels of every layer")] = 1.0
     preset: Annotated[str, Field(description="a device profile (sims/devices.py) that fills the fields not set")] = ""
     compute_gflops: Annotated[float, Field(gt=0, description="sustained training throughput")] = 20.0
     download_mbps: Annotated[float, Field(gt=0, description="download link speed")] = 30.0
@@ -375,6 +379,11 @@ class Config(_Section):
     def max_depth(self) -> int:
         """The deepest depth any tier holds."""
         return max(t.depth for t in self.tiers)
+
+    @property
+    def max_width(self) -> float:
+        """The widest width ratio any tier holds."""
+        return max(t.width for t in self.tiers)
 
 
 # --------------------------------------------------------------------------- loading

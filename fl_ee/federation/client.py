@@ -1,8 +1,11 @@
 """The Flower ``ClientApp``: thin glue from messages to the client algorithm's training and evaluation.
 
-Every message carries the resolved run config (JSON) and the client's depth; the
-client's data split and state are its own. A node acts as whichever client a message
-names (:func:`fl_ee.wire.exchange.as_client`), in that client's own context. What a
+Every message carries the resolved run config (JSON) and the client's depth and width
+ratio; the client's data split and state are its own. A client builds its submodel of that
+depth and width (:mod:`fl_ee.models.width`) and loads the slice it received into it;
+under ``strategy.name = "fjord"`` each step of its shared step trains a width drawn from
+the tier widths up to its own (:mod:`fl_ee.learning.widths`). A node acts as whichever
+client a message names (:func:`fl_ee.wire.exchange.as_client`), in that client's own context. What a
 client does locally is its client algorithm's (``personalisation.mode``,
 :mod:`fl_ee.learning.algorithm`); under ``strategy.name = "feddyn"`` its shared step
 also carries FedDyn's client term (:mod:`fl_ee.learning.feddyn`). The client's state
@@ -27,9 +30,9 @@ from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fl_ee.core.config import Config, config_from_dict
+from fl_ee.core.config import Config, config_from_dict, config_to_json
 from fl_ee.core.seeding import Stream, derive_seed
-from fl_ee.data.datasets import client_calibration, client_data, load_dataset
+from fl_ee.data.datasets import client_calibration, client_data
 from fl_ee.deployment.deploy import policy_figures
 from fl_ee.federation.clientstate import load_state, save_state
 from fl_ee.learning.algorithm import (
@@ -45,7 +48,8 @@ from fl_ee.learning.device import client_device
 from fl_ee.learning.feddyn import FedDynTerm
 from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss
-from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
+from fl_ee.learning.widths import OrderedDropout
+from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
@@ -58,6 +62,8 @@ from fl_ee.wire.protocol import (
 )
 from strategies.base import to_numpy, to_record
 from strategies.feddyn import client_alpha
+from strategies.fjord import client_dropout
+from strategies.registry import network_spec
 
 app = ClientApp(mods=[as_client])
 
@@ -82,15 +88,20 @@ def reports_errors(handler: Handler) -> Handler:
     return guarded
 
 
-@functools.lru_cache(maxsize=8)
-def depth_flops(spec: ModelSpec, depth: int) -> Flops:
-    """Per-block FLOPs of a depth-``depth`` network (measured once per process)."""
-    return measure_flops(build_model(spec, depth))
-
-
 def model_spec(cfg: Config) -> ModelSpec:
-    """The network shape of this run."""
-    return load_dataset(cfg.data).model_spec(cfg.model)
+    """The network shape of this run, as its strategy trains it (:func:`strategies.network_spec`), once per config."""
+    return _network(config_to_json(cfg))
+
+
+@functools.lru_cache(maxsize=8)
+def _network(run_config: str) -> ModelSpec:
+    return network_spec(config_from_dict(json.loads(run_config)))
+
+
+@functools.lru_cache(maxsize=32)
+def _dropout(run_config: str, width: float) -> OrderedDropout | None:
+    """FjORD's ordered dropout for a client of ``width`` under this run config (none for other strategies)."""
+    return client_dropout(config_from_dict(json.loads(run_config)), width)
 
 
 def client_id_of(context: Context) -> int:
@@ -109,7 +120,7 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
     if instructions.lr is not None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = build_model(model_spec(cfg), instructions.depth)
+    model = build_model(_network(instructions.run_config), instructions.depth, instructions.width)
     model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     device = client_device(cfg.simulation.client_gpus)
     return instructions, cfg, model.to(device), device
@@ -158,7 +169,7 @@ def train(msg: Message, context: Context) -> Message:
     cls, alpha = _client_side(instructions.run_config)
     dyn = FedDynTerm(alpha, model, state) if alpha > 0 else None
     local = LocalTraining(model, x, y, rnd, client_id, generator, training, frozen, state, cfg,
-                          dyn.penalty if dyn else None)
+                          dyn.penalty if dyn else None, _dropout(instructions.run_config, instructions.width))
     losses, kept = train_round(build_algorithm(cfg, cls), local)
     if dyn is not None:
         kept |= {key: value.cpu().numpy() for key, value in dyn.state(model).items()}
@@ -189,7 +200,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                             for_round(cfg.training, rnd), _client_state(context, instructions, through=rnd), cfg)
     model, heads = evaluation_model(build_algorithm(cfg, _client_side(instructions.run_config)[0]), local)
     logits = [z.cpu() for z in exit_logits(model, x.to(device), heads)]
-    costs = depth_flops(model.spec, model.depth).exit_costs()
+    costs = submodel_flops(model.spec, model.depth, model.width).exit_costs()
     calib_logits = [z.cpu() for z in exit_logits(model, calib_x.to(device), heads)]
     policies = policy_figures(calib_logits, calib_y, logits, y, costs, cfg.exit_policy, cfg.max_depth)
     adaptive = policies.adaptive

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord
 
 from fl_ee.data.datasets import TensorDataset
 from fl_ee.learning.training import EVAL_BATCH, correct, ensemble, exit_logits
-from fl_ee.models import EarlyExitNet, build_model, slice_state
+from fl_ee.models import EarlyExitNet, build_model, narrow_state, submodel_shapes
 
 SLICE_ROWS = 4 * EVAL_BATCH
 
@@ -58,15 +58,16 @@ def slice_threads() -> int:
 
 
 def evaluate_global(
-    arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int, threads: Executor
+    arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int, threads: Executor, width: float = 1.0
 ) -> Callable[[], dict[str, Any]]:
-    """Start evaluating the global ``arrays`` (exits 1..``depth``) on ``data``'s test set, a slice per task.
+    """Start evaluating the global ``arrays`` (exits 1..``depth``, at width ``width``) on ``data``'s test set.
 
-    Returns a function that waits for ``threads`` to run every slice and gives their
-    :func:`global_accuracy`.
+    Each slice of the test set is a task; returns a function that waits for ``threads`` to
+    run every slice and gives their :func:`global_accuracy`. The run evaluates the submodel
+    of its deepest and widest tiers (channels no tier holds are never trained).
     """
-    sub = build_model(model.spec, depth)
-    sub.load_state_dict(slice_state(arrays.to_torch_state_dict(), depth))
+    sub = build_model(model.spec, depth, width)
+    sub.load_state_dict(narrow_state(arrays.to_torch_state_dict(), submodel_shapes(model.spec, depth, width)))
     x, y = data.test_x, data.test_y
     parts = [threads.submit(slice_counts, sub, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS])
              for s in range(0, len(y), SLICE_ROWS)]

@@ -1,9 +1,10 @@
 """``fl-ee check``: what a run will do, from the cost model alone, without Ray or a run directory.
 
 :func:`make_plan` takes a preflighted config and works out, with the functions the run
-itself uses, who is in which tier (``fl_ee.federation.server.make_clients``), how many bytes each depth's slice
-weighs (``sims.emulator.depth_bytes``), each client's training FLOPs and simulated
-round time (``sims.emulator.client_flops`` / ``client_times``), who the strategy
+itself uses, who is in which tier (``fl_ee.federation.server.make_clients``), each tier's
+submodel (depth, width, forward FLOPs, parameters), how many bytes its slice weighs
+(``sims.emulator.submodel_bytes``), each client's training FLOPs and simulated round time
+(``sims.emulator.client_work`` / ``client_times``), who the strategy
 samples each round (``sample_train``), and how long the rounds last on the virtual
 clock (``DeviceEmulator``: availability, dropouts and the straggler policy). Nothing is
 trained: the estimate assumes no client crashes for real.
@@ -21,24 +22,26 @@ from rich.text import Text
 from fl_ee.core.config import Config
 from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.server import make_clients
-from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import round_lr
-from fl_ee.models import EarlyExitNet, measure_flops
+from fl_ee.models import EarlyExitNet, submodel_flops, submodel_params
 from fl_ee.results.fit import Col, Sheet
 from sims.clock import OK
-from sims.emulator import DeviceEmulator, client_flops, depth_bytes
-from strategies import build_strategy
+from sims.emulator import DeviceEmulator, client_work, submodel_bytes
+from strategies import build_strategy, network_spec
 
 PLANNED_ROUNDS = 200  # rounds emulated for the estimate; longer runs are extrapolated from these
 
 
 @dataclass(frozen=True)
 class TierPlan:
-    """One tier's share of the work, per round."""
+    """One tier's submodel and share of the work, per round."""
 
     name: str
     depth: int
+    width: float
+    forward_flops: int  # one sample's forward FLOPs through the submodel and every exit of it
+    params: int  # the submodel's parameters
     clients: int
     down_bytes: int  # per client and round: the shared tensors of its depth
     up_bytes: int  # what it returns in the last round (ic-only: its exits once the backbone is frozen)
@@ -71,17 +74,14 @@ def make_plan(cfg: Config) -> Plan:
     """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`."""
     data = load_dataset(cfg.data)
     clients = make_clients(cfg)
-    model = EarlyExitNet(data.model_spec(cfg.model))
-    flops = measure_flops(model)
-    depths = [t.depth for t in cfg.tiers]
+    model = EarlyExitNet(network_spec(cfg, data))
+    submodels = [(t.depth, t.width) for t in cfg.tiers]
     steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
-    down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady)
-    algorithm = build_algorithm(cfg)
-    work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen, algorithm) for c in clients}
-            for frozen in {False, steady}}
+    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, steady)
     strategy = build_strategy(cfg)
-    strategy.register_clients(clients)
+    strategy.register_clients(clients, model.spec)
     emulator = DeviceEmulator(cfg, model, clients)
+    work = {frozen: client_work(cfg, model.spec, clients, frozen) for frozen in {False, steady}}
 
     planned = min(cfg.rounds, PLANNED_ROUNDS)
     sampled = {t.name: 0 for t in cfg.tiers}
@@ -99,10 +99,12 @@ def make_plan(cfg: Config) -> Plan:
 
     tiers = []
     for tier in cfg.tiers:
+        key = (tier.depth, tier.width)
+        forward = submodel_flops(model.spec, None, tier.width).exit_costs()[tier.depth - 1]
         times = [emulator.times_in(cfg.rounds)[c.client_id].total_s for c in clients if c.tier == tier.name]
-        tiers.append(TierPlan(tier.name, tier.depth, len(times), down[tier.depth], up[tier.depth],
-                              sampled[tier.name] / planned, tier_flops[tier.name] / planned,
-                              _percentile(times, 50), max(times) if times else None))
+        tiers.append(TierPlan(tier.name, tier.depth, tier.width, forward, submodel_params(model.spec, *key),
+                              len(times), down[key], up[key], sampled[tier.name] / planned,
+                              tier_flops[tier.name] / planned, _percentile(times, 50), max(times) if times else None))
     return Plan(cfg, len(data.train_y), tiers, sum(sampled.values()) / planned, trained / planned,
                 float(np.percentile(round_times, 50)), max(round_times),
                 emulator.virtual_time_s * cfg.rounds / planned, planned)
@@ -128,19 +130,21 @@ def _s(value: float | None) -> str:
 
 
 def plan_table(plan: Plan) -> Sheet:
-    """Per tier: clients, depth, bytes each way, sampled clients, training GFLOPs and client time per round."""
-    headers = ["tier", "depth", "clients", "down\nMB", "up\nMB", "sampled\n/round", "GFLOP\n/round", "client s\np50",
-               "client s\nmax"]
+    """Per tier: its submodel (depth, width, FLOPs, parameters), clients, bytes, sampled clients, work and time."""
+    headers = ["tier", "depth", "width", "MFLOP\n/sample", "params\nk", "clients", "down\nMB", "up\nMB",
+               "sampled\n/round", "GFLOP\n/round", "client s\np50", "client s\nmax"]
     table = Sheet("Plan per tier", [Col(h, "left" if h == "tier" else "right") for h in headers],
-                  groups=[range(1, 5), range(5, 9)])
+                  groups=[range(1, 5), range(5, 8), range(8, 12)])
     for t in plan.tiers:
-        table.add_row(t.name, str(t.depth), str(t.clients), _mb(t.down_bytes), _mb(t.up_bytes), f"{t.sampled:.1f}",
-                      _gflop(t.train_flops), _s(t.time_p50_s), _s(t.time_max_s))
+        table.add_row(t.name, str(t.depth), f"{t.width:g}", f"{t.forward_flops / 1e6:,.3f}", f"{t.params / 1e3:,.1f}",
+                      str(t.clients), _mb(t.down_bytes), _mb(t.up_bytes), f"{t.sampled:.1f}", _gflop(t.train_flops),
+                      _s(t.time_p50_s), _s(t.time_max_s))
     table.add_section()
-    table.add_row("all", "", str(sum(t.clients for t in plan.tiers)), "", "", f"{plan.sampled:.1f}",
+    table.add_row("all", "", "", "", "", str(sum(t.clients for t in plan.tiers)), "", "", f"{plan.sampled:.1f}",
                   _gflop(sum(t.train_flops for t in plan.tiers)), "", "")
-    table.caption = ("bytes per client each round; client s: simulated download + compute + upload of one "
-                     "client (sims/emulator.py)")
+    table.caption = ("MFLOP/sample: one sample's forward pass through the tier's submodel and its exits; bytes per "
+                     "client each round; client s: simulated download + compute + upload of one client "
+                     "(sims/emulator.py)")
     return table
 
 

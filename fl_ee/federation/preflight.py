@@ -2,7 +2,8 @@
 
 ``fl-ee run``, ``fl-ee check`` and the ServerApp (``flwr run``) all call :func:`preflight`,
 so any bad input (missing or unreadable data, a split that cannot be made, an unknown
-strategy, client algorithm or option) ends as one line and exit code 2 before anything is started or
+strategy, client algorithm or option, width-scaled tiers under a strategy that cannot
+aggregate parts of tensors) ends as one line and exit code 2 before anything is started or
 written, and a valid config with a setting that cannot take effect in the run or that
 leaves nothing to train (a tier without clients, no client ever online, distillation
 whose warm-up outlasts the run, exit weights all 0) is named in a ``fl-ee: warning:`` line.
@@ -21,8 +22,9 @@ from fl_ee.data.datasets import load_dataset, run_splits
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import tier_counts
-from strategies import build_strategy
+from strategies import build_strategy, network_spec
 from strategies.feddyn import client_alpha
+from strategies.scalefl import distillation_off
 
 
 def _absolute(path: str) -> str:
@@ -47,7 +49,7 @@ def preflight(cfg: Config, warnings: bool = True) -> Config:
     cfg = resolve_paths(cfg)
     run_splits(cfg)  # loads the dataset, then splits it over the clients
     check_model(cfg)
-    build_strategy(cfg)
+    check_widths(cfg)
     build_algorithm(cfg)
     for line in config_warnings(cfg) if warnings else ():
         warn(line)
@@ -72,7 +74,7 @@ def check_model(cfg: Config) -> None:
     """
     data = load_dataset(cfg.data)
     _, _, height, width = data.train_x.shape
-    spec = data.model_spec(cfg.model)
+    spec = network_spec(cfg, data)
     with torch.device("meta"):  # shapes only: nothing allocated, no random draw
         needed = state_bytes(build_model(spec).state_dict())
     if needed > machine_memory():
@@ -88,6 +90,15 @@ def check_model(cfg: Config) -> None:
                         f"images ({exc}); raise model.width", key="model.width") from None
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
+
+
+def check_widths(cfg: Config) -> None:
+    """Width-scaled tiers need a strategy that aggregates parts of tensors (``partial_tensors``)."""
+    strategy = build_strategy(cfg)
+    narrow = [i for i, t in enumerate(cfg.tiers) if t.width < 1]
+    if narrow and not strategy.partial_tensors:
+        raise UserError(f"strategy {cfg.strategy.name} keeps state per whole tensor, so its tiers cannot be "
+                        f"width-scaled; use depthfl, heterofl, fjord or scalefl", key=f"tiers.{narrow[0]}.width")
 
 
 def machine_memory() -> int:
@@ -160,6 +171,9 @@ def _training_warnings(cfg: Config, tiers: list[TierConfig]) -> list[str]:
     if held >= CALIBRATION_WARNING:
         found.append(f"exit_policy.calibration_fraction = {held:g} holds out {held * 100:g}% of each client's "
                      f"training samples to calibrate: clients train on {(1 - held) * 100:g}% of them")
+    if off := distillation_off(cfg):
+        found.append(f"{off}: strategy {cfg.strategy.name} trains without ScaleFL's exit distillation "
+                     "(training.distillation = last-exit with kd_weight > 0; ScaleFL's is 0.05)")
     if cfg.training.prox_mu > 0 and client_alpha(cfg) > 0:
         found.append("training.prox_mu adds a second quadratic term to FedDyn's own (alpha); set it to 0 for FedDyn")
     sim = cfg.simulation

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
@@ -30,7 +31,7 @@ from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
 from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.learning.training import round_lr
-from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops
+from fl_ee.models import EarlyExitNet, ModelSpec, build_model, load_weights, submodel_flops
 from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.rundir import RunDir, client_row, default_run_dir
 from fl_ee.results.summary import (
@@ -38,6 +39,7 @@ from fl_ee.results.summary import (
     build_summary,
     personalised_summary,
     run_warnings,
+    submodel_summary,
     with_deployed_thresholds,
 )
 from fl_ee.results.tensorboard import tensorboard_observers
@@ -46,13 +48,13 @@ from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, instruction
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
-from strategies import ClientInfo, DepthAwareStrategy, build_strategy
+from strategies import ClientInfo, DepthAwareStrategy, build_strategy, network_spec
 from strategies.base import to_numpy
 
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
-    """The full-depth global model, initialised from the run seed or loaded from ``model.weights``."""
-    spec = data.model_spec(cfg.model)
+    """The full global model (the strategy's network), from the run seed or loaded from ``model.weights``."""
+    spec = network_spec(cfg, data)
     torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
     model = build_model(spec)
     if cfg.model.weights:
@@ -78,20 +80,26 @@ def make_clients(cfg: Config) -> list[ClientInfo]:
     for cid, split in enumerate(run_splits(cfg)):
         tier = cfg.tiers[tier_of[cid]]
         held_out = calibration_size(len(split.train), cfg.exit_policy.calibration_fraction)  # not trained on
-        clients.append(ClientInfo(cid, cid, tier.name, tier.depth, len(split.train) - held_out, len(split.test)))
+        clients.append(ClientInfo(cid, cid, tier.name, tier.depth, len(split.train) - held_out, len(split.test),
+                                  tier.width))
     return clients
+
+
+def layout(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Each array's shape and dtype, as arrays of zero strides (nothing is read or copied)."""
+    return {key: np.broadcast_to(np.zeros((), array.dtype), tuple(array.shape)) for key, array in record.items()}
 
 
 Work = Callable[[Message], float]
 
 
-def _work(strategy: DepthAwareStrategy, flops: Flops, evaluate: bool = False) -> Work:
+def _work(strategy: DepthAwareStrategy, spec: ModelSpec, evaluate: bool = False) -> Work:
     """A message's forward FLOPs over the client's samples: :meth:`Exchange.send` sends the most first."""
-    costs = flops.exit_costs()
 
     def work(message: Message) -> float:
         client = strategy.recipient(message)
-        return (client.num_test if evaluate else client.num_train) * costs[client.depth - 1]
+        cost = submodel_flops(spec, None, client.width).exit_costs()[client.depth - 1]
+        return (client.num_test if evaluate else client.num_train) * cost
 
     return work
 
@@ -123,12 +131,14 @@ def train_round(
 
     Unavailable and dropping-out clients are not sent work; every client that runs
     trains (so its personal exits move on), but only the replies the straggler policy
-    counts, and whose update passes :func:`~fl_ee.federation.faults.update_problem`, reach the
+    counts, and whose update passes :func:`~fl_ee.federation.faults.update_problem` against
+    the slice the client was sent, reach the
     strategy; its aggregate is checked too. Returns the new global arrays, the round's
     record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
     whether the round was *bad*: it produced nothing finite to aggregate.
     """
     messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, exchange.grid))
+    sent = {strategy.recipient(m).client_id: m.content.array_records[ARRAYS] for m in messages}
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
     for message, client in zip(messages, clock.sampled):
@@ -148,7 +158,7 @@ def train_round(
         client = strategy.sender(reply)
         if clock.outcomes[client.client_id] != OK:
             continue
-        problem = update_problem(returned_state(current, client.depth, frozen),
+        problem = update_problem(returned_state(layout(sent[client.client_id]), client.depth, frozen),
                                  to_numpy(reply.content.array_records[ARRAYS]))
         if problem is None:
             counted.append(reply)
@@ -204,9 +214,9 @@ def run_federation(
     config_text = config_to_json(cfg)
     clients = make_clients(cfg)
     exchange = Exchange(grid, len(clients))
-    _guarded(strategy, "register_clients", 0, clients)
+    _guarded(strategy, "register_clients", 0, clients, model.spec)
     emulator = DeviceEmulator(cfg, model, clients)
-    train_work, evaluate_work = _work(strategy, measure_flops(model)), _work(strategy, measure_flops(model), True)
+    train_work, evaluate_work = _work(strategy, model.spec), _work(strategy, model.spec, True)
     tiers = [t.name for t in cfg.tiers]
     state = LoopState(ArrayRecord(model.state_dict()))
     state_dir = ""
@@ -229,7 +239,7 @@ def run_federation(
             errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads)
+                global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads, cfg.max_width)
                 evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
                                                                evaluate_work)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
@@ -250,7 +260,7 @@ def run_federation(
                 observer.after_state(state, strategy)
 
     summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at,
-                            config_warnings(cfg))
+                            config_warnings(cfg), submodel_summary(cfg, model.spec))
     for line in run_warnings(state.clocks):  # the config's were said before the run
         warn(line)
     rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]

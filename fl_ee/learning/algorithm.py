@@ -41,8 +41,10 @@ from torch import nn
 from fl_ee.core.config import Config, TrainingConfig
 from fl_ee.core.errors import UserError
 from fl_ee.core.plugins import build, plugin_class, registered
+from fl_ee.core.seeding import Stream, rng
 from fl_ee.learning.feddyn import NAMESPACE as FEDDYN
 from fl_ee.learning.training import stage_features, train_exits, train_joint
+from fl_ee.learning.widths import OrderedDropout, ordered_dropout_loss
 from fl_ee.models import EarlyExitNet, Flops
 
 ENTRY_POINT_GROUP = "fl_ee.client_algorithms"
@@ -74,7 +76,8 @@ class LocalTraining:
     distillation weight); ``frozen``: ``ic-only`` froze the backbone, so only the exits
     may train. ``state`` is the client's state as its last training round left it (every
     namespace; empty before its first), read-only. ``shared_term`` is the strategy's term
-    on the shared tensors (FedDyn's), which :meth:`shared_step` adds.
+    on the shared tensors (FedDyn's), which :meth:`shared_step` adds; ``dropout`` the
+    widths its end-to-end steps draw from (FjORD's, :mod:`fl_ee.learning.widths`).
     """
 
     model: EarlyExitNet
@@ -88,6 +91,7 @@ class LocalTraining:
     state: Mapping[str, torch.Tensor]
     cfg: Config
     shared_term: SharedTerm | None = None
+    dropout: OrderedDropout | None = None
 
     @functools.cached_property
     def features(self) -> list[torch.Tensor]:
@@ -109,7 +113,10 @@ class LocalTraining:
             return train_exits(self.model.exits, self.features, self.y, t, t.local_epochs, self.generator,
                                t.prox_mu, term)
         term = self.shared_term(self.model, "") if self.shared_term else None
-        return train_joint(self.model, self.x, self.y, t, self.generator, augment=self.cfg.data.augment, penalty=term)
+        step = ordered_dropout_loss(self.model, self.dropout, rng(self.cfg.seed, Stream.WIDTHS, self.server_round,
+                                                                  self.client_id), t) if self.dropout else None
+        return train_joint(self.model, self.x, self.y, t, self.generator, augment=self.cfg.data.augment, penalty=term,
+                           step_loss=step)
 
 
 @dataclass

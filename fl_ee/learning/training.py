@@ -180,6 +180,7 @@ def train_joint(
     epochs: int | None = None,
     augment: bool = False,
     penalty: Callable[[], torch.Tensor] | None = None,
+    step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Train every stage and exit of ``model`` for ``epochs`` (default ``cfg.local_epochs``); the mean loss.
 
@@ -187,11 +188,14 @@ def train_joint(
     starts from (the received global ones), and ``penalty()`` where given (FedDyn's term,
     :mod:`fl_ee.learning.feddyn`); with ``augment`` each batch is randomly cropped and
     flipped (:func:`~fl_ee.learning.augment.crop_and_flip`, drawn from ``generator``).
+    ``step_loss(inputs, labels)`` replaces a batch's :func:`exit_loss` of the model's exits
+    (FjORD's ordered dropout, :mod:`fl_ee.learning.widths`).
     """
     model.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return exit_loss(model(crop_and_flip(x[idx], generator) if augment else x[idx]), y[idx], cfg)
+        inputs = crop_and_flip(x[idx], generator) if augment else x[idx]
+        return step_loss(inputs, y[idx]) if step_loss else exit_loss(model(inputs), y[idx], cfg)
 
     loss = _with_prox(model, cfg.prox_mu, batch_loss, penalty)
     return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fl_ee.models.network import EarlyExitNet, backbone_blocks
+from fl_ee.models.network import EarlyExitNet, backbone_blocks, build_model
 from fl_ee.models.spec import ModelSpec
 
 
@@ -42,14 +42,27 @@ def _sample(spec: ModelSpec) -> torch.Tensor:
     return torch.zeros(1, spec.in_channels, spec.image_height, spec.image_width)
 
 
-_MEASURED: dict[tuple[ModelSpec, int], Flops] = {}  # the cost depends on the architecture, not the weights
+_MEASURED: dict[tuple[ModelSpec, int, float], Flops] = {}  # the cost depends on the architecture, not the weights
 
 
 def measure_flops(model: EarlyExitNet) -> Flops:
-    """Count one sample's forward FLOPs through each stage and each exit head (once per spec and depth)."""
-    key = (model.spec, len(model.stages))
+    """Count one sample's forward FLOPs through each stage and each exit head (once per spec, depth and width)."""
+    key = (model.spec, len(model.stages), model.width)
     if key not in _MEASURED:
         _MEASURED[key] = _measure(model)
+    return _MEASURED[key]
+
+
+def submodel_flops(spec: ModelSpec, depth: int | None = None, width: float = 1.0) -> Flops:
+    """:func:`measure_flops` of the depth-``depth`` (default: full), width-``width`` network.
+
+    The network is built only if not yet measured; building it draws initial weights, and
+    torch's global generator is left as it was.
+    """
+    key = (spec, spec.num_exits if depth is None else depth, width)
+    if key not in _MEASURED:
+        with torch.random.fork_rng(devices=[]):
+            _MEASURED[key] = _measure(build_model(spec, depth, width))
     return _MEASURED[key]
 
 

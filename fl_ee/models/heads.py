@@ -9,17 +9,18 @@ from fl_ee.models.norm import norm_layer
 MLP_HIDDEN = 128
 
 
-def exit_head(kind: str, channels: int, num_classes: int, norm: str = "group") -> nn.Sequential:
-    """A classifier over a stage's ``channels``-channel feature map."""
+def exit_head(kind: str, channels: int, num_classes: int, norm: str = "group", hidden: int = MLP_HIDDEN
+              ) -> nn.Sequential:
+    """A classifier over a stage's ``channels``-channel feature map (``hidden`` units in the ``mlp``'s hidden layer)."""
     if kind == "linear":  # global average pooling + linear classifier
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
     if kind == "mlp":  # 2x2 pooled features + a two-layer MLP
         return nn.Sequential(
             nn.AdaptiveAvgPool2d(2),
             nn.Flatten(),
-            nn.Linear(4 * channels, MLP_HIDDEN),
+            nn.Linear(4 * channels, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(MLP_HIDDEN, num_classes),
+            nn.Linear(hidden, num_classes),
         )
     if kind == "conv":  # SDN/MSDNet style: a strided 3x3 convolution, then pooling and a linear classifier
         return nn.Sequential(

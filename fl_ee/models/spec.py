@@ -19,6 +19,8 @@ class ModelSpec:
     """A backbone of blocks with an exit after each block number in ``exits`` (1-based).
 
     ``exits`` empty means the backbone's default placement (:func:`fl_ee.core.layout.default_exits`).
+    ``scaler``: a width-scaled submodel divides every backbone convolution's output by its
+    width ratio in training (HeteroFL's scaler, :mod:`fl_ee.models.width`).
     """
 
     in_channels: int
@@ -31,6 +33,7 @@ class ModelSpec:
     norm: str = "group"
     layers: tuple[int, ...] = (2, 2, 2, 2)
     exits: tuple[int, ...] = ()
+    scaler: bool = False
 
     def __post_init__(self) -> None:
         """Fill in the default exits."""

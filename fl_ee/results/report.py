@@ -75,16 +75,18 @@ def count(value: int | None) -> str:
 def tier_table(run: Run) -> Sheet:
     """The tier table of ``summary.json``.
 
-    Per tier: clients, depth, participation, accuracy per exit and of the exits' ensemble,
-    adaptive accuracy, FLOPs per sample under the exit policy and its saving.
+    Per tier: its submodel (depth, width, forward MFLOPs of one sample through it, parameters),
+    clients, participation, accuracy per exit and of the exits' ensemble, adaptive accuracy,
+    FLOPs per sample under the exit policy and its saving.
     """
     cfg, s = run.config, run.summary
     exits = range(1, cfg.max_depth + 1)
     participation = get(s, "stragglers", "participation_by_tier")
     personalised = get(s, "accuracy", "personalised")
-    headers = ["tier", "depth", "clients", *(["particip. %"] if participation else []),
-               *(f"exit{i}" for i in exits), "ensemble", "adaptive", "MFLOPs", "saving %"]
-    split = 3 + bool(participation)  # the tier's make-up, then its accuracy and cost
+    headers = ["tier", "depth", "width", "model\nMFLOPs", "params\nk", "clients",
+               *(["particip. %"] if participation else []), *(f"exit{i}" for i in exits), "ensemble", "adaptive",
+               "MFLOPs", "saving %"]
+    split = 6 + bool(participation)  # the tier's make-up, then its accuracy and cost
     table = Sheet(f"Personalised accuracy (%) per tier after {len(run.rounds)} rounds",
                   [Col(name, "left" if name == "tier" else "right") for name in headers],
                   groups=[range(1, split), range(split, len(headers))])
@@ -97,12 +99,16 @@ def tier_table(run: Run) -> Sheet:
         share = [pct(get(participation, tier.name))] if participation else []
         accuracy = cells(get(personalised, "by_tier_exit", tier.name), get(personalised, "ensemble_by_tier", tier.name),
                          get(personalised, "adaptive_by_tier", tier.name), get(s, "efficiency", "by_tier", tier.name))
-        table.add_row(tier.name, str(tier.depth), count(get(s, "clients", "by_tier", tier.name)), *share, *accuracy)
+        submodel = get(s, "submodels", tier.name)
+        params = get(submodel, "params")
+        table.add_row(tier.name, str(tier.depth), f"{tier.width:g}", mflops(get(submodel, "flops")),
+                      "-" if params is None else f"{params / 1e3:,.1f}", count(get(s, "clients", "by_tier", tier.name)),
+                      *share, *accuracy)
     table.add_section()
-    table.add_row("all", "", count(get(s, "clients", "total")), *([""] if participation else []),
+    table.add_row("all", "", "", "", "", count(get(s, "clients", "total")), *([""] if participation else []),
                   *cells(get(personalised, "by_exit"), get(personalised, "ensemble"),
                          get(personalised, "adaptive_accuracy"), get(s, "efficiency")))
-    table.add_row("global", "", "", *([""] if participation else []),
+    table.add_row("global", "", "", "", "", "", *([""] if participation else []),
                   *(pct(get(run.global_by_exit, str(i))) for i in exits), pct(run.global_ensemble), "", "", "")
     notes = [f"personalised mean at each client's deepest exit: {pct(get(personalised, 'mean'))}%"]
     if s is not None and get(personalised, "evaluated_clients") == 0:

@@ -172,6 +172,15 @@ class Clients(_Strict):
     by_tier: dict[str, int] = Field(description="clients in each tier")
 
 
+class Submodel(_Strict):
+    """A tier's submodel: its depth and width ratio, one sample's forward FLOPs through it, its parameters."""
+
+    depth: int = Field(description="stages and exits it holds")
+    width: float = Field(description="width ratio: it holds the first ceil(width x c) channels of every layer")
+    flops: float = Field(description="one sample's forward FLOPs through the submodel and every exit of it")
+    params: int = Field(description="its parameters (buffers excluded)")
+
+
 class RoundTimes(_Strict):
     """Percentiles of the round time on the virtual clock, in seconds."""
 
@@ -202,6 +211,7 @@ class Summary(_Strict):
     deployment: Deployment
     calibration: Calibration
     clients: Clients
+    submodels: dict[str, Submodel] = Field(default_factory=dict, description="each tier's submodel, by tier")
     rounds: int = Field(description="rounds run")
     seed: int = Field(description="the run's seed")
     virtual_time_s: float = Field(description="the virtual clock at the end of the run, in seconds")

@@ -21,6 +21,7 @@ from fl_ee.core.metrics import (
     time_to_accuracy,
 )
 from fl_ee.deployment.deploy import calibration_summary, deployed, deployment_summary, policy_table
+from fl_ee.models import ModelSpec, submodel_flops, submodel_params
 from fl_ee.wire.protocol import EvaluateReply
 from strategies import ClientInfo
 
@@ -87,6 +88,13 @@ def with_deployed_thresholds(cfg: Config, clients: Sequence[ClientInfo], results
     return {**results, **{c.client_id: Evaluation(results[c.client_id].round, r) for c, r in zip(evaluated, now)}}
 
 
+def submodel_summary(cfg: Config, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """Each tier's submodel of the network ``spec``: depth, width, one sample's forward FLOPs, parameters."""
+    return {t.name: {"depth": t.depth, "width": t.width,
+                     "flops": float(submodel_flops(spec, None, t.width).exit_costs()[t.depth - 1]),
+                     "params": submodel_params(spec, t.depth, t.width)} for t in cfg.tiers}
+
+
 def build_summary(
     cfg: Config,
     clients: Sequence[ClientInfo],
@@ -95,6 +103,7 @@ def build_summary(
     clocks: Sequence[Mapping[str, Any]],
     accuracy_at: Sequence[tuple[float, float | None]],
     config_warnings: Sequence[str] = (),
+    submodels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the run's final figures.
 
@@ -104,7 +113,7 @@ def build_summary(
     round; the results' adaptive figures are those :func:`with_deployed_thresholds` set
     (the server sets them each round). ``warnings`` holds ``config_warnings`` (what in the
     config cannot take effect, :func:`fl_ee.federation.preflight.config_warnings`), then the
-    run's (:func:`run_warnings`).
+    run's (:func:`run_warnings`). ``submodels`` is each tier's :func:`submodel_summary`.
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
     evaluated, replies = _evaluated(clients, results)
@@ -125,6 +134,7 @@ def build_summary(
         "deployment": deployment_summary(cfg, groups, replies, table),
         "calibration": calibration_summary(cfg, groups, replies),
         "clients": {"total": len(clients), "by_tier": {t: sum(c.tier == t for c in clients) for t in tiers}},
+        "submodels": dict(submodels or {}),
         "rounds": cfg.rounds,
         "seed": cfg.seed,
         "virtual_time_s": clocks[-1]["virtual_time_s"] if clocks else 0.0,

@@ -69,9 +69,10 @@ class Payload:
 class Instructions(Payload):
     """What the server tells a client in every message.
 
-    ``run_config`` is the resolved run config as canonical JSON; ``depth`` the client's
-    submodel depth (set per client by the strategy); ``want_initial_loss`` asks for the
-    local objective at the received weights (q-FFL needs it); ``pace_s`` is how long a
+    ``run_config`` is the resolved run config as canonical JSON; ``depth`` and ``width``
+    the client's submodel depth and width ratio (set per client by the strategy);
+    ``want_initial_loss`` asks for the local objective at the received weights (q-FFL
+    needs it); ``pace_s`` is how long a
     paced client sleeps after training; ``state_dir`` is the folder where the client
     saves its state (personal exits, FedDyn's ``g_prev``) each round it trains, and reads
     it back in a fresh process (a resumed run; :mod:`fl_ee.federation.clientstate`);
@@ -89,6 +90,7 @@ class Instructions(Payload):
     pace_s: float = 0.0
     state_dir: str = ""
     lr: float | None = None
+    width: float = 1.0
 
     @property
     def config(self) -> Config:
