@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
-from fl_ee.core.config import config_from_dict, config_to_json
+from fl_ee.core.config import config_from_dict, config_to_json, load_config
 from fl_ee.core.seeding import Stream, rng
+from fl_ee.federation.plan import make_plan
+from fl_ee.federation.preflight import preflight
 from fl_ee.learning.widths import OrderedDropout, ordered_dropout_loss
 from fl_ee.models import (
     ModelSpec,
@@ -222,6 +223,17 @@ def test_an_ordered_dropout_step_trains_only_the_drawn_widths_channels():
 
 
 # ------------------------------------------------------------------------------- runs
+
+
+def test_the_plan_shows_each_tiers_width_flops_and_parameters():
+    cfg = preflight(load_config(None, {"data.num_clients": 6, "rounds": 2, "tiers.0.width": 0.5}))
+    spec = network_spec(cfg)
+    plan = {t.name: t for t in make_plan(cfg).tiers}
+    iot, phone = plan["iot"], plan["phone"]
+    assert (iot.width, iot.depth, phone.width) == (0.5, 2, 1.0)
+    assert iot.forward_flops == submodel_flops(spec, None, 0.5).exit_costs()[1]
+    assert iot.params == submodel_params(spec, 2, 0.5) < submodel_params(spec, 2, 1.0)
+    assert iot.down_bytes == 4 * sum(math.prod(s) for s in submodel_shapes(spec, 2, 0.5).values())
 
 
 @pytest.mark.parametrize("options", [["strategy.name=heterofl", "model.norm=batch"],
