@@ -52,7 +52,8 @@ def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
 
 
 def _label(run: Run, tier: str) -> str:
-    return f"{tier} (depth {run.depth(tier)})"
+    width = run.width(tier)
+    return f"{tier} (depth {run.depth(tier)}{f', width {width:g}' if width < 1 else ''})"
 
 
 def _accuracy_lines(run: Run, records: list[dict[str, Any]], xs: list[float], xlabel: str, title: str) -> Figure:

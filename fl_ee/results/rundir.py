@@ -272,6 +272,10 @@ class Run:
         """The depth a tier holds."""
         return next(t.depth for t in self.config.tiers if t.name == tier)
 
+    def width(self, tier: str) -> float:
+        """The width ratio a tier holds."""
+        return next(t.width for t in self.config.tiers if t.name == tier)
+
     @property
     def evaluations(self) -> list[dict[str, Any]]:
         """The round records that carry an evaluation."""
