@@ -38,6 +38,7 @@ from strategies.aggregation import holder_aggregate
 # the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
 FAST = ["rounds=3", "eval_every=2", "data.num_clients=4", "training.local_epochs=1", "training.batch_size=64",
         "personalisation.epochs=1", "model.width=8"]
+WIDTH_TIERS = {"fjord": ["tiers.0.width=0.25", "tiers.1.width=0.5", "strategy.options.distill=true"]}  # by strategy
 
 
 class Killed(Exception):
@@ -71,7 +72,7 @@ def _poison_stale_exits(run: Path, after: int) -> int:
 
 
 def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None) -> Path:
-    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}"]
+    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *WIDTH_TIERS.get(strategy, [])]
     if kill_in is None:
         run_inprocess(out, overrides)
     else:
@@ -113,6 +114,7 @@ def _same_results(run: Path, reference: Path) -> None:
     ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
     ("fedavgm", 1, 2, 1),   # the server momentum restored from round 1
     ("feddyn", 1, 2, 1),    # the server's h from the checkpoint, every client's g_prev from its own files
+    ("fjord", 1, 2, 1),     # width tiers: each step's width drawn from its own seed, exits of the client's width
     ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
