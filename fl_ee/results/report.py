@@ -191,6 +191,7 @@ def fairness_table(run: Run) -> Table | None:
         "Fairness",
         [("mean %", pct(get(f, "mean"))), ("std %", pct(get(f, "std"))), ("min %", pct(get(f, "min"))),
          ("worst 10% %", pct(get(f, "worst10"))), ("best 10% %", pct(get(f, "best10"))),
+         ("bottom decile %", pct(get(f, "bottom_decile"))), ("top decile %", pct(get(f, "top_decile"))),
          ("Jain's index", ratio(get(f, "jain"))), ("Gini", ratio(get(f, "gini"))),
          ("tier gap", points(get(f, "tier_gap")))],
         caption="of personalised accuracy at each client's deepest exit",
@@ -256,6 +257,9 @@ def run_warnings(run: Run) -> list[str]:
 COMPARED: tuple[tuple[str, str, Callable[[Any], str], bool], ...] = (
     ("personalised mean %", "mean", pct, True),
     ("worst 10% %", "worst10", pct, True),
+    ("std %", "std", pct, False),
+    ("bottom decile %", "bottom_decile", pct, True),
+    ("top decile %", "top_decile", pct, True),
     ("Jain's index", "jain", ratio, True),
     ("Gini", "gini", ratio, False),
     ("tier gap", "tier_gap", points, False),
@@ -279,6 +283,9 @@ def key_metrics(run: Run) -> dict[str, float | None]:
     return {
         "mean": get(personalised, "mean"),
         "worst10": get(s, "fairness", "worst10"),
+        "std": get(s, "fairness", "std"),
+        "bottom_decile": get(s, "fairness", "bottom_decile"),
+        "top_decile": get(s, "fairness", "top_decile"),
         "jain": get(s, "fairness", "jain"),
         "gini": get(s, "fairness", "gini"),
         "tier_gap": _first(get(s, "fairness", "tier_gap"), spread(get(personalised, "by_tier") or {})),
@@ -317,7 +324,7 @@ def compare_table(runs: Sequence[Run]) -> Sheet:
     """One column per run, a row per key metric; the best of each row in bold green."""
     parent, names = short_names([r.path for r in runs])
     table = Sheet(f"Runs compared (in {parent})", [Col("metric", "left"), *(Col(name) for name in names)],
-                  caption="best per row in bold green: higher accuracy and Jain; lower Gini, gap, time, FLOPs")
+                  caption="best per row in bold green: higher accuracy and Jain; lower std, Gini, gap, time, FLOPs")
     table.add_row("strategy", *(_describe_strategy(r.config) for r in runs))
     table.add_row("seed", *(str(r.config.seed) for r in runs))
     table.add_row("rounds", *(f"{len(r.rounds)}/{r.config.rounds}" for r in runs))

@@ -59,8 +59,12 @@ class Fairness(_Strict):
     mean: Fraction = Field(description="mean over clients")
     std: Fraction = Field(description="standard deviation over clients")
     min: Fraction = Field(description="the worst client")
-    worst10: Fraction = Field(description="mean of the worst 10% of clients")
-    best10: Fraction = Field(description="mean of the best 10% of clients")
+    worst10: Fraction = Field(description="mean of the worst 10% of clients (ceil(n/10), at least one; q-FFL)")
+    best10: Fraction = Field(description="mean of the best 10% of clients (ceil(n/10), at least one; q-FFL)")
+    bottom_decile: Fraction = Field(None, description="pFL-Bench's bottom decile: the value at 0-based position "
+                                                      "n // 10 of the clients' accuracies in ascending order")
+    top_decile: Fraction = Field(None, description="pFL-Bench's top decile: the value at 0-based position "
+                                                   "9n // 10 of the clients' accuracies in ascending order")
     jain: Fraction = Field(description="Jain's index (sum x)^2 / (n sum x^2)")
     gini: Fraction = Field(description="Gini coefficient of the clients' accuracies")
     by_tier: ByTier = Field(description="mean over each tier's clients")
