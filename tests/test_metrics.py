@@ -4,10 +4,12 @@ import pytest
 
 from fl_ee.core.metrics import (
     bottom_decile,
+    difference,
     efficiency,
     exit_distribution,
     fairness,
     flops_saving,
+    generalisation_gap,
     gini,
     jain_index,
     population_std,
@@ -66,6 +68,19 @@ def test_deciles_are_pfl_bench_order_statistics_not_tail_means():
     nine = [0.5, 0.2, 0.9, 0.4, 0.1, 0.8, 0.3, 0.6, 0.7]
     assert bottom_decile(nine) == 0.1 and top_decile(nine) == 0.9  # sorted[0], sorted[81 // 10 = 8]
     assert bottom_decile([]) is None and top_decile([]) is None
+
+
+def test_the_generalisation_gap_is_participating_minus_unseen():
+    participating = {"mean": 0.8, "by_tier": {"iot": 0.7, "phone": 0.9}, "by_exit": {"1": 0.6, "2": 0.8},
+                     "adaptive_accuracy": 0.75, "ensemble": None}
+    unseen = {"mean": 0.5, "by_tier": {"iot": 0.6, "phone": None}, "by_exit": {"1": 0.65, "2": 0.5},
+              "adaptive_accuracy": 0.5, "ensemble": 0.5}
+    gap = generalisation_gap(participating, unseen)
+    assert list(gap) == ["mean", "by_tier", "by_exit", "adaptive_accuracy", "ensemble"]
+    assert gap["mean"] == pytest.approx(0.3) and gap["adaptive_accuracy"] == 0.25 and gap["ensemble"] is None
+    assert gap["by_tier"] == pytest.approx({"iot": 0.1, "phone": None})
+    assert gap["by_exit"] == pytest.approx({"1": -0.05, "2": 0.3})
+    assert difference(0.5, None) is None and difference(None, 0.5) is None and difference(0.75, 0.5) == 0.25
 
 
 def test_tail_mean_takes_ceil_ten_percent_with_ties():

@@ -345,6 +345,7 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
         "std %": lambda s: _pct(s["fairness"]["std"]),
         "bottom decile %": lambda s: _pct(s["fairness"]["bottom_decile"]),
         "top decile %": lambda s: _pct(s["fairness"]["top_decile"]),
+        "unseen clients' mean %": lambda s: "-",
         "Jain's index": lambda s: f"{s['fairness']['jain']:.3f}",
         "Gini": lambda s: f"{s['fairness']['gini']:.3f}",
         "tier gap": lambda s: f"{100 * s['fairness']['tier_gap']:.1f} pp",

@@ -122,6 +122,27 @@ def fairness(values: Sequence[float], groups: Sequence[str], order: Sequence[str
     }
 
 
+def difference(a: float | None, b: float | None) -> float | None:
+    """``a - b``, or ``None`` where either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def generalisation_gap(participating: Mapping[str, Any], unseen: Mapping[str, Any]) -> dict[str, Any]:
+    """pFL-Bench's generalisation gap: participating minus unseen clients' personalised accuracy.
+
+    Both arguments are personalised sections of ``summary.json``: ``mean`` (each
+    client's deepest exit), ``adaptive_accuracy``, ``ensemble``, and the ``by_tier`` and
+    ``by_exit`` maps; the gap is taken of each (``None`` where either side has no value).
+    """
+    def keyed(name: str) -> dict[str, float | None]:
+        return {k: difference(v, unseen[name].get(k)) for k, v in participating[name].items()}
+
+    return {"mean": difference(participating["mean"], unseen["mean"]), "by_tier": keyed("by_tier"),
+            "by_exit": keyed("by_exit"),
+            "adaptive_accuracy": difference(participating["adaptive_accuracy"], unseen["adaptive_accuracy"]),
+            "ensemble": difference(participating["ensemble"], unseen["ensemble"])}
+
+
 # ---------------------------------------------------------------------- efficiency
 
 
