@@ -47,7 +47,7 @@ from sims.clock import OK
 from sims.emulator import DeviceEmulator
 from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy
-from strategies.base import client_messages, to_numpy
+from strategies.base import to_numpy
 
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
@@ -194,7 +194,7 @@ def evaluate_round(
     """
     messages = list(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, exchange.grid))
     held_out = {c.client_id: c for c in unseen}
-    replies = exchange.send([*messages, *client_messages(unseen, arrays, config, MessageType.EVALUATE)],
+    replies = exchange.send([*messages, *strategy.messages(unseen, arrays, config, MessageType.EVALUATE)],
                             work)  # none with fraction_evaluate = 0
     _check(replies, f"evaluate in round {rnd}")
     own = [m for m in replies if client_of(m) not in held_out]
