@@ -134,10 +134,14 @@ class DepthAwareStrategy(Strategy):
         """The client a message goes to (until :class:`fl_ee.wire.exchange.Exchange` places it on a node)."""
         return self.clients[message.metadata.dst_node_id]
 
-    def _messages(
+    def messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:
-        """One message per client: its depth's slice, and the round's instructions with its depth."""
+        """One message per client: its depth's slice, and the round's instructions with its depth.
+
+        The server sends unseen clients (``data.unseen_fraction``), which the strategy does not know, their
+        evaluation with it too.
+        """
         instructions = Instructions.from_record(config)
         return [
             instruction_message(ArrayRecord(slice_state(arrays, c.depth)),
@@ -151,7 +155,7 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        return self._messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
+        return self.messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
 
     def sample_train(self, server_round: int) -> list[ClientInfo]:
         """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included)."""
@@ -189,7 +193,7 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients for evaluation and send each its depth's slice of the global model."""
         clients = self.sample(server_round, self.fraction_evaluate, Stream.SAMPLE_EVALUATE)
-        return self._messages(clients, arrays, config, MessageType.EVALUATE)
+        return self.messages(clients, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted means of the clients' scalar metrics."""

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from fl_ee.core.config import Config
 from fl_ee.data.datasets import load_dataset
-from fl_ee.federation.server import make_clients
+from fl_ee.federation.server import make_clients, split_unseen
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import round_lr
@@ -39,7 +39,7 @@ class TierPlan:
 
     name: str
     depth: int
-    clients: int
+    clients: int  # that take part in training (the unseen are left out)
     down_bytes: int  # per client and round: the shared tensors of its depth
     up_bytes: int  # what it returns in the last round (ic-only: its exits once the backbone is frozen)
     sampled: float  # clients sent work per round, mean over the emulated rounds
@@ -70,7 +70,8 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 def make_plan(cfg: Config) -> Plan:
     """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`."""
     data = load_dataset(cfg.data)
-    clients = make_clients(cfg)
+    everyone = make_clients(cfg)
+    clients, _ = split_unseen(cfg, everyone)
     model = EarlyExitNet(data.model_spec(cfg.model))
     flops = measure_flops(model)
     depths = [t.depth for t in cfg.tiers]
@@ -81,7 +82,7 @@ def make_plan(cfg: Config) -> Plan:
             for frozen in {False, steady}}
     strategy = build_strategy(cfg)
     strategy.register_clients(clients)
-    emulator = DeviceEmulator(cfg, model, clients)
+    emulator = DeviceEmulator(cfg, model, everyone)
 
     planned = min(cfg.rounds, PLANNED_ROUNDS)
     sampled = {t.name: 0 for t in cfg.tiers}
@@ -168,11 +169,13 @@ def plan_renderables(plan: Plan) -> list[RenderableType]:
              "iid": "iid"}[d.partitioner]
     evaluate = ("no client evaluates (global model only)" if s.fraction_evaluate == 0
                 else f"{_share(s.fraction_evaluate)} evaluate")
+    unseen = f", {d.unseen_count} of them unseen (never trained, evaluated apart)" if d.unseen_count else ""
     policy = sim.straggler_policy + (f" {sim.deadline_s:g} s" if sim.straggler_policy == "deadline" else "")
     extrapolated = (f" (extrapolated from the first {plan.planned_rounds})"
                     if plan.planned_rounds < cfg.rounds else "")
     return [
-        Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients ({split}); "
+        Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients "
+             f"({split}){unseen}; "
              f"{cfg.rounds} rounds of {s.name}, {_share(s.fraction_train)} train, {evaluate}; "
              f"model {cfg.model.backbone} width {cfg.model.width}, depth up to {cfg.max_depth}"),
         Text(training_line(cfg)),

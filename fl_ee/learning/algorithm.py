@@ -14,6 +14,9 @@ A :class:`ClientAlgorithm` is built for each client call from the run config, wi
   every round it trains and reads it back in a resumed run; the next call sees it as
   ``state`` (all namespaces: ``feddyn/`` is FedDyn's ``g_prev``).
 * :meth:`~ClientAlgorithm.evaluation`: the submodel and exit heads the client evaluates.
+  An unseen client (``data.unseen_fraction``), which never trains, first runs ``train``
+  and ``kept`` once from an empty state on a copy of the received submodel, and
+  evaluates with what it would keep (:func:`newcomer_state`); nothing of it is kept.
 * :meth:`~ClientAlgorithm.train_flops`: what a training round computes beyond the shared
   step, which the virtual clock charges (:func:`sims.emulator.client_flops`).
 
@@ -209,6 +212,18 @@ def train_round(algorithm: ClientAlgorithm, local: LocalTraining) -> tuple[Losse
                             f"be a numeric array (torch or NumPy) named {prefix}<name>")
         arrays[key] = np.ascontiguousarray(array)
     return Losses(float(losses.train), None if losses.personal is None else float(losses.personal)), arrays
+
+
+def newcomer_state(algorithm: ClientAlgorithm, local: LocalTraining) -> dict[str, torch.Tensor]:
+    """The state a client without any keeps after one training round: what an unseen client evaluates with.
+
+    :func:`train_round` on ``local`` (its ``state`` empty; its ``model`` a copy of the
+    received submodel, which is trained in place and dropped), so every client algorithm
+    adapts as its own hooks do: ``exits`` trains personal heads, a personal-head method
+    its head; one that keeps nothing (``finetune``, ``none``) is left to its
+    :meth:`~ClientAlgorithm.evaluation`.
+    """
+    return {key: torch.from_numpy(value) for key, value in train_round(algorithm, local)[1].items()}
 
 
 def evaluation_model(algorithm: ClientAlgorithm, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList | None]:
