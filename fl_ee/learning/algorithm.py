@@ -23,7 +23,8 @@ of the trained submodel) that :meth:`~ClientAlgorithm.sent` picks, all of it by 
 (:func:`sent_state`); the server expects exactly those tensors and the clock charges their
 bytes. Part of the slice can be personal instead: an algorithm keeps it with
 :meth:`~ClientAlgorithm.kept` and lays it over the received submodel in ``train`` and
-``evaluation``. The shipped modes are in :mod:`fl_ee.learning.personal`; a user's class is named by
+``evaluation`` (FedPer's heads, :mod:`fl_ee.learning.pfl`). The shipped modes are in
+:mod:`fl_ee.learning.personal` and :mod:`fl_ee.learning.pfl`; a user's class is named by
 ``package.module:Class`` or registered in the ``fl_ee.client_algorithms`` entry-point
 group, as strategies are. What a hook returns is checked; a hook that raises or returns
 something else fails the client, whose traceback the server files. Nothing here knows
@@ -56,6 +57,12 @@ SHIPPED = {
     "self-distill": "fl_ee.learning.personal:SelfDistill",
     "finetune": "fl_ee.learning.personal:Finetune",
     "none": "fl_ee.learning.algorithm:ClientAlgorithm",
+    "fedper": "fl_ee.learning.pfl.fedper:FedPer",
+    "lg-fedavg": "fl_ee.learning.pfl.lgfedavg:LGFedAvg",
+    "fedrep": "fl_ee.learning.pfl.fedrep:FedRep",
+    "fedbabu": "fl_ee.learning.pfl.fedbabu:FedBABU",
+    "ditto": "fl_ee.learning.pfl.ditto:Ditto",
+    "apfl": "fl_ee.learning.pfl.apfl:APFL",
 }
 
 T = TypeVar("T")
