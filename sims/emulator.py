@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fl_ee.core.config import Config
-from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops
+from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops, sent_state
 from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.models import EarlyExitNet, Flops, measure_flops, state_bytes, training_flops
 from sims.clock import (
@@ -31,14 +31,21 @@ from sims.clock import (
 )
 from strategies import ClientInfo
 
+T = TypeVar("T")
 
-def depth_bytes(model: EarlyExitNet, depths: Iterable[int], frozen: bool = False) -> dict[int, int]:
+
+def depth_bytes(
+    model: EarlyExitNet, depths: Iterable[int], frozen: bool = False, algorithm: ClientAlgorithm | None = None
+) -> dict[int, int]:
     """Bytes a client of each depth returns in a round: its slice, or only its exits when ``frozen``.
 
+    With its client ``algorithm``, only what that sends of it
+    (:func:`~fl_ee.learning.algorithm.sent_state`: FedPer's backbone, LG-FedAvg's exits).
     It always receives its whole slice (it needs the backbone to train its exits).
     """
     state = model.state_dict()
-    return {d: state_bytes(returned_state(state, d, frozen)) for d in set(depths)}
+    return {d: state_bytes(sent_state(algorithm, state, d, frozen) if algorithm else returned_state(state, d, frozen))
+            for d in set(depths)}
 
 
 def client_flops(
@@ -53,7 +60,8 @@ def client_flops(
     (:meth:`~fl_ee.learning.algorithm.ClientAlgorithm.train_flops`: personal heads, a
     teacher's pass; fine-tuning happens before evaluation, which the clock does not time).
     FedProx's and FedDyn's terms (about 10 FLOPs per parameter and SGD step) are left out,
-    as is the optimiser's update; a client sends its shared slice only, FedDyn's too.
+    as is the optimiser's update; a client sends what its algorithm sends of its shared slice,
+    FedDyn's too.
     """
     backbone, heads, n = sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train
     if frozen:
@@ -74,7 +82,7 @@ def client_times(
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
     down = depth_bytes(model, (c.depth for c in clients))
-    up = depth_bytes(model, (c.depth for c in clients), frozen)
+    up = depth_bytes(model, (c.depth for c in clients), frozen, algorithm)
     times = {}
     for client, factor in zip(clients, factors):
         tier, work = tiers[client.tier], client_flops(cfg, flops, client.depth, client.num_train, frozen, algorithm)
@@ -110,6 +118,7 @@ class DeviceEmulator:
 
     def __init__(self, cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo]) -> None:
         self.cfg = cfg
+        self.algorithm = build_algorithm(cfg)
         self.tiers = {t.name: t for t in cfg.tiers}
         self.times = client_times(cfg, model, clients)  # rounds that train the backbone
         self.frozen_times = client_times(cfg, model, clients, frozen=True) \
@@ -119,6 +128,10 @@ class DeviceEmulator:
     def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
         """Every client's simulated time in ``server_round`` (``ic-only`` rounds differ once the backbone is frozen)."""
         return self.frozen_times if backbone_frozen(self.cfg.training, server_round) else self.times
+
+    def update_of(self, client: ClientInfo, state: Mapping[str, T], server_round: int) -> dict[str, T]:
+        """What a client sends back of ``state`` in ``server_round``: its client algorithm's part of its slice."""
+        return sent_state(self.algorithm, state, client.depth, backbone_frozen(self.cfg.training, server_round))
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
         """Draw who of the sampled clients is online and who will drop out this round."""

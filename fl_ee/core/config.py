@@ -222,9 +222,11 @@ class PersonalisationConfig(_Section):
     mode: Annotated[str, Field(
         min_length=1,
         description="the client algorithm: exits (supervised personal heads), self-distill (heads taught by the "
-                    "deepest exit), finetune (tune a copy before evaluating), none (the global model), another "
+                    "deepest exit), finetune (tune a copy before evaluating), none (the global model), a "
+                    "personalised-FL baseline (fedper, lg-fedavg, fedrep, fedbabu, ditto, apfl), another "
                     "registered name (fl-ee list algorithms) or package.module:Class")] = "exits"
-    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning)")] = 1
+    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning) of exits, "
+                                                  "self-distill and finetune (the baselines: their options)")] = 1
     labelled_fraction: Annotated[float, Field(
         ge=0, le=1, description="self-distill: share of local training samples whose label the personal step reads",
     )] = 1.0

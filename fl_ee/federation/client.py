@@ -41,11 +41,12 @@ from fl_ee.learning.algorithm import (
     build_algorithm,
     evaluation_model,
     newcomer_state,
+    sent_state,
     train_round,
 )
 from fl_ee.learning.device import client_device
 from fl_ee.learning.feddyn import FedDynTerm
-from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss
 from fl_ee.models import EarlyExitNet, Flops, ModelSpec, build_model, measure_flops
 from fl_ee.wire.exchange import as_client
@@ -141,10 +142,11 @@ def _client_state(context: Context, instructions: Instructions, through: int) ->
 @app.train()
 @reports_errors
 def train(msg: Message, context: Context) -> Message:
-    """Run the client algorithm's training round; send the shared tensors, keep the state.
+    """Run the client algorithm's training round; send the shared tensors it picks, keep the state.
 
     The shared step trains backbone and exits end to end, or only the exits once
-    ``ic-only`` froze the backbone (then only the exits go back). When the instructions
+    ``ic-only`` froze the backbone (then only the exits go back); of those, the algorithm's
+    ``sent`` picks what goes back (all by default). When the instructions
     ask for it (q-FFL does), it also reports the local objective at the received
     weights; it costs a forward pass.
     """
@@ -161,7 +163,8 @@ def train(msg: Message, context: Context) -> Message:
     dyn = FedDynTerm(alpha, model, state) if alpha > 0 else None
     local = LocalTraining(model, x, y, rnd, client_id, generator, training, frozen, state, cfg,
                           dyn.penalty if dyn else None)
-    losses, kept = train_round(build_algorithm(cfg, cls), local)
+    algorithm = build_algorithm(cfg, cls)
+    losses, kept = train_round(algorithm, local)
     if dyn is not None:
         kept |= {key: value.cpu().numpy() for key, value in dyn.state(model).items()}
     if kept:
@@ -170,7 +173,7 @@ def train(msg: Message, context: Context) -> Message:
     if kept and instructions.state_dir:  # last, so a client that failed saves nothing
         save_state(instructions.state_dir, client_id, rnd, kept)
     metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss)
-    return reply(msg, metrics, ArrayRecord(returned_state(model.state_dict(), model.depth, frozen)))
+    return reply(msg, metrics, ArrayRecord(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()

@@ -76,8 +76,8 @@ def make_plan(cfg: Config) -> Plan:
     flops = measure_flops(model)
     depths = [t.depth for t in cfg.tiers]
     steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
-    down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady)
     algorithm = build_algorithm(cfg)
+    down, up = depth_bytes(model, depths), depth_bytes(model, depths, steady, algorithm)
     work = {frozen: {c.client_id: client_flops(cfg, flops, c.depth, c.num_train, frozen, algorithm) for c in clients}
             for frozen in {False, steady}}
     strategy = build_strategy(cfg)

@@ -28,7 +28,6 @@ from fl_ee.federation.checkpoint import Checkpoints
 from fl_ee.federation.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
-from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, Flops, build_model, load_weights, measure_flops
 from fl_ee.results.observers import LoopState, Observer
@@ -154,14 +153,13 @@ def train_round(
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
                     errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
     current = to_numpy(arrays)
-    frozen = backbone_frozen(emulator.cfg.training, rnd)
     counted = []
     for reply in replies:
         client = strategy.sender(reply)
         if clock.outcomes[client.client_id] != OK:
             continue
-        problem = update_problem(returned_state(current, client.depth, frozen),
-                                 to_numpy(reply.content.array_records[ARRAYS]))
+        sent = to_numpy(reply.content.array_records[ARRAYS])
+        problem = update_problem(emulator.update_of(client, current, rnd), sent)
         if problem is None:
             counted.append(reply)
         else:
