@@ -6,7 +6,9 @@
 * ``reference/summary-schema.md``: every ``summary.json`` key from :mod:`fl_ee.results.schema`
   (the JSON Schema itself is ``reference/summary.schema.json``, kept in step by a test);
 * the architecture page's import graph, from the same import scan that
-  ``tests/test_layers.py`` enforces.
+  ``tests/test_layers.py`` enforces;
+* the reproduce page's table of shipped recipes, each with its last recorded verdicts,
+  from ``sims/recipes/*.toml``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPH_MARK = "<!-- import graph -->"
+RECIPES_MARK = "<!-- recipes table -->"
 
 
 def _type_name(annotation: Any) -> str:
@@ -209,6 +212,28 @@ def import_graph() -> str:
     return "\n".join(lines)
 
 
+def recipes_table() -> str:
+    """Every shipped recipe: what it reproduces, its runs, and per claim the last recorded verdict of each scale."""
+    from fl_ee.studies.recipes import SCALES, load_recipe, shipped
+
+    lines = ["| recipe | reproduces | settings | claims | mini | full |", "|---|---|---|---|---|---|"]
+    details = []
+    for name in shipped():
+        recipe = load_recipe(name)[0]
+        lines.append(f"| `{name}` | {recipe.title} | {len(recipe.settings)} | {len(recipe.claims)} | "
+                     f"{recipe.verdict_line('mini')} | {recipe.verdict_line('full')} |")
+        details += [f"### `{name}`", "", f"{recipe.paper} Figures: {recipe.source}", "",
+                    f"The `mini` scale gives up: {recipe.scales['mini'].gives_up}", "",
+                    "| claim | settings | metrics | mini | full |", "|---|---|---|---|---|"]
+        for i, claim in enumerate(recipe.claims):
+            found = [recipe.measured[s].verdicts[i] if s in recipe.measured else "not yet measured" for s in SCALES]
+            details.append(f"| {claim.says} | `{claim.better}` > `{claim.than}` | {', '.join(claim.metrics)} | "
+                           f"{' | '.join(found)} |")
+        details += [""] + [f"Note ({s}): {recipe.measured[s].note}" for s in SCALES
+                           if s in recipe.measured and recipe.measured[s].note] + [""]
+    return "\n".join([*lines, "", *details])
+
+
 def on_files(files: Files, config: Any) -> Files:
     """Add the generated reference pages."""
     sys.path.insert(0, str(ROOT))
@@ -219,5 +244,9 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
-    """Put the import graph where the architecture page marks it."""
-    return markdown.replace(GRAPH_MARK, import_graph()) if GRAPH_MARK in markdown else markdown
+    """Put the import graph and the recipes table where their pages mark them."""
+    if GRAPH_MARK in markdown:
+        markdown = markdown.replace(GRAPH_MARK, import_graph())
+    if RECIPES_MARK in markdown:
+        markdown = markdown.replace(RECIPES_MARK, recipes_table())
+    return markdown

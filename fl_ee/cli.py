@@ -69,9 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep root (default: sweeps/<timestamp>); the same command on it again "
                        "runs only what is not finished")
     sweep.add_argument("--jobs", type=int, default=1, metavar="K", help="runs at once (default 1)")
-    listing = sub.add_parser("list", help="list strategies, client algorithms or presets, or the cost of a config's "
-                                          "model per exit")
-    listing.add_argument("what", choices=("strategies", "algorithms", "presets", "model"))
+    reproduce = sub.add_parser("reproduce", help="run a published table's recipe; its figures beside the paper's and "
+                                                 "a verdict per claim")
+    reproduce.add_argument("recipe", help="a shipped recipe (fl-ee list recipes) or a recipe TOML file")
+    reproduce.add_argument("--scale", choices=("mini", "full"), default="mini",
+                           help="mini: fits a 2-core CPU and says what it gives up; full: the paper's setting "
+                                "(default mini)")
+    reproduce.add_argument("--seeds", type=int, default=3, metavar="N", help="run seeds 0..N-1 (default 3)")
+    reproduce.add_argument("--out", help="the run root (default: reproductions/<recipe>-<scale>); the same command on "
+                           "it again runs only what is not finished")
+    reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="a key that changes no result, e.g. data.root=DIR or simulation.client_gpus=0.5")
+    reproduce.add_argument("--jobs", type=int, default=1, metavar="K", help="runs at once (default 1)")
+    reproduce.add_argument("--json", action="store_true", help="print reproduce.json instead of the tables")
+    listing = sub.add_parser("list", help="list strategies, client algorithms, presets or recipes, or the cost of a "
+                                          "config's model per exit")
+    listing.add_argument("what", choices=("strategies", "algorithms", "presets", "recipes", "model"))
     listing.add_argument("config", nargs="?", help="for model: TOML config file or preset name (default: quickstart)")
     listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="for model: override a config value by dotted key, as for run")
@@ -249,8 +262,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return sweep(args.config, args.overrides, args.grid, parse_seeds(args.seeds, args.seed_list), args.out, args.jobs)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``fl-ee reproduce``: see :mod:`fl_ee.studies.reproduce`."""
+    from fl_ee.studies.reproduce import cmd_reproduce as reproduce
+    from fl_ee.studies.sweep import parse_seeds
+
+    return reproduce(args.recipe, args.scale, parse_seeds(args.seeds, None), args.out, args.overrides, args.jobs,
+                     args.json)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """``fl-ee list``: strategies or client algorithms (plug-ins included), the shipped presets, or the model's cost."""
+    """``fl-ee list``: strategies, client algorithms (plug-ins included), shipped presets or recipes, a model's cost."""
     from importlib import resources
 
     if args.what == "model":
@@ -263,6 +285,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         from fl_ee.learning import algorithm
 
         print_plugins(algorithm.available(), algorithm.algorithm_class)
+    elif args.what == "recipes":
+        from fl_ee.studies.recipes import load_recipe, shipped
+
+        for name in shipped():
+            recipe = load_recipe(name)[0]
+            print(f"{name:18s} {recipe.title}")
+            print(f"{'':18s} mini: {recipe.verdict_line('mini')}; full: {recipe.verdict_line('full')}")
     else:
         for entry in sorted(resources.files("sims").joinpath("presets").iterdir(), key=lambda p: p.name):
             if entry.name.endswith(".toml"):
@@ -302,8 +331,8 @@ def print_model(cfg: Config) -> None:
     Console().print(table)
 
 
-PATH_ARGUMENTS = {"config": "CONFIG", "out": "--out", "resume": "DIR", "run_dir": "RUN_DIR", "run_dirs": "RUN_DIR",
-                  "tensorboard": "--tensorboard"}  # argument attribute: its name in messages
+PATH_ARGUMENTS = {"config": "CONFIG", "recipe": "RECIPE", "out": "--out", "resume": "DIR", "run_dir": "RUN_DIR",
+                  "run_dirs": "RUN_DIR", "tensorboard": "--tensorboard"}  # argument attribute: its name in messages
 
 
 def check_path_arguments(args: argparse.Namespace) -> None:
@@ -328,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_path_arguments(args)
         commands = {"run": cmd_run, "resume": cmd_run, "check": cmd_check, "report": cmd_report,
-                    "compare": cmd_compare, "sweep": cmd_sweep, "list": cmd_list}
+                    "compare": cmd_compare, "sweep": cmd_sweep, "reproduce": cmd_reproduce, "list": cmd_list}
         return commands[args.command](args)
     except UserError as exc:
         print(f"fl-ee: error: {printable(str(exc))}", file=sys.stderr)

@@ -204,3 +204,11 @@ def client_splits(
     """Every client's train/test indices: computed once per machine (cached on disk), kept per process."""
     key = np.ascontiguousarray(labels, dtype=np.int64).tobytes()
     return _cached_splits(key, num_clients, scheme, alpha, shards_per_client, test_fraction, seed)
+
+
+def unseen_clients(num_clients: int, count: int, seed: int) -> frozenset[int]:
+    """The ids of ``count`` of ``num_clients`` clients held out of training (``data.unseen_fraction``), drawn by seed.
+
+    Uniformly over all clients, whatever their tier, as pFL-Bench draws its unseen clients.
+    """
+    return frozenset(int(c) for c in rng(seed, Stream.UNSEEN).choice(num_clients, size=count, replace=False))

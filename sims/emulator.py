@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fl_ee.core.config import Config
-from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops
+from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops, sent_state
 from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.models import (
     EarlyExitNet,
@@ -43,15 +43,32 @@ from strategies.fjord import client_dropout
 
 Submodel = tuple[int, float]  # a client's (depth, width ratio)
 
+T = TypeVar("T")
 
-def submodel_bytes(model: EarlyExitNet, submodels: Iterable[Submodel], frozen: bool = False) -> dict[Submodel, int]:
+
+def returned_part(
+    spec: ModelSpec, state: Mapping[str, T], depth: int, width: float, frozen: bool,
+    algorithm: ClientAlgorithm | None = None,
+) -> dict[str, T]:
+    """What a (depth, width) client sends back of ``state``: the corners of its slice, only its exits when ``frozen``.
+
+    With its client ``algorithm``, only what that sends of them (:func:`~fl_ee.learning.algorithm.sent_state`).
+    """
+    held = narrow_state(state, submodel_shapes(spec, depth, width))
+    return sent_state(algorithm, held, depth, frozen) if algorithm else returned_state(held, depth, frozen)
+
+
+def submodel_bytes(
+    model: EarlyExitNet, submodels: Iterable[Submodel], frozen: bool = False, algorithm: ClientAlgorithm | None = None
+) -> dict[Submodel, int]:
     """Bytes a client of each (depth, width) returns in a round: its slice, or only its exits when ``frozen``.
 
+    With its client ``algorithm``, only what that sends of it
+    (:func:`~fl_ee.learning.algorithm.sent_state`: FedPer's backbone, LG-FedAvg's exits).
     It always receives its whole slice (it needs the backbone to train its exits).
     """
     state = model.state_dict()
-    return {(d, w): state_bytes(returned_state(narrow_state(state, submodel_shapes(model.spec, d, w)), d, frozen))
-            for d, w in set(submodels)}
+    return {(d, w): state_bytes(returned_part(model.spec, state, d, w, frozen, algorithm)) for d, w in set(submodels)}
 
 
 def client_flops(
@@ -69,7 +86,8 @@ def client_flops(
     (:meth:`~fl_ee.learning.algorithm.ClientAlgorithm.train_flops`: personal heads, a
     teacher's pass; fine-tuning happens before evaluation, which the clock does not time).
     FedProx's and FedDyn's terms (about 10 FLOPs per parameter and SGD step) are left out,
-    as is the optimiser's update; a client sends its shared slice only, FedDyn's too.
+    as is the optimiser's update; a client sends what its algorithm sends of its shared slice,
+    FedDyn's too.
     """
     backbone, heads, n = sum(flops.stages[:depth]), sum(flops.exits[:depth]), num_train
     if frozen:
@@ -92,9 +110,12 @@ def shared_step_forward(cfg: Config, spec: ModelSpec, depth: int, width: float) 
     return plan.forward_flops(lambda w: submodel_flops(spec, None, w).exit_costs()[depth - 1])
 
 
-def client_work(cfg: Config, spec: ModelSpec, clients: Sequence[ClientInfo], frozen: bool = False) -> dict[int, float]:
+def client_work(
+    cfg: Config, spec: ModelSpec, clients: Sequence[ClientInfo], frozen: bool = False,
+    algorithm: ClientAlgorithm | None = None,
+) -> dict[int, float]:
     """Each client's training FLOPs in one round (:func:`client_flops` of its submodel), by client id."""
-    algorithm = build_algorithm(cfg)
+    algorithm = algorithm or build_algorithm(cfg)
     shared = {key: shared_step_forward(cfg, spec, *key) for key in {(c.depth, c.width) for c in clients}}
     return {c.client_id: client_flops(cfg, submodel_flops(spec, None, c.width), c.depth, c.num_train, frozen,
                                       algorithm, shared[c.depth, c.width]) for c in clients}
@@ -110,8 +131,9 @@ def client_times(
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
     submodels = [(c.depth, c.width) for c in clients]
-    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, frozen)
-    work = client_work(cfg, model.spec, clients, frozen)
+    algorithm = build_algorithm(cfg)
+    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, frozen, algorithm)
+    work = client_work(cfg, model.spec, clients, frozen, algorithm)
     times = {}
     for client, factor, key in zip(clients, factors, submodels):
         tier = tiers[client.tier]
@@ -147,6 +169,8 @@ class DeviceEmulator:
 
     def __init__(self, cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo]) -> None:
         self.cfg = cfg
+        self.algorithm = build_algorithm(cfg)
+        self.spec = model.spec
         self.tiers = {t.name: t for t in cfg.tiers}
         self.times = client_times(cfg, model, clients)  # rounds that train the backbone
         self.frozen_times = client_times(cfg, model, clients, frozen=True) \
@@ -156,6 +180,11 @@ class DeviceEmulator:
     def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
         """Every client's simulated time in ``server_round`` (``ic-only`` rounds differ once the backbone is frozen)."""
         return self.frozen_times if backbone_frozen(self.cfg.training, server_round) else self.times
+
+    def update_of(self, client: ClientInfo, state: Mapping[str, T], server_round: int) -> dict[str, T]:
+        """What a client sends back of ``state`` in ``server_round``: its client algorithm's part of its slice."""
+        frozen = backbone_frozen(self.cfg.training, server_round)
+        return returned_part(self.spec, state, client.depth, client.width, frozen, self.algorithm)
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
         """Draw who of the sampled clients is online and who will drop out this round."""

@@ -165,10 +165,14 @@ class DepthAwareStrategy(Strategy):
         shapes = submodel_shapes(self.spec, client.depth, client.width)
         return to_record(narrow_state({key: arrays[key].numpy() for key in shapes}, shapes))
 
-    def _messages(
+    def messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:
-        """One message per client: its slice (:meth:`client_slice`), and the round's instructions with its submodel."""
+        """One message per client: its slice (:meth:`client_slice`), and the round's instructions with its submodel.
+
+        The server sends unseen clients (``data.unseen_fraction``), which the strategy does not know, their
+        evaluation with it too.
+        """
         instructions = Instructions.from_record(config)
         return [
             instruction_message(self.client_slice(arrays, c), dataclasses.replace(instructions, depth=c.depth,
@@ -183,7 +187,7 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients from :meth:`train_pool` and send each the stages and exits of its depth."""
         self._sent = arrays
-        return self._messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
+        return self.messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
 
     def sample_train(self, server_round: int) -> list[ClientInfo]:
         """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included)."""
@@ -223,7 +227,7 @@ class DepthAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample clients for evaluation and send each its depth's slice of the global model."""
         clients = self.sample(server_round, self.fraction_evaluate, Stream.SAMPLE_EVALUATE)
-        return self._messages(clients, arrays, config, MessageType.EVALUATE)
+        return self.messages(clients, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted means of the clients' scalar metrics."""

@@ -160,13 +160,15 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0, order: str = SHUFFLED,
-                  observers=(), checkpoints: bool = True, nodes: int = NODES) -> tuple[InProcessGrid, dict]:
+                  observers=(), checkpoints: bool = True, nodes: int = NODES,
+                  client_app: ClientApp | None = None) -> tuple[InProcessGrid, dict]:
     """``fl-ee run [PRESET] --set ... --out OUT`` through an :class:`InProcessGrid`: (the grid, the summary).
 
     ``overrides`` are ``"key=value"`` strings; ``seed`` draws the grid's ids and reply order
     (the run's own seed is the config's); ``observers`` follow the run beside its run
     directory; ``checkpoints`` writes them (and the clients' state) as ``fl-ee run`` does;
-    ``nodes`` is the grid's pool of nodes (the clients take turns on them).
+    ``nodes`` is the grid's pool of nodes (the clients take turns on them); ``client_app`` the nodes' ClientApp
+    (default: fl-ee's).
     """
     from fl_ee.core.config import load_config, parse_overrides
     from fl_ee.federation.checkpoint import Checkpoints
@@ -176,7 +178,7 @@ def run_inprocess(out, overrides=(), preset: str | None = None, *, seed: int = 0
 
     cfg = preflight(load_config(preset, parse_overrides(list(overrides))))
     run_dir = RunDir.create(out)
-    with InProcessGrid(nodes, seed=seed, order=order) as grid:
+    with InProcessGrid(nodes, client_app, seed=seed, order=order) as grid:
         summary = run_federation(grid, cfg, [run_dir, *observers], Checkpoints(out) if checkpoints else None)
     check_schema(run_dir.path)
     return grid, summary

@@ -99,8 +99,8 @@ def test_a_users_algorithm_by_path_with_its_options_and_its_state():
 
 @pytest.mark.parametrize(("overrides", "needle"), [
     ({"personalisation.mode": "nosuch"},
-     "personalisation.mode: unknown client algorithm 'nosuch'; choose one of exits, finetune, none, self-distill "
-     "or package.module:Class"),
+     "personalisation.mode: unknown client algorithm 'nosuch'; choose one of apfl, ditto, exits, fedbabu, fedper, "
+     "fedrep, finetune, lg-fedavg, none, self-distill or package.module:Class"),
     ({"personalisation.mode": "test_algorithms:Nope"},
      "personalisation.mode: cannot import 'test_algorithms:Nope': module 'test_algorithms' has no attribute 'Nope'"),
     ({"personalisation.mode": "test_algorithms:NotAnAlgorithm"},
@@ -134,7 +134,8 @@ def test_list_algorithms_shows_the_shipped_modes_and_entry_point_plugins(tmp_pat
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["list", "algorithms"]) == 0
     listed = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
-    assert set(listed) == {"exits", "self-distill", "finetune", "none", "plain"}
+    assert set(listed) == {"exits", "self-distill", "finetune", "none", "fedper", "lg-fedavg", "fedrep", "fedbabu",
+                           "ditto", "apfl", "plain"}
     assert listed["plain"] == "Nothing but the shared step."
     cfg = config_from_dict({"personalisation": {"mode": "plain"}})
     assert type(build_algorithm(cfg)).__name__ == "Plain"

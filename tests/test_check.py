@@ -228,6 +228,15 @@ SAME_AS_NONE = "so the run trains as with training.distillation = none"
           "simulation.target_accuracy is never reached: no client evaluates (strategy.fraction_evaluate = 0), so "
           "time_to_accuracy_s stays null"]),
         ({"strategy.fraction_evaluate": 0, "personalisation.mode": "none"}, []),
+        ({"strategy.fraction_evaluate": 0, "personalisation.mode": "none", "data.unseen_fraction": 0.2},
+         ["data.unseen_fraction holds 4 clients out of training that are never evaluated: no client evaluates "
+          "(strategy.fraction_evaluate = 0)"]),
+        # seed 1 draws client 2 as one of the 5 unseen of 10, and puts it alone in tier iot
+        ({"seed": 1, "data.num_clients": 10, "tiers.0.share": 0.1, "tiers.1.share": 0.6, "data.unseen_fraction": 0.5},
+         ["every client of tier 'iot' (1) is unseen (data.unseen_fraction = 0.5): none of them trains, so the tier "
+          "has no participating figures; lower data.unseen_fraction or raise the tier's share"]),
+        ({"seed": 0, "data.num_clients": 10, "tiers.0.share": 0.1, "tiers.1.share": 0.6, "data.unseen_fraction": 0.5},
+         []),  # seed 0 keeps iot's one client (client 1) in training
     ],
 )
 def test_settings_that_cannot_take_effect_or_leave_nothing_to_train_are_warnings(overrides, lines):
@@ -291,3 +300,11 @@ def test_rounds_without_training_are_listed():
     assert run_warnings([clock(1), clock(2)]) == []
     assert run_warnings([clock(0), clock(0), clock(1), clock(0)]) == [
         "no client trained in 3 of 4 rounds (round 1-2, 4): the global model did not move in them"]
+
+
+def test_the_plan_leaves_unseen_clients_out_of_training(capsys):
+    plan = make_plan(preflight(load_config(None, {"data.unseen_fraction": 0.2, "rounds": 3})))
+    assert sum(t.clients for t in plan.tiers) == 16  # 20 clients, round(0.2 x 20) = 4 unseen
+    assert plan.sampled == 8.0  # fraction_train 0.5 of the 16 that train, every round
+    code, out, _ = _check(capsys, "--set", "data.unseen_fraction=0.2", "--set", "rounds=3")
+    assert code == 0 and "over 20 clients (dirichlet alpha 0.5), 4 of them unseen" in " ".join(out.split())

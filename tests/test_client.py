@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from fl_ee.core.config import config_from_dict, config_to_json
-from fl_ee.data.datasets import client_data
+from fl_ee.data.datasets import client_data, run_unseen
 from fl_ee.learning.training import local_loss
 from fl_ee.models import EarlyExitNet, ModelSpec, slice_state, submodel_flops
 from fl_ee.wire.exchange import Exchange
@@ -206,3 +206,23 @@ def test_self_distill_keeps_personal_heads_like_exits():
     assert set(client.state[CLIENT_STATE]) == {k.replace("exits.", "exits/", 1) for k in
                                                _message(MessageType.TRAIN, 2, 1, cfg).content["arrays"]
                                                if k.startswith("exits.")}
+
+
+def test_an_unseen_client_evaluates_as_a_client_that_trained_once_from_nothing_in_that_round():
+    held_out = _cfg(data={"num_clients": 4, "unseen_fraction": 0.25})
+    (unseen,) = run_unseen(held_out)
+    cfg = _cfg()  # the same run without unseen clients: the same data, tiers and seed streams
+    participant = _Client(unseen)
+    participant(_message(MessageType.TRAIN, 3, 2, cfg, seed=0))  # its personal exits, trained once, kept
+    trained = payload_of(participant(_message(MessageType.EVALUATE, 3, 2, cfg, seed=0)), EvaluateReply)
+    untrained = payload_of(_Client(unseen)(_message(MessageType.EVALUATE, 3, 2, cfg, seed=0)), EvaluateReply)
+    newcomer = _Client(unseen)
+    reply = payload_of(newcomer(_message(MessageType.EVALUATE, 3, 2, held_out, seed=0)), EvaluateReply)
+    assert reply == trained  # exits: personal heads trained on its train split first, as in a first round
+    assert reply.test_curves != untrained.test_curves  # not the received exits
+    assert not newcomer.state  # and nothing kept
+    finetune = {"personalisation": {"mode": "finetune"}}  # keeps nothing: the fine-tuning is all it does
+    tuned = payload_of(_Client(unseen)(_message(MessageType.EVALUATE, 3, 2, _cfg(**finetune), seed=0)), EvaluateReply)
+    assert payload_of(_Client(unseen)(_message(MessageType.EVALUATE, 3, 2, _cfg(data=held_out.data.model_dump(),
+                                                                             **finetune), seed=0)),
+                      EvaluateReply) == tuned

@@ -127,6 +127,12 @@ def test_int_is_accepted_where_float_is_expected_but_not_bool_or_str():
          "tiers.1.depth: must be in 1..4"),
         ({"data": {"alpha": 0}}, "data.alpha: must be > 0"),
         ({"data": {"test_fraction": 1}}, "data.test_fraction: must be in (0, 1)"),
+        ({"data": {"unseen_fraction": 1}}, "data.unseen_fraction: must be in [0, 1)"),
+        ({"data": {"unseen_fraction": -0.1}}, "data.unseen_fraction: must be in [0, 1)"),
+        ({"data": {"num_clients": 1, "unseen_fraction": 0.1}},
+         "data.unseen_fraction: leaves no client to train: 1 of 1 clients would be unseen"),
+        ({"data": {"num_clients": 20, "unseen_fraction": 0.98}},  # round(19.6) = 20
+         "data.unseen_fraction: leaves no client to train: 20 of 20 clients would be unseen"),
         ({"data": {"partitioner": "x"}}, "data.partitioner: unknown value 'x'; choose one of iid, dirichlet, shards"),
         ({"data": {"bogus": 1}}, "data.bogus: unknown key"),
         ({"rounds": "x"}, "rounds: expected int, got 'x'"),
@@ -171,7 +177,7 @@ def schema_leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str
 
 def test_no_float_anywhere_takes_nan_or_infinity():
     floats = {key: info.annotation for key, info in schema_leaves().items() if info.annotation in (float, list[float])}
-    assert len(floats) == 34  # every float field, lists of floats included
+    assert len(floats) == 35  # every float field, lists of floats included
     for key, kind in floats.items():
         dotted = key.replace("tiers.", "tiers.0.")
         for bad in (math.inf, -math.inf, math.nan):
@@ -245,6 +251,7 @@ def test_overrides_reach_into_tier_lists_and_create_sections():
         (["run", "--set", "simulation.pace=true", "--set", "simulation.time_scale=inf"],
          "simulation.time_scale: must be a finite number, got inf"),
         (["run", "--set", "rounds=99999999999999999999"], "rounds: must be in 1..100000"),
+        (["run", "--set", "data.unseen_fraction=0.99"], "data.unseen_fraction: leaves no client to train"),
         (["run", "--set", "strategy.name=feddyn", "--set", "strategy.options.alpha=inf"],
          "strategy.options.alpha: must be a number > 0, got inf"),
         (["run", "--set", "training.lr_schedule=step", "--set", "training.lr_milestones=[10, 5]"],

@@ -50,8 +50,20 @@ def test_the_config_reference_lists_every_key(hooks):
 
 def test_the_cli_reference_has_every_command(hooks):
     page = hooks.cli_page()
-    for command in ("run", "resume", "check", "report", "compare", "sweep", "list"):
+    for command in ("run", "resume", "check", "report", "compare", "sweep", "reproduce", "list"):
         assert f"## `fl-ee {command}`" in page
+
+
+def test_the_recipes_table_lists_every_shipped_recipe_and_its_claims(hooks):
+    from fl_ee.studies.recipes import load_recipe, shipped
+
+    table = hooks.recipes_table()
+    for name in shipped():
+        recipe = load_recipe(name)[0]
+        row = f"| `{name}` | {recipe.title} | {len(recipe.settings)} | {len(recipe.claims)} | not yet measured |"
+        assert row in table
+        assert all(f"| {claim.says} | `{claim.better}` > `{claim.than}` |" in table for claim in recipe.claims)
+    assert hooks.RECIPES_MARK in (hooks.ROOT / "docs" / "how-to" / "reproduce.md").read_text()
 
 
 def test_the_import_graph_has_no_edge_down_the_layers(hooks):

@@ -3,15 +3,19 @@
 import pytest
 
 from fl_ee.core.metrics import (
+    bottom_decile,
+    difference,
     efficiency,
     exit_distribution,
     fairness,
     flops_saving,
+    generalisation_gap,
     gini,
     jain_index,
     population_std,
     spread,
     tail_mean,
+    top_decile,
     weighted_average,
 )
 
@@ -23,17 +27,20 @@ def test_fairness_by_hand_with_ties():
     assert f["std"] == pytest.approx(0.3)  # squared deviations .09 .01 .01 .25 -> .36 / 4
     assert f["min"] == 0.2
     assert f["worst10"] == 0.2 and f["best10"] == 1.0  # ceil(0.4) = 1 client each
+    assert f["bottom_decile"] == 0.2 and f["top_decile"] == 1.0  # sorted[4 // 10 = 0], sorted[36 // 10 = 3]
     assert f["jain"] == pytest.approx(25 / 34)  # 2^2 / (4 * 1.36)
     assert f["gini"] == pytest.approx(0.3)  # sum_ij |xi - xj| = 4.8; / (2 * 16 * 0.5)
     assert f["by_tier"] == pytest.approx({"iot": 0.2, "phone": 0.4, "laptop": 1.0})
     assert f["tier_gap"] == pytest.approx(0.8)
-    assert list(f) == ["mean", "std", "min", "worst10", "best10", "jain", "gini", "by_tier", "tier_gap"]
+    assert list(f) == ["mean", "std", "min", "worst10", "best10", "bottom_decile", "top_decile", "jain", "gini",
+                       "by_tier", "tier_gap"]
 
 
 def test_a_single_client_is_perfectly_fair():
     f = fairness([0.7], ["phone"], ["iot", "phone"])
     assert f == {
-        "mean": 0.7, "std": 0.0, "min": 0.7, "worst10": 0.7, "best10": 0.7, "jain": 1.0, "gini": 0.0,
+        "mean": 0.7, "std": 0.0, "min": 0.7, "worst10": 0.7, "best10": 0.7, "bottom_decile": 0.7, "top_decile": 0.7,
+        "jain": 1.0, "gini": 0.0,
         "by_tier": {"iot": None, "phone": 0.7}, "tier_gap": 0.0,
     }
 
@@ -49,6 +56,31 @@ def test_no_evaluated_client_gives_nones():
     f = fairness([], [], ["a"])
     assert f["by_tier"] == {"a": None}
     assert all(f[k] is None for k in f if k != "by_tier")
+
+
+def test_deciles_are_pfl_bench_order_statistics_not_tail_means():
+    ten = [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0]  # ascending: 0.0, 0.1, ..., 0.9
+    assert bottom_decile(ten) == 0.1  # sorted[10 // 10 = 1]: the second worst, not the worst
+    assert top_decile(ten) == 0.9  # sorted[90 // 10 = 9]: the best
+    assert tail_mean(ten) == 0.0 and tail_mean(ten, highest=True) == 0.9  # q-FFL's: the lowest / highest one
+    twenty = [i / 20 for i in range(20)]  # 0.00, 0.05, ..., 0.95
+    assert bottom_decile(twenty) == 0.10 and top_decile(twenty) == 0.90  # sorted[2], sorted[18]
+    nine = [0.5, 0.2, 0.9, 0.4, 0.1, 0.8, 0.3, 0.6, 0.7]
+    assert bottom_decile(nine) == 0.1 and top_decile(nine) == 0.9  # sorted[0], sorted[81 // 10 = 8]
+    assert bottom_decile([]) is None and top_decile([]) is None
+
+
+def test_the_generalisation_gap_is_participating_minus_unseen():
+    participating = {"mean": 0.8, "by_tier": {"iot": 0.7, "phone": 0.9}, "by_exit": {"1": 0.6, "2": 0.8},
+                     "adaptive_accuracy": 0.75, "ensemble": None}
+    unseen = {"mean": 0.5, "by_tier": {"iot": 0.6, "phone": None}, "by_exit": {"1": 0.65, "2": 0.5},
+              "adaptive_accuracy": 0.5, "ensemble": 0.5}
+    gap = generalisation_gap(participating, unseen)
+    assert list(gap) == ["mean", "by_tier", "by_exit", "adaptive_accuracy", "ensemble"]
+    assert gap["mean"] == pytest.approx(0.3) and gap["adaptive_accuracy"] == 0.25 and gap["ensemble"] is None
+    assert gap["by_tier"] == pytest.approx({"iot": 0.1, "phone": None})
+    assert gap["by_exit"] == pytest.approx({"1": -0.05, "2": 0.3})
+    assert difference(0.5, None) is None and difference(None, 0.5) is None and difference(0.75, 0.5) == 0.25
 
 
 def test_tail_mean_takes_ceil_ten_percent_with_ties():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fl_ee.core.errors import UserError
-from partitions import client_splits, local_split, partition_indices
+from partitions import client_splits, local_split, partition_indices, unseen_clients
 from sims.tiers import assign_tiers, tier_counts
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 samples, label-sorted
@@ -110,3 +110,15 @@ def test_client_splits_are_cached_on_disk(tmp_path, monkeypatch):
     client_splits(LABELS, 5, "dirichlet", 0.3, 2, 0.2, 8)  # another seed, another entry
     assert len(list(tmp_path.glob("splits-*.npz"))) == 2
     _cached_splits.cache_clear()
+
+
+def test_unseen_clients_are_a_seeded_draw_of_the_configured_count():
+    from fl_ee.core.config import config_from_dict
+
+    assert [config_from_dict({"data": {"num_clients": n, "unseen_fraction": f}}).data.unseen_count
+            for n, f in [(20, 0.0), (20, 0.01), (20, 0.25), (20, 0.29), (10, 0.35), (7, 0.5)]] == [0, 1, 5, 6, 4, 4]
+    drawn = unseen_clients(20, 5, seed=0)
+    assert len(drawn) == 5 and drawn <= set(range(20))
+    assert unseen_clients(20, 5, seed=0) == drawn  # the same seed holds out the same clients
+    assert len({unseen_clients(20, 5, seed=s) for s in range(5)}) > 1  # another seed, others
+    assert unseen_clients(20, 0, seed=0) == frozenset()

@@ -75,7 +75,8 @@ def test_summary_fairness_and_efficiency_follow_from_clients_csv(run_dir):
     tiers = list(summary["clients"]["by_tier"])
     deepest = [float(r[f"accuracy_exit{r['depth']}"]) for r in rows]
     f = summary["fairness"]
-    assert list(f) == ["mean", "std", "min", "worst10", "best10", "jain", "gini", "by_tier", "tier_gap"]
+    assert list(f) == ["mean", "std", "min", "worst10", "best10", "bottom_decile", "top_decile", "jain", "gini",
+                       "by_tier", "tier_gap"]
     by_hand = fairness(deepest, [r["tier"] for r in rows], tiers)
     assert f["by_tier"] == pytest.approx(by_hand.pop("by_tier"), abs=1e-6)  # clients.csv rounds to 1e-6
     assert {k: v for k, v in f.items() if k != "by_tier"} == pytest.approx(by_hand, abs=1e-6)
@@ -217,6 +218,7 @@ def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
     expected_values = {
         "mean %": _pct(f["mean"]), "std %": _pct(f["std"]), "min %": _pct(f["min"]),
         "worst 10% %": _pct(f["worst10"]), "best 10% %": _pct(f["best10"]),
+        "bottom decile %": _pct(f["bottom_decile"]), "top decile %": _pct(f["top_decile"]),
         "Jain's index": f"{f['jain']:.3f}", "Gini": f"{f['gini']:.3f}", "tier gap": f"{100 * f['tier_gap']:.1f} pp",
         **{f"exit {i} share %": _pct(v) for i, v in e["exit_distribution"].items()},
         "expected MFLOPs": f"{e['expected_flops'] / 1e6:.3f}", "saving vs full %": _pct(e["flops_saving"]),
@@ -342,6 +344,10 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
     by_label = {
         "personalised mean %": lambda s: _pct(s["fairness"]["mean"]),
         "worst 10% %": lambda s: _pct(s["fairness"]["worst10"]),
+        "std %": lambda s: _pct(s["fairness"]["std"]),
+        "bottom decile %": lambda s: _pct(s["fairness"]["bottom_decile"]),
+        "top decile %": lambda s: _pct(s["fairness"]["top_decile"]),
+        "unseen clients' mean %": lambda s: "-",
         "Jain's index": lambda s: f"{s['fairness']['jain']:.3f}",
         "Gini": lambda s: f"{s['fairness']['gini']:.3f}",
         "tier gap": lambda s: f"{100 * s['fairness']['tier_gap']:.1f} pp",

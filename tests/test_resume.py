@@ -38,7 +38,6 @@ from strategies.aggregation import holder_aggregate
 # the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
 FAST = ["rounds=3", "eval_every=2", "data.num_clients=4", "training.local_epochs=1", "training.batch_size=64",
         "personalisation.epochs=1", "model.width=8"]
-WIDTH_TIERS = {"fjord": ["tiers.0.width=0.25", "tiers.1.width=0.5", "strategy.options.distill=true"]}  # by strategy
 
 
 class Killed(Exception):
@@ -71,8 +70,8 @@ def _poison_stale_exits(run: Path, after: int) -> int:
     return len(stale)
 
 
-def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None) -> Path:
-    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *WIDTH_TIERS.get(strategy, [])]
+def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None, extra: tuple[str, ...] = ()) -> Path:
+    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *extra]
     if kill_in is None:
         run_inprocess(out, overrides)
     else:
@@ -83,14 +82,14 @@ def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None) -
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """Runs made once per module on first use, by (strategy, checkpoint_every, round killed in or None).
+    """Runs made once per module on first use, by (strategy, checkpoint_every, round killed in or None, overrides).
 
     Tests that change one work on a copy (:func:`copy_of`).
     """
     runs: dict[tuple, Path] = {}
 
-    def get(strategy: str, every: int = 1, kill_in: int | None = None) -> Path:
-        key = (strategy, every, kill_in)
+    def get(strategy: str, every: int = 1, kill_in: int | None = None, extra: tuple[str, ...] = ()) -> Path:
+        key = (strategy, every, kill_in, extra)
         if key not in runs:
             runs[key] = _run(tmp_path_factory.mktemp(strategy) / "run", *key)
         return runs[key]
@@ -109,17 +108,19 @@ def _same_results(run: Path, reference: Path) -> None:
     assert _lines(run) == _lines(reference)  # lines after the checkpoint were dropped and written again
 
 
-@pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after"), [
-    ("depthfl", 1, 3, 2),   # killed in the last round: resumed after round 2
-    ("fedadam", 1, 2, 1),   # Adam's moments and step counts restored from round 1
-    ("fedavgm", 1, 2, 1),   # the server momentum restored from round 1
-    ("feddyn", 1, 2, 1),    # the server's h from the checkpoint, every client's g_prev from its own files
-    ("fjord", 1, 2, 1),     # width tiers: each step's width drawn from its own seed, exits of the client's width
-    ("depthfl", 2, 1, 0),   # killed before the first checkpoint: starts over in the same directory
+@pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after", "extra"), [
+    ("depthfl", 1, 3, 2, ()),   # killed in the last round: resumed after round 2
+    ("fedadam", 1, 2, 1, ()),   # Adam's moments and step counts restored from round 1
+    ("fedavgm", 1, 2, 1, ()),   # the server momentum restored from round 1
+    ("feddyn", 1, 2, 1, ()),    # the server's h from the checkpoint, every client's g_prev from its own files
+    ("fjord", 1, 2, 1, ("tiers.0.width=0.25", "tiers.1.width=0.5", "strategy.options.distill=true")),  # width
+    # tiers: each step's width drawn from its own seed, personal exits of the client's width
+    ("depthfl", 2, 1, 0, ()),   # killed before the first checkpoint: starts over in the same directory
+    ("depthfl", 1, 3, 2, ("data.unseen_fraction=0.25",)),  # an unseen client's round-2 evaluation restored
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
-                                                                 resumes_after):
-    run = copy_of(made(strategy, every, kill_in), tmp_path)
+                                                                 resumes_after, extra):
+    run = copy_of(made(strategy, every, kill_in, extra), tmp_path)
     assert len(_lines(run)) == kill_in and not (run / "summary.json").exists()
     latest = Checkpoints(run).latest()
     assert (latest.round if latest else 0) == resumes_after
@@ -127,7 +128,7 @@ def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path
     assert _poison_stale_exits(run, resumes_after) > 0
 
     resume_inprocess(run, seed=7)  # fresh client contexts, other node ids and reply order
-    _same_results(run, made(strategy))
+    _same_results(run, made(strategy, extra=extra))
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
 
 

@@ -326,7 +326,8 @@ def _reply(cfg: Config, cid: int, n: int, exits: tuple, adaptive: float, expecte
                        expected=expected, fractions=fractions, ensemble=ensemble)
 
 
-def test_build_summary_by_hand():
+def _three_tiers() -> tuple[Config, list[ClientInfo], dict[int, Evaluation]]:
+    """Five clients in three tiers, three of them evaluated: (config, clients, results)."""
     cfg = config_from_dict({
         "seed": 3, "rounds": 2,
         "simulation": {"target_accuracy": 0.7},
@@ -342,6 +343,11 @@ def test_build_summary_by_hand():
         2: Evaluation(2, _reply(cfg, 2, 20, (0.6, 0.7, 0.9), 0.8, 24.0, 40.0, (0.4, 0.2, 0.4), lambda t: (0.5, 30.0),
                                 0.95)),
     }
+    return cfg, clients, results
+
+
+def test_build_summary_by_hand():
+    cfg, clients, results = _three_tiers()
     tier_counts = lambda s, o, l, u, f: {"sampled": s, "ok": o, "late": l, "unavailable": u, "failed": f}  # noqa
     clocks = [
         {"round_time_s": 3.0, "virtual_time_s": 3.0, "wasted_compute_s": 0.5,
@@ -416,6 +422,27 @@ def test_build_summary_by_hand():
     assert st["participation_by_tier"] == approx({"small": 1 / 3, "big": 2 / 3, "idle": None})
     assert st["outcomes_by_tier"] == {"small": tier_counts(3, 1, 1, 1, 0), "big": tier_counts(3, 2, 0, 0, 1),
                                       "idle": tier_counts(0, 0, 0, 0, 0)}
+
+
+def test_build_summary_reports_unseen_clients_apart_by_hand():
+    cfg, clients, results = _three_tiers()
+    s = build_summary(cfg, clients, results, {}, [], [], unseen={1, 3})  # client 3 unseen but never evaluated
+    approx = pytest.approx
+    # participating and evaluated: 0 (small; exits 0.5, 0.6) and 2 (big; 0.6, 0.7, 0.9); unseen: 1 (small; 0.7, 0.8)
+    p, u = s["accuracy"]["personalised"], s["unseen"]
+    assert p["mean"] == approx(0.75) and p["evaluated_clients"] == 2 and s["fairness"]["std"] == approx(0.15)
+    assert s["efficiency"]["expected_flops"] == approx((10 * 10.0 + 20 * 24.0) / 30)  # over 0 and 2 alone
+    assert s["clients"] == {"total": 5, "by_tier": {"small": 2, "big": 2, "idle": 1}}
+    assert u["client_ids"] == [1, 3] and u["clients"] == {"total": 2, "by_tier": {"small": 1, "big": 1, "idle": 0}}
+    assert u["personalised"]["mean"] == approx(0.8) and u["personalised"]["evaluated_clients"] == 1
+    assert u["fairness"]["mean"] == approx(0.8) and u["fairness"]["std"] == 0.0
+    gap = u["gap"]
+    assert gap["mean"] == approx(0.75 - 0.8)
+    assert gap["by_tier"] == approx({"small": 0.6 - 0.8, "big": None, "idle": None})
+    assert gap["by_exit"] == approx({"1": 0.55 - 0.7, "2": 0.65 - 0.8, "3": None})
+    assert gap["adaptive_accuracy"] == approx((0.55 + 0.8) / 2 - 0.75)
+    assert gap["ensemble"] == approx((0.65 + 0.95) / 2 - 0.85)
+    assert "unseen" not in build_summary(cfg, clients, results, {}, [], [])
 
 
 def test_build_summary_without_rounds_or_target():

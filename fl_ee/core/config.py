@@ -84,6 +84,21 @@ class DataConfig(_Section):
     test_fraction: Annotated[float,
                              Field(gt=0, lt=1, description="share of each client's samples held out to test")] = 0.2
     augment: Annotated[bool, Field(description="random crop (pad 4) and horizontal flip of training batches")] = False
+    unseen_fraction: Annotated[float, Field(
+        ge=0, lt=1, description="share of clients, drawn by seed, held out of training altogether and evaluated "
+                                "apart (unseen clients; at least one when > 0)")] = 0.0
+
+    @model_validator(mode="after")
+    def _a_client_trains(self) -> DataConfig:
+        _rule(self.unseen_count < self.num_clients, "unseen_fraction",
+              f"leaves no client to train: {self.unseen_count} of {self.num_clients} clients would be unseen; "
+              "lower it so that at least one trains")
+        return self
+
+    @property
+    def unseen_count(self) -> int:
+        """Clients held out of training: ``max(1, round(unseen_fraction x num_clients))``, none at 0."""
+        return max(1, round(self.unseen_fraction * self.num_clients)) if self.unseen_fraction else 0
 
 
 EXIT_PLACEMENTS = ("auto", "even-flops")
@@ -209,9 +224,11 @@ class PersonalisationConfig(_Section):
     mode: Annotated[str, Field(
         min_length=1,
         description="the client algorithm: exits (supervised personal heads), self-distill (heads taught by the "
-                    "deepest exit), finetune (tune a copy before evaluating), none (the global model), another "
+                    "deepest exit), finetune (tune a copy before evaluating), none (the global model), a "
+                    "personalised-FL baseline (fedper, lg-fedavg, fedrep, fedbabu, ditto, apfl), another "
                     "registered name (fl-ee list algorithms) or package.module:Class")] = "exits"
-    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning)")] = 1
+    epochs: Annotated[int, Field(ge=1, description="epochs of the personal step (or the fine-tuning) of exits, "
+                                                  "self-distill and finetune (the baselines: their options)")] = 1
     labelled_fraction: Annotated[float, Field(
         ge=0, le=1, description="self-distill: share of local training samples whose label the personal step reads",
     )] = 1.0

@@ -52,6 +52,24 @@ def tail_mean(values: Sequence[float], percent: int = 10, *, highest: bool = Fal
     return sum(ordered[:k]) / k
 
 
+def bottom_decile(values: Sequence[float]) -> float | None:
+    """pFL-Bench's bottom decile: the value at 0-based position ``n // 10`` of the ascending order.
+
+    An order statistic, not a mean (that is :func:`tail_mean`): of 10 clients the second
+    worst, of 20 the third. FederatedScope's ``Monitor.format_eval_res`` (pFL-Bench) reads
+    ``sorted(values)[n // 10]``.
+    """
+    return sorted(values)[len(values) // 10] if values else None
+
+
+def top_decile(values: Sequence[float]) -> float | None:
+    """pFL-Bench's top decile: the value at 0-based position ``9 n // 10`` of the ascending order.
+
+    Of 10 clients the best, of 20 the second best (``sorted(values)[9 * n // 10]``).
+    """
+    return sorted(values)[9 * len(values) // 10] if values else None
+
+
 def jain_index(values: Sequence[float]) -> float | None:
     """Jain's index ``(sum x)^2 / (n sum x^2)``: 1 when all equal, 1/n when one client has everything.
 
@@ -82,7 +100,12 @@ def spread(by_group: Mapping[str, float | None]) -> float | None:
 
 
 def fairness(values: Sequence[float], groups: Sequence[str], order: Sequence[str]) -> dict[str, Any]:
-    """The ``fairness`` section: per-client ``values`` (with each client's group) summarised."""
+    """The ``fairness`` section: per-client ``values`` (with each client's group) summarised.
+
+    ``worst10`` / ``best10`` are q-FFL's tail means, ``bottom_decile`` / ``top_decile``
+    pFL-Bench's order statistics, ``std`` the population standard deviation (pFL-Bench's,
+    NumPy's ``np.std``).
+    """
     by_group = group_means(values, groups, order)
     return {
         "mean": mean_or_none(values),
@@ -90,11 +113,34 @@ def fairness(values: Sequence[float], groups: Sequence[str], order: Sequence[str
         "min": min(values) if values else None,
         "worst10": tail_mean(values, 10),
         "best10": tail_mean(values, 10, highest=True),
+        "bottom_decile": bottom_decile(values),
+        "top_decile": top_decile(values),
         "jain": jain_index(values),
         "gini": gini(values),
         "by_tier": by_group,
         "tier_gap": spread(by_group),
     }
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    """``a - b``, or ``None`` where either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def generalisation_gap(participating: Mapping[str, Any], unseen: Mapping[str, Any]) -> dict[str, Any]:
+    """pFL-Bench's generalisation gap: participating minus unseen clients' personalised accuracy.
+
+    Both arguments are personalised sections of ``summary.json``: ``mean`` (each
+    client's deepest exit), ``adaptive_accuracy``, ``ensemble``, and the ``by_tier`` and
+    ``by_exit`` maps; the gap is taken of each (``None`` where either side has no value).
+    """
+    def keyed(name: str) -> dict[str, float | None]:
+        return {k: difference(v, unseen[name].get(k)) for k, v in participating[name].items()}
+
+    return {"mean": difference(participating["mean"], unseen["mean"]), "by_tier": keyed("by_tier"),
+            "by_exit": keyed("by_exit"),
+            "adaptive_accuracy": difference(participating["adaptive_accuracy"], unseen["adaptive_accuracy"]),
+            "ensemble": difference(participating["ensemble"], unseen["ensemble"])}
 
 
 # ---------------------------------------------------------------------- efficiency

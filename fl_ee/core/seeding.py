@@ -25,7 +25,9 @@ class Stream(IntEnum):
     CALIBRATION = 11  # which local train samples each client holds out for calibration, per client
     LABELS = 12  # which local training samples keep their labels (labelled_fraction), per client
     FINETUNE = 13  # batch order of fine-tuning before an evaluation (mode finetune), per round and client
-    WIDTHS = 20  # the width each local step trains under FjORD's ordered dropout, per round and client
+    UNSEEN = 14  # which clients are held out of training (data.unseen_fraction)
+    SAMPLE_UNSEEN = 15  # unseen clients sampled for evaluation, per round
+    WIDTHS = 16  # the width each local step trains under FjORD's ordered dropout, per round and client
 
 
 def derive_seed(seed: int, stream: Stream, *parts: int) -> int:

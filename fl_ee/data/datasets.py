@@ -37,7 +37,7 @@ from fl_ee.core.config import Config, DataConfig, ModelConfig
 from fl_ee.core.errors import UserError, shortened, warn
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, model_spec
-from partitions import ClientSplit, client_splits
+from partitions import ClientSplit, client_splits, unseen_clients
 
 DIGITS_TEST_FRACTION = 0.25
 
@@ -445,6 +445,11 @@ def run_splits(cfg: Config) -> tuple[ClientSplit, ...]:
     d = cfg.data
     labels = load_dataset(d).train_y.numpy()
     return client_splits(labels, d.num_clients, d.partitioner, d.alpha, d.shards_per_client, d.test_fraction, cfg.seed)
+
+
+def run_unseen(cfg: Config) -> frozenset[int]:
+    """The run's unseen clients (``data.unseen_fraction``): never trained, evaluated apart."""
+    return unseen_clients(cfg.data.num_clients, cfg.data.unseen_count, cfg.seed)
 
 
 def calibration_size(num_train: int, fraction: float) -> int:

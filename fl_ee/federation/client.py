@@ -19,6 +19,7 @@ frozen (:mod:`fl_ee.learning.scheme`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -32,7 +33,7 @@ from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import Config, config_from_dict, config_to_json
 from fl_ee.core.seeding import Stream, derive_seed
-from fl_ee.data.datasets import client_calibration, client_data
+from fl_ee.data.datasets import client_calibration, client_data, run_unseen
 from fl_ee.deployment.deploy import policy_figures
 from fl_ee.federation.clientstate import load_state, save_state
 from fl_ee.learning.algorithm import (
@@ -42,11 +43,13 @@ from fl_ee.learning.algorithm import (
     algorithm_class,
     build_algorithm,
     evaluation_model,
+    newcomer_state,
+    sent_state,
     train_round,
 )
 from fl_ee.learning.device import client_device
 from fl_ee.learning.feddyn import FedDynTerm
-from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
@@ -127,10 +130,10 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
 
 
 @functools.lru_cache(maxsize=8)
-def _client_side(run_config: str) -> tuple[type[ClientAlgorithm], float]:
-    """The client algorithm's class and FedDyn's alpha (0: none) of a run config, resolved once per process."""
+def _client_side(run_config: str) -> tuple[type[ClientAlgorithm], float, frozenset[int]]:
+    """A run config's client algorithm class, FedDyn's alpha (0: none) and unseen clients, resolved once per process."""
     cfg = config_from_dict(json.loads(run_config))
-    return algorithm_class(cfg.personalisation.mode), client_alpha(cfg)
+    return algorithm_class(cfg.personalisation.mode), client_alpha(cfg), run_unseen(cfg)
 
 
 def _client_state(context: Context, instructions: Instructions, through: int) -> dict[str, torch.Tensor]:
@@ -150,10 +153,11 @@ def _client_state(context: Context, instructions: Instructions, through: int) ->
 @app.train()
 @reports_errors
 def train(msg: Message, context: Context) -> Message:
-    """Run the client algorithm's training round; send the shared tensors, keep the state.
+    """Run the client algorithm's training round; send the shared tensors it picks, keep the state.
 
     The shared step trains backbone and exits end to end, or only the exits once
-    ``ic-only`` froze the backbone (then only the exits go back). When the instructions
+    ``ic-only`` froze the backbone (then only the exits go back); of those, the algorithm's
+    ``sent`` picks what goes back (all by default). When the instructions
     ask for it (q-FFL does), it also reports the local objective at the received
     weights; it costs a forward pass.
     """
@@ -166,11 +170,12 @@ def train(msg: Message, context: Context) -> Message:
     initial_loss = local_loss(model, x, y, training) if instructions.want_initial_loss else None
     frozen = backbone_frozen(cfg.training, rnd)
     state = _client_state(context, instructions, through=rnd - 1)
-    cls, alpha = _client_side(instructions.run_config)
+    cls, alpha, _ = _client_side(instructions.run_config)
     dyn = FedDynTerm(alpha, model, state) if alpha > 0 else None
     local = LocalTraining(model, x, y, rnd, client_id, generator, training, frozen, state, cfg,
                           dyn.penalty if dyn else None, _dropout(instructions.run_config, instructions.width))
-    losses, kept = train_round(build_algorithm(cfg, cls), local)
+    algorithm = build_algorithm(cfg, cls)
+    losses, kept = train_round(algorithm, local)
     if dyn is not None:
         kept |= {key: value.cpu().numpy() for key, value in dyn.state(model).items()}
     if kept:
@@ -179,7 +184,7 @@ def train(msg: Message, context: Context) -> Message:
     if kept and instructions.state_dir:  # last, so a client that failed saves nothing
         save_state(instructions.state_dir, client_id, rnd, kept)
     metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss)
-    return reply(msg, metrics, ArrayRecord(returned_state(model.state_dict(), model.depth, frozen)))
+    return reply(msg, metrics, ArrayRecord(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()
@@ -189,16 +194,29 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     The shipped modes evaluate personal heads over the received backbone (``exits``,
     ``self-distill``), a fine-tuned copy of the received submodel (``finetune``: neither
-    kept nor sent), or the received model (``none``).
+    kept nor sent), or the received model (``none``). An unseen client, which never
+    trained, first builds the state it evaluates with in one training round on a copy of
+    the received submodel (:func:`~fl_ee.learning.algorithm.newcomer_state`), and keeps none of it.
     """
     instructions, cfg, model, device = _setup(msg)
     client_id, rnd = client_id_of(context), instructions.server_round
     x_train, y_train, x, y = client_data(cfg, client_id)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     calib_x, calib_y = client_calibration(cfg, client_id)
+    cls, _, unseen = _client_side(instructions.run_config)
+    algorithm = build_algorithm(cfg, cls)
+    training = for_round(cfg.training, rnd)
+    if client_id in unseen:
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.LOCAL_TRAINING, rnd, client_id))
+        state = newcomer_state(algorithm, LocalTraining(copy.deepcopy(model), x_train, y_train, rnd, client_id,
+                                                        generator, training, backbone_frozen(cfg.training, rnd),
+                                                        {}, cfg, dropout=_dropout(instructions.run_config,
+                                                                                  instructions.width)))
+    else:
+        state = _client_state(context, instructions, through=rnd)
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.FINETUNE, rnd, client_id))
-    local = LocalEvaluation(model, x_train.to(device), y_train.to(device), rnd, client_id, generator,
-                            for_round(cfg.training, rnd), _client_state(context, instructions, through=rnd), cfg)
-    model, heads = evaluation_model(build_algorithm(cfg, _client_side(instructions.run_config)[0]), local)
+    local = LocalEvaluation(model, x_train, y_train, rnd, client_id, generator, training, state, cfg)
+    model, heads = evaluation_model(algorithm, local)
     logits = [z.cpu() for z in exit_logits(model, x.to(device), heads)]
     costs = submodel_flops(model.spec, model.depth, model.width).exit_costs()
     calib_logits = [z.cpu() for z in exit_logits(model, calib_x.to(device), heads)]

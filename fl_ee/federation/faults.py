@@ -1,10 +1,11 @@
 """Fault isolation: what the server checks in every update and aggregate, and how a run stops.
 
-A client update is checked against the slice it was sent (the same keys, shapes and
-dtypes, every value finite); a failing one is *rejected*, never averaged in. A
-strategy's aggregate is checked against the global state: a wrong key, shape or dtype
-is a fault of the strategy (:class:`StrategyFault`); non-finite values are rejected and
-the global model keeps its value. Rounds whose training stays non-finite are counted by
+A client update is checked against what its client algorithm sends of the slice it was
+sent (:meth:`sims.emulator.DeviceEmulator.update_of`: the same keys, shapes and dtypes,
+every value finite); a failing one is *rejected*, never averaged in. A strategy's
+aggregate is checked against the global state: a wrong key, shape or dtype is a fault of
+the strategy (:class:`StrategyFault`); non-finite values are rejected and the global
+model keeps its value. Rounds whose training stays non-finite are counted by
 :class:`DivergenceGuard`, which stops the run (:class:`Diverged`) after
 ``simulation.max_bad_rounds`` of them in a row.
 """

@@ -21,7 +21,8 @@ from rich.text import Text
 
 from fl_ee.core.config import Config
 from fl_ee.data.datasets import load_dataset
-from fl_ee.federation.server import make_clients
+from fl_ee.federation.server import make_clients, split_unseen
+from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, submodel_flops, submodel_params
@@ -42,7 +43,7 @@ class TierPlan:
     width: float
     forward_flops: int  # one sample's forward FLOPs through the submodel and every exit of it
     params: int  # the submodel's parameters
-    clients: int
+    clients: int  # that take part in training (the unseen are left out)
     down_bytes: int  # per client and round: the shared tensors of its depth
     up_bytes: int  # what it returns in the last round (ic-only: its exits once the backbone is frozen)
     sampled: float  # clients sent work per round, mean over the emulated rounds
@@ -73,15 +74,17 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 def make_plan(cfg: Config) -> Plan:
     """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`."""
     data = load_dataset(cfg.data)
-    clients = make_clients(cfg)
+    everyone = make_clients(cfg)
+    clients, _ = split_unseen(cfg, everyone)
     model = EarlyExitNet(network_spec(cfg, data))
     submodels = [(t.depth, t.width) for t in cfg.tiers]
     steady = backbone_frozen(cfg.training, cfg.rounds)  # the last round's scheme (ic-only: frozen)
-    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, steady)
+    algorithm = build_algorithm(cfg)
+    down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, steady, algorithm)
+    work = {frozen: client_work(cfg, model.spec, clients, frozen, algorithm) for frozen in {False, steady}}
     strategy = build_strategy(cfg)
     strategy.register_clients(clients, model.spec)
-    emulator = DeviceEmulator(cfg, model, clients)
-    work = {frozen: client_work(cfg, model.spec, clients, frozen) for frozen in {False, steady}}
+    emulator = DeviceEmulator(cfg, model, everyone)
 
     planned = min(cfg.rounds, PLANNED_ROUNDS)
     sampled = {t.name: 0 for t in cfg.tiers}
@@ -172,11 +175,13 @@ def plan_renderables(plan: Plan) -> list[RenderableType]:
              "iid": "iid"}[d.partitioner]
     evaluate = ("no client evaluates (global model only)" if s.fraction_evaluate == 0
                 else f"{_share(s.fraction_evaluate)} evaluate")
+    unseen = f", {d.unseen_count} of them unseen (never trained, evaluated apart)" if d.unseen_count else ""
     policy = sim.straggler_policy + (f" {sim.deadline_s:g} s" if sim.straggler_policy == "deadline" else "")
     extrapolated = (f" (extrapolated from the first {plan.planned_rounds})"
                     if plan.planned_rounds < cfg.rounds else "")
     return [
-        Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients ({split}); "
+        Text(f"config ok: {d.name}, {plan.train_samples:,} training samples over {d.num_clients} clients "
+             f"({split}){unseen}; "
              f"{cfg.rounds} rounds of {s.name}, {_share(s.fraction_train)} train, {evaluate}; "
              f"model {cfg.model.backbone} width {cfg.model.width}, depth up to {cfg.max_depth}"),
         Text(training_line(cfg)),

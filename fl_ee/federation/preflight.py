@@ -18,10 +18,10 @@ import torch
 
 from fl_ee.core.config import Config, TierConfig
 from fl_ee.core.errors import UserError, warn
-from fl_ee.data.datasets import load_dataset, run_splits
+from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
-from sims.tiers import tier_counts
+from sims.tiers import assign_tiers, tier_counts
 from strategies import build_strategy, network_spec
 from strategies.feddyn import client_alpha
 from strategies.scalefl import distillation_off
@@ -132,7 +132,22 @@ def config_warnings(cfg: Config) -> list[str]:
     found = [f"tier {t.name!r} gets no client (share {t.share:g} of {cfg.data.num_clients} clients); "
              f"raise tiers.{i}.share or data.num_clients" for i, (t, n) in enumerate(zip(cfg.tiers, counts)) if not n]
     return [*found, *_offline_warnings(populated), *_training_warnings(cfg, [t for _, t in populated]),
-            *_evaluation_warnings(cfg)]
+            *_unseen_warnings(cfg), *_evaluation_warnings(cfg)]
+
+
+def _unseen_warnings(cfg: Config) -> list[str]:
+    """Tiers whose every client is held out of training (``data.unseen_fraction``)."""
+    if not cfg.data.unseen_count:
+        return []
+    tier_of, unseen = assign_tiers([t.share for t in cfg.tiers], cfg.data.num_clients, cfg.seed), run_unseen(cfg)
+    found = []
+    for i, tier in enumerate(cfg.tiers):
+        members = {c for c in range(cfg.data.num_clients) if tier_of[c] == i}
+        if members and members <= unseen:
+            found.append(f"every client of tier {tier.name!r} ({len(members)}) is unseen (data.unseen_fraction = "
+                         f"{cfg.data.unseen_fraction:g}): none of them trains, so the tier has no participating "
+                         "figures; lower data.unseen_fraction or raise the tier's share")
+    return found
 
 
 def _offline_warnings(populated: list[tuple[int, TierConfig]]) -> list[str]:
@@ -194,4 +209,7 @@ def _evaluation_warnings(cfg: Config) -> list[str]:
                      "has the global model only")
     if cfg.simulation.target_accuracy > 0:
         found.append(f"simulation.target_accuracy is never reached: {why}, so time_to_accuracy_s stays null")
+    if cfg.data.unseen_count:
+        found.append(f"data.unseen_fraction holds {cfg.data.unseen_count} clients out of training that are never "
+                     f"evaluated: {why}")
     return found

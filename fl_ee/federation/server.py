@@ -11,25 +11,23 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
 from fl_ee.core.config import Config, config_to_json, load_config, parse_overrides
 from fl_ee.core.errors import warn
 from fl_ee.core.seeding import Stream, derive_seed
-from fl_ee.data.datasets import TensorDataset, calibration_size, load_dataset, run_splits
+from fl_ee.data.datasets import TensorDataset, calibration_size, load_dataset, run_splits, run_unseen
 from fl_ee.federation.checkpoint import Checkpoints
 from fl_ee.federation.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
-from fl_ee.learning.scheme import backbone_frozen, returned_state
 from fl_ee.learning.training import round_lr
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, load_weights, submodel_flops
 from fl_ee.results.observers import LoopState, Observer
@@ -43,7 +41,7 @@ from fl_ee.results.summary import (
     with_deployed_thresholds,
 )
 from fl_ee.results.tensorboard import tensorboard_observers
-from fl_ee.wire.exchange import Exchange
+from fl_ee.wire.exchange import Exchange, client_of
 from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
 from sims.clock import OK
 from sims.emulator import DeviceEmulator
@@ -85,21 +83,28 @@ def make_clients(cfg: Config) -> list[ClientInfo]:
     return clients
 
 
-def layout(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Each array's shape and dtype, as arrays of zero strides (nothing is read or copied)."""
-    return {key: np.broadcast_to(np.zeros((), array.dtype), tuple(array.shape)) for key, array in record.items()}
-
-
 Work = Callable[[Message], float]
 
 
-def _work(strategy: DepthAwareStrategy, spec: ModelSpec, evaluate: bool = False) -> Work:
-    """A message's forward FLOPs over the client's samples: :meth:`Exchange.send` sends the most first."""
+def split_unseen(cfg: Config, clients: Sequence[ClientInfo]) -> tuple[list[ClientInfo], list[ClientInfo]]:
+    """The clients that take part in training, and the unseen ones (``data.unseen_fraction``), each in id order."""
+    unseen = run_unseen(cfg)
+    return [c for c in clients if c.client_id not in unseen], [c for c in clients if c.client_id in unseen]
+
+
+def _work(clients: Mapping[int, ClientInfo], spec: ModelSpec, evaluate: bool = False,
+          adapting: Collection[int] = ()) -> Work:
+    """A message's forward FLOPs over the client's samples: :meth:`Exchange.send` sends the most first.
+
+    ``clients`` by node id, each costing its submodel's FLOPs; the ``adapting`` ones (unseen)
+    also train before they evaluate.
+    """
 
     def work(message: Message) -> float:
-        client = strategy.recipient(message)
-        cost = submodel_flops(spec, None, client.width).exit_costs()[client.depth - 1]
-        return (client.num_test if evaluate else client.num_train) * cost
+        client = clients[message.metadata.dst_node_id]
+        samples = (client.num_test + client.num_train * (client.node_id in adapting) if evaluate
+                   else client.num_train)
+        return samples * submodel_flops(spec, None, client.width).exit_costs()[client.depth - 1]
 
     return work
 
@@ -118,9 +123,9 @@ def _error_line(reason: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _errors(strategy: DepthAwareStrategy, replies: Sequence[Message]) -> dict[ClientInfo, str]:
-    """The clients whose reply is an error, with the reason they reported."""
-    return {strategy.sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
+def _errors(sender: Callable[[Message], ClientInfo], replies: Sequence[Message]) -> dict[ClientInfo, str]:
+    """The clients whose reply is an error (``sender`` names each), with the reason they reported."""
+    return {sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
 
 
 def train_round(
@@ -131,14 +136,12 @@ def train_round(
 
     Unavailable and dropping-out clients are not sent work; every client that runs
     trains (so its personal exits move on), but only the replies the straggler policy
-    counts, and whose update passes :func:`~fl_ee.federation.faults.update_problem` against
-    the slice the client was sent, reach the
+    counts, and whose update passes :func:`~fl_ee.federation.faults.update_problem`, reach the
     strategy; its aggregate is checked too. Returns the new global arrays, the round's
     record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
     whether the round was *bad*: it produced nothing finite to aggregate.
     """
     messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, exchange.grid))
-    sent = {strategy.recipient(m).client_id: m.content.array_records[ARRAYS] for m in messages}
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
     for message, client in zip(messages, clock.sampled):
@@ -148,18 +151,17 @@ def train_round(
             send.append(message)
     replies = exchange.send(send, work)
     _check(replies, f"train in round {rnd}")
-    errors = _errors(strategy, replies)
+    errors = _errors(strategy.sender, replies)
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
                     errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
     current = to_numpy(arrays)
-    frozen = backbone_frozen(emulator.cfg.training, rnd)
     counted = []
     for reply in replies:
         client = strategy.sender(reply)
         if clock.outcomes[client.client_id] != OK:
             continue
-        problem = update_problem(returned_state(layout(sent[client.client_id]), client.depth, frozen),
-                                 to_numpy(reply.content.array_records[ARRAYS]))
+        sent = to_numpy(reply.content.array_records[ARRAYS])
+        problem = update_problem(emulator.update_of(client, current, rnd), sent)
         if problem is None:
             counted.append(reply)
         else:
@@ -182,17 +184,29 @@ def train_round(
 
 def evaluate_round(
     exchange: Exchange, strategy: DepthAwareStrategy, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
-    work: Work | None = None,
+    work: Work | None = None, unseen: Sequence[ClientInfo] = (),
 ) -> tuple[dict[int, Evaluation], dict[str, Any]]:
-    """Federated evaluation: each sampled client's evaluation by client id, and the round's record."""
+    """Federated evaluation: each sampled client's evaluation by client id, and the round's record.
+
+    The ``unseen`` clients (the strategy does not know them) are evaluated in the same
+    batch; the strategy aggregates its own clients' replies alone, and the record lists
+    the unseen evaluated as ``unseen_clients``.
+    """
     messages = list(_guarded(strategy, "configure_evaluate", rnd, rnd, arrays, config, exchange.grid))
-    replies = exchange.send(messages, work)  # none with fraction_evaluate = 0
+    held_out = {c.client_id: c for c in unseen}
+    replies = exchange.send([*messages, *strategy.messages(unseen, arrays, config, MessageType.EVALUATE)],
+                            work)  # none with fraction_evaluate = 0
     _check(replies, f"evaluate in round {rnd}")
-    aggregated = _guarded(strategy, "aggregate_evaluate", rnd, rnd, replies)
+    own = [m for m in replies if client_of(m) not in held_out]
+    aggregated = _guarded(strategy, "aggregate_evaluate", rnd, rnd, own)
     evaluated = {strategy.sender(m).client_id: Evaluation(rnd, payload_of(m, EvaluateReply))
-                 for m in strategy.valid_replies(replies)}
-    record = {"clients": sorted(evaluated), "aggregated": dict(aggregated or {})}
-    if errors := _errors(strategy, replies):
+                 for m in strategy.valid_replies(own)}
+    record: dict[str, Any] = {"clients": sorted(evaluated), "aggregated": dict(aggregated or {})}
+    if unseen:
+        theirs = sorted((m for m in replies if client_of(m) in held_out and not m.has_error()), key=client_of)
+        evaluated |= {client_of(m): Evaluation(rnd, payload_of(m, EvaluateReply)) for m in theirs}
+        record["unseen_clients"] = [client_of(m) for m in theirs]
+    if errors := _errors(lambda m: held_out.get(client_of(m)) or strategy.sender(m), replies):
         record["failed"] = {c.client_id: _error_line(reason) for c, reason in errors.items()}
         record["errors"] = {c.client_id: reason for c, reason in errors.items()}
     return evaluated, record
@@ -213,10 +227,13 @@ def run_federation(
     strategy = build_strategy(cfg)
     config_text = config_to_json(cfg)
     clients = make_clients(cfg)
+    participating, unseen = split_unseen(cfg, clients)
     exchange = Exchange(grid, len(clients))
-    _guarded(strategy, "register_clients", 0, clients, model.spec)
+    _guarded(strategy, "register_clients", 0, participating, model.spec)  # the unseen never train
     emulator = DeviceEmulator(cfg, model, clients)
-    train_work, evaluate_work = _work(strategy, model.spec), _work(strategy, model.spec, True)
+    roster = {c.node_id: c for c in clients}
+    train_work = _work(roster, model.spec)
+    evaluate_work = _work(roster, model.spec, evaluate=True, adapting={c.node_id for c in unseen})
     tiers = [t.name for t in cfg.tiers]
     state = LoopState(ArrayRecord(model.state_dict()))
     state_dir = ""
@@ -240,13 +257,18 @@ def run_federation(
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads, cfg.max_width)
+                sampled_unseen = strategy.sample(rnd, cfg.strategy.fraction_evaluate, Stream.SAMPLE_UNSEEN,
+                                                 unseen) if unseen else []
                 evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
-                                                               evaluate_work)
+                                                               evaluate_work, sampled_unseen)
                 errors["evaluate"] = record["evaluate"].pop("errors", {})
-                state.results = with_deployed_thresholds(cfg, clients, {**state.results, **evaluated})
+                state.results = with_deployed_thresholds(cfg, participating, {**state.results, **evaluated})
                 state.global_eval = global_eval()
-                personalised = personalised_summary(clients, state.results, tiers, cfg.max_depth)
+                personalised = personalised_summary(participating, state.results, tiers, cfg.max_depth)
                 record["evaluate"] |= {"personalised": personalised, "global": state.global_eval}
+                if unseen:  # deployed apart: their thresholds come from their own curves
+                    state.results = with_deployed_thresholds(cfg, unseen, state.results)
+                    record["evaluate"]["unseen"] = personalised_summary(unseen, state.results, tiers, cfg.max_depth)
                 state.accuracy_at.append((emulator.virtual_time_s, personalised["mean"]))
             record["wall_s"] = round(time.perf_counter() - started, 3)
             if any(errors.values()):
@@ -260,10 +282,11 @@ def run_federation(
                 observer.after_state(state, strategy)
 
     summary = build_summary(cfg, clients, state.results, state.global_eval, state.clocks, state.accuracy_at,
-                            config_warnings(cfg), submodel_summary(cfg, model.spec))
+                            config_warnings(cfg), {c.client_id for c in unseen}, submodel_summary(cfg, model.spec))
     for line in run_warnings(state.clocks):  # the config's were said before the run
         warn(line)
-    rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth) for c in clients]
+    rows = [client_row(c, state.results.get(c.client_id), cfg.max_depth, c in unseen if unseen else None)
+            for c in clients]
     for observer in observers:
         observer.on_end(summary, rows)
     return summary

@@ -3,7 +3,8 @@
 Owns: ``algorithm`` (client algorithms, the client-side plug-in point), ``training``
 (losses per exit, distillation, the local loop, evaluation forwards), ``scheme`` (which
 rounds train the backbone, which tensors return), ``personal`` (the shipped
-personalisation modes), ``feddyn`` (FedDyn's client term), ``augment`` (train-time
+personalisation modes), ``pfl`` (the personalised-FL baselines: FedPer, LG-FedAvg, FedRep,
+FedBABU, Ditto, APFL), ``feddyn`` (FedDyn's client term), ``augment`` (train-time
 augmentation) and ``device`` (CPU or GPU for a client). Knows nothing of Flower. May import
 :mod:`fl_ee.core`, :mod:`fl_ee.models` and :mod:`fl_ee.data`.
 """

@@ -1,7 +1,7 @@
 """Client algorithms: what a client does locally, chosen by ``personalisation.mode`` (the client-side plug-in point).
 
 A :class:`ClientAlgorithm` is built for each client call from the run config, with
-``personalisation.options`` as its constructor's keyword arguments, and has four hooks:
+``personalisation.options`` as its constructor's keyword arguments, and has five hooks:
 
 * :meth:`~ClientAlgorithm.train`, a training round: it gets a :class:`LocalTraining` (the
   received submodel, which it trains in place, the client's data, the round, the client
@@ -13,13 +13,21 @@ A :class:`ClientAlgorithm` is built for each client call from the run config, wi
   under ``<namespace>/``. The client holds it in its ``Context.state``, saves it on disk
   every round it trains and reads it back in a resumed run; the next call sees it as
   ``state`` (all namespaces: ``feddyn/`` is FedDyn's ``g_prev``).
+* :meth:`~ClientAlgorithm.sent`: which tensors of the trained submodel the client sends back.
 * :meth:`~ClientAlgorithm.evaluation`: the submodel and exit heads the client evaluates.
+  An unseen client (``data.unseen_fraction``), which never trains, first runs ``train``
+  and ``kept`` once from an empty state on a copy of the received submodel, and
+  evaluates with what it would keep (:func:`newcomer_state`); nothing of it is kept.
 * :meth:`~ClientAlgorithm.train_flops`: what a training round computes beyond the shared
   step, which the virtual clock charges (:func:`sims.emulator.client_flops`).
 
-A client sends back its shared slice (:func:`~fl_ee.learning.scheme.returned_state` of the
-trained submodel) and nothing else, so the clock's bytes are those of the slice. The
-shipped modes are in :mod:`fl_ee.learning.personal`; a user's class is named by
+A client sends back the part of its shared slice (:func:`~fl_ee.learning.scheme.returned_state`
+of the trained submodel) that :meth:`~ClientAlgorithm.sent` picks, all of it by default
+(:func:`sent_state`); the server expects exactly those tensors and the clock charges their
+bytes. Part of the slice can be personal instead: an algorithm keeps it with
+:meth:`~ClientAlgorithm.kept` and lays it over the received submodel in ``train`` and
+``evaluation`` (FedPer's heads, :mod:`fl_ee.learning.pfl`). The shipped modes are in
+:mod:`fl_ee.learning.personal` and :mod:`fl_ee.learning.pfl`; a user's class is named by
 ``package.module:Class`` or registered in the ``fl_ee.client_algorithms`` entry-point
 group, as strategies are. What a hook returns is checked; a hook that raises or returns
 something else fails the client, whose traceback the server files. Nothing here knows
@@ -30,9 +38,9 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +51,7 @@ from fl_ee.core.errors import UserError
 from fl_ee.core.plugins import build, plugin_class, registered
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.learning.feddyn import NAMESPACE as FEDDYN
+from fl_ee.learning.scheme import returned_state
 from fl_ee.learning.training import stage_features, train_exits, train_joint
 from fl_ee.learning.widths import OrderedDropout, ordered_dropout_loss
 from fl_ee.models import EarlyExitNet, Flops
@@ -53,8 +62,15 @@ SHIPPED = {
     "self-distill": "fl_ee.learning.personal:SelfDistill",
     "finetune": "fl_ee.learning.personal:Finetune",
     "none": "fl_ee.learning.algorithm:ClientAlgorithm",
+    "fedper": "fl_ee.learning.pfl.fedper:FedPer",
+    "lg-fedavg": "fl_ee.learning.pfl.lgfedavg:LGFedAvg",
+    "fedrep": "fl_ee.learning.pfl.fedrep:FedRep",
+    "fedbabu": "fl_ee.learning.pfl.fedbabu:FedBABU",
+    "ditto": "fl_ee.learning.pfl.ditto:Ditto",
+    "apfl": "fl_ee.learning.pfl.apfl:APFL",
 }
 
+T = TypeVar("T")
 SharedTerm = Callable[[nn.Module, str], Callable[[], torch.Tensor]]  # (module, its key prefix) -> a loss term
 
 
@@ -168,6 +184,16 @@ class ClientAlgorithm:
         """After :meth:`train`: the arrays the client keeps, each named ``<namespace>/<name>``. Default: none."""
         return {}
 
+    def sent(self, keys: Sequence[str]) -> Collection[str]:
+        """Which of ``keys`` the client sends back. Default: all of them.
+
+        ``keys`` name the tensors of its slice (only the exits once ``ic-only`` froze the
+        backbone); the others stay on the client, to be kept or dropped. A function of the
+        names alone: the server checks each update against it and the virtual clock
+        charges the bytes of what it picks.
+        """
+        return keys
+
     def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList | None]:
         """The submodel to evaluate and the exit heads to use in place of its own (``None``: its own)."""
         return local.model, None
@@ -218,6 +244,18 @@ def train_round(algorithm: ClientAlgorithm, local: LocalTraining) -> tuple[Losse
     return Losses(float(losses.train), None if losses.personal is None else float(losses.personal)), arrays
 
 
+def newcomer_state(algorithm: ClientAlgorithm, local: LocalTraining) -> dict[str, torch.Tensor]:
+    """The state a client without any keeps after one training round: what an unseen client evaluates with.
+
+    :func:`train_round` on ``local`` (its ``state`` empty; its ``model`` a copy of the
+    received submodel, which is trained in place and dropped), so every client algorithm
+    adapts as its own hooks do: ``exits`` trains personal heads, a personal-head method
+    its head; one that keeps nothing (``finetune``, ``none``) is left to its
+    :meth:`~ClientAlgorithm.evaluation`.
+    """
+    return {key: torch.from_numpy(value) for key, value in train_round(algorithm, local)[1].items()}
+
+
 def evaluation_model(algorithm: ClientAlgorithm, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList | None]:
     """:meth:`~ClientAlgorithm.evaluation`, checked: a submodel and ``None`` or one head per stage."""
     result = algorithm.evaluation(local)
@@ -228,6 +266,22 @@ def evaluation_model(algorithm: ClientAlgorithm, local: LocalEvaluation) -> tupl
         raise TypeError(f"{_hook(algorithm, 'evaluation')} returned {result!r:.200}; it must return "
                         "(an EarlyExitNet, None or an nn.ModuleList of one head per stage)")
     return result
+
+
+def sent_state(algorithm: ClientAlgorithm, state: Mapping[str, T], depth: int, frozen: bool) -> dict[str, T]:
+    """What a depth-``depth`` client sends back of ``state``: :meth:`~ClientAlgorithm.sent`, checked.
+
+    The keys it picks of the client's returned slice (:func:`~fl_ee.learning.scheme.returned_state`);
+    anything but a collection of those names is a :class:`~fl_ee.core.errors.UserError`.
+    """
+    returned = returned_state(state, depth, frozen)
+    picked = algorithm.sent(list(returned))
+    if not (isinstance(picked, Collection) and not isinstance(picked, str | bytes)
+            and all(isinstance(key, str) for key in picked) and set(picked) <= set(returned)):
+        raise UserError(f"{_hook(algorithm, 'sent')} returned {picked!r:.200}; it must return a collection of the "
+                        "names it was given", key="personalisation.mode")
+    chosen = set(picked)
+    return {key: value for key, value in returned.items() if key in chosen}
 
 
 def round_flops(algorithm: ClientAlgorithm, flops: Flops, depth: int, num_train: int, frozen: bool) -> float:

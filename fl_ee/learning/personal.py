@@ -102,6 +102,16 @@ def personal_heads(model: EarlyExitNet, state: Mapping[str, torch.Tensor]) -> nn
     return heads
 
 
+def heads_training_flops(flops: Flops, depth: int, num_train: int, epochs: int, frozen: bool) -> float:
+    """Training a depth-``depth`` client's heads over the backbone's features for ``epochs``.
+
+    One backbone pass over the samples (none when a frozen shared step made it already),
+    then ``3 x heads`` per sample and epoch.
+    """
+    backbone, heads = sum(flops.stages[:depth]), sum(flops.exits[:depth])
+    return (0 if frozen else backbone * num_train) + training_flops(heads, num_train, epochs)
+
+
 class Exits(ClientAlgorithm):
     """exits: personal exit heads over the frozen received backbone, trained with the shared step's loss."""
 
@@ -127,10 +137,8 @@ class Exits(ClientAlgorithm):
         return local.model, personal_heads(local.model, local.state)
 
     def train_flops(self, flops: Flops, depth: int, num_train: int, frozen: bool) -> float:
-        """One backbone pass (shared with a frozen shared step) and ``3 x heads`` per sample and personal epoch."""
-        backbone, heads = sum(flops.stages[:depth]), sum(flops.exits[:depth])
-        return (0 if frozen else backbone * num_train) + training_flops(heads, num_train,
-                                                                        self.cfg.personalisation.epochs)
+        """:func:`heads_training_flops` of ``personalisation.epochs``."""
+        return heads_training_flops(flops, depth, num_train, self.cfg.personalisation.epochs, frozen)
 
 
 class SelfDistill(Exits):

@@ -131,11 +131,14 @@ def fit(
     n: int,
     generator: torch.Generator,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """SGD (``cfg.lr``, ``momentum``, ``weight_decay``) over shuffled batches of ``range(n)``; the mean batch loss.
 
     With ``cfg.clip_norm > 0`` each step's gradient is first scaled down to that L2 norm
     over all ``params`` where it is longer (``torch.nn.utils.clip_grad_norm_``).
+    ``after_step()`` runs after every step, while the gradients of the batch are still
+    in place (APFL updates its mixing weight there).
     """
     params = list(params)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -148,6 +151,8 @@ def fit(
             if cfg.clip_norm > 0:
                 nn.utils.clip_grad_norm_(params, cfg.clip_norm)
             opt.step()
+            if after_step is not None:
+                after_step()
             total, steps = total + loss.item(), steps + 1
     return total / max(steps, 1)
 

@@ -115,7 +115,7 @@ def accuracy_over_time(run: Run) -> Figure:
 
 
 def client_accuracies(run: Run) -> dict[str, list[float]]:
-    """Each tier's evaluated clients' accuracy at their deepest exit, from ``clients.csv``.
+    """Each tier's evaluated participating clients' accuracy at their deepest exit, from ``clients.csv``.
 
     Raises :class:`Skip` naming the file and line where ``clients.csv`` is missing, damaged
     (a column gone, a cell that is not a number, a truncated line) or holds no evaluation.
@@ -131,7 +131,7 @@ def client_accuracies(run: Run) -> dict[str, list[float]]:
     for line, row in enumerate(run.clients, start=2):  # line 1 is the header
         if None in row or any(v is None for v in row.values()):
             raise Skip(f"{where}: line {line} does not have one cell per column (the file is damaged)")
-        if row["evaluated_round"] == "" or row["tier"] not in found:
+        if row["evaluated_round"] == "" or row["tier"] not in found or row.get("unseen") == "1":
             continue
         if not row["depth"].isdigit():
             raise Skip(f"{where}: line {line}: depth {row['depth']!r} is not a whole number")

@@ -122,7 +122,9 @@ def progress_table(run: Run) -> Sheet:
     """Personalised accuracy at each client's deepest exit, per tier, at the latest evaluations."""
     cfg, evaluations = run.config, run.evaluations
     shown = evaluations[-RECENT_EVALUATIONS:]
-    headers = ["round", *(["virtual s"] if run.has_clock else []), "mean", *run.tiers, f"global exit{cfg.max_depth}"]
+    unseen = any("unseen" in r["evaluate"] for r in shown)
+    headers = ["round", *(["virtual s"] if run.has_clock else []), "mean", *run.tiers, *(["unseen"] if unseen else []),
+               f"global exit{cfg.max_depth}"]
     table = Sheet("Personalised accuracy (%) over rounds", [Col(name) for name in headers],
                   keys=2 if run.has_clock else 1)
     for record in shown:
@@ -131,6 +133,7 @@ def progress_table(run: Run) -> Sheet:
             *([secs(get(record, "clock", "virtual_time_s"))] if run.has_clock else []),
             pct(get(record, "evaluate", "personalised", "mean")),
             *(pct(get(record, "evaluate", "personalised", "by_tier", t)) for t in run.tiers),
+            *([pct(get(record, "evaluate", "unseen", "mean"))] if unseen else []),
             pct(get(record, "evaluate", "global", "by_exit", str(cfg.max_depth))),
         )
     notes = []
@@ -197,10 +200,37 @@ def fairness_table(run: Run) -> Table | None:
         "Fairness",
         [("mean %", pct(get(f, "mean"))), ("std %", pct(get(f, "std"))), ("min %", pct(get(f, "min"))),
          ("worst 10% %", pct(get(f, "worst10"))), ("best 10% %", pct(get(f, "best10"))),
+         ("bottom decile %", pct(get(f, "bottom_decile"))), ("top decile %", pct(get(f, "top_decile"))),
          ("Jain's index", ratio(get(f, "jain"))), ("Gini", ratio(get(f, "gini"))),
          ("tier gap", points(get(f, "tier_gap")))],
-        caption="of personalised accuracy at each client's deepest exit",
+        caption="of personalised accuracy at each client's deepest exit"
+                + (" (participating clients)" if get(run.summary, "unseen") else ""),
     )
+
+
+def unseen_table(run: Run) -> Sheet | None:
+    """The summary's ``unseen`` section: participating and unseen clients side by side, and the gap.
+
+    ``None`` for a run without unseen clients (or before it finishes).
+    """
+    u = get(run.summary, "unseen")
+    if u is None:
+        return None
+    mine, theirs, gap = get(run.summary, "accuracy", "personalised"), get(u, "personalised"), get(u, "gap")
+    table = Sheet("Unseen clients: personalised accuracy (%)",
+                  [Col("accuracy", "left"), Col("participating"), Col("unseen"), Col("gap")])
+    exits = [(f"exit {i}", ("by_exit", str(i))) for i in range(1, run.config.max_depth + 1)]
+    for label, keys in [("deepest exit", ("mean",)), *exits, ("ensemble", ("ensemble",)),
+                        ("adaptive", ("adaptive_accuracy",))]:
+        table.add_row(label, pct(get(mine, *keys)), pct(get(theirs, *keys)), points(get(gap, *keys)))
+    table.add_section()
+    table.add_row("evaluated clients", count(get(mine, "evaluated_clients")), count(get(theirs, "evaluated_clients")),
+                  "")
+    table.add_row("std", pct(get(run.summary, "fairness", "std")), pct(get(u, "fairness", "std")), "")
+    table.caption = (f"{count(get(u, 'clients', 'total'))} of {count(get(run.summary, 'clients', 'total'))} clients "
+                     "never trained (data.unseen_fraction); each adapts one round as its client algorithm does "
+                     "before it evaluates; gap: participating minus unseen")
+    return table
 
 
 def efficiency_table(run: Run) -> Table | None:
@@ -246,6 +276,8 @@ def report_renderables(run: Run, wide: bool = False) -> list[RenderableType]:
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]
     parts.append(Blocks([*blocks, straggler_table(run)]))
+    if (unseen := unseen_table(run)) is not None:
+        parts.append(unseen)
     parts.extend(Text(f"warning: {line}", style="yellow") for line in run_warnings(run))
     return parts
 
@@ -262,9 +294,14 @@ def run_warnings(run: Run) -> list[str]:
 COMPARED: tuple[tuple[str, str, Callable[[Any], str], bool], ...] = (
     ("personalised mean %", "mean", pct, True),
     ("worst 10% %", "worst10", pct, True),
+    ("std %", "std", pct, False),
+    ("bottom decile %", "bottom_decile", pct, True),
+    ("top decile %", "top_decile", pct, True),
     ("Jain's index", "jain", ratio, True),
     ("Gini", "gini", ratio, False),
     ("tier gap", "tier_gap", points, False),
+    ("unseen clients' mean %", "unseen_mean", pct, True),
+    ("generalisation gap", "generalisation_gap", points, False),
     ("virtual time s", "virtual_time_s", secs, False),
     ("time to accuracy s", "time_to_accuracy_s", secs, False),
     ("expected MFLOPs", "expected_flops", mflops, False),
@@ -285,9 +322,14 @@ def key_metrics(run: Run) -> dict[str, float | None]:
     return {
         "mean": get(personalised, "mean"),
         "worst10": get(s, "fairness", "worst10"),
+        "std": get(s, "fairness", "std"),
+        "bottom_decile": get(s, "fairness", "bottom_decile"),
+        "top_decile": get(s, "fairness", "top_decile"),
         "jain": get(s, "fairness", "jain"),
         "gini": get(s, "fairness", "gini"),
         "tier_gap": _first(get(s, "fairness", "tier_gap"), spread(get(personalised, "by_tier") or {})),
+        "unseen_mean": get(s, "unseen", "personalised", "mean"),
+        "generalisation_gap": get(s, "unseen", "gap", "mean"),
         "virtual_time_s": run.virtual_time_s,
         "time_to_accuracy_s": get(s, "time_to_accuracy_s"),
         "expected_flops": get(s, "efficiency", "expected_flops"),
@@ -323,7 +365,7 @@ def compare_table(runs: Sequence[Run]) -> Sheet:
     """One column per run, a row per key metric; the best of each row in bold green."""
     parent, names = short_names([r.path for r in runs])
     table = Sheet(f"Runs compared (in {parent})", [Col("metric", "left"), *(Col(name) for name in names)],
-                  caption="best per row in bold green: higher accuracy and Jain; lower Gini, gap, time, FLOPs")
+                  caption="best per row in bold green: higher accuracy and Jain; lower std, Gini, gaps, time, FLOPs")
     table.add_row("strategy", *(_describe_strategy(r.config) for r in runs))
     table.add_row("seed", *(str(r.config.seed) for r in runs))
     table.add_row("rounds", *(f"{len(r.rounds)}/{r.config.rounds}" for r in runs))

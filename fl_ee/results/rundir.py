@@ -77,8 +77,13 @@ def default_run_dir() -> Path:
 # ------------------------------------------------------------------------------ schemas
 
 
-def client_row(client: ClientInfo, latest: Evaluation | None, max_depth: int) -> dict[str, Any]:
-    """One ``clients.csv`` row: identity, sizes and the client's latest evaluation (blank if none)."""
+def client_row(client: ClientInfo, latest: Evaluation | None, max_depth: int, unseen: bool | None = None
+               ) -> dict[str, Any]:
+    """One ``clients.csv`` row: identity, sizes and the client's latest evaluation (blank if none).
+
+    A run with unseen clients (``data.unseen_fraction``) gives every row a last column ``unseen`` (1 or 0);
+    ``unseen=None`` (a run without) gives none.
+    """
     r = latest.reply if latest else None
     exits = r.exit_accuracy if r else ()
     fractions = r.exit_fractions if r else ()
@@ -98,6 +103,8 @@ def client_row(client: ClientInfo, latest: Evaluation | None, max_depth: int) ->
     row["full_flops"] = round(r.full_flops, 1) if r else ""
     for i in range(max_depth):
         row[f"exit_fraction{i + 1}"] = round(fractions[i], 6) if i < len(fractions) else ""
+    if unseen is not None:
+        row["unseen"] = int(unseen)
     return row
 
 

@@ -59,8 +59,12 @@ class Fairness(_Strict):
     mean: Fraction = Field(description="mean over clients")
     std: Fraction = Field(description="standard deviation over clients")
     min: Fraction = Field(description="the worst client")
-    worst10: Fraction = Field(description="mean of the worst 10% of clients")
-    best10: Fraction = Field(description="mean of the best 10% of clients")
+    worst10: Fraction = Field(description="mean of the worst 10% of clients (ceil(n/10), at least one; q-FFL)")
+    best10: Fraction = Field(description="mean of the best 10% of clients (ceil(n/10), at least one; q-FFL)")
+    bottom_decile: Fraction = Field(None, description="pFL-Bench's bottom decile: the value at 0-based position "
+                                                      "n // 10 of the clients' accuracies in ascending order")
+    top_decile: Fraction = Field(None, description="pFL-Bench's top decile: the value at 0-based position "
+                                                   "9n // 10 of the clients' accuracies in ascending order")
     jain: Fraction = Field(description="Jain's index (sum x)^2 / (n sum x^2)")
     gini: Fraction = Field(description="Gini coefficient of the clients' accuracies")
     by_tier: ByTier = Field(description="mean over each tier's clients")
@@ -201,6 +205,30 @@ class Stragglers(_Strict):
     outcomes_by_tier: dict[str, dict[str, int]] = Field(description="tier -> outcome -> clients (sampled, ok, ...)")
 
 
+class Gap(_Strict):
+    """pFL-Bench's generalisation gap: the participating clients' figure minus the unseen clients'."""
+
+    mean: float | None = Field(description="of ``personalised.mean``")
+    by_tier: dict[str, float | None] = Field(description="of ``personalised.by_tier``")
+    by_exit: dict[str, float | None] = Field(description="of ``personalised.by_exit``")
+    adaptive_accuracy: float | None = Field(description="of ``personalised.adaptive_accuracy``")
+    ensemble: float | None = Field(description="of ``personalised.ensemble``")
+
+
+class Unseen(_Strict):
+    """``unseen``: the clients held out of training (``data.unseen_fraction``), evaluated apart.
+
+    Each unseen client adapts as its client algorithm does, from the received global model,
+    in one training round whose result it evaluates with and does not keep.
+    """
+
+    client_ids: list[int] = Field(description="the unseen clients")
+    clients: Clients = Field(description="how many, in total and by tier")
+    personalised: Personalised = Field(description="their personalised accuracy, as ``accuracy.personalised``")
+    fairness: Fairness = Field(description="the spread of their accuracy, as ``fairness``")
+    gap: Gap = Field(description="participating minus unseen")
+
+
 class Summary(_Strict):
     """``summary.json``: a finished run's final figures."""
 
@@ -219,6 +247,9 @@ class Summary(_Strict):
                                                          "reached simulation.target_accuracy")
     stragglers: Stragglers
     warnings: list[str] = Field(description="what makes the run degenerate, one line each")
+    unseen: Unseen | None = Field(None, exclude_if=lambda value: value is None,  # absent, never null, in the file
+                                  description="only with data.unseen_fraction > 0; every other figure but "
+                                              "``clients`` is over the clients that take part in training")
 
 
 def json_schema_text() -> str:

@@ -6,7 +6,7 @@ clock records to the pure functions of :mod:`fl_ee.core.metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from fl_ee.core.metrics import (
     efficiency,
     exit_means,
     fairness,
+    generalisation_gap,
     group_means,
     mean_or_none,
     straggler_summary,
@@ -103,10 +104,14 @@ def build_summary(
     clocks: Sequence[Mapping[str, Any]],
     accuracy_at: Sequence[tuple[float, float | None]],
     config_warnings: Sequence[str] = (),
+    unseen: Collection[int] = (),
     submodels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the run's final figures.
 
+    Every figure but ``clients`` is over the clients that take part in training; the
+    ``unseen`` ones (client ids, ``data.unseen_fraction``) get a section of their own
+    (:func:`unseen_summary`), present only where there are some.
     ``results`` holds each client's latest evaluation, ``global_eval`` the global
     model's last evaluation (``by_exit`` and ``ensemble``), ``clocks`` every round's clock
     record, and ``accuracy_at`` the (virtual time, personalised mean) of every evaluation
@@ -116,13 +121,15 @@ def build_summary(
     run's (:func:`run_warnings`). ``submodels`` is each tier's :func:`submodel_summary`.
     """
     tiers, depth = [t.name for t in cfg.tiers], cfg.max_depth
-    evaluated, replies = _evaluated(clients, results)
+    participating = [c for c in clients if c.client_id not in unseen]
+    evaluated, replies = _evaluated(participating, results)
     by_tier = {t: [r for c, r in zip(evaluated, replies) if c.tier == t] for t in tiers}
     groups = [c.tier for c in evaluated]
     table = policy_table(cfg, groups, replies)
-    return {
+    personalised = personalised_summary(participating, results, tiers, depth)
+    summary = {
         "accuracy": {
-            "personalised": personalised_summary(clients, results, tiers, depth),
+            "personalised": personalised,
             "global": dict(global_eval),
         },
         "fairness": fairness([r.exit_accuracy[-1] for r in replies], [c.tier for c in evaluated], tiers),
@@ -142,6 +149,28 @@ def build_summary(
         "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
                                         [c["wasted_compute_s"] for c in clocks]),
         "warnings": [*config_warnings, *run_warnings(clocks)],
+    }
+    if unseen:
+        summary["unseen"] = unseen_summary([c for c in clients if c.client_id in unseen], results, tiers, depth,
+                                           personalised)
+    return summary
+
+
+def unseen_summary(unseen: Sequence[ClientInfo], results: Results, tiers: Sequence[str], max_depth: int,
+                   participating: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``unseen`` section: the unseen clients, their personalised accuracy and fairness, and the gap.
+
+    ``participating`` is the participating clients' :func:`personalised_summary`; ``gap`` is
+    pFL-Bench's generalisation gap, participating minus unseen.
+    """
+    evaluated, replies = _evaluated(unseen, results)
+    personalised = personalised_summary(unseen, results, tiers, max_depth)
+    return {
+        "client_ids": [c.client_id for c in unseen],
+        "clients": {"total": len(unseen), "by_tier": {t: sum(c.tier == t for c in unseen) for t in tiers}},
+        "personalised": personalised,
+        "fairness": fairness([r.exit_accuracy[-1] for r in replies], [c.tier for c in evaluated], tiers),
+        "gap": generalisation_gap(participating, personalised),
     }
 
 

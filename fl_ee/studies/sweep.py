@@ -193,18 +193,13 @@ def check_root(root: Path) -> None:
 
 def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], seeds: Sequence[int],
          root: Path, console: Console | None = None) -> list[Job]:
-    """Every run of the sweep, validated: the config of each combination and seed, and its preflight.
+    """Every run of the sweep, validated: each combination of the grid's values is a setting (:func:`plan_settings`).
 
-    Raises :class:`UserError` (one line, naming the setting) for bad input, and for a run
-    directory of the sweep that holds something else than this sweep's run. Configs are
-    checked first (fast); the data, split, model and strategy of each setting once, then
-    each further seed's split (the only check that depends on the seed), with a progress
-    bar on ``console`` where it is a terminal.
+    Raises :class:`UserError` (one line) for a bad grid, a key in both ``--grid`` and
+    ``--set``, and more than :data:`MAX_RUNS` runs, before any config is loaded.
     """
     check_root(root)
     overrides = parse_overrides(list(sets))
-    if "seed" in overrides:
-        raise UserError("the seeds of a sweep come from --seeds or --seed-list", key="--set seed")
     grid = parse_grid(grid_items)
     if both := [k for k in grid if k in overrides]:
         raise UserError("given in both --grid and --set; drop one", key=f"--grid {both[0]}")
@@ -212,26 +207,45 @@ def plan(config: str | None, sets: Sequence[str], grid_items: Sequence[str], see
         sizes = " x ".join(str(len(v)) for v in grid.values())
         raise UserError(f"{total} runs ({sizes} values x {len(seeds)} seeds); a sweep runs at most {MAX_RUNS}: "
                         "split it into several (fl-ee compare reads them together)", key="--grid")
-    settings: dict[str, list[tuple[int, tuple[str, ...], Config]]] = {}
+    settings: dict[str, list[str]] = {}
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         name = setting_name(values)
         if name in settings:  # two values only a hash tells apart, and the hashes met
             raise UserError(f"two settings would share the folder {name}; shorten their values", key="--grid")
-        settings[name] = []
+        settings[name] = [f"{k}={v}" for k, v in values.items()]
+    return plan_settings(config, sets, settings, seeds, root, console)
+
+
+def plan_settings(config: str | None, sets: Sequence[str], settings: Mapping[str, Sequence[str]],
+                  seeds: Sequence[int], root: Path, console: Console | None = None) -> list[Job]:
+    """Every run of named ``settings`` (each a folder name and its ``--set`` arguments) times ``seeds``, validated.
+
+    ``sets`` applies to every run, then the setting's own. Raises :class:`UserError` (one
+    line, naming the setting) for bad input, and for a run directory under ``root`` that
+    holds something else than this run. Configs are checked first (fast); the data, split,
+    model and strategy of each setting once, then each further seed's split (the only check
+    that depends on the seed), with a progress bar on ``console`` where it is a terminal.
+    """
+    check_root(root)
+    if "seed" in parse_overrides(list(sets)):
+        raise UserError("the seeds of a sweep come from --seeds or --seed-list", key="--set seed")
+    configs: dict[str, list[tuple[int, tuple[str, ...], Config]]] = {}
+    for name, setting_sets in settings.items():
+        configs[name] = []
         for seed in seeds:
-            run_sets = (*sets, *(f"{k}={v}" for k, v in values.items()), f"seed={seed}")
+            run_sets = (*sets, *setting_sets, f"seed={seed}")
             cfg = _named(name, seed, load_config, config, parse_overrides(list(run_sets)))
-            settings[name].append((seed, run_sets, cfg))
+            configs[name].append((seed, run_sets, cfg))
     from fl_ee.federation.preflight import preflight, reseeded
 
-    check = functools.partial(preflight, warnings=False)  # said once per setting by cmd_sweep
+    check = functools.partial(preflight, warnings=False)  # said once per setting by run_planned
 
     jobs = []
     with Progress(TextColumn("validating the sweep's runs"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True, disable=console is None or not console.is_terminal) as progress:
-        task = progress.add_task("", total=total)
-        for name, runs in settings.items():
+        task = progress.add_task("", total=len(settings) * len(seeds))
+        for name, runs in configs.items():
             first = _named(name, runs[0][0], check, runs[0][2])
             for seed, run_sets, cfg in runs:
                 checked = first if cfg is runs[0][2] else _named(name, seed, reseeded, first, seed)
@@ -420,16 +434,17 @@ def _stop(running: dict[Job, Handle]) -> None:
             handle.send_signal(signal.SIGKILL)
 
 
-def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[int], out: str | None,
-              parallel: int) -> int:
-    """``fl-ee sweep``: plan and validate, run, then print the settings compared (exit 1 if a run failed)."""
-    from fl_ee.results.groups import group_runs, settings_table
-
+def check_jobs(parallel: int) -> None:
+    """Refuse ``--jobs`` below 1, in one line."""
     if parallel < 1:
         raise UserError("must be at least 1", key="--jobs")
-    root = Path(out) if out else default_sweep_dir()
-    err = Console(stderr=True, soft_wrap=True)
-    jobs = plan(config, sets, grid, seeds, root, err)
+
+
+def run_planned(jobs: Sequence[Job], root: Path, spec: dict[str, Any], parallel: int, err: Console) -> dict[str, str]:
+    """Run the planned ``jobs`` not finished yet under ``root`` (Ray checked first, warnings once per setting).
+
+    ``spec`` is what ``sweep.json`` records of the arguments; returns the failed runs and why.
+    """
     from sims.backend import check_backend  # imports Ray
 
     for cfg in {j.cfg.simulation: j.cfg for j in jobs}.values():
@@ -439,8 +454,20 @@ def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[
     make_writable(root, "sweep root")
     todo = sum(not j.finished for j in jobs)
     err.print(f"sweep of {len(jobs)} runs in {root}: {len(jobs) - todo} finished before, {todo} to run")
+    return run_sweep(jobs, root, spec, launch_subprocess, parallel, err)
+
+
+def cmd_sweep(config: str | None, sets: list[str], grid: list[str], seeds: list[int], out: str | None,
+              parallel: int) -> int:
+    """``fl-ee sweep``: plan and validate, run, then print the settings compared (exit 1 if a run failed)."""
+    from fl_ee.results.groups import group_runs, settings_table
+
+    check_jobs(parallel)
+    root = Path(out) if out else default_sweep_dir()
+    err = Console(stderr=True, soft_wrap=True)
+    jobs = plan(config, sets, grid, seeds, root, err)
     spec = {"config": config, "set": sets, "grid": parse_grid(grid), "seeds": seeds}
-    failed = run_sweep(jobs, root, spec, launch_subprocess, parallel, err)
+    failed = run_planned(jobs, root, spec, parallel, err)
     if finished := [load_run(j.path) for j in jobs if j.finished]:
         settings = group_runs(finished)  # in the order of the grid
         Console().print(settings_table(settings, settings[0]))
