@@ -1,7 +1,9 @@
-"""Shared fixtures: paths to the offline datasets, and tiny run configs; the test process's garbage collection."""
+"""Shared fixtures: the offline datasets (real CIFAR-10 JPEGs extracted once a session), tiny run configs, and
+the test process's garbage collection."""
 
 import gc
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,21 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
         pytest.skip(f"no offline datasets at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cifar10_sample(tmp_path_factory) -> Path:
+    """Three real CIFAR-10 JPEGs per class and split in the imagefolder layout (``{train,test}/<class>/``),
+    extracted once a session (reading the archive takes seconds). Shared: copy it before damaging it."""
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"no offline datasets at {SHARED_DATA}")
+    wanted = {"0000.jpg", "0001.jpg", "0002.jpg"}
+    out = tmp_path_factory.mktemp("jpegs")
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
+        tar.extractall(out, members=members, filter="data")
+    return out / "cifar10"
 
 
 @pytest.fixture
