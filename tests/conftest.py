@@ -1,5 +1,5 @@
-"""Shared fixtures: the offline datasets (real CIFAR-10 JPEGs extracted once a session), tiny run configs, and
-the test process's garbage collection."""
+"""Shared fixtures: the offline datasets, what several modules read once made a session (real CIFAR-10
+JPEGs, a tiny run), and the test process's garbage collection."""
 
 import gc
 import os
@@ -54,6 +54,19 @@ def cifar10_sample(tmp_path_factory) -> Path:
         members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
         tar.extractall(out, members=members, filter="data")
     return out / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``inprocess.TINY`` run once a session, its 6 clients taking turns on 3 nodes: (grid, summary, run dir).
+
+    Shared: read it, copy it before changing it.
+    """
+    from inprocess import TINY, run_inprocess
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    grid, summary = run_inprocess(out, TINY, nodes=3)
+    return grid, summary, out
 
 
 @pytest.fixture

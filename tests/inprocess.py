@@ -44,6 +44,9 @@ from flwr.supercore.task_identity import TaskIdentity
 REVERSED = "reversed"
 SHUFFLED = "shuffled"
 NODES = 8  # the pool a run on a 2-core machine gets (sims.engine.pool_size)
+# the quickstart preset, 2 rounds over 6 clients, each evaluated; one local and one personal epoch
+TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "training.local_epochs=1", "training.batch_size=64",
+        "personalisation.epochs=1"]
 
 
 def _copy(message: Message) -> Message:
