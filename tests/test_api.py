@@ -13,32 +13,29 @@ from fl_ee.api import _literal
 from fl_ee.core.config import parse_overrides
 from fl_ee.core.errors import UserError
 from fl_ee.results.schema import Summary
-from inprocess import run_inprocess
-
-TINY = ["rounds=3", "eval_every=1", "data.num_clients=6", "training.local_epochs=1", "training.batch_size=64",
-        "personalisation.epochs=1"]
+from inprocess import TINY, run_inprocess
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    for seed in (0, 1):
-        run_inprocess(root / f"seed-{seed}", [*TINY, f"seed={seed}"])
-    return root
+def runs(tiny_run, tmp_path_factory) -> dict[int, Path]:
+    """The session's tiny run (seed 0) and the same with seed 1, by seed."""
+    other = tmp_path_factory.mktemp("api") / "seed-1"
+    run_inprocess(other, [*TINY, "seed=1"])
+    return {0: tiny_run[2], 1: other}
 
 
 def test_a_run_reads_back_typed_with_frames_and_figures(runs):
-    run = fl_ee.load_run(runs / "seed-0")
-    raw = json.loads((runs / "seed-0" / "summary.json").read_text())
-    assert run.finished and run.config.rounds == 3 and run.config.data.num_clients == 6
+    run = fl_ee.load_run(runs[0])
+    raw = json.loads((runs[0] / "summary.json").read_text())
+    assert run.finished and run.config.rounds == 2 and run.config.data.num_clients == 6
     assert isinstance(run.summary, Summary)
     assert run.summary.accuracy.personalised.mean == raw["accuracy"]["personalised"]["mean"]
     assert run.summary.accuracy.global_.by_exit == raw["accuracy"]["global"]["by_exit"]
     assert run.summary.model_dump(by_alias=True, mode="json") == raw  # nothing lost, nothing added
-    lines = [json.loads(line) for line in (runs / "seed-0" / "rounds.jsonl").read_text().splitlines()]
-    assert run.rounds["round"].tolist() == [1, 2, 3]
+    lines = [json.loads(line) for line in (runs[0] / "rounds.jsonl").read_text().splitlines()]
+    assert run.rounds["round"].tolist() == [1, 2]
     assert run.rounds["evaluate.personalised.mean"].tolist() == [r["evaluate"]["personalised"]["mean"] for r in lines]
-    with (runs / "seed-0" / "clients.csv").open() as f:
+    with (runs[0] / "clients.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert run.clients["client_id"].tolist() == [int(r["client_id"]) for r in rows]
     assert run.clients["tier"].tolist() == [r["tier"] for r in rows]
@@ -47,10 +44,10 @@ def test_a_run_reads_back_typed_with_frames_and_figures(runs):
 
 
 def test_compare_gives_one_row_per_setting_and_metric(runs):
-    frame = fl_ee.compare(runs / "seed-0", runs / "seed-1")
+    frame = fl_ee.compare(runs[0], runs[1])
     assert set(frame["metric"]) >= {"mean", "worst10", "global_exit4"}
     row = frame[frame["metric"] == "mean"].iloc[0]
-    means = [json.loads((runs / f"seed-{s}" / "summary.json").read_text())["accuracy"]["personalised"]["mean"]
+    means = [json.loads((runs[s] / "summary.json").read_text())["accuracy"]["personalised"]["mean"]
              for s in (0, 1)]
     assert row["n"] == 2 and row["seeds"] == [0, 1]
     assert row["mean"] == pytest.approx(sum(means) / 2)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from fl_ee.cli import main
 from fl_ee.core.config import config_from_dict, load_config
@@ -122,7 +121,9 @@ def test_bad_models_are_one_line_naming_the_key(raw, message):
 
 
 def _resnet(layers):
-    return torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, layers).eval()
+    from torchvision.models.resnet import BasicBlock, ResNet  # ~1 s to import: when a test needs it, not at collection
+
+    return ResNet(BasicBlock, layers).eval()
 
 
 def test_torchvision_resnet_weights_map_onto_the_stages():
@@ -136,7 +137,9 @@ def test_torchvision_resnet_weights_map_onto_the_stages():
 
 
 def test_torchvision_mobilenet_v2_weights_map_onto_the_stages():
-    tv = torchvision.models.MobileNetV2(width_mult=0.25).eval()
+    from torchvision.models import MobileNetV2
+
+    tv = MobileNetV2(width_mult=0.25).eval()
     model = build_model(ModelSpec(3, 64, 64, 10, width=8, backbone="mobilenet_v2", norm="batch"))
     load_weights_from(model, tv.state_dict())
     x = torch.randn(1, 3, 64, 64)

@@ -1,4 +1,3 @@
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +78,8 @@ def test_a_missing_cifar10_image_folder_gives_the_readmes_extraction_command(tmp
     assert f"\nmkdir -p /tmp/data && tar xzf {archive} -C /tmp/data\n" in GUIDE.read_text()
 
 
-def test_imagefolder_reads_real_cifar10_jpegs(shared_data, tmp_path):
-    # extract a few real CIFAR-10 JPEGs per class and split into the imagefolder layout
-    wanted = {"0000.jpg", "0001.jpg", "0002.jpg"}
-    with tarfile.open(shared_data / "cifar10-jpeg.tar.gz") as tar:
-        members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
-        tar.extractall(tmp_path, members=members, filter="data")
-    data = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "cifar10")))
+def test_imagefolder_reads_real_cifar10_jpegs(cifar10_sample):
+    data = load_dataset(DataConfig(name="imagefolder", root=str(cifar10_sample)))
     assert data.train_x.shape == (30, 3, 32, 32) and data.test_x.shape == (30, 3, 32, 32)
     assert data.num_classes == 10 and torch.bincount(data.train_y).tolist() == [3] * 10
 

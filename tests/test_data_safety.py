@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 import sys
-import tarfile
 
 import numpy as np
 import pytest
@@ -46,25 +45,10 @@ def fmnist(shared_data, tmp_path):
     return root
 
 
-@pytest.fixture(scope="module")
-def cifar_extract(tmp_path_factory):
-    """Three real CIFAR-10 JPEGs per class and split, extracted once (reading the archive takes seconds)."""
-    from conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file():
-        pytest.skip(f"no offline datasets at {SHARED_DATA}")
-    wanted = {"0000.jpg", "0001.jpg", "0002.jpg"}
-    out = tmp_path_factory.mktemp("jpegs")
-    with tarfile.open(SHARED_DATA / "cifar10-jpeg.tar.gz") as tar:
-        members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
-        tar.extractall(out, members=members, filter="data")
-    return out / "cifar10"
-
-
 @pytest.fixture
-def cifar_jpegs(cifar_extract, tmp_path):
-    """A private copy of those JPEGs in the imagefolder layout (root/{train,test}/<class>/*.jpg), to damage."""
-    return shutil.copytree(cifar_extract, tmp_path / "cifar10")
+def cifar_jpegs(cifar10_sample, tmp_path):
+    """A private copy of the session's real CIFAR-10 JPEGs (root/{train,test}/<class>/*.jpg), to damage."""
+    return shutil.copytree(cifar10_sample, tmp_path / "cifar10")
 
 
 class Plant:

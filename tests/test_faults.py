@@ -90,7 +90,8 @@ def test_json_files_never_hold_nan_and_say_which_values_were_not_finite():
 
 def test_a_diverging_run_rejects_every_update_and_stops_keeping_valid_json(tmp_path):
     with pytest.raises(Diverged, match=r"rounds 1-2 \(simulation.max_bad_rounds = 2\)"):
-        _run(tmp_path, ["training.lr=1e6", "training.batch_size=16", "simulation.max_bad_rounds=2"])
+        _run(tmp_path, ["training.lr=1e6", "training.batch_size=16", "simulation.max_bad_rounds=2",
+                        "strategy.fraction_evaluate=0"])  # the global model's evaluation alone, which is checked
     run = tmp_path / "run"
     records = _strict((run / "rounds.jsonl").read_text())
     assert [r["round"] for r in records] == [1, 2]
@@ -117,7 +118,7 @@ def _plugin(tmp_path: Path, monkeypatch, body: str) -> str:
 def test_a_plugin_returning_nan_leaves_the_model_unchanged_and_stops_the_run(tmp_path, monkeypatch):
     name = _plugin(tmp_path, monkeypatch, "return np.full_like(current, np.nan)")
     with pytest.raises(Diverged):
-        _run(tmp_path, [name, "simulation.max_bad_rounds=3"])
+        _run(tmp_path, [name, "simulation.max_bad_rounds=3", "eval_every=4"])  # stopped before any evaluation
     records = _strict((tmp_path / "run" / "rounds.jsonl").read_text())
     assert len(records) == 3
     assert all(r["train"]["aggregate_rejected"].startswith("non-finite values in ") for r in records)
@@ -154,7 +155,7 @@ def _flaky_app() -> ClientApp:
 
 
 def test_a_client_exception_is_a_failed_update_with_its_traceback_filed(tmp_path, capfd):
-    run, summary = _run(tmp_path, ["rounds=2"], _flaky_app())
+    run, summary = _run(tmp_path, ["rounds=2", "eval_every=2"], _flaky_app())
     records = _strict((run / "rounds.jsonl").read_text())
     for record in records:
         one = next(c for c in record["clock"]["clients"] if c["client_id"] == 1)

@@ -111,7 +111,7 @@ def overrides(draw) -> list[str]:
     return found
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(raw=configs(), sets=overrides())
 def test_check_answers_every_config_with_exit_0_or_one_error_line(raw, sets, tmp_path):

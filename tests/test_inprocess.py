@@ -8,18 +8,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import load_config
-from inprocess import REVERSED, InProcessGrid, counting_app, run_inprocess
-
-TINY = ["rounds=2", "eval_every=1", "data.num_clients=6",
-        "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The quickstart preset, 2 rounds over 6 clients, through the in-process grid: (grid, summary, run dir)."""
-    out = tmp_path_factory.mktemp("inprocess") / "run"
-    grid, summary = run_inprocess(out, TINY, nodes=3)  # 6 clients take turns on 3 nodes
-    return grid, summary, out
+from inprocess import REVERSED, TINY, InProcessGrid, counting_app, run_inprocess
 
 
 def _queries(grid: InProcessGrid) -> list[Message]:
@@ -86,8 +75,8 @@ def test_messages_can_be_built_without_a_task_identity_fixture():
 # ---------------------------------------------------------------- the real server loop
 
 
-def test_a_tiny_run_gives_a_sane_summary(tiny):
-    grid, summary, out = tiny
+def test_a_tiny_run_gives_a_sane_summary(tiny_run):
+    grid, summary, out = tiny_run
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["seed"] == 0
     assert summary["clients"]["total"] == 6 and sum(summary["clients"]["by_tier"].values()) == 6
@@ -103,8 +92,8 @@ def test_a_tiny_run_gives_a_sane_summary(tiny):
     assert rounds[-1]["evaluate"]["personalised"] == personalised
 
 
-def test_clients_csv_rows_follow_client_ids_not_node_ids_or_reply_order(tiny):
-    grid, _, out = tiny
+def test_clients_csv_rows_follow_client_ids_not_node_ids_or_reply_order(tiny_run):
+    grid, _, out = tiny_run
     with open(out / "clients.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["client_id"]) for r in rows] == list(range(6))
@@ -113,8 +102,8 @@ def test_clients_csv_rows_follow_client_ids_not_node_ids_or_reply_order(tiny):
     assert all(int(r["depth"]) == depth_of[r["tier"]] for r in rows)
 
 
-def test_nodes_keep_nothing_and_the_trained_clients_keep_their_personal_exits(tiny):
-    grid, _, out = tiny
+def test_nodes_keep_nothing_and_the_trained_clients_keep_their_personal_exits(tiny_run):
+    grid, _, out = tiny_run
     trained = {c["client_id"] for r in map(json.loads, (out / "rounds.jsonl").read_text().splitlines())
                for c in r["clock"]["clients"] if c["outcome"] == "ok"}
     assert len(grid.contexts) == 3 and all(len(c.state) == 0 for c in grid.contexts.values())
@@ -122,8 +111,8 @@ def test_nodes_keep_nothing_and_the_trained_clients_keep_their_personal_exits(ti
     assert trained and saved == trained
 
 
-def test_results_do_not_depend_on_nodes_or_reply_order(tiny, tmp_path):
-    _, _, out = tiny
+def test_results_do_not_depend_on_nodes_or_reply_order(tiny_run, tmp_path):
+    _, _, out = tiny_run
     again = tmp_path / "again"
     run_inprocess(again, TINY, seed=7, order=REVERSED, nodes=5)
     for name in ("summary.json", "clients.csv"):

@@ -1,13 +1,16 @@
 """Checkpoints and resume, fast: in-process runs interrupted and resumed, strategy state by hand, refusal rules.
 
-A run is "killed" by an observer that raises in ``after_round`` of round ``k + 1``: the
-run directory has logged that round and every client that trained in it has saved its
+A run "killed" in round ``k + 1`` is its directory as it was in ``after_round`` of that round:
+the run directory has logged that round and every client that trained in it has saved its
 round-``k + 1`` exits, but no checkpoint of it exists, as after a SIGKILL at that moment.
+An observer copies it then (:class:`CopyIn`), and the run goes on to be the uninterrupted
+one; where a test needs a run of its own to end there, an observer raises (:class:`KillIn`).
 The Ray version, with a real SIGKILL, is in ``test_resume_e2e.py``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -35,9 +38,10 @@ from inprocess import resume_inprocess, run_inprocess
 from strategies import ClientInfo, DepthFL, FedAdam, FedAvgM, FedDyn
 from strategies.aggregation import holder_aggregate
 
-# the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3
-FAST = ["rounds=3", "eval_every=2", "data.num_clients=4", "training.local_epochs=1", "training.batch_size=64",
-        "personalisation.epochs=1", "model.width=8"]
+# the quickstart preset, made cheap: 4 clients (2 train per round), 3 rounds, evaluated in rounds 2 and 3 (2
+# clients each: a summary holds results of both, so a resumed run must have restored round 2's)
+FAST = ["rounds=3", "eval_every=2", "data.num_clients=4", "strategy.fraction_evaluate=0.5", "training.local_epochs=1",
+        "training.batch_size=64", "personalisation.epochs=1", "model.width=8"]
 
 
 class Killed(Exception):
@@ -70,28 +74,38 @@ def _poison_stale_exits(run: Path, after: int) -> int:
     return len(stale)
 
 
-def _run(out: Path, strategy: str, every: int = 1, kill_in: int | None = None, extra: tuple[str, ...] = ()) -> Path:
-    overrides = [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *extra]
-    if kill_in is None:
-        run_inprocess(out, overrides)
-    else:
-        with pytest.raises(Killed):
-            run_inprocess(out, overrides, observers=[KillIn(kill_in)])
-    return out
+class CopyIn(Observer):
+    """Copies the run directory ``run`` to ``to`` in ``after_round`` of round ``rnd`` (after the run directory
+    logged it): what killing the run at that moment leaves."""
+
+    def __init__(self, rnd: int, run: Path, to: Path) -> None:
+        self.rnd, self.run, self.to = rnd, run, to
+
+    def after_round(self, record):
+        if record["round"] == self.rnd:
+            shutil.copytree(self.run, self.to)
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """Runs made once per module on first use, by (strategy, checkpoint_every, round killed in or None, overrides).
 
-    Tests that change one work on a copy (:func:`copy_of`).
+    A killed run is made with its uninterrupted one (the same config): a copy of that run's
+    directory in the round it is killed in. Tests that change one work on a copy (:func:`copy_of`).
     """
     runs: dict[tuple, Path] = {}
 
     def get(strategy: str, every: int = 1, kill_in: int | None = None, extra: tuple[str, ...] = ()) -> Path:
         key = (strategy, every, kill_in, extra)
         if key not in runs:
-            runs[key] = _run(tmp_path_factory.mktemp(strategy) / "run", *key)
+            folder = tmp_path_factory.mktemp(strategy)
+            runs[(strategy, every, None, extra)] = folder / "run"
+            observers = []
+            if kill_in is not None:
+                runs[key] = folder / f"killed-in-{kill_in}"
+                observers = [CopyIn(kill_in, folder / "run", runs[key])]
+            run_inprocess(folder / "run", [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *extra],
+                          observers=observers)
         return runs[key]
 
     return get
@@ -129,6 +143,8 @@ def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path
 
     resume_inprocess(run, seed=7)  # fresh client contexts, other node ids and reply order
     _same_results(run, made(strategy, extra=extra))
+    with open(run / "clients.csv") as handle:  # round 2's results of the clients not evaluated in round 3 too
+        assert {row["evaluated_round"] for row in csv.DictReader(handle)} == {"2", "3"}
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
 
 
@@ -151,9 +167,7 @@ def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summa
 
 def test_a_resumed_run_trains_at_the_uninterrupted_runs_lr_schedule(made, tmp_path):
     scheduled = [*FAST, "training.lr_schedule=cosine", "training.lr_min=0.001"]  # 0.05, 0.0255, 0.001
-    run_inprocess(tmp_path / "whole", scheduled)
-    with pytest.raises(Killed):
-        run_inprocess(tmp_path / "run", scheduled, observers=[KillIn(2)])
+    run_inprocess(tmp_path / "whole", scheduled, observers=[CopyIn(2, tmp_path / "whole", tmp_path / "run")])
     resume_inprocess(tmp_path / "run", seed=7)  # rounds 2 and 3 again, each at its own lr
     _same_results(tmp_path / "run", tmp_path / "whole")
     plain = json.loads((made("depthfl") / "summary.json").read_text())["accuracy"]
