@@ -36,6 +36,19 @@ def test_samples_leave_at_the_first_confident_exit_and_the_last_takes_the_rest()
     assert exit_choice([exit1, exit2, exit3], "entropy", 0.5).tolist() == [0, 1, 2]
 
 
+def test_a_sweep_scores_each_threshold_on_its_own():
+    sure0, sure1, unsure = [10.0, 0.0], [0.0, 10.0], [0.0, 0.0]
+    exit1 = torch.tensor([sure0, unsure, unsure])
+    exit2 = torch.tensor([unsure, sure1, unsure])
+    exit3 = torch.tensor([unsure, unsure, unsure])  # predicts class 0 for everyone
+    sweep = adaptive_sweep([exit1, exit2, exit3], torch.tensor([0, 1, 1]), [1.0, 2.0, 4.0], "entropy",
+                           [0.0, 0.5, 1.0])
+    # 0.0: everyone at the last exit; 0.5: each at its confident exit; 1.0: everyone at the first
+    assert [r.exit_fractions for r in sweep] == [(0.0, 0.0, 1.0), (1 / 3, 1 / 3, 1 / 3), (1.0, 0.0, 0.0)]
+    assert [r.expected_flops for r in sweep] == [4.0, 7 / 3, 1.0]
+    assert [r.accuracy for r in sweep] == [1 / 3, 2 / 3, 1 / 3]
+
+
 def test_adaptive_inference_by_hand():
     sure0, sure1, unsure = [10.0, 0.0], [0.0, 10.0], [0.0, 0.0]
     exit1 = torch.tensor([sure0, sure0, unsure, unsure])  # samples 0, 1 leave here

@@ -54,22 +54,25 @@ def exit_scores(logits: Sequence[torch.Tensor], policy: str) -> torch.Tensor:
     raise ValueError(f"unknown exit policy {policy!r}")
 
 
-def exit_choice_from_scores(scores: torch.Tensor, policy: str, threshold: float) -> torch.Tensor:
-    """The exit (0-based) each sample leaves at: the first whose score passes; the last exit takes the rest.
+def exit_choices(scores: torch.Tensor, policy: str, thresholds: Sequence[float]) -> torch.Tensor:
+    """(thresholds, N): the exit (0-based) each sample leaves at under each threshold.
 
-    Entropy passes at most ``threshold``, the others at least (patience: its whole number).
+    The first exit whose score passes; the last exit takes the rest. Entropy passes at
+    most the threshold, the others at least (patience: its whole number).
     """
-    if policy == "entropy":
-        leave = scores <= threshold
+    if policy == "patience":
+        bounds = torch.tensor([round(t) for t in thresholds], dtype=scores.dtype)
     else:
-        leave = scores >= (round(threshold) if policy == "patience" else threshold)
-    leave[-1] = True
-    return leave.to(torch.uint8).argmax(dim=0)  # the first exit that lets the sample leave
+        bounds = torch.tensor([float(t) for t in thresholds], dtype=scores.dtype)
+    bounds = bounds.view(-1, 1, 1)
+    leave = scores[None] <= bounds if policy == "entropy" else scores[None] >= bounds  # (thresholds, exits, N)
+    leave[:, -1] = True
+    return leave.to(torch.uint8).argmax(dim=1)  # the first exit that lets the sample leave
 
 
 def exit_choice(logits: Sequence[torch.Tensor], policy: str, threshold: float) -> torch.Tensor:
     """The exit (0-based) each sample leaves at under ``policy`` (for ``patience``, threshold = the patience)."""
-    return exit_choice_from_scores(exit_scores(logits, policy), policy, threshold)
+    return exit_choices(exit_scores(logits, policy), policy, [threshold])[0]
 
 
 @dataclass(frozen=True)
@@ -93,16 +96,14 @@ def adaptive_sweep(
     right = torch.stack([z.argmax(dim=1) == y for z in logits]).double()  # (exits, N)
     costs = torch.as_tensor(exit_costs, dtype=torch.float64)
     n = max(len(y), 1)
-    results = []
-    for threshold in thresholds:
-        chosen = exit_choice_from_scores(scores, policy, threshold)
-        counts = torch.bincount(chosen, minlength=len(logits)).double()
-        results.append(AdaptiveResult(
-            accuracy=float(right.gather(0, chosen[None]).sum() / n),
-            expected_flops=float((counts * costs).sum() / n),
-            exit_fractions=tuple(float(c / n) for c in counts),
-        ))
-    return results
+    chosen = exit_choices(scores, policy, thresholds)  # (thresholds, N)
+    counts = torch.zeros(len(thresholds), len(logits), dtype=torch.float64)
+    counts.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=torch.float64))  # (thresholds, exits)
+    accuracy = (right.gather(0, chosen).sum(dim=1) / n).tolist()
+    flops = ((counts * costs).sum(dim=1) / n).tolist()
+    fractions = (counts / n).tolist()
+    return [AdaptiveResult(accuracy=a, expected_flops=f, exit_fractions=tuple(e))
+            for a, f, e in zip(accuracy, flops, fractions)]
 
 
 def overthinking(logits: Sequence[torch.Tensor], y: torch.Tensor) -> float:
