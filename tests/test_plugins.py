@@ -17,6 +17,7 @@ from fl_ee.core.config import load_config
 from fl_ee.data.datasets import load_dataset
 from fl_ee.federation.globaleval import evaluate_global
 from fl_ee.federation.server import initial_model
+from strategies.registry import available
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "custom-strategy.md"
 TINY = ["--set", "rounds=2", "--set", "eval_every=1", "--set", "data.num_clients=5",
@@ -101,6 +102,13 @@ def test_list_strategies_includes_entry_point_plugins(tmp_path, monkeypatch, cap
     listed = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
     assert listed["frozen"] == "Keeps every shared tensor as it is."
     assert {"depthfl", "exclusive", "feddyn", "fedadam", "fedyogi", "qfedavg"} <= set(listed)
+
+
+def test_a_plugin_installed_after_a_lookup_is_found_once_on_the_path(tmp_path, monkeypatch):
+    assert "frozen" not in available()  # read (and kept) before the plug-in exists
+    install_entry_point(tmp_path, "frozen", "frozen_plugin:Frozen")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert available()["frozen"] == "frozen_plugin:Frozen"
 
 
 def test_plugin_paths_and_options_fail_in_one_line(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ one-line :class:`~fl_ee.core.errors.UserError` naming the config key at fault.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -36,8 +37,19 @@ def import_path(path: str, key: str) -> Any:
 def registered(shipped: Mapping[str, str], group: str) -> dict[str, str]:
     """Every short name, shipped and of the entry-point ``group``, to its ``module:Class`` path."""
     names = dict(shipped)
-    names.update({ep.name: ep.value for ep in entry_points(group=group)})
+    names.update(_entry_points(group, tuple(sys.path)))
     return names
+
+
+@functools.lru_cache(maxsize=16)
+def _entry_points(group: str, search_path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(name, ``module:Class``) of the entry points of ``group``, read once per ``search_path`` (``sys.path``).
+
+    Reading them parses every installed distribution's metadata (about 10 ms), and clients
+    resolve plug-ins on every call; a distribution installed later into a folder already on
+    the path is not seen (as a running interpreter's imports would not see it either).
+    """
+    return tuple((ep.name, ep.value) for ep in entry_points(group=group))
 
 
 def plugin_class(name: str, names: Mapping[str, str], base: type[T], *, kind: str, base_name: str, key: str) -> type[T]:
