@@ -96,7 +96,9 @@ def _check_labels(source: str, labels, num_classes: int) -> None:
         raise UserError(f"{source}: {problem}", key="data.root")
 
 
+@functools.lru_cache(maxsize=1)
 def _digits() -> TensorDataset:
+    """scikit-learn's digits, kept for the process whatever other datasets come and go (it needs no root)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
