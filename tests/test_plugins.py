@@ -73,7 +73,7 @@ def test_readme_example_runs_as_written(tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
+def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path, monkeypatch):
     (tmp_path / "frozen_plugin.py").write_text(FROZEN)
     install_entry_point(tmp_path, "frozen", "frozen_plugin:Frozen")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
@@ -81,6 +81,7 @@ def test_a_strategy_that_keeps_current_freezes_the_global_model(tmp_path):
                  cwd=tmp_path.parent, env=env)
     assert done.returncode == 0, done.stderr
 
+    monkeypatch.syspath_prepend(str(tmp_path))  # the strategy shapes the initial model (width tiers)
     cfg = load_config(str(tmp_path / "run" / "config.toml"))
     data = load_dataset(cfg.data)
     model = initial_model(cfg, data)
