@@ -22,6 +22,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 gc.set_threshold(10_000, 10, 10)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under xdist (``-n auto --dist loadgroup``, the default in pyproject.toml) every e2e test runs on one
+    worker, one at a time as in a serial session: each starts Ray or a simulation that uses every core,
+    while the fast tests share the other workers."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 def pytest_collection_finish(session):
     """What collection made lives all session: out of the cycle collector's sight from now on."""
     gc.freeze()

@@ -11,23 +11,28 @@ from fl_ee.data.datasets import TensorDataset
 from fl_ee.federation.globaleval import SLICE_ROWS, SliceCounts, evaluate_global, global_accuracy, slice_threads
 from fl_ee.learning.training import EVAL_BATCH, accuracy, ensemble, exit_logits
 from fl_ee.models import EarlyExitNet, ModelSpec
+from fl_ee.results.summary import collapse_warnings
 
 
 def _whole_set(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> dict:
     """The global figures as the server computed them before the slicing: every exit over all of ``x`` at once."""
     logits = exit_logits(model, x)
     return {"by_exit": {str(i + 1): accuracy(z, y) for i, z in enumerate(logits)},
-            "ensemble": accuracy(ensemble(logits), y)}
+            "ensemble": accuracy(ensemble(logits), y),
+            "modal_share": {str(i + 1): z.argmax(1).bincount().max().item() / len(y) for i, z in enumerate(logits)}}
 
 
 def test_global_accuracy_adds_the_slices_counts_by_hand():
-    counts = [SliceCounts(3, (1, 2), 2), SliceCounts(2, (0, 2), 1)]
-    assert global_accuracy(counts, 5) == {"by_exit": {"1": 0.2, "2": 0.8}, "ensemble": 0.6}
+    # exit 1 gives classes (0, 1, 2) to (2, 1, 0) + (0, 0, 2) images: class 0 and class 2 two each, 2 / 5;
+    # exit 2 gives class 1 to 3 + 2 images: all five
+    counts = [SliceCounts(3, (1, 2), 2, ((2, 1, 0), (0, 3, 0))), SliceCounts(2, (0, 2), 1, ((0, 0, 2), (0, 2, 0)))]
+    assert global_accuracy(counts, 5) == {"by_exit": {"1": 0.2, "2": 0.8}, "ensemble": 0.6,
+                                          "modal_share": {"1": 0.4, "2": 1.0}}
 
 
 def test_slices_missing_rows_are_refused_not_averaged_away():
     with pytest.raises(ValueError, match="cover 3 of 5 rows"):
-        global_accuracy([SliceCounts(3, (1, 2), 2)], 5)
+        global_accuracy([SliceCounts(3, (1, 2), 2, ((3, 0), (0, 3)))], 5)
     with pytest.raises(ValueError, match="cover 0 of 5 rows"):
         global_accuracy([], 5)
 
@@ -58,3 +63,24 @@ def test_slices_run_side_by_side_as_the_cores_hold_at_torchs_thread_count(monkey
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     assert slice_threads() == expected
+
+
+def test_an_exit_behind_dead_units_gives_every_image_one_class_and_the_summary_says_so():
+    """What collapsed the deepest global exit under pathological label skew: the last stage's GroupNorm biases
+    driven below its normalised inputs, so every ReLU after it outputs 0 and the exit sees a constant."""
+    torch.manual_seed(0)
+    spec = ModelSpec(1, 8, 8, 10)
+    model = EarlyExitNet(spec)
+    with torch.no_grad():
+        model.stages[-1][1].bias.fill_(-50.0)  # GroupNorm's output is at most ~weight x 8 above its bias here
+    x, y = torch.randn(600, 1, 8, 8), torch.arange(600) % 10
+    data = TensorDataset("random", x[:1], y[:1], x, y, 10)
+    with ThreadPoolExecutor(1) as pool:
+        result = evaluate_global(ArrayRecord(model.state_dict()), data, model, len(model.stages), pool)()
+    last = str(len(model.stages))
+    assert result["modal_share"][last] == 1.0 and result["by_exit"][last] == 0.1  # one class of ten, balanced
+    assert all(share < 0.99 for k, share in result["modal_share"].items() if k != last)
+    assert collapse_warnings(result) == [
+        f"global exit {last} gives one class to 100% of the test images: it has collapsed, so its accuracy (10.0%) "
+        "is that of a constant (the units before it died, or it was never trained; see 'A collapsed exit' in the "
+        "measured results)"]

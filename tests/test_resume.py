@@ -10,7 +10,9 @@ The Ray version, with a real SIGKILL, is in ``test_resume_e2e.py``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -104,8 +106,9 @@ def made(tmp_path_factory):
             if kill_in is not None:
                 runs[key] = folder / f"killed-in-{kill_in}"
                 observers = [CopyIn(kill_in, folder / "run", runs[key])]
-            run_inprocess(folder / "run", [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}", *extra],
-                          observers=observers)
+            with contextlib.redirect_stderr(io.StringIO()):  # its warnings are not the using test's output
+                run_inprocess(folder / "run", [*FAST, f"strategy.name={strategy}", f"checkpoint_every={every}",
+                                               *extra], observers=observers)
         return runs[key]
 
     return get

@@ -8,6 +8,11 @@ without the GIL), and :func:`global_accuracy` adds their counts up. A slice is a
 batches (:data:`fl_ee.learning.training.EVAL_BATCH`), so every image goes through the network in
 the batch it would meet if the whole set were evaluated at once: the figures do not
 depend on the slicing or on the threads.
+
+Beside accuracy, each exit's ``modal_share`` is the share of test images given its most
+frequent class: about 1/classes for a healthy exit on a balanced test set, 1.0 for an exit
+that gives every image one class, which :func:`fl_ee.results.summary.collapse_warnings`
+reports (the deepest stage's units dead under pathological label skew, for instance).
 """
 
 from __future__ import annotations
@@ -30,26 +35,37 @@ SLICE_ROWS = 4 * EVAL_BATCH
 
 @dataclass(frozen=True)
 class SliceCounts:
-    """The global model on some rows of the test set: how many, and how many each exit and their ensemble got right."""
+    """The global model on some rows of the test set.
+
+    How many rows, how many each exit and their ensemble got right, and how many each exit gave each class.
+    """
 
     rows: int
     exit_correct: tuple[int, ...]
     ensemble_correct: int
+    exit_predicted: tuple[tuple[int, ...], ...]
 
 
 def slice_counts(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> SliceCounts:
     """How many of ``x`` each exit of ``model``, and the exits' ensemble, classify as ``y``."""
     logits = exit_logits(model, x)
-    return SliceCounts(len(y), tuple(correct(z, y) for z in logits), correct(ensemble(logits), y))
+    predicted = tuple(tuple(torch.bincount(z.argmax(dim=1), minlength=z.shape[1]).tolist()) for z in logits)
+    return SliceCounts(len(y), tuple(correct(z, y) for z in logits), correct(ensemble(logits), y), predicted)
 
 
 def global_accuracy(counts: Sequence[SliceCounts], rows: int) -> dict[str, Any]:
-    """Accuracy over ``rows`` images from their slices' counts: ``by_exit`` (exits 1..depth) and their ``ensemble``."""
+    """Accuracy over ``rows`` images from their slices' counts.
+
+    ``by_exit`` (exits 1..depth), their ``ensemble``, and each exit's ``modal_share`` (the
+    share of the images given its most frequent class).
+    """
     if sum(c.rows for c in counts) != rows or not counts:
         raise ValueError(f"the slices cover {sum(c.rows for c in counts)} of {rows} rows")
-    exits = [sum(c.exit_correct[i] for c in counts) for i in range(len(counts[0].exit_correct))]
-    return {"by_exit": {str(i + 1): correct / rows for i, correct in enumerate(exits)},
-            "ensemble": sum(c.ensemble_correct for c in counts) / rows}
+    exits = range(len(counts[0].exit_correct))
+    modal = [max(map(sum, zip(*(c.exit_predicted[i] for c in counts)))) for i in exits]
+    return {"by_exit": {str(i + 1): sum(c.exit_correct[i] for c in counts) / rows for i in exits},
+            "ensemble": sum(c.ensemble_correct for c in counts) / rows,
+            "modal_share": {str(i + 1): modal[i] / rows for i in exits}}
 
 
 def slice_threads() -> int:

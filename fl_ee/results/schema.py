@@ -44,6 +44,8 @@ class GlobalAccuracy(_Strict):
 
     by_exit: ByExit = Field(default_factory=dict, description="each exit of the full-depth global model")
     ensemble: Fraction = Field(None, description="the average of the global exits' softmax outputs")
+    modal_share: ByExit = Field(default_factory=dict, description="the share of the test images each exit gives its "
+                                "most frequent class (1.0: the exit has collapsed to one class)")
 
 
 class Accuracy(_Strict):

@@ -148,7 +148,7 @@ def build_summary(
         "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
         "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
                                         [c["wasted_compute_s"] for c in clocks]),
-        "warnings": [*config_warnings, *run_warnings(clocks)],
+        "warnings": [*config_warnings, *run_warnings(clocks, global_eval)],
     }
     if unseen:
         summary["unseen"] = unseen_summary([c for c in clients if c.client_id in unseen], results, tiers, depth,
@@ -185,13 +185,29 @@ def _spans(rounds: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def run_warnings(clocks: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What makes a finished run degenerate: rounds (or the whole run) in which no client's update counted."""
+def run_warnings(clocks: Sequence[Mapping[str, Any]], global_eval: Mapping[str, Any] | None = None) -> list[str]:
+    """What makes a finished run degenerate.
+
+    Rounds (or the whole run) in which no client's update counted, and global exits that
+    collapsed to one class (:func:`collapse_warnings`, for the last ``global_eval``).
+    """
     idle = [i + 1 for i, c in enumerate(clocks) if not sum(t.get("ok", 0) for t in c["by_tier"].values())]
     if clocks and len(idle) == len(clocks):
         return [f"no client trained in any of the {len(clocks)} rounds: the global model kept its initial weights, "
                 "so this run is not a result (look at the tiers' availability and the straggler policy)"]
+    collapsed = collapse_warnings(global_eval or {})
     if idle:
         return [f"no client trained in {len(idle)} of {len(clocks)} rounds (round {_spans(idle)}): "
-                "the global model did not move in them"]
-    return []
+                "the global model did not move in them", *collapsed]
+    return collapsed
+
+
+COLLAPSED = 0.99  # an exit that gives this share of the test images one class has collapsed
+
+
+def collapse_warnings(global_eval: Mapping[str, Any]) -> list[str]:
+    """Global exits that give (nearly) every test image one class: their accuracy is a constant's, not a model's."""
+    return [f"global exit {k} gives one class to {share:.0%} of the test images: it has collapsed, so its accuracy "
+            f"({global_eval['by_exit'][k]:.1%}) is that of a constant (the units before it died, or it was never "
+            "trained; see 'A collapsed exit' in the measured results)"
+            for k, share in global_eval.get("modal_share", {}).items() if share >= COLLAPSED]
