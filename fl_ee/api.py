@@ -192,22 +192,23 @@ def execute(cfg: Config, *, out: str | Path | None = None, run_dir: RunDir | Non
 
     from rich.console import Console
 
+    from fl_ee.results.rundir import RunDir, default_run_dir
     from sims.backend import start_ray
 
-    ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported and the run directory made
-    from fl_ee.federation.checkpoint import Checkpoints
-    from fl_ee.federation.client import app as client_app
-    from fl_ee.federation.server import make_server_app
-    from fl_ee.results.progress import ProgressBar
-    from fl_ee.results.rundir import RunDir, default_run_dir
-    from fl_ee.results.tensorboard import tensorboard_observers
-    from sims.engine import simulate
-
     if run_dir is None:
-        run_dir = RunDir.create(out or default_run_dir())
-        checkpoints = Checkpoints(run_dir.path)
+        run_dir = RunDir.create(out or default_run_dir())  # a folder that cannot be made is refused before Ray starts
     with ExitStack() as stack:
         stack.enter_context(run_dir.discarded_on_early_failure())
+        ray_started = start_ray(cfg)  # Ray's processes come up while the rest is imported
+        from fl_ee.federation.checkpoint import Checkpoints
+        from fl_ee.federation.client import app as client_app
+        from fl_ee.federation.server import make_server_app
+        from fl_ee.results.progress import ProgressBar
+        from fl_ee.results.tensorboard import tensorboard_observers
+        from sims.engine import simulate
+
+        if checkpoints is None:
+            checkpoints = Checkpoints(run_dir.path)
         bars = [stack.enter_context(ProgressBar(cfg.rounds, Console(stderr=True, soft_wrap=True), done=done))
                 ] if progress else []
         observers = [run_dir, *bars, *tensorboard_observers(cfg, run_dir.path, tensorboard)]

@@ -420,12 +420,14 @@ def test_resume_refuses_a_config_edited_since_the_checkpoint(made, tmp_path):
 
 @pytest.mark.parametrize("failure", [RuntimeError("Ray did not start"), KeyboardInterrupt()])
 def test_a_run_that_fails_before_round_1_leaves_nothing_behind(tmp_path, monkeypatch, capsys, failure):
+    import sims.backend
     import sims.engine
 
     def fail(*args, **kwargs):
         raise failure
 
     monkeypatch.setattr(sims.engine, "simulate", fail)
+    monkeypatch.setattr(sims.backend, "start_ray", lambda cfg: lambda: None)  # the failure comes before Ray is needed
     assert main(["run", "--out", str(tmp_path / "new" / "run")]) in (1, 130)
     assert not (tmp_path / "new").exists()  # it made both folders, and removed both
     (tmp_path / "mine").mkdir()
