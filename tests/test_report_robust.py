@@ -47,17 +47,22 @@ def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs
     code, out, err = _report(capsys, str(path), "--plots", "--html")
     assert code == 0 and "Traceback" not in err
     assert "no client was evaluated (strategy.fraction_evaluate = 0)" in " ".join(out.split())
-    for name in ("accuracy_rounds", "accuracy_time", "client_accuracy_cdf", "exit_distribution", "accuracy_vs_flops",
-                 "reliability"):
+    for name in ("client_accuracy_cdf", "exit_distribution", "accuracy_vs_flops", "reliability"):
         assert f"skipped plot {name}: no client was evaluated (strategy.fraction_evaluate = 0)" in err
-    assert {p.stem for p in (path / "plots").glob("*.png")} == {"round_time", "participation"}
+    assert {p.stem for p in (path / "plots").glob("*.png")} == {"round_time", "participation", "accuracy_rounds",
+                                                                 "accuracy_time"}
+    drawn = accuracy_over_rounds(load_run(path)).axes[0].get_legend_handles_labels()[1]
+    assert drawn == ["global model (deepest exit)"]
 
 
 def test_a_single_evaluation_is_drawn_on_its_round_with_a_note(runs):
     ax = accuracy_over_rounds(load_run(runs["ok"])).axes[0]  # 2 rounds, eval_every 2: round 2 alone
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
     assert ax.get_xlim() == (1, 3)
-    assert [list(line.get_xdata()) for line in ax.lines] == [[2]] * 4  # a dot per tier and the mean
+    assert [list(line.get_xdata()) for line in ax.lines] == [[2]] * 5  # a dot per tier, the mean, the global model
+    deepest = load_run(runs["ok"]).evaluations[-1]["evaluate"]["global"]["by_exit"]
+    assert ax.lines[-1].get_label() == "global model (deepest exit)"
+    assert list(ax.lines[-1].get_ydata()) == [100 * deepest["4"]]
     assert ax.get_xlabel() == ("round\n(one evaluation only, after round 2: more rounds or a smaller eval_every "
                                "draw a curve)")
 

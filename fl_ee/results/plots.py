@@ -56,19 +56,34 @@ def _label(run: Run, tier: str) -> str:
     return f"{tier} (depth {run.depth(tier)}{f', width {width:g}' if width < 1 else ''})"
 
 
+def _points(xs: Sequence[float], values: Sequence[Any]) -> list[tuple[float, float]]:
+    """(x, accuracy in %) for each value that is a number."""
+    return [(x, 100 * y) for x, y in zip(xs, values) if isinstance(y, (int, float))]
+
+
+def _global_deepest(record: dict[str, Any]) -> Any:
+    """The global model's accuracy at its deepest exit in an evaluation record (``None`` without one)."""
+    by_exit = get(record, "evaluate", "global", "by_exit")
+    return by_exit[max(by_exit, key=int)] if isinstance(by_exit, dict) and by_exit else None
+
+
 def _accuracy_lines(run: Run, records: list[dict[str, Any]], xs: list[float], xlabel: str, title: str) -> Figure:
-    means = [(x, get(r, "evaluate", "personalised", "mean")) for x, r in zip(xs, records)]
-    means = [(x, 100 * y) for x, y in means if isinstance(y, (int, float))]
-    if not means:
+    """Personalised accuracy per tier and of all clients, and the global model's at its deepest exit."""
+    means = _points(xs, [get(r, "evaluate", "personalised", "mean") for r in records])
+    deepest = _points(xs, [_global_deepest(r) for r in records])
+    if not means and not deepest:
         raise _no_evaluation(run)
-    fig, ax = _axes(title, xlabel, "personalised accuracy (%)")
+    fig, ax = _axes(title, xlabel, "accuracy (%)")
     colours = tier_colours(run.tiers)
     for tier in run.tiers:
-        points = [(x, get(r, "evaluate", "personalised", "by_tier", tier)) for x, r in zip(xs, records)]
-        points = [(x, 100 * y) for x, y in points if isinstance(y, (int, float))]
+        points = _points(xs, [get(r, "evaluate", "personalised", "by_tier", tier) for r in records])
         if points:
             ax.plot(*zip(*points), marker="o", color=colours[tier], label=_label(run, tier))
-    ax.plot(*zip(*means), "k--", marker=".", label="all clients")
+    if means:
+        ax.plot(*zip(*means), "k--", marker=".", label="all clients")
+    if deepest:
+        ax.plot(*zip(*deepest), color="0.45", linestyle="-.", marker="s", markersize=4,
+                label="global model (deepest exit)")
     _legend(ax)
     return fig
 
@@ -89,23 +104,23 @@ def round_axis(ax: Axes, rounds: Sequence[int]) -> None:
 
 
 def accuracy_over_rounds(run: Run) -> Figure:
-    """Personalised accuracy per tier at each evaluation round."""
+    """Personalised accuracy per tier, and the global model's, at each evaluation round."""
     records = run.evaluations
     if not records:
         raise Skip("no evaluation round in rounds.jsonl yet")
     rounds = [r["round"] for r in records]
-    fig = _accuracy_lines(run, records, rounds, "round", "Personalised accuracy over rounds")
+    fig = _accuracy_lines(run, records, rounds, "round", "Accuracy over rounds")
     round_axis(fig.axes[0], rounds)
     return fig
 
 
 def accuracy_over_time(run: Run) -> Figure:
-    """Personalised accuracy per tier against the virtual clock."""
+    """Personalised accuracy per tier, and the global model's, against the virtual clock."""
     records = [r for r in run.evaluations if "clock" in r]
     if not records:
         raise Skip(NO_CLOCK)
     fig = _accuracy_lines(run, records, [r["clock"]["virtual_time_s"] for r in records], "virtual time (s)",
-                          "Personalised accuracy over virtual time")
+                          "Accuracy over virtual time")
     reached = get(run.summary, "time_to_accuracy_s")
     if reached is not None:
         ax = fig.axes[0]
