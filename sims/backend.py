@@ -124,12 +124,17 @@ def resolve_address(address: str) -> str:
 def init_ray(cfg: Config) -> None:
     """``ray.init`` as Flower's ``RayBackend.init_ray`` does it (Flower skips it once Ray is up).
 
-    The processes of a Ray started here die with this process, also when it is killed
-    (:mod:`sims.reaper`); a cluster it joins is left alone.
+    Without ``simulation.ray_address`` it starts a Ray of its own, even where a cluster
+    runs on this machine (``ray.init()`` alone would join the last one ``ray start``
+    started), unless ``RAY_ADDRESS`` names one to join. The processes of a Ray started
+    here die with this process, also when it is killed (:mod:`sims.reaper`); a cluster it
+    joins is left alone.
     """
     args: dict[str, Any] = dict(backend_config(cfg)["init_args"])
     if "address" not in args:
         reaper.arm()
+        if not os.environ.get("RAY_ADDRESS"):  # Ray's own variable joins the cluster it names, by the user's choice;
+            args["address"] = "local"  # never the one a `ray start` left in Ray's current-cluster file
     args.setdefault("include_dashboard", False)
     pythonpath = os.pathsep.join(sys.path)
     if os.environ.get("PYTHONPATH"):

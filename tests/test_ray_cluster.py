@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head():
-    """A Ray head on 127.0.0.1 in its own process group, stopped (only it) afterwards."""
+@contextmanager
+def started_head(temp: Path) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with its files under ``temp``, in its own process group; its address.
+
+    Stopped (only it) afterwards, and ``temp`` removed.
+    """
     ray = Path(sys.executable).parent / "ray"
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
     port = free_port()
     head = subprocess.Popen(
         [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
@@ -36,13 +40,45 @@ def ray_head():
     try:
         output, _ = head.communicate(timeout=120)
         assert head.returncode == 0, output
-        yield f"127.0.0.1:{port}", Path(temp)
+        yield f"127.0.0.1:{port}"
     finally:
         try:
             os.killpg(head.pid, signal.SIGKILL)  # the daemons `ray start` left in its group
         except ProcessLookupError:
             pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head on 127.0.0.1: its address and its temp dir."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    with started_head(temp) as address:
+        yield address, temp
+
+
+def drivers(session_parent: Path) -> list[Path]:
+    """The logs of the drivers that connected to the Ray sessions under ``session_parent``."""
+    return list(session_parent.glob("session_*/logs/python-core-driver-*.log"))
+
+
+def test_a_run_without_an_address_starts_its_own_ray_beside_a_running_cluster(tmp_path):
+    """``ray start --head`` writes its address where ``ray.init()`` looks (Ray's temp dir); a run ignores it."""
+    base = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        with started_head(base / "ray"):
+            assert (base / "ray" / "ray_current_cluster").is_file()  # what ray.init() alone would join
+            sessions = set((base / "ray").glob("session_2*"))
+            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(base)}
+            done = subprocess.run(
+                [sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=2", "--set", "eval_every=2", "--set",
+                 "data.num_clients=4", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                env=env)
+            assert done.returncode == 0, done.stderr
+            assert sessions and not any(list(s.glob("logs/python-core-driver-*.log")) for s in sessions)  # not joined
+            assert set((base / "ray").glob("session_2*")) - sessions, "the run did not start a Ray of its own"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_run_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
@@ -55,8 +91,7 @@ def test_a_run_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "summary.json").read_text())["clients"]["total"] == 4
-    drivers = list(temp.glob("session_*/logs/python-core-driver-*.log"))
-    assert drivers, "the simulation did not attach to the cluster under test"
+    assert drivers(temp), "the simulation did not attach to the cluster under test"
 
 
 
@@ -92,7 +127,7 @@ def test_a_killed_run_leaves_the_cluster_it_joined_running(ray_head, tmp_path, h
         while not (out / "rounds.jsonl").is_file() or not (out / "rounds.jsonl").read_text().strip():
             assert run.poll() is None and time.monotonic() < deadline, "round 1 never came"
             time.sleep(0.1)
-        assert list(temp.glob("session_*/logs/python-core-driver-*.log")), "the run did not join the cluster"
+        assert drivers(temp), "the run did not join the cluster"
     finally:
         run.kill()
         run.wait()
