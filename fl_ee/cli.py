@@ -163,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, parse_overrides(args.overrides))
     from fl_ee.federation.plan import make_plan, plan_renderables
     from fl_ee.federation.preflight import preflight
-    from sims.engine import check_backend
+    from sims.backend import check_backend
 
     check_backend(cfg)
     out = Console()
@@ -296,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for entry in sorted(resources.files("sims").joinpath("presets").iterdir(), key=lambda p: p.name):
             if entry.name.endswith(".toml"):
                 first = entry.read_text().splitlines()[0].lstrip("# ")
-                print(f"{entry.name.removesuffix('.toml'):16s} {first}")
+                print(f"{entry.name.removesuffix('.toml'):21s} {first}")
     return 0
 
 
