@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fl_ee.cli import main
-from fl_ee.core.config import config_to_toml, load_config
+from fl_ee.core.config import config_to_toml, load_config, preset_path
 from fl_ee.core.errors import UserError
 from fl_ee.federation.plan import make_plan, training_line
 from fl_ee.federation.preflight import config_warnings, preflight
@@ -249,7 +249,10 @@ def test_ic_only_with_every_round_training_the_backbone_is_refused():
 
 
 def test_every_shipped_preset_runs_without_a_warning():
-    for preset in ("quickstart", "fmnist-3tiers", "cifar10-resnet", "stragglers"):
+    presets = sorted(p.stem for p in preset_path("quickstart").parent.glob("*.toml"))
+    assert {"quickstart", "fmnist-3tiers", "cifar10-resnet", "cifar100-resnet", "cifar10-resnet-full",
+            "cifar100-resnet-full", "stragglers"} <= set(presets)
+    for preset in presets:
         assert config_warnings(load_config(preset)) == [], preset
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fl_ee.core.atomic import read_npz
 from fl_ee.core.config import DataConfig, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import load_dataset
@@ -142,11 +143,13 @@ def test_calibration_samples_are_held_out_of_training_deterministically():
     assert torch.equal(client_data(off, 1)[0], everything) and torch.equal(client_calibration(off, 1)[0], everything)
 
 
-def _cifar100_fixture(root, monkeypatch, publish=True):
+def _cifar100_fixture(root, monkeypatch, publish=True, batches=None):
     """A tiny CIFAR-100 in torchvision's pickle layout (cifar-100-python/{train,test,meta}).
 
-    With ``publish``, torchvision's list of published md5s names these files, as it names
-    the real ones; otherwise they are any copy, which fl-ee refuses to unpickle.
+    ``batches`` maps ``train`` and ``test`` to (uint8 images N x 3 x 32 x 32, labels); by
+    default three train and two test images of known colours. With ``publish``,
+    torchvision's list of published md5s names these files, as it names the real ones;
+    otherwise they are any copy, which fl-ee refuses to unpickle.
     """
     import hashlib
     import pickle
@@ -155,10 +158,11 @@ def _cifar100_fixture(root, monkeypatch, publish=True):
 
     folder = root / CIFAR100.base_folder
     folder.mkdir(parents=True)
-    images = np.zeros((3, 3, 32, 32), dtype=np.uint8)
-    images[0, 0] = 255  # sample 0: red; sample 1: black; sample 2: blue
-    images[2, 2] = 255
-    batches = {"train": (images, [7, 99, 0]), "test": (images[:2], [1, 2])}
+    if batches is None:
+        images = np.zeros((3, 3, 32, 32), dtype=np.uint8)
+        images[0, 0] = 255  # sample 0: red; sample 1: black; sample 2: blue
+        images[2, 2] = 255
+        batches = {"train": (images, [7, 99, 0]), "test": (images[:2], [1, 2])}
     for name, (x, y) in batches.items():
         (folder / name).write_bytes(pickle.dumps({"data": x.reshape(len(x), -1), "fine_labels": y,
                                                   "coarse_labels": [0] * len(y)}))
@@ -177,6 +181,22 @@ def test_cifar100_is_read_by_torchvision_from_its_pickles(tmp_path, monkeypatch)
     assert data.train_y.tolist() == [7, 99, 0] and data.test_y.tolist() == [1, 2]
     red, black, blue = data.train_x[:, :, 0, 0]  # channels in NCHW order, standardised per channel
     assert red[0] > black[0] == blue[0] and blue[2] > black[2] == red[2] and red[1] == black[1] == blue[1]
+
+
+def test_the_cifar100_preset_trains_and_evaluates_100_classes_from_torchvisions_layout(tmp_path, monkeypatch):
+    from inprocess import run_inprocess
+
+    pixels = np.random.default_rng(0).integers(0, 256, (240, 3, 32, 32), dtype=np.uint8)
+    labels = [i % 100 for i in range(240)]
+    _cifar100_fixture(tmp_path, monkeypatch, batches={"train": (pixels[:200], labels[:200]),
+                                                      "test": (pixels[200:], labels[:40])})
+    small = [f"data.root={tmp_path}", "rounds=1", "eval_every=1", "data.num_clients=4", "data.partitioner=iid",
+             "model.width=4"]
+    _, summary = run_inprocess(tmp_path / "run", small, "cifar100-resnet")
+    head = read_npz(tmp_path / "run" / "checkpoint" / "round-000001" / "arrays.npz")
+    assert [a.shape[0] for k, a in head.items() if k.startswith("exits.") and a.ndim == 2] == [100] * 4  # classifiers
+    assert len(summary["accuracy"]["global"]["by_exit"]) == 4 and summary["clients"]["total"] == 4
+    assert 0 <= summary["accuracy"]["personalised"]["mean"] <= 1
 
 
 def test_cifar100_files_that_are_not_the_published_ones_are_never_unpickled(tmp_path, monkeypatch):
