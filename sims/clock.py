@@ -67,6 +67,7 @@ class Presence:
     available: bool
     fails: bool
     fail_at: float  # fraction of its round time done when it drops (failed clients only)
+    reason: str = ""  # why it is offline or drops, where a trace says so
 
 
 def presence(client_id: int, availability: float, failure_rate: float, seed: int, server_round: int) -> Presence:

@@ -38,6 +38,7 @@ from sims.clock import (
     settle,
     speed_factors,
 )
+from sims.traces import load_availability, next_online, online_until
 from strategies import ClientInfo
 from strategies.fjord import client_dropout
 
@@ -176,6 +177,38 @@ class DeviceEmulator:
         self.frozen_times = client_times(cfg, model, clients, frozen=True) \
             if cfg.training.scheme == "ic-only" else self.times
         self.virtual_time_s = 0.0
+        trace = cfg.simulation.availability_trace
+        self.trace = load_availability(trace) if trace else None
+        self.waited_s = 0.0  # how long the last round waited for a client to come online
+
+    def online(self, pool: Iterable[ClientInfo]) -> frozenset[int] | None:
+        """The clients of ``pool`` online when the next round starts (``None``: no trace, everyone may be sampled).
+
+        Where none is online now, the clock first waits until one comes online.
+        """
+        if self.trace is None:
+            return None
+        ids = [c.client_id for c in pool]
+        start = next_online(self.trace, ids, self.virtual_time_s)
+        self.waited_s = 0.0 if start is None else start - self.virtual_time_s
+        self.virtual_time_s += self.waited_s
+        return frozenset(c for c in ids if online_until(self.trace.get(c), self.virtual_time_s) is not None)
+
+    def _presence(self, client: ClientInfo, server_round: int) -> Presence:
+        """Whether ``client`` is online this round and whether it drops: drawn, or from the trace where one is set."""
+        tier = self.tiers[client.tier]
+        if self.trace is None:
+            return presence(client.client_id, tier.availability, tier.failure_rate, self.cfg.seed, server_round)
+        start = self.virtual_time_s
+        until = online_until(self.trace.get(client.client_id), start)
+        if until is None:
+            return Presence(False, False, 0.0, "offline at the round's start (availability trace)")
+        total = self.times_in(server_round)[client.client_id].total_s
+        if start + total > until:
+            return Presence(True, True, (until - start) / total,
+                            f"went offline at {until:g} s, {until - start:.4g} s into its {total:.4g} s round "
+                            "(availability trace)")
+        return presence(client.client_id, 1.0, tier.failure_rate, self.cfg.seed, server_round)
 
     def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
         """Every client's simulated time in ``server_round`` (``ic-only`` rounds differ once the backbone is frozen)."""
@@ -187,13 +220,9 @@ class DeviceEmulator:
         return returned_part(self.spec, state, client.depth, client.width, frozen, self.algorithm)
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
-        """Draw who of the sampled clients is online and who will drop out this round."""
+        """Draw who of the sampled clients is online and who will drop out this round (or read it from the trace)."""
         sampled = list(sampled)
-        draws = {
-            c.client_id: presence(c.client_id, self.tiers[c.tier].availability, self.tiers[c.tier].failure_rate,
-                                  self.cfg.seed, server_round)
-            for c in sampled
-        }
+        draws = {c.client_id: self._presence(c, server_round) for c in sampled}
         return RoundClock(sampled, draws, self.times_in(server_round))
 
     def pace_seconds(self, clock: RoundClock, client: ClientInfo) -> float:
@@ -217,6 +246,8 @@ class DeviceEmulator:
                 clock.outcomes[c.client_id] = UNAVAILABLE
             elif p.fails:
                 clock.outcomes[c.client_id] = FAILED
+            if p.reason:
+                clock.reasons[c.client_id] = p.reason
         for c, reason in errored.items():  # the client crashed for real: its update is lost like a dropout's
             clock.outcomes[c.client_id] = FAILED
             clock.reasons[c.client_id] = reason
@@ -238,7 +269,9 @@ class DeviceEmulator:
             clients.append(entry)
             by_tier[c.tier]["sampled"] += 1
             by_tier[c.tier][outcome] += 1
+        waited = {"waited_s": self.waited_s} if self.trace is not None else {}
         return {
+            **waited,
             "round_time_s": clock.round_time_s,
             "virtual_time_s": self.virtual_time_s,
             "wasted_compute_s": wasted,

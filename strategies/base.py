@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
 from typing import Any, ClassVar
@@ -103,6 +103,7 @@ class DepthAwareStrategy(Strategy):
         self.clients: dict[int, ClientInfo] = {}
         self.spec: ModelSpec | None = None
         self._sent: ArrayRecord | None = None
+        self.online: frozenset[int] | None = None  # who may be sampled to train this round (None: everyone)
 
     # ------------------------------------------------------------------ model
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
@@ -138,13 +139,19 @@ class DepthAwareStrategy(Strategy):
         stream: Stream,
         pool: Iterable[ClientInfo] | None = None,
         overcommit: float = 0.0,
+        online: Collection[int] | None = None,
     ) -> list[ClientInfo]:
         """``ceil(k * (1 + overcommit))`` clients of ``pool`` (default: all), k as :meth:`sample_size`.
 
-        Drawn by seed and round; returned in client-id order.
+        Drawn by seed and round; returned in client-id order. With ``online`` (client ids),
+        only those of the pool are drawn from, as many as are online when fewer; k is still
+        a share of the whole pool.
         """
         pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
-        size = min(len(pool), math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit)))
+        size = math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit))
+        if online is not None:
+            pool = [c for c in pool if c.client_id in online]
+        size = min(len(pool), size)
         chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
         return [pool[i] for i in sorted(chosen)]
 
@@ -190,8 +197,12 @@ class DepthAwareStrategy(Strategy):
         return self.messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
 
     def sample_train(self, server_round: int) -> list[ClientInfo]:
-        """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included)."""
-        return self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit)
+        """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included).
+
+        Only :attr:`online` ones where the server set it (an availability trace on the virtual clock).
+        """
+        return self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit,
+                           self.online)
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, in client-id order (so aggregation is deterministic)."""

@@ -288,6 +288,10 @@ class SimulationConfig(_Section):
                               Field(ge=1, description="stop (exit 3) after this many non-finite rounds in a row")] = 3
     ray_address: Annotated[str,
                            Field(description="empty: start a local Ray; auto or host:port: attach to a cluster")] = ""
+    availability_trace: Annotated[str, Field(
+        description="a JSON file of client id -> online intervals [start_s, end_s] on the virtual clock "
+                    "(sims/traces.py; a client not in it is always online): clients are sampled only while online and "
+                    "drop when they go offline mid-round; it replaces the tiers' availability (empty: none)")] = ""
 
     @model_validator(mode="after")
     def _deadline_is_set(self) -> SimulationConfig:

@@ -132,7 +132,7 @@ def train_round(
     exchange: Exchange, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
     config: ConfigRecord, work: Work | None = None,
 ) -> tuple[ArrayRecord, dict[str, Any], bool]:
-    """One training round on the virtual clock: sample, emulate presence, train, settle, check, aggregate.
+    """One training round on the virtual clock: sample the online, emulate presence, train, settle, check, aggregate.
 
     Unavailable and dropping-out clients are not sent work; every client that runs
     trains (so its personal exits move on), but only the replies the straggler policy
@@ -141,6 +141,7 @@ def train_round(
     record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
     whether the round was *bad*: it produced nothing finite to aggregate.
     """
+    strategy.online = emulator.online(strategy.train_pool())
     messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, exchange.grid))
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
