@@ -8,6 +8,7 @@ in, who counted, who was late, and how long the round took on the virtual clock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,8 +33,10 @@ from sims.clock import (
     REJECTED,
     UNAVAILABLE,
     ClientTime,
+    Power,
     Presence,
     client_time,
+    energy,
     presence,
     settle,
     speed_factors,
@@ -125,7 +128,7 @@ def client_work(
 def client_times(
     cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo], frozen: bool = False
 ) -> dict[int, ClientTime]:
-    """Each client's simulated round time from its tier profile, data size and submodel.
+    """Each client's simulated round time (and energy) from its tier profile, data size and submodel.
 
     ``frozen``: in a round of ``ic-only`` that trains the exits alone.
     """
@@ -138,8 +141,10 @@ def client_times(
     times = {}
     for client, factor, key in zip(clients, factors, submodels):
         tier = tiers[client.tier]
-        times[client.client_id] = client_time(down[key], up[key], work[client.client_id], tier.compute_gflops * factor,
-                                              tier.download_mbps, tier.upload_mbps)
+        t = client_time(down[key], up[key], work[client.client_id], tier.compute_gflops * factor, tier.download_mbps,
+                        tier.upload_mbps)
+        power = Power(tier.training_w, tier.idle_w, tier.radio_up_j_per_mb, tier.radio_down_j_per_mb)
+        times[client.client_id] = dataclasses.replace(t, energy_j=energy(t, down[key], up[key], power))
     return times
 
 
@@ -257,13 +262,17 @@ class DeviceEmulator:
         """The round's ``clock`` entry in ``rounds.jsonl``."""
         clients, wasted = [], 0.0
         by_tier = {t: dict.fromkeys(("sampled", *OUTCOMES), 0) for t in self.tiers}
+        energy_by_tier = dict.fromkeys(self.tiers, 0.0)
         for c in clock.sampled:
             outcome, t = clock.outcomes[c.client_id], clock.times[c.client_id]
             p = clock.presence[c.client_id]
-            time_s = None if outcome == UNAVAILABLE else t.total_s * (p.fail_at if p.fails else 1.0)
+            done = 0.0 if outcome == UNAVAILABLE else p.fail_at if p.fails else 1.0  # share of its round it ran
+            time_s = None if outcome == UNAVAILABLE else t.total_s * done
             if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing
-                wasted += t.compute_s * (p.fail_at if p.fails else 1.0)
-            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome}
+                wasted += t.compute_s * done
+            energy_by_tier[c.tier] += t.energy_j * done
+            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome,
+                     "energy_j": t.energy_j * done}
             if c.client_id in clock.reasons:
                 entry["reason"] = clock.reasons[c.client_id]
             clients.append(entry)
@@ -275,6 +284,8 @@ class DeviceEmulator:
             "round_time_s": clock.round_time_s,
             "virtual_time_s": self.virtual_time_s,
             "wasted_compute_s": wasted,
+            "energy_j": sum(energy_by_tier.values()),
+            "energy_by_tier_j": energy_by_tier,
             "clients": clients,
             "by_tier": by_tier,
         }

@@ -26,12 +26,13 @@ def _write(tmp_path, value, name="trace.json"):
     return str(path)
 
 
-def _emulator(tmp_path, trace, clients=4):
+def emulator_of(tmp_path, trace=None, clients=4, **tier):
+    """A hand-made device emulator: ``clients`` of one tier (``tier`` overrides its figures), under ``trace``."""
     raw = {"rounds": 2, "data": {"num_clients": clients}, "model": {"exit_head": "linear"},
            "personalisation": {"mode": "none"},
-           "simulation": {"availability_trace": _write(tmp_path, trace)},
+           "simulation": {"availability_trace": _write(tmp_path, trace) if trace is not None else ""},
            "tiers": [{"name": "t", "share": 1.0, "depth": 1, "compute_gflops": 1.0, "download_mbps": 1.0,
-                      "upload_mbps": 0.5, "availability": 0.0}]}  # the trace replaces the tier's availability
+                      "upload_mbps": 0.5, "availability": 0.0 if trace else 1.0, **tier}]}
     cfg = config_from_dict(raw)
     roster = [ClientInfo(c, c, "t", 1, num_train=10, num_test=3) for c in range(clients)]
     model = EarlyExitNet(ModelSpec(1, 8, 8, 10, width=16, exit_head="linear"))
@@ -50,7 +51,7 @@ def test_intervals_say_who_is_online_and_until_when():
 
 
 def test_a_client_going_offline_mid_work_drops_and_an_offline_one_is_unavailable(tmp_path):
-    emulator, roster = _emulator(tmp_path, {"0": [[0, 100]], "1": [[0, 0.02]], "2": []})
+    emulator, roster = emulator_of(tmp_path, {"0": [[0, 100]], "1": [[0, 0.02]], "2": []})  # tier availability 0
     assert emulator.times[0].total_s == pytest.approx(TOTAL_S)  # 0.0353 s, above client 1's 0.02 s online
     clock = emulator.begin(1, roster)
     assert [clock.runs(c) for c in roster] == [True, False, False, True]
@@ -64,7 +65,7 @@ def test_a_client_going_offline_mid_work_drops_and_an_offline_one_is_unavailable
 
 
 def test_only_online_clients_are_sampled_and_the_clock_waits_for_the_first(tmp_path):
-    emulator, roster = _emulator(tmp_path, {"0": [[50, 60]], "1": [[55, 70]], "2": [[80, 90]], "3": []})
+    emulator, roster = emulator_of(tmp_path, {"0": [[50, 60]], "1": [[55, 70]], "2": [[80, 90]], "3": []})
     online = emulator.online(roster)
     assert online == {0} and emulator.virtual_time_s == 50.0 and emulator.waited_s == 50.0
     strategy = DepthAwareStrategy(fraction_train=0.5)

@@ -323,6 +323,14 @@ class TierConfig(_Section):
     failure_rate: Annotated[float, Field(ge=0, le=1, description="chance a client drops out mid-round")] = 0.0
     speed_sigma: Annotated[float,
                            Field(ge=0, description="per-client compute-speed spread (lognormal, median 1)")] = 0.0
+    training_w: Annotated[float, Field(gt=0, description="the device's power while it trains, W "
+                                                         "(default: mid-range-phone's)")] = 3.5
+    idle_w: Annotated[float, Field(ge=0, description="the device's power while awake and idle (during transfers), "
+                                                     "W")] = 0.6
+    radio_up_j_per_mb: Annotated[float,
+                                 Field(ge=0, description="the radio's energy per MB sent, J (over idle)")] = 3.51
+    radio_down_j_per_mb: Annotated[float,
+                                   Field(ge=0, description="the radio's energy per MB received, J (over idle)")] = 0.42
 
     @model_validator(mode="before")
     @classmethod
