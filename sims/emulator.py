@@ -9,6 +9,7 @@ in, who counted, who was late, and how long the round took on the virtual clock.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from fl_ee.core.config import Config
 from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops, sent_state
 from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.training import local_steps
 from fl_ee.models import (
     EarlyExitNet,
     Flops,
@@ -158,6 +160,7 @@ class RoundClock:
     outcomes: dict[int, str] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # why a client failed or was rejected
     round_time_s: float = 0.0
+    steps: dict[int, int] = field(default_factory=dict)  # partial work: the local steps a client may take
 
     def runs(self, client: ClientInfo) -> bool:
         """Whether the client is online and does not drop out, so it is sent work."""
@@ -199,8 +202,11 @@ class DeviceEmulator:
         self.virtual_time_s += self.waited_s
         return frozenset(c for c in ids if online_until(self.trace.get(c), self.virtual_time_s) is not None)
 
-    def _presence(self, client: ClientInfo, server_round: int) -> Presence:
-        """Whether ``client`` is online this round and whether it drops: drawn, or from the trace where one is set."""
+    def _presence(self, client: ClientInfo, time: ClientTime, server_round: int) -> Presence:
+        """Whether ``client`` is online this round and whether it drops: drawn, or from the trace where one is set.
+
+        ``time`` is its time this round: the trace drops it if it goes offline before that is up.
+        """
         tier = self.tiers[client.tier]
         if self.trace is None:
             return presence(client.client_id, tier.availability, tier.failure_rate, self.cfg.seed, server_round)
@@ -208,7 +214,7 @@ class DeviceEmulator:
         until = online_until(self.trace.get(client.client_id), start)
         if until is None:
             return Presence(False, False, 0.0, "offline at the round's start (availability trace)")
-        total = self.times_in(server_round)[client.client_id].total_s
+        total = time.total_s
         if start + total > until:
             return Presence(True, True, (until - start) / total,
                             f"went offline at {until:g} s, {until - start:.4g} s into its {total:.4g} s round "
@@ -225,10 +231,37 @@ class DeviceEmulator:
         return returned_part(self.spec, state, client.depth, client.width, frozen, self.algorithm)
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
-        """Draw who of the sampled clients is online and who will drop out this round (or read it from the trace)."""
+        """Draw who of the sampled clients is online and who will drop out this round (or read it from the trace).
+
+        Under ``simulation.partial_work``, the clients too slow for all their local steps get fewer
+        (:meth:`_partial`): ``steps`` of the clock.
+        """
         sampled = list(sampled)
-        draws = {c.client_id: self._presence(c, server_round) for c in sampled}
-        return RoundClock(sampled, draws, self.times_in(server_round))
+        times, steps = self.times_in(server_round), {}
+        if self.cfg.simulation.partial_work:
+            partial = {c.client_id: cut for c in sampled if (cut := self._partial(c, times[c.client_id]))}
+            times = {**times, **{cid: t for cid, (_, t) in partial.items()}}
+            steps = {cid: k for cid, (k, _) in partial.items()}
+        draws = {c.client_id: self._presence(c, times[c.client_id], server_round) for c in sampled}
+        return RoundClock(sampled, draws, times, steps=steps)
+
+    def _partial(self, client: ClientInfo, time: ClientTime) -> tuple[int, ClientTime] | None:
+        """Partial work: the local steps that fit before the deadline and its time doing only those.
+
+        ``None`` where all its steps fit, or none does (it is late, as without partial work).
+        Download and upload take their whole time; the compute (and its energy at
+        ``training_w``) is cut in proportion to the steps it takes.
+        """
+        total = local_steps(client.num_train, self.cfg.training)
+        room = self.cfg.simulation.deadline_s - time.download_s - time.upload_s
+        k = math.floor(room / time.compute_s * total) if time.compute_s > 0 else total
+        while k > 0 and time.download_s + time.compute_s * k / total + time.upload_s > self.cfg.simulation.deadline_s:
+            k -= 1  # a rounding error in the floor above
+        if not 0 < k < total:
+            return None
+        cut = time.compute_s * (1 - k / total)
+        return k, dataclasses.replace(time, compute_s=time.compute_s - cut,
+                                      energy_j=time.energy_j - self.tiers[client.tier].training_w * cut)
 
     def pace_seconds(self, clock: RoundClock, client: ClientInfo) -> float:
         """Real seconds a client sleeps: its simulated time x ``time_scale`` when paced, else 0."""
@@ -275,6 +308,8 @@ class DeviceEmulator:
                      "energy_j": t.energy_j * done}
             if c.client_id in clock.reasons:
                 entry["reason"] = clock.reasons[c.client_id]
+            if c.client_id in clock.steps:
+                entry["local_steps"] = clock.steps[c.client_id]
             clients.append(entry)
             by_tier[c.tier]["sampled"] += 1
             by_tier[c.tier][outcome] += 1

@@ -29,7 +29,7 @@ from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
-from strategies.aggregation import holder_aggregate, weighted_mean
+from strategies.aggregation import fednova_rescale, holder_aggregate, weighted_mean
 
 NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
@@ -85,6 +85,12 @@ class DepthAwareStrategy(Strategy):
         Under the ``overselect`` straggler policy: training samples
         ``ceil(k * (1 + overcommit))`` clients, of which the first ``k`` to finish count.
 
+    fednova : bool
+        FedNova's normalisation (:func:`~strategies.aggregation.fednova_rescale`): each client's
+        change is divided by the local steps it took (its reply's ``local_steps``) and the
+        mean re-scaled by the example-weighted mean of the steps, so that clients that took
+        fewer steps (partial work under a deadline, less data) are averaged correctly.
+
     ``partial_tensors`` says whether :meth:`aggregate_tensor` may be given part of a tensor
     (the elements that width-scaled holders share, as flat arrays): true for rules without
     state of their own, false for a rule that keeps state per whole tensor (the server
@@ -94,8 +100,11 @@ class DepthAwareStrategy(Strategy):
     partial_tensors: ClassVar[bool] = True
 
     def __init__(
-        self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0
+        self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0,
+        fednova: bool = False,
     ) -> None:
+        check_option(isinstance(fednova, bool), "fednova", f"expected true or false, got {fednova!r}")
+        self.fednova = fednova
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.seed = seed
@@ -218,8 +227,17 @@ class DepthAwareStrategy(Strategy):
             return None, None
         updates = [to_numpy(m.content.array_records[ARRAYS]) for m in valid]
         weights = [float(payload_of(m, TrainReply).num_examples) for m in valid]
+        if self.fednova:
+            updates = fednova_rescale(updates, weights, [self._steps(m) for m in valid], to_numpy(self._sent))
         new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
         return to_record(new), self._mean_metrics(valid)
+
+    def _steps(self, reply: Message) -> int:
+        """The local steps a reply's client took (FedNova needs them)."""
+        steps = payload_of(reply, TrainReply).local_steps
+        if not (isinstance(steps, int) and steps > 0):
+            raise ValueError(f"client {self.sender(reply).client_id} reported no local_steps; fednova needs them")
+        return steps
 
     def aggregate_tensor(
         self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray

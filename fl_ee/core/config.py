@@ -288,6 +288,10 @@ class SimulationConfig(_Section):
                               Field(ge=1, description="stop (exit 3) after this many non-finite rounds in a row")] = 3
     ray_address: Annotated[str,
                            Field(description="empty: start a local Ray; auto or host:port: attach to a cluster")] = ""
+    partial_work: Annotated[bool, Field(
+        description="deadline: a client too slow for all its local steps is told how many fit before the deadline "
+                    "and sends that partial work instead of being late (FedNova's normalisation, strategy.options."
+                    "fednova, averages it correctly)")] = False
     availability_trace: Annotated[str, Field(
         description="a JSON file of client id -> online intervals [start_s, end_s] on the virtual clock "
                     "(sims/traces.py; a client not in it is always online): clients are sampled only while online and "
@@ -297,6 +301,8 @@ class SimulationConfig(_Section):
     def _deadline_is_set(self) -> SimulationConfig:
         _rule(self.straggler_policy != "deadline" or self.deadline_s > 0, "deadline_s",
               "must be set (> 0) when straggler_policy is deadline")
+        _rule(not self.partial_work or self.straggler_policy == "deadline", "partial_work",
+              "needs straggler_policy = deadline (partial work is what fits before the deadline)")
         return self
 
 

@@ -147,8 +147,9 @@ def train_round(
     send = []
     for message, client in zip(messages, clock.sampled):
         if clock.runs(client):
-            if pace_s := emulator.pace_seconds(clock, client):
-                with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s))
+            if (pace_s := emulator.pace_seconds(clock, client)) or client.client_id in clock.steps:
+                with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s,
+                                                               max_steps=clock.steps.get(client.client_id)))
             send.append(message)
     replies = exchange.send(send, work)
     _check(replies, f"train in round {rnd}")
