@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
 from typing import Any, ClassVar
@@ -72,6 +72,45 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """What one round says of a client that trained: its examples, its mean training loss, its simulated seconds."""
+
+    client_id: int
+    num_examples: int
+    loss: float
+    duration_s: float
+
+
+def draw(seed: int, stream: Stream, server_round: int, pool: Sequence[ClientInfo], size: int) -> list[ClientInfo]:
+    """``size`` clients of ``pool`` drawn uniformly without replacement, by seed, stream and round; in pool order."""
+    chosen = rng(seed, stream, server_round).choice(len(pool), size=size, replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+class Selection:
+    """Uniformly at random by seed and round (``random``): every online client is equally likely."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def select(self, server_round: int, pool: Sequence[ClientInfo], size: int) -> list[ClientInfo]:
+        """``size`` clients of ``pool`` (the online ones, in client-id order; ``size <= len(pool)``), in that order."""
+        return draw(self.seed, Stream.SAMPLE_TRAIN, server_round, pool, size)
+
+    def feedback(self, server_round: int, results: Sequence[Feedback]) -> None:
+        """Learn from a finished round: the clients whose update arrived (in time or late)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What it keeps across rounds, as JSON values (empty: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
+
+
 class DepthAwareStrategy(Strategy):
     """Per-tier slicing on the way out, per-tensor holder aggregation on the way back.
 
@@ -113,6 +152,7 @@ class DepthAwareStrategy(Strategy):
         self.spec: ModelSpec | None = None
         self._sent: ArrayRecord | None = None
         self.online: frozenset[int] | None = None  # who may be sampled to train this round (None: everyone)
+        self.selection = Selection(seed)  # who of them trains (strategy.selection; strategies.registry sets it)
 
     # ------------------------------------------------------------------ model
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
@@ -148,21 +188,14 @@ class DepthAwareStrategy(Strategy):
         stream: Stream,
         pool: Iterable[ClientInfo] | None = None,
         overcommit: float = 0.0,
-        online: Collection[int] | None = None,
     ) -> list[ClientInfo]:
         """``ceil(k * (1 + overcommit))`` clients of ``pool`` (default: all), k as :meth:`sample_size`.
 
-        Drawn by seed and round; returned in client-id order. With ``online`` (client ids),
-        only those of the pool are drawn from, as many as are online when fewer; k is still
-        a share of the whole pool.
+        Drawn by seed and round; returned in client-id order.
         """
         pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
-        size = math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit))
-        if online is not None:
-            pool = [c for c in pool if c.client_id in online]
-        size = min(len(pool), size)
-        chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
-        return [pool[i] for i in sorted(chosen)]
+        size = min(len(pool), math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit)))
+        return draw(self.seed, stream, server_round, pool, size)
 
     def sender(self, reply: Message) -> ClientInfo:
         """The client a reply came from (:func:`fl_ee.wire.exchange.client_of`)."""
@@ -208,10 +241,13 @@ class DepthAwareStrategy(Strategy):
     def sample_train(self, server_round: int) -> list[ClientInfo]:
         """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included).
 
-        Only :attr:`online` ones where the server set it (an availability trace on the virtual clock).
+        Only :attr:`online` ones where the server set it (an availability trace on the virtual clock),
+        as many as are online where fewer (k is a share of the whole pool), chosen by :attr:`selection`.
         """
-        return self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit,
-                           self.online)
+        pool = sorted(self.train_pool(), key=lambda c: c.client_id)
+        size = math.ceil(self.sample_size(self.fraction_train, len(pool)) * (1 + self.overcommit))
+        online = [c for c in pool if self.online is None or c.client_id in self.online]
+        return self.selection.select(server_round, online, min(size, len(online)))
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, in client-id order (so aggregation is deterministic)."""

@@ -251,6 +251,12 @@ class StrategyConfig(_Section):
     fraction_evaluate: Annotated[float, Field(
         ge=0, le=1, description="share of clients sampled to evaluate (0: none, the global model only)")] = 1.0
     options: Annotated[dict[str, Any], Field(default_factory=dict, description="constructor arguments of the strategy")]
+    selection: Annotated[str, Field(
+        description="who of the online clients trains: random, oort (Lai et al., OSDI 2021: statistical utility "
+                    "x a speed penalty, with exploration), or package.module:Class "
+                    "(strategies/selection.py)")] = "random"
+    selection_options: Annotated[dict[str, Any], Field(default_factory=dict,
+                                                       description="keyword arguments of the selection")]
 
 
 class ExitPolicyConfig(_Section):

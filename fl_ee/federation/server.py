@@ -42,12 +42,20 @@ from fl_ee.results.summary import (
 )
 from fl_ee.results.tensorboard import tensorboard_observers
 from fl_ee.wire.exchange import Exchange, client_of
-from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
+from fl_ee.wire.protocol import (
+    ARRAYS,
+    EvaluateReply,
+    Instructions,
+    TrainReply,
+    instructions_of,
+    payload_of,
+    with_instructions,
+)
 from sims.clock import OK
-from sims.emulator import DeviceEmulator
+from sims.emulator import DeviceEmulator, RoundClock
 from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy, network_spec
-from strategies.base import to_numpy
+from strategies.base import Feedback, to_numpy
 
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
@@ -128,6 +136,11 @@ def _errors(sender: Callable[[Message], ClientInfo], replies: Sequence[Message])
     return {sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
 
 
+def _feedback(client: ClientInfo, reply: TrainReply, clock: RoundClock) -> Feedback:
+    """What the selection learns of a client whose update arrived: examples, loss, simulated seconds."""
+    return Feedback(client.client_id, reply.num_examples, reply.train_loss, clock.times[client.client_id].total_s)
+
+
 def train_round(
     exchange: Exchange, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
     config: ConfigRecord, work: Work | None = None,
@@ -156,6 +169,8 @@ def train_round(
     errors = _errors(strategy.sender, replies)
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
                     errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
+    strategy.selection.feedback(rnd, [_feedback(strategy.sender(m), payload_of(m, TrainReply), clock)
+                                      for m in strategy.valid_replies(replies)])
     current = to_numpy(arrays)
     counted = []
     for reply in replies:
