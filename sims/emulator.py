@@ -43,7 +43,7 @@ from sims.clock import (
     settle,
     speed_factors,
 )
-from sims.traces import load_availability, next_online, online_until
+from sims.traces import load_availability, load_capacity, next_online, online_until
 from strategies import ClientInfo
 from strategies.fjord import client_dropout
 
@@ -132,10 +132,13 @@ def client_times(
 ) -> dict[int, ClientTime]:
     """Each client's simulated round time (and energy) from its tier profile, data size and submodel.
 
+    A client of ``simulation.capacity_trace`` takes the figures the trace gives it in place of its tier's.
+
     ``frozen``: in a round of ``ic-only`` that trains the exits alone.
     """
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
+    capacity = load_capacity(cfg.simulation.capacity_trace) if cfg.simulation.capacity_trace else {}
     submodels = [(c.depth, c.width) for c in clients]
     algorithm = build_algorithm(cfg)
     down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, frozen, algorithm)
@@ -143,8 +146,9 @@ def client_times(
     times = {}
     for client, factor, key in zip(clients, factors, submodels):
         tier = tiers[client.tier]
-        t = client_time(down[key], up[key], work[client.client_id], tier.compute_gflops * factor, tier.download_mbps,
-                        tier.upload_mbps)
+        speeds = {"compute_gflops": tier.compute_gflops * factor, "download_mbps": tier.download_mbps,
+                  "upload_mbps": tier.upload_mbps, **capacity.get(client.client_id, {})}
+        t = client_time(down[key], up[key], work[client.client_id], **speeds)
         power = Power(tier.training_w, tier.idle_w, tier.radio_up_j_per_mb, tier.radio_down_j_per_mb)
         times[client.client_id] = dataclasses.replace(t, energy_j=energy(t, down[key], up[key], power))
     return times

@@ -1,4 +1,4 @@
-"""Availability traces: when each client is online on the virtual clock, read from JSON (never pickle).
+"""Availability and capacity traces: when each client is online, and how fast it is, read from JSON (never pickle).
 
 A trace file is a JSON object mapping a client id (as a string) to its online intervals
 ``[start_s, end_s]`` on the virtual clock: ``{"0": [[0, 3600]], "1": []}``. A client missing
@@ -16,20 +16,28 @@ is in ``docs/explanation/clock.md``.
 ends of its online spells, repeating every ``finish_time`` seconds, as FedScale's
 ``ClientMetadata.is_active`` replays it) from the same structure written as JSON;
 FedScale publishes that trace as a pickle, which fl-ee does not read.
+
+A capacity trace (``simulation.capacity_trace``) is a JSON object mapping a client id to
+some of ``compute_gflops``, ``download_mbps`` and ``upload_mbps``, which replace its tier's
+figures (``{"3": {"compute_gflops": 2.5, "upload_mbps": 0.8}}``); :func:`capacity_from_fedscale`
+converts FedScale's device-capacity trace (``computation`` in ms per sample,
+``communication`` in kbit/s) written as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fl_ee.core.errors import UserError
 
 Intervals = tuple[tuple[float, float], ...]
-KEY = "simulation.availability_trace"
+KEY, CAPACITY_KEY = "simulation.availability_trace", "simulation.capacity_trace"
+CAPACITY = ("compute_gflops", "download_mbps", "upload_mbps")  # what a capacity trace may set per client
+T = TypeVar("T")
 
 
 def _number(value: Any) -> bool:
@@ -59,26 +67,75 @@ def parse_availability(raw: Any) -> dict[int, Intervals]:
     """A trace's JSON value as online intervals by client id; a problem is a ``ValueError`` naming the key."""
     if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object of client id -> intervals, got {type(raw).__name__}")
-    trace = {}
-    for client, spans in raw.items():
-        if not (client.isdigit() and client == str(int(client))):
-            raise ValueError(f"key {client!r}: expected a client id (0, 1, ...)")
-        trace[int(client)] = _intervals(client, spans)
-    return trace
+    return {_client_id(client): _intervals(client, spans) for client, spans in raw.items()}
+
+
+def _client_id(key: str) -> int:
+    """A trace's key as a client id; anything but a plain non-negative integer is a ``ValueError`` naming it."""
+    if not (key.isdigit() and key == str(int(key))):
+        raise ValueError(f"key {key!r}: expected a client id (0, 1, ...)")
+    return int(key)
+
+
+def _load(path: str, key: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` of the JSON in ``path``; any problem is a one-line :class:`UserError` naming the file and ``key``."""
+    try:
+        raw = json.loads(Path(path).expanduser().read_text())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or exc}", key=key) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not JSON: {exc}", key=key) from None
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}", key=key) from None
 
 
 def load_availability(path: str) -> dict[int, Intervals]:
     """The availability trace in ``path``; any problem is a one-line :class:`UserError` naming the file and key."""
-    try:
-        raw = json.loads(Path(path).expanduser().read_text())
-    except OSError as exc:
-        raise UserError(f"{path}: cannot be read: {exc.strerror or exc}", key=KEY) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not JSON: {exc}", key=KEY) from None
-    try:
-        return parse_availability(raw)
-    except ValueError as exc:
-        raise UserError(f"{path}: {exc}", key=KEY) from None
+    return _load(path, KEY, parse_availability)
+
+
+def parse_capacity(raw: Any) -> dict[int, dict[str, float]]:
+    """A capacity trace's JSON value: by client id, the figures of :data:`CAPACITY` it overrides (each > 0)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object of client id -> figures, got {type(raw).__name__}")
+    trace = {}
+    for client, figures in raw.items():
+        if not (isinstance(figures, dict) and figures and set(figures) <= set(CAPACITY)):
+            raise ValueError(f"client {client!r}: expected an object of some of {', '.join(CAPACITY)}, got {figures!r}")
+        for name, value in figures.items():
+            if not (_number(value) and value > 0):
+                raise ValueError(f"client {client!r} {name}: must be a finite number > 0, got {value!r}")
+        trace[_client_id(client)] = {name: float(value) for name, value in figures.items()}
+    return trace
+
+
+def load_capacity(path: str) -> dict[int, dict[str, float]]:
+    """The capacity trace in ``path``; any problem is a one-line :class:`UserError` naming the file and key."""
+    return _load(path, CAPACITY_KEY, parse_capacity)
+
+
+def capacity_from_fedscale(raw: Mapping[str, Any], reference_flops: float) -> dict[str, dict[str, float]]:
+    """FedScale's device-capacity trace (as JSON) as fl-ee's.
+
+    Each client of ``raw`` holds ``computation``, its inference latency in milliseconds per
+    sample of FedScale's reference model, and ``communication``, its bandwidth in kbit/s (one
+    figure for both directions, as FedScale uses it). ``reference_flops`` is that model's
+    forward FLOPs per sample: ``compute_gflops = reference_flops / latency``.
+    """
+    out = {}
+    for client, entry in raw.items():
+        try:
+            latency_ms, kbps = float(entry["computation"]), float(entry["communication"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"client {client!r}: needs computation and communication numbers ({exc})") from None
+        if not (latency_ms > 0 and kbps > 0):
+            raise ValueError(f"client {client!r}: computation and communication must be > 0")
+        mbps = kbps / 1000
+        out[str(client)] = {"compute_gflops": reference_flops / (latency_ms / 1000) / 1e9, "download_mbps": mbps,
+                            "upload_mbps": mbps}
+    return out
 
 
 def online_until(spans: Intervals | None, t: float) -> float | None:

@@ -11,7 +11,14 @@ from fl_ee.federation.preflight import check_trace
 from fl_ee.models import EarlyExitNet, ModelSpec
 from sims.clock import FAILED, OK, UNAVAILABLE
 from sims.emulator import DeviceEmulator
-from sims.traces import from_fedscale, load_availability, next_online, online_until
+from sims.traces import (
+    capacity_from_fedscale,
+    from_fedscale,
+    load_availability,
+    load_capacity,
+    next_online,
+    online_until,
+)
 from strategies import ClientInfo, DepthAwareStrategy
 
 # depth 1 of an 8x8 single-channel CNN, linear head (as tests/test_clock.py): 362 parameters, 1,448 bytes
@@ -26,11 +33,12 @@ def _write(tmp_path, value, name="trace.json"):
     return str(path)
 
 
-def emulator_of(tmp_path, trace=None, clients=4, **tier):
-    """A hand-made device emulator: ``clients`` of one tier (``tier`` overrides its figures), under ``trace``."""
+def emulator_of(tmp_path, trace=None, clients=4, capacity=None, **tier):
+    """A hand-made device emulator: ``clients`` of one tier (``tier`` overrides its figures), under the traces."""
     raw = {"rounds": 2, "data": {"num_clients": clients}, "model": {"exit_head": "linear"},
            "personalisation": {"mode": "none"},
-           "simulation": {"availability_trace": _write(tmp_path, trace) if trace is not None else ""},
+           "simulation": {"availability_trace": _write(tmp_path, trace) if trace is not None else "",
+                          "capacity_trace": _write(tmp_path, capacity, "capacity.json") if capacity else ""},
            "tiers": [{"name": "t", "share": 1.0, "depth": 1, "compute_gflops": 1.0, "download_mbps": 1.0,
                       "upload_mbps": 0.5, "availability": 0.0 if trace else 1.0, **tier}]}
     cfg = config_from_dict(raw)
@@ -147,3 +155,32 @@ def test_a_tiny_run_under_a_trace_samples_only_online_clients_and_drops_the_one_
                 assert entry["outcome"] == OK and start + entry["time_s"] <= until
         start = clock["virtual_time_s"]
     assert start == pytest.approx(sum(c["waited_s"] + c["round_time_s"] for c in clocks))
+
+
+def test_a_capacity_trace_replaces_the_tiers_figures_of_its_clients(tmp_path):
+    emulator, _ = emulator_of(tmp_path, capacity={"1": {"compute_gflops": 2.0, "upload_mbps": 1.0}},
+                              speed_sigma=0.5)  # a trace's client takes no speed draw
+    fast = emulator.times[1]
+    assert fast.compute_s == pytest.approx(FLOPS / 2e9) and fast.upload_s == pytest.approx(BYTES * 8 / 1e6)
+    assert fast.download_s == pytest.approx(BYTES * 8 / 1e6)  # the tier's 1 Mbit/s: not in the trace
+    assert emulator.times[0].upload_s == pytest.approx(BYTES * 8 / 0.5e6)  # not in the trace: the tier's
+    assert emulator.times[0].compute_s != pytest.approx(FLOPS / 1e9)  # ... with its speed draw
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ({"1": {"gflops": 2}}, "client '1': expected an object of some of compute_gflops, download_mbps, upload_mbps"),
+    ({"1": {"upload_mbps": 0}}, "client '1' upload_mbps: must be a finite number > 0, got 0"),
+    ({"x": {"upload_mbps": 1}}, "key 'x': expected a client id"),
+])
+def test_a_bad_capacity_trace_is_one_line_naming_the_key(tmp_path, content, needle):
+    with pytest.raises(UserError) as error:
+        load_capacity(_write(tmp_path, content))
+    message = str(error.value)
+    assert message.startswith("simulation.capacity_trace: ") and needle in message and "\n" not in message
+
+
+def test_fedscale_device_capacity_converts_by_hand():
+    out = capacity_from_fedscale({"4": {"computation": 50.0, "communication": 5000.0}}, reference_flops=1e9)
+    assert out == {"4": {"compute_gflops": pytest.approx(20.0), "download_mbps": 5.0, "upload_mbps": 5.0}}
+    with pytest.raises(ValueError, match="client '4'"):
+        capacity_from_fedscale({"4": {"computation": 0, "communication": 1}}, 1e9)

@@ -302,6 +302,9 @@ class SimulationConfig(_Section):
         description="a JSON file of client id -> online intervals [start_s, end_s] on the virtual clock "
                     "(sims/traces.py; a client not in it is always online): clients are sampled only while online and "
                     "drop when they go offline mid-round; it replaces the tiers' availability (empty: none)")] = ""
+    capacity_trace: Annotated[str, Field(
+        description="a JSON file of client id -> some of compute_gflops, download_mbps, upload_mbps (sims/traces.py), "
+                    "which replace those clients' tier figures (and speed_sigma's draw) (empty: none)")] = ""
 
     @model_validator(mode="after")
     def _deadline_is_set(self) -> SimulationConfig:

@@ -22,7 +22,7 @@ from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import assign_tiers, tier_counts
-from sims.traces import load_availability
+from sims.traces import load_availability, load_capacity
 from strategies import build_strategy, network_spec
 from strategies.feddyn import client_alpha
 from strategies.scalefl import distillation_off
@@ -33,13 +33,14 @@ def _absolute(path: str) -> str:
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Make ``data.root``, ``model.weights`` and ``simulation.availability_trace`` absolute.
+    """Make ``data.root``, ``model.weights`` and the ``simulation`` traces absolute.
 
     So every process (Ray workers too) reads the same files.
     """
     model = cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}) if cfg.model.weights else cfg.model
-    trace = cfg.simulation.availability_trace
-    simulation = cfg.simulation.model_copy(update={"availability_trace": _absolute(trace)}) if trace else cfg.simulation
+    sim = cfg.simulation
+    simulation = sim.model_copy(update={key: _absolute(getattr(sim, key))
+                                         for key in ("availability_trace", "capacity_trace") if getattr(sim, key)})
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": _absolute(cfg.data.root)}),
                                   "model": model, "simulation": simulation})
 
@@ -74,9 +75,11 @@ def reseeded(checked: Config, seed: int) -> Config:
 
 
 def check_trace(cfg: Config) -> None:
-    """``simulation.availability_trace``, when set, reads back (:func:`sims.traces.load_availability`)."""
+    """``simulation.availability_trace`` and ``capacity_trace``, where set, read back (:mod:`sims.traces`)."""
     if cfg.simulation.availability_trace:
         load_availability(cfg.simulation.availability_trace)
+    if cfg.simulation.capacity_trace:
+        load_capacity(cfg.simulation.capacity_trace)
 
 
 def check_model(cfg: Config) -> None:
