@@ -89,7 +89,10 @@ def draw(seed: int, stream: Stream, server_round: int, pool: Sequence[ClientInfo
 
 
 class Selection:
-    """Uniformly at random by seed and round (``random``): every online client is equally likely."""
+    """Who of the online clients trains: the base of every client selection (:mod:`strategies.selection`).
+
+    As it is, ``random``: uniformly by seed and round, every online client equally likely.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
