@@ -9,7 +9,8 @@ Pure functions of numbers and seeds; nothing here waits. A client's round time i
 with training FLOPs = 3 x forward FLOPs of its submodel with its exits x samples x
 local epochs (forward + backward ~ 3 forwards, :func:`fl_ee.models.training_flops`); how
 the training scheme and the client algorithm change the work and the bytes is
-``sims.emulator.client_flops``.
+``sims.emulator.client_flops``. Its energy (:func:`energy`) is its device's training power
+over the compute, its idle power over the transfers, and its radio's joules per MB.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def transfer_seconds(num_bytes: float, mbps: float) -> float:
 
 @dataclass(frozen=True)
 class ClientTime:
-    """A client's simulated seconds in one round, by phase."""
+    """A client's simulated seconds in one round, by phase, and the energy the whole round takes (:func:`energy`)."""
 
     download_s: float
     compute_s: float
     upload_s: float
+    energy_j: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -55,6 +57,26 @@ def client_time(
     )
 
 
+@dataclass(frozen=True)
+class Power:
+    """A device's power figures (``sims/devices.py`` gives their sources)."""
+
+    training_w: float
+    idle_w: float
+    radio_up_j_per_mb: float
+    radio_down_j_per_mb: float
+
+
+def energy(time: ClientTime, down_bytes: float, up_bytes: float, power: Power) -> float:
+    """Joules of one client round.
+
+    Training at ``training_w``, awake at ``idle_w`` while its radio moves the bytes, plus the
+    radio's own energy per MB (10^6 bytes) each way.
+    """
+    return (power.training_w * time.compute_s + power.idle_w * (time.download_s + time.upload_s)
+            + power.radio_down_j_per_mb * down_bytes / 1e6 + power.radio_up_j_per_mb * up_bytes / 1e6)
+
+
 def speed_factors(sigmas: Sequence[float], seed: int) -> np.ndarray:
     """A fixed compute-speed factor per client: lognormal with median 1 and log-sd ``sigmas[i]``."""
     return np.exp(rng(seed, Stream.SPEED).normal(size=len(sigmas)) * np.asarray(sigmas, dtype=float))
@@ -67,6 +89,7 @@ class Presence:
     available: bool
     fails: bool
     fail_at: float  # fraction of its round time done when it drops (failed clients only)
+    reason: str = ""  # why it is offline or drops, where a trace says so
 
 
 def presence(client_id: int, availability: float, failure_rate: float, seed: int, server_round: int) -> Presence:

@@ -8,6 +8,8 @@ in, who counted, who was late, and how long the round took on the virtual clock.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 from fl_ee.core.config import Config
 from fl_ee.learning.algorithm import ClientAlgorithm, build_algorithm, round_flops, sent_state
 from fl_ee.learning.scheme import backbone_frozen, returned_state
+from fl_ee.learning.training import local_steps
 from fl_ee.models import (
     EarlyExitNet,
     Flops,
@@ -32,12 +35,15 @@ from sims.clock import (
     REJECTED,
     UNAVAILABLE,
     ClientTime,
+    Power,
     Presence,
     client_time,
+    energy,
     presence,
     settle,
     speed_factors,
 )
+from sims.traces import load_availability, load_capacity, next_online, online_until
 from strategies import ClientInfo
 from strategies.fjord import client_dropout
 
@@ -124,12 +130,15 @@ def client_work(
 def client_times(
     cfg: Config, model: EarlyExitNet, clients: Sequence[ClientInfo], frozen: bool = False
 ) -> dict[int, ClientTime]:
-    """Each client's simulated round time from its tier profile, data size and submodel.
+    """Each client's simulated round time (and energy) from its tier profile, data size and submodel.
+
+    A client of ``simulation.capacity_trace`` takes the figures the trace gives it in place of its tier's.
 
     ``frozen``: in a round of ``ic-only`` that trains the exits alone.
     """
     tiers = {t.name: t for t in cfg.tiers}
     factors = speed_factors([tiers[c.tier].speed_sigma for c in clients], cfg.seed)
+    capacity = load_capacity(cfg.simulation.capacity_trace) if cfg.simulation.capacity_trace else {}
     submodels = [(c.depth, c.width) for c in clients]
     algorithm = build_algorithm(cfg)
     down, up = submodel_bytes(model, submodels), submodel_bytes(model, submodels, frozen, algorithm)
@@ -137,8 +146,11 @@ def client_times(
     times = {}
     for client, factor, key in zip(clients, factors, submodels):
         tier = tiers[client.tier]
-        times[client.client_id] = client_time(down[key], up[key], work[client.client_id], tier.compute_gflops * factor,
-                                              tier.download_mbps, tier.upload_mbps)
+        speeds = {"compute_gflops": tier.compute_gflops * factor, "download_mbps": tier.download_mbps,
+                  "upload_mbps": tier.upload_mbps, **capacity.get(client.client_id, {})}
+        t = client_time(down[key], up[key], work[client.client_id], **speeds)
+        power = Power(tier.training_w, tier.idle_w, tier.radio_up_j_per_mb, tier.radio_down_j_per_mb)
+        times[client.client_id] = dataclasses.replace(t, energy_j=energy(t, down[key], up[key], power))
     return times
 
 
@@ -152,6 +164,7 @@ class RoundClock:
     outcomes: dict[int, str] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # why a client failed or was rejected
     round_time_s: float = 0.0
+    steps: dict[int, int] = field(default_factory=dict)  # partial work: the local steps a client may take
 
     def runs(self, client: ClientInfo) -> bool:
         """Whether the client is online and does not drop out, so it is sent work."""
@@ -176,6 +189,41 @@ class DeviceEmulator:
         self.frozen_times = client_times(cfg, model, clients, frozen=True) \
             if cfg.training.scheme == "ic-only" else self.times
         self.virtual_time_s = 0.0
+        trace = cfg.simulation.availability_trace
+        self.trace = load_availability(trace) if trace else None
+        self.waited_s = 0.0  # how long the last round waited for a client to come online
+
+    def online(self, pool: Iterable[ClientInfo]) -> frozenset[int] | None:
+        """The clients of ``pool`` online when the next round starts (``None``: no trace, everyone may be sampled).
+
+        Where none is online now, the clock first waits until one comes online.
+        """
+        if self.trace is None:
+            return None
+        ids = [c.client_id for c in pool]
+        start = next_online(self.trace, ids, self.virtual_time_s)
+        self.waited_s = 0.0 if start is None else start - self.virtual_time_s
+        self.virtual_time_s += self.waited_s
+        return frozenset(c for c in ids if online_until(self.trace.get(c), self.virtual_time_s) is not None)
+
+    def _presence(self, client: ClientInfo, time: ClientTime, server_round: int) -> Presence:
+        """Whether ``client`` is online this round and whether it drops: drawn, or from the trace where one is set.
+
+        ``time`` is its time this round: the trace drops it if it goes offline before that is up.
+        """
+        tier = self.tiers[client.tier]
+        if self.trace is None:
+            return presence(client.client_id, tier.availability, tier.failure_rate, self.cfg.seed, server_round)
+        start = self.virtual_time_s
+        until = online_until(self.trace.get(client.client_id), start)
+        if until is None:
+            return Presence(False, False, 0.0, "offline at the round's start (availability trace)")
+        total = time.total_s
+        if start + total > until:
+            return Presence(True, True, (until - start) / total,
+                            f"went offline at {until:g} s, {until - start:.4g} s into its {total:.4g} s round "
+                            "(availability trace)")
+        return presence(client.client_id, 1.0, tier.failure_rate, self.cfg.seed, server_round)
 
     def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
         """Every client's simulated time in ``server_round`` (``ic-only`` rounds differ once the backbone is frozen)."""
@@ -187,14 +235,37 @@ class DeviceEmulator:
         return returned_part(self.spec, state, client.depth, client.width, frozen, self.algorithm)
 
     def begin(self, server_round: int, sampled: Iterable[ClientInfo]) -> RoundClock:
-        """Draw who of the sampled clients is online and who will drop out this round."""
+        """Draw who of the sampled clients is online and who will drop out this round (or read it from the trace).
+
+        Under ``simulation.partial_work``, the clients too slow for all their local steps get fewer
+        (:meth:`_partial`): ``steps`` of the clock.
+        """
         sampled = list(sampled)
-        draws = {
-            c.client_id: presence(c.client_id, self.tiers[c.tier].availability, self.tiers[c.tier].failure_rate,
-                                  self.cfg.seed, server_round)
-            for c in sampled
-        }
-        return RoundClock(sampled, draws, self.times_in(server_round))
+        times, steps = self.times_in(server_round), {}
+        if self.cfg.simulation.partial_work:
+            partial = {c.client_id: cut for c in sampled if (cut := self._partial(c, times[c.client_id]))}
+            times = {**times, **{cid: t for cid, (_, t) in partial.items()}}
+            steps = {cid: k for cid, (k, _) in partial.items()}
+        draws = {c.client_id: self._presence(c, times[c.client_id], server_round) for c in sampled}
+        return RoundClock(sampled, draws, times, steps=steps)
+
+    def _partial(self, client: ClientInfo, time: ClientTime) -> tuple[int, ClientTime] | None:
+        """Partial work: the local steps that fit before the deadline and its time doing only those.
+
+        ``None`` where all its steps fit, or none does (it is late, as without partial work).
+        Download and upload take their whole time; the compute (and its energy at
+        ``training_w``) is cut in proportion to the steps it takes.
+        """
+        total = local_steps(client.num_train, self.cfg.training)
+        room = self.cfg.simulation.deadline_s - time.download_s - time.upload_s
+        k = math.floor(room / time.compute_s * total) if time.compute_s > 0 else total
+        while k > 0 and time.download_s + time.compute_s * k / total + time.upload_s > self.cfg.simulation.deadline_s:
+            k -= 1  # a rounding error in the floor above
+        if not 0 < k < total:
+            return None
+        cut = time.compute_s * (1 - k / total)
+        return k, dataclasses.replace(time, compute_s=time.compute_s - cut,
+                                      energy_j=time.energy_j - self.tiers[client.tier].training_w * cut)
 
     def pace_seconds(self, clock: RoundClock, client: ClientInfo) -> float:
         """Real seconds a client sleeps: its simulated time x ``time_scale`` when paced, else 0."""
@@ -217,6 +288,8 @@ class DeviceEmulator:
                 clock.outcomes[c.client_id] = UNAVAILABLE
             elif p.fails:
                 clock.outcomes[c.client_id] = FAILED
+            if p.reason:
+                clock.reasons[c.client_id] = p.reason
         for c, reason in errored.items():  # the client crashed for real: its update is lost like a dropout's
             clock.outcomes[c.client_id] = FAILED
             clock.reasons[c.client_id] = reason
@@ -226,22 +299,32 @@ class DeviceEmulator:
         """The round's ``clock`` entry in ``rounds.jsonl``."""
         clients, wasted = [], 0.0
         by_tier = {t: dict.fromkeys(("sampled", *OUTCOMES), 0) for t in self.tiers}
+        energy_by_tier = dict.fromkeys(self.tiers, 0.0)
         for c in clock.sampled:
             outcome, t = clock.outcomes[c.client_id], clock.times[c.client_id]
             p = clock.presence[c.client_id]
-            time_s = None if outcome == UNAVAILABLE else t.total_s * (p.fail_at if p.fails else 1.0)
+            done = 0.0 if outcome == UNAVAILABLE else p.fail_at if p.fails else 1.0  # share of its round it ran
+            time_s = None if outcome == UNAVAILABLE else t.total_s * done
             if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing
-                wasted += t.compute_s * (p.fail_at if p.fails else 1.0)
-            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome}
+                wasted += t.compute_s * done
+            energy_by_tier[c.tier] += t.energy_j * done
+            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome,
+                     "energy_j": t.energy_j * done}
             if c.client_id in clock.reasons:
                 entry["reason"] = clock.reasons[c.client_id]
+            if c.client_id in clock.steps:
+                entry["local_steps"] = clock.steps[c.client_id]
             clients.append(entry)
             by_tier[c.tier]["sampled"] += 1
             by_tier[c.tier][outcome] += 1
+        waited = {"waited_s": self.waited_s} if self.trace is not None else {}
         return {
+            **waited,
             "round_time_s": clock.round_time_s,
             "virtual_time_s": self.virtual_time_s,
             "wasted_compute_s": wasted,
+            "energy_j": sum(energy_by_tier.values()),
+            "energy_by_tier_j": energy_by_tier,
             "clients": clients,
             "by_tier": by_tier,
         }

@@ -35,6 +35,33 @@ def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     return mean.astype(np.asarray(values[0]).dtype, copy=False)
 
 
+def fednova_rescale(
+    updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], steps: Sequence[int],
+    current: Mapping[str, np.ndarray],
+) -> list[dict[str, np.ndarray]]:
+    """FedNova's normalisation (Wang et al., NeurIPS 2020) as updates the usual weighted mean then averages.
+
+    Client i's change ``u_i - current`` is divided by its local steps ``tau_i`` and multiplied
+    by ``tau_eff = sum_i p_i tau_i`` (``p_i``: ``weights`` normalised), so that the weighted
+    mean of the returned updates is ``current + tau_eff x sum_i p_i (u_i - current) / tau_i``.
+    A width-sliced update's change is taken from the corner of ``current`` it holds; integer
+    tensors (counters) are left as sent.
+    """
+    p = np.asarray(weights, dtype=np.float64)
+    tau_eff = float(p @ np.asarray(steps, dtype=np.float64) / p.sum())
+    rescaled = []
+    for update, tau in zip(updates, steps, strict=True):
+        scale = tau_eff / tau
+        out = {}
+        for key, value in update.items():
+            if np.issubdtype(value.dtype, np.floating):
+                base = np.asarray(current[key][corner(value.shape)], dtype=np.float64)
+                value = (base + (value.astype(np.float64) - base) * scale).astype(value.dtype)
+            out[key] = value
+        rescaled.append(out)
+    return rescaled
+
+
 def holder_aggregate(
     updates: Sequence[Mapping[str, np.ndarray]],
     weights: Sequence[W],

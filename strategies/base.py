@@ -29,7 +29,7 @@ from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
-from strategies.aggregation import holder_aggregate, weighted_mean
+from strategies.aggregation import fednova_rescale, holder_aggregate, weighted_mean
 
 NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
@@ -72,6 +72,48 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """What one round says of a client that trained: its examples, its mean training loss, its simulated seconds."""
+
+    client_id: int
+    num_examples: int
+    loss: float
+    duration_s: float
+
+
+def draw(seed: int, stream: Stream, server_round: int, pool: Sequence[ClientInfo], size: int) -> list[ClientInfo]:
+    """``size`` clients of ``pool`` drawn uniformly without replacement, by seed, stream and round; in pool order."""
+    chosen = rng(seed, stream, server_round).choice(len(pool), size=size, replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+class Selection:
+    """Who of the online clients trains: the base of every client selection (:mod:`strategies.selection`).
+
+    As it is, ``random``: uniformly by seed and round, every online client equally likely.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def select(self, server_round: int, pool: Sequence[ClientInfo], size: int) -> list[ClientInfo]:
+        """``size`` clients of ``pool`` (the online ones, in client-id order; ``size <= len(pool)``), in that order."""
+        return draw(self.seed, Stream.SAMPLE_TRAIN, server_round, pool, size)
+
+    def feedback(self, server_round: int, results: Sequence[Feedback]) -> None:
+        """Learn from a finished round: the clients whose update arrived (in time or late)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What it keeps across rounds, as JSON values (empty: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
+
+
 class DepthAwareStrategy(Strategy):
     """Per-tier slicing on the way out, per-tensor holder aggregation on the way back.
 
@@ -85,6 +127,12 @@ class DepthAwareStrategy(Strategy):
         Under the ``overselect`` straggler policy: training samples
         ``ceil(k * (1 + overcommit))`` clients, of which the first ``k`` to finish count.
 
+    fednova : bool
+        FedNova's normalisation (:func:`~strategies.aggregation.fednova_rescale`): each client's
+        change is divided by the local steps it took (its reply's ``local_steps``) and the
+        mean re-scaled by the example-weighted mean of the steps, so that clients that took
+        fewer steps (partial work under a deadline, less data) are averaged correctly.
+
     ``partial_tensors`` says whether :meth:`aggregate_tensor` may be given part of a tensor
     (the elements that width-scaled holders share, as flat arrays): true for rules without
     state of their own, false for a rule that keeps state per whole tensor (the server
@@ -94,8 +142,11 @@ class DepthAwareStrategy(Strategy):
     partial_tensors: ClassVar[bool] = True
 
     def __init__(
-        self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0
+        self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, seed: int = 0, overcommit: float = 0.0,
+        fednova: bool = False,
     ) -> None:
+        check_option(isinstance(fednova, bool), "fednova", f"expected true or false, got {fednova!r}")
+        self.fednova = fednova
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.seed = seed
@@ -103,6 +154,8 @@ class DepthAwareStrategy(Strategy):
         self.clients: dict[int, ClientInfo] = {}
         self.spec: ModelSpec | None = None
         self._sent: ArrayRecord | None = None
+        self.online: frozenset[int] | None = None  # who may be sampled to train this round (None: everyone)
+        self.selection = Selection(seed)  # who of them trains (strategy.selection; strategies.registry sets it)
 
     # ------------------------------------------------------------------ model
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
@@ -145,8 +198,7 @@ class DepthAwareStrategy(Strategy):
         """
         pool = sorted(self.clients.values() if pool is None else pool, key=lambda c: c.client_id)
         size = min(len(pool), math.ceil(self.sample_size(fraction, len(pool)) * (1 + overcommit)))
-        chosen = rng(self.seed, stream, server_round).choice(len(pool), size=size, replace=False)
-        return [pool[i] for i in sorted(chosen)]
+        return draw(self.seed, stream, server_round, pool, size)
 
     def sender(self, reply: Message) -> ClientInfo:
         """The client a reply came from (:func:`fl_ee.wire.exchange.client_of`)."""
@@ -190,8 +242,15 @@ class DepthAwareStrategy(Strategy):
         return self.messages(self.sample_train(server_round), arrays, config, MessageType.TRAIN)
 
     def sample_train(self, server_round: int) -> list[ClientInfo]:
-        """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included)."""
-        return self.sample(server_round, self.fraction_train, Stream.SAMPLE_TRAIN, self.train_pool(), self.overcommit)
+        """The clients :meth:`configure_train` sends work to in ``server_round`` (over-selection included).
+
+        Only :attr:`online` ones where the server set it (an availability trace on the virtual clock),
+        as many as are online where fewer (k is a share of the whole pool), chosen by :attr:`selection`.
+        """
+        pool = sorted(self.train_pool(), key=lambda c: c.client_id)
+        size = math.ceil(self.sample_size(self.fraction_train, len(pool)) * (1 + self.overcommit))
+        online = [c for c in pool if self.online is None or c.client_id in self.online]
+        return self.selection.select(server_round, online, min(size, len(online)))
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, in client-id order (so aggregation is deterministic)."""
@@ -207,8 +266,17 @@ class DepthAwareStrategy(Strategy):
             return None, None
         updates = [to_numpy(m.content.array_records[ARRAYS]) for m in valid]
         weights = [float(payload_of(m, TrainReply).num_examples) for m in valid]
+        if self.fednova:
+            updates = fednova_rescale(updates, weights, [self._steps(m) for m in valid], to_numpy(self._sent))
         new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
         return to_record(new), self._mean_metrics(valid)
+
+    def _steps(self, reply: Message) -> int:
+        """The local steps a reply's client took (FedNova needs them)."""
+        steps = payload_of(reply, TrainReply).local_steps
+        if not (isinstance(steps, int) and steps > 0):
+            raise ValueError(f"client {self.sender(reply).client_id} reported no local_steps; fednova needs them")
+        return steps
 
     def aggregate_tensor(
         self, key: str, values: Sequence[np.ndarray], weights: Sequence[float], current: np.ndarray

@@ -74,6 +74,7 @@ class QFedAvg(DepthAwareStrategy):
 
     def __init__(self, *, q: float = 0.1, client_learning_rate: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        check_option(not self.fednova, "fednova", "q-FedAvg weighs updates its own way; it takes no FedNova")
         check_option(is_number(q) and q >= 0, "q", f"must be a number >= 0, got {q!r}")
         check_option(client_learning_rate is None or (is_number(client_learning_rate) and client_learning_rate > 0),
                      "client_learning_rate", f"must be a number > 0, got {client_learning_rate!r}")

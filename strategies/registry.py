@@ -7,6 +7,7 @@ from fl_ee.core.plugins import build, plugin_class, registered
 from fl_ee.data.datasets import TensorDataset, load_dataset
 from fl_ee.models import ModelSpec
 from strategies.base import DepthAwareStrategy
+from strategies.selection import build_selection
 
 ENTRY_POINT_GROUP = "fl_ee.strategies"
 SHIPPED = {
@@ -50,4 +51,6 @@ def build_strategy(cfg: Config) -> DepthAwareStrategy:
     overcommit = cfg.simulation.overcommit if cfg.simulation.straggler_policy == "overselect" else 0.0
     framework = {"fraction_train": s.fraction_train, "fraction_evaluate": s.fraction_evaluate, "seed": cfg.seed,
                  "overcommit": overcommit}
-    return build(strategy_class(s.name), s.name, s.options, framework, "strategy.options")
+    strategy = build(strategy_class(s.name), s.name, s.options, framework, "strategy.options")
+    strategy.selection = build_selection(cfg)
+    return strategy

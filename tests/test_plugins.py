@@ -119,7 +119,7 @@ def test_plugin_paths_and_options_fail_in_one_line(tmp_path, monkeypatch, capsys
         (["strategy.name=frozen_plugin:Nope"],
          "strategy.name: cannot import 'frozen_plugin:Nope': module 'frozen_plugin' has no attribute 'Nope'"),
         (["strategy.name=frozen_plugin:Frozen", "strategy.options.speed=2"],
-         "strategy.options.speed: unknown option for frozen_plugin:Frozen; it takes none"),
+         "strategy.options.speed: unknown option for frozen_plugin:Frozen; it takes fednova"),
     ]:
         code = main(["run", *[f"--set={o}" for o in overrides], "--out", "run"])
         err = capsys.readouterr().err.strip()

@@ -134,6 +134,8 @@ def _same_results(run: Path, reference: Path) -> None:
     # tiers: each step's width drawn from its own seed, personal exits of the client's width
     ("depthfl", 2, 1, 0, ()),   # killed before the first checkpoint: starts over in the same directory
     ("depthfl", 1, 3, 2, ("data.unseen_fraction=0.25",)),  # an unseen client's round-2 evaluation restored
+    ("depthfl", 1, 3, 2, ("strategy.selection='oort'", "strategy.selection_options.epsilon=0.5")),  # Oort's
+    # utilities of rounds 1 and 2 restored: round 3 exploits them
 ])
 def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path, strategy, every, kill_in,
                                                                  resumes_after, extra):
@@ -149,6 +151,14 @@ def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path
     with open(run / "clients.csv") as handle:  # round 2's results of the clients not evaluated in round 3 too
         assert {row["evaluated_round"] for row in csv.DictReader(handle)} == {"2", "3"}
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
+
+
+def test_oorts_utilities_are_in_the_checkpoint(made):
+    oort = ("strategy.selection='oort'", "strategy.selection_options.epsilon=0.5")
+    state = json.loads((made("depthfl", 1, 3, oort) / "checkpoint" / "round-000002" / "state.json").read_text())
+    # round 1 tries 2 clients; round 2 one more (round(0.5 x 0.98 x 2) = 1 slot) and exploits the better one again
+    explored = state["selection"]["explored"]
+    assert len(explored) == 3 and sorted(r for _, r, _ in explored.values()) == [1, 2, 2]
 
 
 def test_feddyn_clients_save_g_prev_beside_their_exits_each_round(made):

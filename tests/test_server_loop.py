@@ -351,9 +351,11 @@ def test_build_summary_by_hand():
     tier_counts = lambda s, o, l, u, f: {"sampled": s, "ok": o, "late": l, "unavailable": u, "failed": f}  # noqa
     clocks = [
         {"round_time_s": 3.0, "virtual_time_s": 3.0, "wasted_compute_s": 0.5,
+         "energy_by_tier_j": {"small": 4.0, "big": 2.0, "idle": 0.0},
          "by_tier": {"small": tier_counts(2, 1, 1, 0, 0), "big": tier_counts(1, 1, 0, 0, 0),
                      "idle": tier_counts(0, 0, 0, 0, 0)}},
         {"round_time_s": 5.0, "virtual_time_s": 8.0, "wasted_compute_s": 1.0,
+         "energy_by_tier_j": {"small": 1.0, "big": 3.0, "idle": 0.0},
          "by_tier": {"small": tier_counts(1, 0, 0, 1, 0), "big": tier_counts(2, 1, 0, 0, 1),
                      "idle": tier_counts(0, 0, 0, 0, 0)}},
     ]
@@ -418,6 +420,9 @@ def test_build_summary_by_hand():
     assert st["round_time_s"] == approx({"p50": 4.0, "p90": 3.0 + 0.9 * 2.0, "max": 5.0})
     assert st["late_fraction"] == approx(1 / 6)
     assert (st["dropped_updates"], st["unavailable"]) == (2, 1)
+    # energy: small 4 + 1, big 2 + 3; 10 J over a personalised mean of 2.3 / 3 = 76.7 points
+    assert s["energy"] == {"total_j": 10.0, "by_tier_j": {"small": 5.0, "big": 5.0, "idle": 0.0},
+                           "per_accuracy_point_j": approx(10.0 / (100 * 2.3 / 3))}
     assert st["wasted_compute_s"] == approx(1.5)
     assert st["participation_by_tier"] == approx({"small": 1 / 3, "big": 2 / 3, "idle": None})
     assert st["outcomes_by_tier"] == {"small": tier_counts(3, 1, 1, 1, 0), "big": tier_counts(3, 2, 0, 0, 1),

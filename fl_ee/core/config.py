@@ -251,6 +251,12 @@ class StrategyConfig(_Section):
     fraction_evaluate: Annotated[float, Field(
         ge=0, le=1, description="share of clients sampled to evaluate (0: none, the global model only)")] = 1.0
     options: Annotated[dict[str, Any], Field(default_factory=dict, description="constructor arguments of the strategy")]
+    selection: Annotated[str, Field(
+        description="who of the online clients trains: random, oort (Lai et al., OSDI 2021: statistical utility "
+                    "x a speed penalty, with exploration), or package.module:Class "
+                    "(strategies/selection.py)")] = "random"
+    selection_options: Annotated[dict[str, Any], Field(default_factory=dict,
+                                                       description="keyword arguments of the selection")]
 
 
 class ExitPolicyConfig(_Section):
@@ -288,11 +294,24 @@ class SimulationConfig(_Section):
                               Field(ge=1, description="stop (exit 3) after this many non-finite rounds in a row")] = 3
     ray_address: Annotated[str,
                            Field(description="empty: start a local Ray; auto or host:port: attach to a cluster")] = ""
+    partial_work: Annotated[bool, Field(
+        description="deadline: a client too slow for all its local steps is told how many fit before the deadline "
+                    "and sends that partial work instead of being late (FedNova's normalisation, strategy.options."
+                    "fednova, averages it correctly)")] = False
+    availability_trace: Annotated[str, Field(
+        description="a JSON file of client id -> online intervals [start_s, end_s] on the virtual clock "
+                    "(sims/traces.py; a client not in it is always online): clients are sampled only while online and "
+                    "drop when they go offline mid-round; it replaces the tiers' availability (empty: none)")] = ""
+    capacity_trace: Annotated[str, Field(
+        description="a JSON file of client id -> some of compute_gflops, download_mbps, upload_mbps (sims/traces.py), "
+                    "which replace those clients' tier figures (and speed_sigma's draw) (empty: none)")] = ""
 
     @model_validator(mode="after")
     def _deadline_is_set(self) -> SimulationConfig:
         _rule(self.straggler_policy != "deadline" or self.deadline_s > 0, "deadline_s",
               "must be set (> 0) when straggler_policy is deadline")
+        _rule(not self.partial_work or self.straggler_policy == "deadline", "partial_work",
+              "needs straggler_policy = deadline (partial work is what fits before the deadline)")
         return self
 
 
@@ -319,6 +338,14 @@ class TierConfig(_Section):
     failure_rate: Annotated[float, Field(ge=0, le=1, description="chance a client drops out mid-round")] = 0.0
     speed_sigma: Annotated[float,
                            Field(ge=0, description="per-client compute-speed spread (lognormal, median 1)")] = 0.0
+    training_w: Annotated[float, Field(gt=0, description="the device's power while it trains, W "
+                                                         "(default: mid-range-phone's)")] = 3.5
+    idle_w: Annotated[float, Field(ge=0, description="the device's power while awake and idle (during transfers), "
+                                                     "W")] = 0.6
+    radio_up_j_per_mb: Annotated[float,
+                                 Field(ge=0, description="the radio's energy per MB sent, J (over idle)")] = 3.51
+    radio_down_j_per_mb: Annotated[float,
+                                   Field(ge=0, description="the radio's energy per MB received, J (over idle)")] = 0.42
 
     @model_validator(mode="before")
     @classmethod

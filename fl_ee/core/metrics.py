@@ -227,6 +227,21 @@ def straggler_summary(tier_counts: Sequence[Mapping[str, Mapping[str, int]]], ro
     }
 
 
+def energy_summary(by_tier_j: Sequence[Mapping[str, float]], accuracy: float | None) -> dict[str, Any]:
+    """Energy over a run from each round's joules per tier, and per point of ``accuracy`` (a fraction).
+
+    ``per_accuracy_point_j``: the total over ``100 x accuracy``, the joules each percentage
+    point of the final accuracy cost (``None`` without one, or at 0).
+    """
+    tiers: dict[str, float] = {}
+    for rnd in by_tier_j:
+        for tier, joules in rnd.items():
+            tiers[tier] = tiers.get(tier, 0.0) + joules
+    total = float(sum(tiers.values()))
+    return {"total_j": total, "by_tier_j": tiers,
+            "per_accuracy_point_j": total / (100 * accuracy) if accuracy else None}
+
+
 def time_to_accuracy(points: Sequence[tuple[float, float | None]], target: float) -> float | None:
     """The first virtual time whose accuracy reaches ``target`` (``None`` if never or no target)."""
     if target <= 0:

@@ -6,6 +6,8 @@
 * ``arrays.npz``: the global model;
 * ``strategy.npz`` and ``state.json["strategy"]``: the strategy's
   :meth:`~strategies.DepthAwareStrategy.state_dict` (its arrays and its JSON values);
+* ``state.json["selection"]``: its client selection's
+  :meth:`~strategies.base.Selection.state_dict` (Oort's utilities);
 * ``state.json``: the round, the config it was written under, and the loop's
   :class:`~fl_ee.results.observers.LoopState` (every client's latest evaluation, the global evaluation, each
   round's clock record, the (virtual time, accuracy) of every evaluation, and the
@@ -131,6 +133,7 @@ class Checkpoint:
         raw = json.loads((self.path / STATE).read_text())
         state = loop_state_from_json(raw["loop"], to_record(read_npz(self.path / ARRAYS)))
         strategy.load_state_dict({**read_npz(self.path / STRATEGY), **raw["strategy"]})
+        strategy.selection.load_state_dict(raw.get("selection", {}))  # none in checkpoints written before it
         return state
 
 
@@ -247,6 +250,7 @@ class Checkpoints(Observer):
             "config": self.config,
             "seeds": "stateless: every draw is derived from seed, stream, round and client (fl_ee/core/seeding.py)",
             "strategy": strategy_values,
+            "selection": strategy.selection.state_dict(),
             "loop": loop_state_to_json(state),
         }))
         shutil.rmtree(final, ignore_errors=True)  # a damaged checkpoint a resume passed over

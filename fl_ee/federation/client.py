@@ -50,7 +50,7 @@ from fl_ee.learning.algorithm import (
 from fl_ee.learning.device import client_device
 from fl_ee.learning.feddyn import FedDynTerm
 from fl_ee.learning.scheme import backbone_frozen
-from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss
+from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss, local_steps
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
 from fl_ee.wire.exchange import as_client
@@ -173,7 +173,8 @@ def train(msg: Message, context: Context) -> Message:
     cls, alpha, _ = _client_side(instructions.run_config)
     dyn = FedDynTerm(alpha, model, state) if alpha > 0 else None
     local = LocalTraining(model, x, y, rnd, client_id, generator, training, frozen, state, cfg,
-                          dyn.penalty if dyn else None, _dropout(instructions.run_config, instructions.width))
+                          dyn.penalty if dyn else None, _dropout(instructions.run_config, instructions.width),
+                          instructions.max_steps)
     algorithm = build_algorithm(cfg, cls)
     losses, kept = train_round(algorithm, local)
     if dyn is not None:
@@ -183,7 +184,8 @@ def train(msg: Message, context: Context) -> Message:
     time.sleep(instructions.pace_s)  # real pacing, when asked for
     if kept and instructions.state_dir:  # last, so a client that failed saves nothing
         save_state(instructions.state_dir, client_id, rnd, kept)
-    metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss)
+    metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss,
+                         local_steps(len(y), training, instructions.max_steps))
     return reply(msg, metrics, ArrayRecord(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
 
 

@@ -91,6 +91,7 @@ def make_plan(cfg: Config) -> Plan:
     tier_flops = {t.name: 0.0 for t in cfg.tiers}
     round_times, trained = [], 0
     for rnd in range(1, planned + 1):
+        strategy.online = emulator.online(strategy.train_pool())
         chosen = strategy.sample_train(rnd)
         clock = emulator.begin(rnd, chosen)
         emulator.settle(clock, [c for c in chosen if clock.runs(c)], {}, keep=strategy.train_quota())

@@ -22,6 +22,7 @@ from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import assign_tiers, tier_counts
+from sims.traces import load_availability, load_capacity
 from strategies import build_strategy, network_spec
 from strategies.feddyn import client_alpha
 from strategies.scalefl import distillation_off
@@ -32,10 +33,16 @@ def _absolute(path: str) -> str:
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Make ``data.root`` and ``model.weights`` absolute, so every process (Ray workers too) reads the same files."""
+    """Make ``data.root``, ``model.weights`` and the ``simulation`` traces absolute.
+
+    So every process (Ray workers too) reads the same files.
+    """
     model = cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}) if cfg.model.weights else cfg.model
+    sim = cfg.simulation
+    simulation = sim.model_copy(update={key: _absolute(getattr(sim, key))
+                                         for key in ("availability_trace", "capacity_trace") if getattr(sim, key)})
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": _absolute(cfg.data.root)}),
-                                  "model": model})
+                                  "model": model, "simulation": simulation})
 
 
 def preflight(cfg: Config, warnings: bool = True) -> Config:
@@ -51,6 +58,7 @@ def preflight(cfg: Config, warnings: bool = True) -> Config:
     check_model(cfg)
     check_widths(cfg)
     build_algorithm(cfg)
+    check_trace(cfg)
     for line in config_warnings(cfg) if warnings else ():
         warn(line)
     return cfg
@@ -64,6 +72,14 @@ def reseeded(checked: Config, seed: int) -> Config:
     cfg = checked.model_copy(update={"seed": seed})
     run_splits(cfg)
     return cfg
+
+
+def check_trace(cfg: Config) -> None:
+    """``simulation.availability_trace`` and ``capacity_trace``, where set, read back (:mod:`sims.traces`)."""
+    if cfg.simulation.availability_trace:
+        load_availability(cfg.simulation.availability_trace)
+    if cfg.simulation.capacity_trace:
+        load_capacity(cfg.simulation.capacity_trace)
 
 
 def check_model(cfg: Config) -> None:

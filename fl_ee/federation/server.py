@@ -42,12 +42,20 @@ from fl_ee.results.summary import (
 )
 from fl_ee.results.tensorboard import tensorboard_observers
 from fl_ee.wire.exchange import Exchange, client_of
-from fl_ee.wire.protocol import ARRAYS, EvaluateReply, Instructions, instructions_of, payload_of, with_instructions
+from fl_ee.wire.protocol import (
+    ARRAYS,
+    EvaluateReply,
+    Instructions,
+    TrainReply,
+    instructions_of,
+    payload_of,
+    with_instructions,
+)
 from sims.clock import OK
-from sims.emulator import DeviceEmulator
+from sims.emulator import DeviceEmulator, RoundClock
 from sims.tiers import assign_tiers
 from strategies import ClientInfo, DepthAwareStrategy, build_strategy, network_spec
-from strategies.base import to_numpy
+from strategies.base import Feedback, to_numpy
 
 
 def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
@@ -128,11 +136,16 @@ def _errors(sender: Callable[[Message], ClientInfo], replies: Sequence[Message])
     return {sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
 
 
+def _feedback(client: ClientInfo, reply: TrainReply, clock: RoundClock) -> Feedback:
+    """What the selection learns of a client whose update arrived: examples, loss, simulated seconds."""
+    return Feedback(client.client_id, reply.num_examples, reply.train_loss, clock.times[client.client_id].total_s)
+
+
 def train_round(
     exchange: Exchange, strategy: DepthAwareStrategy, emulator: DeviceEmulator, rnd: int, arrays: ArrayRecord,
     config: ConfigRecord, work: Work | None = None,
 ) -> tuple[ArrayRecord, dict[str, Any], bool]:
-    """One training round on the virtual clock: sample, emulate presence, train, settle, check, aggregate.
+    """One training round on the virtual clock: sample the online, emulate presence, train, settle, check, aggregate.
 
     Unavailable and dropping-out clients are not sent work; every client that runs
     trains (so its personal exits move on), but only the replies the straggler policy
@@ -141,19 +154,23 @@ def train_round(
     record (``metrics``, ``clock``, and ``errors``: client id -> reported traceback), and
     whether the round was *bad*: it produced nothing finite to aggregate.
     """
+    strategy.online = emulator.online(strategy.train_pool())
     messages = list(_guarded(strategy, "configure_train", rnd, rnd, arrays, config, exchange.grid))
     clock = emulator.begin(rnd, [strategy.recipient(m) for m in messages])
     send = []
     for message, client in zip(messages, clock.sampled):
         if clock.runs(client):
-            if pace_s := emulator.pace_seconds(clock, client):
-                with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s))
+            if (pace_s := emulator.pace_seconds(clock, client)) or client.client_id in clock.steps:
+                with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s,
+                                                               max_steps=clock.steps.get(client.client_id)))
             send.append(message)
     replies = exchange.send(send, work)
     _check(replies, f"train in round {rnd}")
     errors = _errors(strategy.sender, replies)
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
                     errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
+    strategy.selection.feedback(rnd, [_feedback(strategy.sender(m), payload_of(m, TrainReply), clock)
+                                      for m in strategy.valid_replies(replies)])
     current = to_numpy(arrays)
     counted = []
     for reply in replies:

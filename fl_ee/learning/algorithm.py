@@ -93,7 +93,8 @@ class LocalTraining:
     may train. ``state`` is the client's state as its last training round left it (every
     namespace; empty before its first), read-only. ``shared_term`` is the strategy's term
     on the shared tensors (FedDyn's), which :meth:`shared_step` adds; ``dropout`` the
-    widths its end-to-end steps draw from (FjORD's, :mod:`fl_ee.learning.widths`).
+    widths its end-to-end steps draw from (FjORD's, :mod:`fl_ee.learning.widths`); ``max_steps``
+    the SGD steps the shared step may take (``None``: all; partial work under a deadline).
     """
 
     model: EarlyExitNet
@@ -108,6 +109,7 @@ class LocalTraining:
     cfg: Config
     shared_term: SharedTerm | None = None
     dropout: OrderedDropout | None = None
+    max_steps: int | None = None
 
     @functools.cached_property
     def features(self) -> list[torch.Tensor]:
@@ -121,18 +123,19 @@ class LocalTraining:
         """Train the shared tensors as fl-ee does; the mean loss.
 
         Backbone and exits end to end, or only the exits over :attr:`features` when
-        ``frozen``, for ``training.local_epochs``, with FedProx's and the strategy's terms.
+        ``frozen``, for ``training.local_epochs`` (at most :attr:`max_steps` steps), with FedProx's and the
+        strategy's terms.
         """
         t = self.training
         if self.frozen:
             term = self.shared_term(self.model.exits, "exits.") if self.shared_term else None
             return train_exits(self.model.exits, self.features, self.y, t, t.local_epochs, self.generator,
-                               t.prox_mu, term)
+                               t.prox_mu, term, self.max_steps)
         term = self.shared_term(self.model, "") if self.shared_term else None
         step = ordered_dropout_loss(self.model, self.dropout, rng(self.cfg.seed, Stream.WIDTHS, self.server_round,
                                                                   self.client_id), t) if self.dropout else None
         return train_joint(self.model, self.x, self.y, t, self.generator, augment=self.cfg.data.augment, penalty=term,
-                           step_loss=step)
+                           step_loss=step, max_steps=self.max_steps)
 
 
 @dataclass

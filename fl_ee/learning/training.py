@@ -132,8 +132,11 @@ def fit(
     generator: torch.Generator,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     after_step: Callable[[], None] | None = None,
+    max_steps: int | None = None,
 ) -> float:
     """SGD (``cfg.lr``, ``momentum``, ``weight_decay``) over shuffled batches of ``range(n)``; the mean batch loss.
+
+    ``max_steps`` (``None``: no limit) stops it after that many steps (partial work, :func:`local_steps`).
 
     With ``cfg.clip_norm > 0`` each step's gradient is first scaled down to that L2 norm
     over all ``params`` where it is longer (``torch.nn.utils.clip_grad_norm_``).
@@ -145,6 +148,8 @@ def fit(
     total, steps = 0.0, 0
     for _ in range(epochs):
         for idx in batches(n, cfg.batch_size, generator):
+            if max_steps is not None and steps == max_steps:
+                break
             loss = batch_loss(idx)
             opt.zero_grad()
             loss.backward()
@@ -155,6 +160,12 @@ def fit(
                 after_step()
             total, steps = total + loss.item(), steps + 1
     return total / max(steps, 1)
+
+
+def local_steps(n: int, cfg: TrainingConfig, max_steps: int | None = None) -> int:
+    """SGD steps of a shared step over ``n`` samples: ``local_epochs x ceil(n / batch_size)``, at most ``max_steps``."""
+    steps = cfg.local_epochs * math.ceil(n / cfg.batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 def _with_prox(
@@ -186,6 +197,7 @@ def train_joint(
     augment: bool = False,
     penalty: Callable[[], torch.Tensor] | None = None,
     step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    max_steps: int | None = None,
 ) -> float:
     """Train every stage and exit of ``model`` for ``epochs`` (default ``cfg.local_epochs``); the mean loss.
 
@@ -194,7 +206,7 @@ def train_joint(
     :mod:`fl_ee.learning.feddyn`); with ``augment`` each batch is randomly cropped and
     flipped (:func:`~fl_ee.learning.augment.crop_and_flip`, drawn from ``generator``).
     ``step_loss(inputs, labels)`` replaces a batch's :func:`exit_loss` of the model's exits
-    (FjORD's ordered dropout, :mod:`fl_ee.learning.widths`).
+    (FjORD's ordered dropout, :mod:`fl_ee.learning.widths`). ``max_steps``: stop after that many (:func:`fit`).
     """
     model.train()
 
@@ -203,7 +215,8 @@ def train_joint(
         return step_loss(inputs, y[idx]) if step_loss else exit_loss(model(inputs), y[idx], cfg)
 
     loss = _with_prox(model, cfg.prox_mu, batch_loss, penalty)
-    return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss)
+    return fit(model.parameters(), cfg, cfg.local_epochs if epochs is None else epochs, len(y), generator, loss,
+               max_steps=max_steps)
 
 
 @torch.no_grad()
@@ -223,19 +236,21 @@ def train_exits(
     generator: torch.Generator,
     prox_mu: float = 0.0,
     penalty: Callable[[], torch.Tensor] | None = None,
+    max_steps: int | None = None,
 ) -> float:
     """Train ``heads`` (one per stage) over a frozen backbone's ``features``; returns the mean loss.
 
     The backbone is fixed, so its features (:func:`stage_features`) are computed once and
     reused every epoch. ``prox_mu > 0`` adds the proximal term to the heads' starting
-    weights, and ``penalty()`` is added where given.
+    weights, and ``penalty()`` is added where given; ``max_steps``: stop after that many (:func:`fit`).
     """
     heads.train()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return exit_loss([head(f[idx]) for head, f in zip(heads, features)], y[idx], cfg)
 
-    return fit(heads.parameters(), cfg, epochs, len(y), generator, _with_prox(heads, prox_mu, batch_loss, penalty))
+    return fit(heads.parameters(), cfg, epochs, len(y), generator, _with_prox(heads, prox_mu, batch_loss, penalty),
+               max_steps=max_steps)
 
 
 @torch.no_grad()

@@ -207,6 +207,15 @@ class Stragglers(_Strict):
     outcomes_by_tier: dict[str, dict[str, int]] = Field(description="tier -> outcome -> clients (sampled, ok, ...)")
 
 
+class Energy(_Strict):
+    """``energy``: the sampled clients' energy on the virtual clock (``sims.clock.energy``), summed over rounds."""
+
+    total_j: float = Field(description="joules of every client round: training, idle while transferring, radio")
+    by_tier_j: dict[str, float] = Field(description="tier -> joules")
+    per_accuracy_point_j: float | None = Field(description="total_j per percentage point of the final personalised "
+                                                           "mean accuracy (null without one)")
+
+
 class Gap(_Strict):
     """pFL-Bench's generalisation gap: the participating clients' figure minus the unseen clients'."""
 
@@ -248,6 +257,8 @@ class Summary(_Strict):
     time_to_accuracy_s: float | None = Field(description="virtual time at which the personalised mean first "
                                                          "reached simulation.target_accuracy")
     stragglers: Stragglers
+    energy: Energy | None = Field(None, exclude_if=lambda value: value is None,  # absent in older run directories
+                                  description="the clients' energy, by tier and per point of accuracy")
     warnings: list[str] = Field(description="what makes the run degenerate, one line each")
     unseen: Unseen | None = Field(None, exclude_if=lambda value: value is None,  # absent, never null, in the file
                                   description="only with data.unseen_fraction > 0; every other figure but "

@@ -13,6 +13,7 @@ from typing import Any
 from fl_ee.core.config import Config
 from fl_ee.core.metrics import (
     efficiency,
+    energy_summary,
     exit_means,
     fairness,
     generalisation_gap,
@@ -148,6 +149,7 @@ def build_summary(
         "time_to_accuracy_s": time_to_accuracy(accuracy_at, cfg.simulation.target_accuracy),
         "stragglers": straggler_summary([c["by_tier"] for c in clocks], [c["round_time_s"] for c in clocks],
                                         [c["wasted_compute_s"] for c in clocks]),
+        "energy": energy_summary([c["energy_by_tier_j"] for c in clocks], personalised["mean"]),
         "warnings": [*config_warnings, *run_warnings(clocks, global_eval)],
     }
     if unseen:

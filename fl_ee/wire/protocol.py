@@ -79,6 +79,8 @@ class Instructions(Payload):
     empty: keep it in memory only.
     ``lr`` is the round's learning rate (:func:`fl_ee.learning.training.round_lr`), which
     every local step of the round trains at; ``None``: the config's ``training.lr``.
+    ``max_steps`` is how many SGD steps the shared step may take (partial work under a
+    deadline, ``simulation.partial_work``); ``None``: all of them.
     """
 
     record_type: ClassVar[type[ConfigRecord]] = ConfigRecord
@@ -91,6 +93,7 @@ class Instructions(Payload):
     state_dir: str = ""
     lr: float | None = None
     width: float = 1.0
+    max_steps: int | None = None
 
     @property
     def config(self) -> Config:
@@ -107,7 +110,9 @@ def _parse_config(text: str) -> Config:
 class TrainReply(Payload):
     """The metrics of a client's training round; its shared tensors travel beside them.
 
-    ``personal_loss`` is ``None`` without personal exits, ``initial_loss`` unless asked for.
+    ``personal_loss`` is ``None`` without personal exits, ``initial_loss`` unless asked for;
+    ``local_steps`` the SGD steps its shared step took (FedNova's tau;
+    :func:`fl_ee.learning.training.local_steps`).
     """
 
     client_id: int
@@ -115,6 +120,7 @@ class TrainReply(Payload):
     train_loss: float
     personal_loss: float | None = None
     initial_loss: float | None = None
+    local_steps: int | None = None
 
 
 @dataclass(frozen=True)
