@@ -10,8 +10,8 @@ from fl_ee.wire.protocol import EvaluateReply
 
 CFG = config_from_dict({
     "exit_policy": {"name": "max-prob", "thresholds": "accuracy", "max_drop": 0.01},
-    "tiers": [{"name": "small", "share": 0.5, "depth": 2, "compute_gflops": 1.0},
-              {"name": "big", "share": 0.5, "depth": 2, "compute_gflops": 2.0}],
+    "tiers": [{"name": "small", "share": 0.5, "depth": 2, "compute_gflops": 1.0, "training_w": 2.0},
+              {"name": "big", "share": 0.5, "depth": 2, "compute_gflops": 2.0, "training_w": 6.0}],
 })
 G = {p: len(g) for p, g in grids(CFG.exit_policy, CFG.max_depth).items()}
 
@@ -77,6 +77,7 @@ def test_the_policy_table_by_hand():
     # deepest: mean of 0.9, 0.6, 0.5; FLOPs 1000 for all; latency over test samples 10, 30 at 1 GFLOPs, 20 at 2
     assert table["deepest"]["accuracy"] == pytest.approx(2 / 3)
     assert table["deepest"]["latency_ms"] == pytest.approx((40 * 1e-3 + 20 * 0.5e-3) / 60)
+    assert table["deepest"]["energy_mj"] == pytest.approx((40 * 1e-3 * 2.0 + 20 * 0.5e-3 * 6.0) / 60)  # W x ms
     rows = {(r["policy"], r["thresholds"], r["scope"]): r for r in table["rows"]}
     assert len(rows) == len(POLICIES) * 7
     tier = rows[("max-prob", "accuracy", "tier")]  # indices 5, 5, 7
@@ -85,6 +86,7 @@ def test_the_policy_table_by_hand():
     assert tier["flops_saving"] == pytest.approx(1 - (40 * 50 + 20 * 70) / 60 / 1000)
     assert tier["by_tier"]["big"]["accuracy"] == pytest.approx(0.07)
     assert tier["latency_ms"] == pytest.approx((40 * 50 / 1e6 + 20 * 70 / 2e6) / 60)
+    assert tier["by_tier"]["big"]["energy_mj"] == pytest.approx(70 / 2e6 * 6.0)
 
 
 def test_a_clients_figures_from_its_logits():

@@ -356,6 +356,7 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
         "expected MFLOPs": lambda s: f"{s['efficiency']['expected_flops'] / 1e6:.3f}",
         "deployed policy accuracy %": lambda s: _pct(s["deployment"]["anytime"]["accuracy"]),
         "latency ms per sample": lambda s: f"{s['deployment']['anytime']['latency_ms']:.4f}",
+        "energy mJ per sample": lambda s: f"{s['deployment']['anytime']['energy_mj']:.4f}",
     }
     for label, show in by_label.items():
         cells = [show(s) for s in summaries]

@@ -160,15 +160,21 @@ def _latency_ms(flops: float, gflops: float) -> float:
 
 
 def _figures(replies: Sequence[EvaluateReply], accuracy: Sequence[float], flops: Sequence[float],
-             gflops: Sequence[float]) -> dict[str, float | None]:
-    """Accuracy (mean over clients), FLOPs and latency per sample (over test samples) of one deployment."""
+             gflops: Sequence[float], watts: Sequence[float]) -> dict[str, float | None]:
+    """Accuracy (mean over clients), FLOPs, latency and energy per sample (over test samples) of one deployment.
+
+    A sample's energy is its latency on the client's device at the device's power under load
+    (its tier's ``training_w``): W x ms = mJ.
+    """
     weights = [r.num_examples for r in replies]
     expected = weighted_average(flops, weights)
+    latency = [_latency_ms(f, g) for f, g in zip(flops, gflops)]
     return {
         "accuracy": mean_or_none(accuracy),
         "expected_flops": expected,
         "flops_saving": flops_saving(expected, weighted_average([r.full_flops for r in replies], weights)),
-        "latency_ms": weighted_average([_latency_ms(f, g) for f, g in zip(flops, gflops)], weights),
+        "latency_ms": weighted_average(latency, weights),
+        "energy_mj": weighted_average([ms * w for ms, w in zip(latency, watts)], weights),
     }
 
 
@@ -181,12 +187,12 @@ def _by_tier(tiers: Sequence[str], order: Sequence[str], figures: Any) -> dict[s
 def policy_table(cfg: Config, tiers: Sequence[str], replies: Sequence[EvaluateReply]) -> dict[str, Any]:
     """The ``policies`` section: the deepest exit, then every policy x rule x scope (``fixed`` once), and per tier."""
     order, all_grids = [t.name for t in cfg.tiers], grids(cfg.exit_policy, cfg.max_depth)
-    gflops = {t.name: t.compute_gflops for t in cfg.tiers}
-    speed = [gflops[t] for t in tiers]
+    by_name = {t.name: t for t in cfg.tiers}
+    speed, watts = [by_name[t].compute_gflops for t in tiers], [by_name[t].training_w for t in tiers]
 
     def figures(indices: Sequence[int], accuracy: Sequence[float], flops: Sequence[float]) -> dict[str, Any]:
         return _figures([replies[i] for i in indices], [accuracy[i] for i in indices], [flops[i] for i in indices],
-                        [speed[i] for i in indices])
+                        [speed[i] for i in indices], [watts[i] for i in indices])
 
     def entry(accuracy: list[float], flops: list[float]) -> dict[str, Any]:
         everyone = range(len(replies))

@@ -308,6 +308,7 @@ COMPARED: tuple[tuple[str, str, Callable[[Any], str], bool], ...] = (
     ("deployed policy accuracy %", "anytime_accuracy", pct, True),
     ("drop vs deepest exit", "anytime_drop", points, False),
     ("latency ms per sample", "latency_ms", millis, False),
+    ("energy mJ per sample", "energy_mj", millis, False),
     ("ECE after scaling %", "ece_calibrated", pct, False),
 )
 
@@ -336,6 +337,7 @@ def key_metrics(run: Run) -> dict[str, float | None]:
         "anytime_accuracy": get(s, "deployment", "anytime", "accuracy"),
         "anytime_drop": get(s, "deployment", "anytime", "drop"),
         "latency_ms": get(s, "deployment", "anytime", "latency_ms"),
+        "energy_mj": get(s, "deployment", "anytime", "energy_mj"),
         "ece_calibrated": get(s, "calibration", "ece_calibrated"),
     }
 

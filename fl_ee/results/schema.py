@@ -88,12 +88,13 @@ class Efficiency(TierEfficiency):
 
 
 class PolicyFigures(_Strict):
-    """A deployed policy's figures: accuracy, FLOPs per sample, saving and latency on the tier's device."""
+    """A deployed policy's figures: accuracy, FLOPs per sample, saving, and latency and energy on the tier's device."""
 
     accuracy: Fraction
     expected_flops: float | None
     flops_saving: Fraction
     latency_ms: float | None
+    energy_mj: float | None = Field(description="energy per sample, mJ: the latency at the tier's training_w")
 
 
 class PolicyEntry(PolicyFigures):
