@@ -56,6 +56,10 @@ class Timeline:
         """How many clients are in flight."""
         return len(self._heap)
 
+    def jobs(self) -> tuple[Job, ...]:
+        """The jobs in flight (in no particular order)."""
+        return tuple(self._heap)
+
     def busy(self) -> set[int]:
         """The clients in flight."""
         return {job.client_id for job in self._heap}

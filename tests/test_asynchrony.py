@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
+from fl_ee.federation.asynchronous import async_problem, check_async
+from fl_ee.federation.resume import prepare_resume
 from sims.asynchrony import Timeline, staleness_weight
+from sims.clock import FAILED, OK, UNAVAILABLE
+from strategies import QFedAvg, build_strategy
 from strategies.aggregation import buffered_update, weighted_mean
 
 
@@ -119,3 +125,95 @@ def test_async_keys_are_checked(simulation, message) -> None:
 
 def test_sync_is_the_default() -> None:
     assert config_from_dict({}).simulation.mode == "sync"
+
+
+def test_fedadam_steps_on_the_buffered_pseudo_gradient() -> None:
+    """FedAdam's first step on the buffer's mean change d (by hand: m = (1 - b1) d, v = (1 - b2) d^2).
+
+    Two clients of 1 and 3 examples, changes [4] and [0] from their starts, scales 1 and 0.5: d = (4 + 0) / 4 = 1.
+    """
+    adam = build_strategy(config_from_dict({"strategy": {"name": "fedadam", "options": {"eta": 0.1}}}))
+    current = {"stages.0.w": np.array([1.0])}
+    new = buffered_update([{"stages.0.w": np.array([6.0])}, {"stages.0.w": np.array([5.0])}],
+                          [{"stages.0.w": np.array([2.0])}, {"stages.0.w": np.array([5.0])}], [1, 3], [1.0, 0.5],
+                          current, adam.aggregate_tensor)
+    b1, b2, tau = adam.beta_1, adam.beta_2, adam.tau
+    np.testing.assert_allclose(adam.m["stages.0.w"], [1 - b1])
+    np.testing.assert_allclose(new["stages.0.w"], [1 + 0.1 * (1 - b1) / (np.sqrt(1 - b2) + tau)])
+
+
+@pytest.mark.parametrize("name", ["depthfl", "exclusive", "fedadam", "fedyogi"])
+def test_depth_aware_strategies_run_asynchronously(name) -> None:
+    assert async_problem(build_strategy(config_from_dict({"strategy": {"name": name}}))) is None
+
+
+def test_a_whole_round_rule_cannot_run_asynchronously_unless_it_aggregates_a_buffer() -> None:
+    qfedavg = build_strategy(config_from_dict({"strategy": {"name": "qfedavg"}}))
+    assert async_problem(qfedavg) == (
+        "strategy QFedAvg overrides aggregate_train (a rule for whole rounds) and defines no aggregate_buffer, "
+        "so it cannot run asynchronously; use depthfl, exclusive, fedadam or fedyogi")
+
+    class Buffered(QFedAvg):
+        def aggregate_buffer(self, server_version, replies, starts, scales, current):
+            return None, None
+
+    assert async_problem(Buffered()) is None
+    fednova = build_strategy(config_from_dict({"strategy": {"options": {"fednova": True}}}))
+    with pytest.raises(UserError, match="simulation.mode: fednova normalises a whole round"):
+        check_async(fednova)
+
+
+def _clocks(run) -> list[dict]:
+    return [json.loads(line)["clock"] for line in (run / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path) -> None:
+    """Two runs of the same seed, replies coming back in different orders: the same files; the records add up."""
+    from inprocess import REVERSED, TINY, run_inprocess
+
+    overrides = [*TINY, "rounds=3", "eval_every=3", "simulation.mode='async'", "simulation.concurrency=3",
+                 "simulation.buffer_size=2", "simulation.staleness='hinge'", "simulation.staleness_b=0"]
+    grid, summary = run_inprocess(tmp_path / "a", overrides)
+    run_inprocess(tmp_path / "b", overrides, seed=1, order=REVERSED)
+    for name in ("summary.json", "clients.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    clocks = _clocks(tmp_path / "a")
+    assert len(clocks) == 3
+    arrived = [[e for e in c["clients"] if e["outcome"] != UNAVAILABLE] for c in clocks]
+    assert [len(a) for a in arrived] == [2, 2, 2]  # every version is a buffer of 2 arrivals
+    ok = [(v + 1, e) for v, a in enumerate(arrived) for e in a if e["outcome"] == OK]
+    assert all(e["staleness"] == version - 1 - e["from_version"] for version, e in ok)
+    assert all(e["started_s"] + e["time_s"] <= c["virtual_time_s"] + 1e-12 for c, a in zip(clocks, arrived)
+               for e in a)
+    times = [c["virtual_time_s"] for c in clocks]
+    assert times == sorted(times) and summary["virtual_time_s"] == times[-1]
+    shares = summary["async"]["update_share_by_tier"]
+    assert summary["async"]["updates"] == len(ok)
+    assert sum(s for s in shares.values() if s is not None) == pytest.approx(1.0)
+    for tier, share in shares.items():
+        assert share == pytest.approx(sum(e["tier"] == tier for _, e in ok) / len(ok))
+    started = sum(len(a) for a in arrived) - sum(e["outcome"] == FAILED and "dropped" in e.get("reason", "")
+                                                 for a in arrived for e in a)
+    assert grid.calls["train"] >= started  # every arrival that ran was trained (and those still in flight)
+    (tmp_path / "b" / "summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(UserError, match="an async run .* cannot be resumed yet"):
+        prepare_resume(tmp_path / "b", {})
+
+
+@pytest.mark.e2e
+def test_an_async_run_on_ray_matches_the_in_process_one(tmp_path) -> None:
+    """``fl-ee run`` on Ray (replies in Ray's order, up to 3 clients training at once), then in process: same files."""
+    import subprocess
+    import sys
+
+    from inprocess import run_inprocess
+
+    overrides = ["rounds=3", "eval_every=3", "data.num_clients=6", "simulation.mode=async",
+                 "simulation.concurrency=3", "simulation.buffer_size=2"]
+    done = subprocess.run([sys.executable, "-m", "fl_ee.cli", "run", *[a for o in overrides for a in ("--set", o)],
+                           "--out", str(tmp_path / "ray")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_inprocess(tmp_path / "here", overrides, seed=3)
+    for name in ("summary.json", "clients.csv"):
+        assert (tmp_path / "here" / name).read_text() == (tmp_path / "ray" / name).read_text()
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["async"]["updates"] > 0
