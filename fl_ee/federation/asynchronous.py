@@ -94,13 +94,14 @@ class AsyncServer:
         self.starts = {0: to_numpy(arrays)}  # the versions clients in flight (or buffered) started at
         self.started: dict[int, tuple[ClientInfo, ClientTime, float]] = {}  # job seq -> (client, time, share run)
         self.unavailable: list[Run] = []  # drawn offline since the last version
+        self.draws = 0  # clients drawn so far (offline ones too): seeds each draw
 
     def _start_one(self) -> None:
         """Fill a free slot at the current virtual time: draw an idle client; it runs unless it is offline."""
         busy = self.timeline.busy()
         idle = [c for c in self.pool if c.client_id not in busy]
         for _ in range(100 * len(self.pool)):
-            draw = self.timeline.started + len(self.unavailable)
+            draw, self.draws = self.draws, self.draws + 1
             client = self.strategy.selection.select(draw, idle, 1)[0]
             time, presence = self.emulator.dispatch(client, self.version + 1, draw)
             if presence.available:
