@@ -1,7 +1,9 @@
 """The Flower ``ServerApp``: builds the federation from the config and runs its rounds.
 
-``run_federation`` is the round loop; it reports to observers (the run directory, the
-progress bar, the checkpoints) and starts from the latest checkpoint where there is one.
+``run_federation`` is the round loop (synchronous rounds, :func:`sync_rounds`, or the
+asynchronous server's versions, :mod:`fl_ee.federation.asynchronous`); it reports to
+observers (the run directory, the progress bar, the checkpoints) and starts from the
+latest checkpoint where there is one.
 ``make_server_app`` wraps it for ``fl-ee run``, and the module-level
 ``app`` reads ``context.run_config`` for ``flwr run``.
 """
