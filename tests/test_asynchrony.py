@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from fl_ee.cli import main
 from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
 from fl_ee.federation.asynchronous import async_problem, check_async
@@ -167,7 +168,7 @@ def _clocks(run) -> list[dict]:
     return [json.loads(line)["clock"] for line in (run / "rounds.jsonl").read_text().splitlines()]
 
 
-def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path) -> None:
+def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path, capsys) -> None:
     """Two runs of the same seed, replies coming back in different orders: the same files; the records add up."""
     from inprocess import REVERSED, TINY, run_inprocess
 
@@ -195,6 +196,9 @@ def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path) -> N
     started = sum(len(a) for a in arrived) - sum(e["outcome"] == FAILED and "dropped" in e.get("reason", "")
                                                  for a in arrived for e in a)
     assert grid.calls["train"] >= started  # every arrival that ran was trained (and those still in flight)
+    assert main(["report", str(tmp_path / "a")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Async updates" in out and f"updates aggregated {len(ok)}" in out
     (tmp_path / "b" / "summary.json").unlink()  # as if killed after its last checkpoint
     with pytest.raises(UserError, match="an async run .* cannot be resumed yet"):
         prepare_resume(tmp_path / "b", {})
