@@ -11,6 +11,7 @@ it weighs in by :func:`staleness_weight`.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +52,14 @@ class Timeline:
     def __init__(self) -> None:
         self._heap: list[Job] = []
         self.started = 0  # jobs started so far: the next job's seq
+
+    @classmethod
+    def of(cls, jobs: Sequence[Job], started: int) -> Timeline:
+        """A timeline with ``jobs`` in flight, ``started`` jobs started so far (a checkpoint's)."""
+        timeline = cls()
+        timeline._heap = sorted(jobs)
+        timeline.started = started
+        return timeline
 
     def __len__(self) -> int:
         """How many clients are in flight."""

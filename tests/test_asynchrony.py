@@ -11,7 +11,7 @@ from fl_ee.cli import main
 from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
 from fl_ee.federation.asynchronous import async_problem, check_async
-from fl_ee.federation.resume import prepare_resume
+from fl_ee.federation.checkpoint import Checkpoints
 from sims.asynchrony import Timeline, staleness_weight
 from sims.clock import FAILED, OK, UNAVAILABLE
 from strategies import QFedAvg, build_strategy
@@ -199,9 +199,6 @@ def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path, caps
     assert main(["report", str(tmp_path / "a")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Async updates" in out and f"updates aggregated {len(ok)}" in out
-    (tmp_path / "b" / "summary.json").unlink()  # as if killed after its last checkpoint
-    with pytest.raises(UserError, match="an async run .* cannot be resumed yet"):
-        prepare_resume(tmp_path / "b", {})
 
 
 @pytest.mark.e2e
@@ -221,3 +218,24 @@ def test_an_async_run_on_ray_matches_the_in_process_one(tmp_path) -> None:
     for name in ("summary.json", "clients.csv"):
         assert (tmp_path / "here" / name).read_text() == (tmp_path / "ray" / name).read_text()
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["async"]["updates"] > 0
+
+
+@pytest.mark.parametrize("kill_in", [2, 3])
+def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path, kill_in) -> None:
+    """Killed in version 2 or 3 (clients in flight, replies in: both in the checkpoint), resumed with fresh clients."""
+    from test_resume import CopyIn, _poison_stale_exits, _same_results
+
+    from inprocess import TINY, resume_inprocess, run_inprocess
+
+    overrides = [*TINY, "rounds=3", "eval_every=2", "simulation.mode='async'", "simulation.concurrency=4",
+                 "simulation.buffer_size=2"]
+    killed = tmp_path / "killed"
+    run_inprocess(tmp_path / "run", overrides, observers=[CopyIn(kill_in, tmp_path / "run", killed)])
+    latest = Checkpoints(killed).latest()
+    assert latest is not None and latest.round == kill_in - 1
+    saved = latest.load(build_strategy(config_from_dict({}))).async_state
+    assert saved["version"] == kill_in - 1 and len(saved["jobs"]) == 3  # the slot of the last arrival not refilled
+    assert any(name.startswith("reply/") for name in saved)  # replies of clients still in flight, kept
+    _poison_stale_exits(killed, kill_in - 1)  # were a client file of a later version read, results would differ
+    resume_inprocess(killed, seed=7)
+    _same_results(killed, tmp_path / "run")

@@ -14,28 +14,31 @@ train at once, and arrivals are taken in virtual-time order
 (:meth:`~fl_ee.wire.exchange.Exchange.reply_of`), never in the order the replies come in,
 so a seed gives the same run. Before an evaluation every message in flight is waited for,
 so clients in flight are evaluated with the state their training left (always, whatever
-the real timing). A message's ``server_round`` is the version its client trains toward
+the real timing); so before a checkpoint, whose :meth:`AsyncServer.state_dict` keeps their
+replies for a resumed run. A message's ``server_round`` is the version its client trains toward
 (its learning rate, distillation ramp and ``ic-only`` phase follow the versions).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError
 from fl_ee.federation.faults import StrategyFault, aggregate_problem, error_line, is_non_finite, update_problem
+from fl_ee.results.observers import LoopState
 from fl_ee.wire.exchange import Exchange
-from fl_ee.wire.protocol import ARRAYS, TrainReply, instructions_of, payload_of, with_instructions
+from fl_ee.wire.protocol import ARRAYS, METRICS, TrainReply, instructions_of, payload_of, with_instructions
 from sims.asynchrony import Job, Timeline, staleness_weight
 from sims.clock import FAILED, OK, REJECTED, UNAVAILABLE, ClientTime
 from sims.emulator import DeviceEmulator, Run
 from strategies import ClientInfo, DepthAwareStrategy
-from strategies.base import Feedback, to_numpy
+from strategies.base import Feedback, to_numpy, to_record
 
 # a version's step: (version, its instructions, the global arrays, its train record, whether it was bad)
 Step = tuple[int, ConfigRecord, ArrayRecord, dict[str, Any], bool]
@@ -95,6 +98,7 @@ class AsyncServer:
         self.started: dict[int, tuple[ClientInfo, ClientTime, float]] = {}  # job seq -> (client, time, share run)
         self.unavailable: list[Run] = []  # drawn offline since the last version
         self.draws = 0  # clients drawn so far (offline ones too): seeds each draw
+        self.replies: dict[int, Message | str] = {}  # job seq -> its reply (or error) taken early, for a checkpoint
 
     def _start_one(self) -> None:
         """Fill a free slot at the current virtual time: draw an idle client; it runs unless it is offline."""
@@ -128,7 +132,9 @@ class AsyncServer:
         client, time, done = self.started.pop(job.seq)
         if done < 1:
             return _Arrival(job, client, time, FAILED, done, reason="dropped out")
-        reply = self.exchange.reply_of(client.node_id)
+        reply = self.replies.pop(job.seq) if job.seq in self.replies else self.exchange.reply_of(client.node_id)
+        if isinstance(reply, str):  # an error reply, restored from a checkpoint
+            return _Arrival(job, client, time, FAILED, reason=reply)
         if reply.has_error():
             return _Arrival(job, client, time, FAILED, reply=reply, reason=error_line(reply.error.reason or ""))
         sent = to_numpy(reply.content.array_records[ARRAYS])
@@ -140,8 +146,12 @@ class AsyncServer:
             time.total_s)])
         return _Arrival(job, client, time, OK, reply=reply)
 
-    def versions(self, last: int) -> Iterator[Step]:
-        """Run until server version ``last``; yield each version as it is made."""
+    def versions(self, state: LoopState, last: int, checkpoint_every: int = 0) -> Iterator[Step]:
+        """Run until server version ``last``; yield each version as it is made.
+
+        Where a checkpoint follows the version (every ``checkpoint_every``, and the last; 0:
+        none), ``state.async_state`` is the server's :meth:`state_dict` first.
+        """
         sim = self.cfg.simulation
         while self.version < last:
             arrivals: list[_Arrival] = []
@@ -149,7 +159,62 @@ class AsyncServer:
                 while len(self.timeline) < self.slots:
                     self._start_one()
                 arrivals.append(self._arrive())
-            yield self._aggregate(arrivals)
+            step = self._aggregate(arrivals)
+            if checkpoint_every and (self.version % checkpoint_every == 0 or self.version == last):
+                state.async_state = self.state_dict()
+            yield step
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as this one: the clock, the clients in flight and their replies.
+
+        Taken right after a version is made (no buffered arrival, no offline draw pending):
+        every client in flight is waited for, so its reply (arrays and metrics, or its error)
+        is saved with the versions they started from (``start/<version>/<key>``,
+        ``reply/<seq>/<key>``); each client's own state is then the one its files hold
+        (:mod:`fl_ee.federation.clientstate`). JSON values and NumPy arrays, as a strategy's.
+        """
+        jobs = sorted(self.timeline.jobs(), key=lambda j: j.seq)
+        for job in jobs:
+            client, _, done = self.started[job.seq]
+            if done == 1 and job.seq not in self.replies:
+                reply = self.exchange.reply_of(client.node_id)
+                self.replies[job.seq] = error_line(reply.error.reason or "") if reply.has_error() else reply
+        out: dict[str, Any] = {
+            "version": self.version, "now": self.now, "draws": self.draws, "started": self.timeline.started,
+            "jobs": [[j.finish_s, j.seq, j.client_id, j.version, j.start_s, self.started[j.seq][2]] for j in jobs],
+            "errors": {str(seq): r for seq, r in self.replies.items() if isinstance(r, str)},
+            "metrics": {str(seq): dict(r.content.metric_records[METRICS]) for seq, r in self.replies.items()
+                        if not isinstance(r, str)},
+        }
+        for version, arrays in self.starts.items():
+            out |= {f"start/{version}/{key}": value for key, value in arrays.items()}
+        for seq, sent in self.replies.items():
+            if not isinstance(sent, str):
+                out |= {f"reply/{seq}/{k}": v for k, v in to_numpy(sent.content.array_records[ARRAYS]).items()}
+        return out
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Go on from :meth:`state_dict` (the global arrays are the checkpoint's own)."""
+        self.version, self.now, self.draws = int(saved["version"]), float(saved["now"]), int(saved["draws"])
+        roster = {c.client_id: c for c in self.pool}
+        self.timeline = Timeline.of([Job(f, int(seq), int(cid), int(v), s) for f, seq, cid, v, s, _ in saved["jobs"]],
+                                    int(saved["started"]))
+        self.started = {int(seq): (roster[int(cid)], self.emulator.times_in(int(v) + 1)[int(cid)], float(done))
+                        for _, seq, cid, v, _, done in saved["jobs"]}
+        parts: dict[str, dict[str, dict[str, np.ndarray]]] = {"start": {}, "reply": {}}
+        for name, value in saved.items():
+            kind, _, rest = name.partition("/")
+            if kind in parts:
+                owner, _, key = rest.partition("/")
+                parts[kind].setdefault(owner, {})[key] = value
+        self.starts = {int(v): arrays for v, arrays in parts["start"].items()}
+        self.replies = {int(seq): reason for seq, reason in saved["errors"].items()}
+        for seq, arrays in parts["reply"].items():
+            client = roster[next(int(cid) for _, s, cid, *_ in saved["jobs"] if s == int(seq))]
+            content = RecordDict({METRICS: MetricRecord(saved["metrics"][seq]), ARRAYS: to_record(arrays)})
+            message = Message(content, dst_node_id=client.node_id, message_type=MessageType.TRAIN)
+            message.metadata.group_id = str(client.client_id)
+            self.replies[int(seq)] = message
 
     def _aggregate(self, arrivals: Sequence[_Arrival]) -> Step:
         """Make the next version from a full buffer; its record lists every arrival (and every offline draw)."""

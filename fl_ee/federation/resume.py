@@ -53,8 +53,6 @@ def prepare_resume(path: str | Path, overrides: dict[str, Any]) -> Resume:
     after = latest.round if latest else 0
     for damaged, why in checkpoints.damaged:  # passed over for an earlier whole one
         warn(f"{damaged}: damaged checkpoint ({why}); resuming from the checkpoint of round {after}")
-    if cfg.simulation.mode == "async" and latest is not None:
-        raise UserError(f"{path}: an async run (simulation.mode = async) cannot be resumed yet; run it again")
     if latest is not None and (changed := config_difference(latest.config, cfg)) is not None:
         raise UserError(f"{path / CONFIG}: {changed} differs from the config the checkpoint was written with")
 

@@ -278,8 +278,11 @@ def run_federation(
         return Instructions(config_text, server_round=rnd, state_dir=state_dir,
                             lr=round_lr(cfg.training, cfg.rounds, rnd)).to_record()
 
-    if cfg.simulation.mode == "async":  # a fresh start: prepare_resume refuses to resume one
-        steps = AsyncServer(cfg, exchange, strategy, emulator, state.arrays, instructions).versions(cfg.rounds)
+    if cfg.simulation.mode == "async":
+        server = AsyncServer(cfg, exchange, strategy, emulator, state.arrays, instructions)
+        if state.round:
+            server.load_state_dict(state.async_state)
+        steps = server.versions(state, cfg.rounds, cfg.checkpoint_every if checkpoints is not None else 0)
     else:
         steps = sync_rounds(exchange, strategy, emulator, state, cfg.rounds, instructions, train_work)
     guard = DivergenceGuard(cfg.simulation.max_bad_rounds, state.bad_rounds)
