@@ -297,30 +297,47 @@ class DeviceEmulator:
 
     def record(self, clock: RoundClock) -> dict[str, Any]:
         """The round's ``clock`` entry in ``rounds.jsonl``."""
+        entries = []
+        for c in clock.sampled:
+            p = clock.presence[c.client_id]
+            extra: dict[str, Any] = {}
+            if c.client_id in clock.reasons:
+                extra["reason"] = clock.reasons[c.client_id]
+            if c.client_id in clock.steps:
+                extra["local_steps"] = clock.steps[c.client_id]
+            entries.append(Run(c, clock.outcomes[c.client_id], clock.times[c.client_id],
+                               p.fail_at if p.fails else 1.0, extra))
+        return self.clock_record(entries, clock.round_time_s)
+
+    def dispatch(self, client: ClientInfo, server_round: int, draw: int) -> tuple[ClientTime, Presence]:
+        """An asynchronous start: the client's time training toward ``server_round``, and its presence (draw ``draw``).
+
+        Each start draws its presence afresh, seeded by ``draw`` (the how-many-th start it is) and the client.
+        """
+        time = self.times_in(server_round)[client.client_id]
+        return time, self._presence(client, time, draw)
+
+    def clock_record(self, runs: Sequence[Run], round_time_s: float) -> dict[str, Any]:
+        """The ``clock`` entry in ``rounds.jsonl`` of a round (or an async server version) and its clients' ``runs``."""
         clients, wasted = [], 0.0
         by_tier = {t: dict.fromkeys(("sampled", *OUTCOMES), 0) for t in self.tiers}
         energy_by_tier = dict.fromkeys(self.tiers, 0.0)
-        for c in clock.sampled:
-            outcome, t = clock.outcomes[c.client_id], clock.times[c.client_id]
-            p = clock.presence[c.client_id]
-            done = 0.0 if outcome == UNAVAILABLE else p.fail_at if p.fails else 1.0  # share of its round it ran
+        for run in runs:
+            c, outcome, t, done = run.client, run.outcome, run.time, run.done
+            if outcome == UNAVAILABLE:
+                done = 0.0
             time_s = None if outcome == UNAVAILABLE else t.total_s * done
             if outcome not in (OK, UNAVAILABLE):  # trained (or started to) for nothing
                 wasted += t.compute_s * done
             energy_by_tier[c.tier] += t.energy_j * done
-            entry = {"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome,
-                     "energy_j": t.energy_j * done}
-            if c.client_id in clock.reasons:
-                entry["reason"] = clock.reasons[c.client_id]
-            if c.client_id in clock.steps:
-                entry["local_steps"] = clock.steps[c.client_id]
-            clients.append(entry)
+            clients.append({"client_id": c.client_id, "tier": c.tier, "time_s": time_s, "outcome": outcome,
+                            "energy_j": t.energy_j * done, **run.extra})
             by_tier[c.tier]["sampled"] += 1
             by_tier[c.tier][outcome] += 1
         waited = {"waited_s": self.waited_s} if self.trace is not None else {}
         return {
             **waited,
-            "round_time_s": clock.round_time_s,
+            "round_time_s": round_time_s,
             "virtual_time_s": self.virtual_time_s,
             "wasted_compute_s": wasted,
             "energy_j": sum(energy_by_tier.values()),
@@ -328,3 +345,14 @@ class DeviceEmulator:
             "clients": clients,
             "by_tier": by_tier,
         }
+
+
+@dataclass(frozen=True)
+class Run:
+    """One client's run in a round's record: its outcome, its time, the share of it done, and extra fields."""
+
+    client: ClientInfo
+    outcome: str
+    time: ClientTime
+    done: float = 1.0  # the share of its time it ran (a drop-out's fail_at)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. reason, local_steps, staleness

@@ -49,17 +49,47 @@ def fednova_rescale(
     """
     p = np.asarray(weights, dtype=np.float64)
     tau_eff = float(p @ np.asarray(steps, dtype=np.float64) / p.sum())
-    rescaled = []
-    for update, tau in zip(updates, steps, strict=True):
-        scale = tau_eff / tau
-        out = {}
+    return rebased(updates, [current] * len(updates), [tau_eff / tau for tau in steps], current)
+
+
+def rebased(
+    updates: Sequence[Mapping[str, np.ndarray]], starts: Sequence[Mapping[str, np.ndarray]],
+    scales: Sequence[float], current: Mapping[str, np.ndarray],
+) -> list[dict[str, np.ndarray]]:
+    """Each client's change, scaled, moved onto ``current``: ``current + scales[i] (u_i - starts[i])``.
+
+    ``starts[i]`` is the global state client i trained from. A width-sliced update's
+    change is taken from the corners it holds; integer tensors (counters) are left as sent.
+    """
+    out = []
+    for update, start, scale in zip(updates, starts, scales, strict=True):
+        moved = {}
         for key, value in update.items():
             if np.issubdtype(value.dtype, np.floating):
-                base = np.asarray(current[key][corner(value.shape)], dtype=np.float64)
-                value = (base + (value.astype(np.float64) - base) * scale).astype(value.dtype)
-            out[key] = value
-        rescaled.append(out)
-    return rescaled
+                at = corner(value.shape)
+                base = np.asarray(current[key][at], dtype=np.float64)
+                origin = base if start is current else np.asarray(start[key][at], dtype=np.float64)
+                value = (base + (value.astype(np.float64) - origin) * scale).astype(value.dtype)
+            moved[key] = value
+        out.append(moved)
+    return out
+
+
+def buffered_update(
+    updates: Sequence[Mapping[str, np.ndarray]], starts: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[W], scales: Sequence[float], current: Mapping[str, np.ndarray], rule: TensorRule,
+) -> dict[str, np.ndarray]:
+    """FedBuff's server step (Nguyen et al., AISTATS 2022), holder-aware: ``rule`` over each tensor's buffered holders.
+
+    Client i trained from ``starts[i]`` (the version it started at) and sent ``updates[i]``;
+    its change ``u_i - start_i`` enters scaled by ``scales[i]`` (its staleness weight times
+    the server learning rate), moved onto ``current`` (:func:`rebased`). With the
+    weighted mean as ``rule`` a tensor becomes ``current + sum_i p_i s_i (u_i - start_i)``
+    over the buffered clients that hold it (``p_i``: their ``weights`` normalised); a
+    server optimiser's rule sees that mean change as its pseudo-gradient. With one
+    buffered update and a fresh start this is FedAsync's ``(1 - s) current + s u``.
+    """
+    return holder_aggregate(rebased(updates, starts, scales, current), weights, current, rule)
 
 
 def holder_aggregate(

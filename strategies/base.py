@@ -29,7 +29,7 @@ from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
-from strategies.aggregation import fednova_rescale, holder_aggregate, weighted_mean
+from strategies.aggregation import buffered_update, fednova_rescale, holder_aggregate, weighted_mean
 
 NUM_EXAMPLES = wire_key("num_examples")  # what replies are weighted by
 
@@ -270,6 +270,26 @@ class DepthAwareStrategy(Strategy):
             updates = fednova_rescale(updates, weights, [self._steps(m) for m in valid], to_numpy(self._sent))
         new = holder_aggregate(updates, weights, to_numpy(self._sent), self.aggregate_tensor)
         return to_record(new), self._mean_metrics(valid)
+
+    def aggregate_buffer(
+        self, server_version: int, replies: Sequence[Message], starts: Sequence[Mapping[str, np.ndarray]],
+        scales: Sequence[float], current: Mapping[str, np.ndarray],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Asynchronous mode's server step: FedBuff over the buffered ``replies``, with :meth:`aggregate_tensor`.
+
+        Reply i's client trained from ``starts[i]`` (the version it started at); its change
+        enters scaled by ``scales[i]`` (its staleness weight times the server learning rate),
+        each tensor over the buffered clients that hold it
+        (:func:`~strategies.aggregation.buffered_update`); ``current`` is the global state now.
+        A strategy whose rule needs a whole round overrides :meth:`aggregate_train` and
+        cannot run asynchronously unless it overrides this too.
+        """
+        if not replies:
+            return None, None
+        updates = [to_numpy(m.content.array_records[ARRAYS]) for m in replies]
+        weights = [float(payload_of(m, TrainReply).num_examples) for m in replies]
+        new = buffered_update(updates, starts, weights, scales, current, self.aggregate_tensor)
+        return to_record(new), self._mean_metrics(replies)
 
     def _steps(self, reply: Message) -> int:
         """The local steps a reply's client took (FedNova needs them)."""

@@ -35,6 +35,14 @@ def test_check_prints_the_plan_of_the_quickstart(capsys):
         assert text in out
 
 
+def test_check_of_an_async_run_says_what_its_clock_does(capsys):
+    code, out, _ = _check(capsys, *SMALL, "--set", "simulation.mode=async", "--set", "simulation.concurrency=4",
+                          "--set", "simulation.buffer_size=2")
+    assert code == 0
+    assert "virtual clock (async): 4 clients training at once, a server version every 2 arrivals" in " ".join(
+        out.split())
+
+
 def test_check_shows_local_sgd_with_the_first_and_last_rounds_lr(capsys):
     code, out, _ = _check(capsys, *SMALL, "--set", "training.lr=0.1", "--set", "training.weight_decay=0.0005",
                           "--set", "training.lr_schedule=exp", "--set", "training.lr_decay=0.5")
@@ -85,6 +93,8 @@ def test_the_plan_is_the_run_cost_model():
         (["tiers.2.width=1.5"], "tiers.2.width: must be in (0, 1]"),
         (["strategy.name=fedadam", "tiers.1.width=0.5"],
          "tiers.1.width: strategy fedadam keeps state per whole tensor, so its tiers cannot be width-scaled"),
+        (["simulation.mode=async", "strategy.name=qfedavg"],
+         "simulation.mode: strategy QFedAvg overrides aggregate_train (a rule for whole rounds)"),
     ],
 )
 def test_check_fails_in_one_line_with_exit_2(overrides, needle, capsys):

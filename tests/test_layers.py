@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fl_ee.learning",),
     ("fl_ee.wire",),
     ("fl_ee.deployment",),
-    ("strategies", "sims.clock", "sims.tiers", "sims.traces", "sims.emulator"),
+    ("strategies", "sims.clock", "sims.tiers", "sims.traces", "sims.emulator", "sims.asynchrony"),
     ("fl_ee.results",),
     ("fl_ee.federation", "sims.backend", "sims.engine", "sims.stopping", "sims.reaper", "sims"),
     ("fl_ee.studies",),

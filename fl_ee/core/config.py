@@ -305,6 +305,23 @@ class SimulationConfig(_Section):
     capacity_trace: Annotated[str, Field(
         description="a JSON file of client id -> some of compute_gflops, download_mbps, upload_mbps (sims/traces.py), "
                     "which replace those clients' tier figures (and speed_sigma's draw) (empty: none)")] = ""
+    mode: Annotated[Literal["sync", "async"], Field(
+        description="sync: rounds of sampled clients; async: concurrency clients train at once and the server "
+                    "aggregates every buffer_size arrivals on the virtual clock (FedBuff; rounds counts these "
+                    "server versions)")] = "sync"
+    concurrency: Annotated[int, Field(
+        ge=1, description="async: clients training at once (at most the clients that may train)")] = 10
+    buffer_size: Annotated[int, Field(
+        ge=1, description="async: arrivals aggregated into one server version (FedBuff's K; 1 is FedAsync)")] = 10
+    staleness: Annotated[Literal["constant", "polynomial", "hinge"], Field(
+        description="async: weight of an update s versions old: constant 1, polynomial (1+s)^-staleness_a, or "
+                    "hinge 1 for s <= staleness_b else 1/(staleness_a (s - staleness_b) + 1) (Xie et al. 2019)")] = \
+        "polynomial"
+    staleness_a: Annotated[float, Field(ge=0, description="async: the staleness function's a")] = 0.5
+    staleness_b: Annotated[int, Field(ge=0, description="async: the hinge's b, in server versions")] = 4
+    server_lr: Annotated[float, Field(
+        gt=0, description="async: the factor on the staleness-weighted mean change a server version applies "
+                                "(FedBuff's server learning rate, FedAsync's alpha)")] = 1.0
 
     @model_validator(mode="after")
     def _deadline_is_set(self) -> SimulationConfig:
@@ -312,6 +329,10 @@ class SimulationConfig(_Section):
               "must be set (> 0) when straggler_policy is deadline")
         _rule(not self.partial_work or self.straggler_policy == "deadline", "partial_work",
               "needs straggler_policy = deadline (partial work is what fits before the deadline)")
+        _rule(self.mode == "sync" or self.straggler_policy == "wait", "straggler_policy",
+              "must be wait with mode = async (an async server waits for no round: it takes each arrival)")
+        _rule(self.mode == "sync" or not self.availability_trace, "availability_trace",
+              "is not supported with mode = async yet")
         return self
 
 

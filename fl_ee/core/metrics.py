@@ -242,6 +242,27 @@ def energy_summary(by_tier_j: Sequence[Mapping[str, float]], accuracy: float | N
             "per_accuracy_point_j": total / (100 * accuracy) if accuracy else None}
 
 
+def async_summary(versions: Sequence[Sequence[Mapping[str, Any]]], tiers: Sequence[str]) -> dict[str, Any]:
+    """An asynchronous run's updates: who reached the model, and how stale, from each version's client entries.
+
+    An entry with outcome ``ok`` is an update the server aggregated, ``staleness`` versions
+    old. ``update_share_by_tier``: each tier's share of those updates (they add up to 1);
+    ``mean_staleness_by_tier``: their mean staleness (``None`` for a tier with none).
+    """
+    staleness: dict[str, list[int]] = {t: [] for t in tiers}
+    for entries in versions:
+        for entry in entries:
+            if entry["outcome"] == "ok":
+                staleness[entry["tier"]].append(int(entry["staleness"]))
+    total = sum(len(s) for s in staleness.values())
+    return {
+        "updates": total,
+        "update_share_by_tier": {t: len(s) / total if total else None for t, s in staleness.items()},
+        "mean_staleness": mean_or_none([s for values in staleness.values() for s in values]),
+        "mean_staleness_by_tier": {t: mean_or_none(s) for t, s in staleness.items()},
+    }
+
+
 def time_to_accuracy(points: Sequence[tuple[float, float | None]], target: float) -> float | None:
     """The first virtual time whose accuracy reaches ``target`` (``None`` if never or no target)."""
     if target <= 0:

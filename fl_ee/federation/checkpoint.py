@@ -6,6 +6,9 @@
 * ``arrays.npz``: the global model;
 * ``strategy.npz`` and ``state.json["strategy"]``: the strategy's
   :meth:`~strategies.DepthAwareStrategy.state_dict` (its arrays and its JSON values);
+* ``async.npz`` and ``state.json["async"]``: an async run's server
+  (:meth:`~fl_ee.federation.asynchronous.AsyncServer.state_dict`: the clients in flight and
+  the replies they sent, the versions they started from);
 * ``state.json["selection"]``: its client selection's
   :meth:`~strategies.base.Selection.state_dict` (Oort's utilities);
 * ``state.json``: the round, the config it was written under, and the loop's
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 CLIENTS = "clients"
-STATE, ARRAYS, STRATEGY = "state.json", "arrays.npz", "strategy.npz"
+STATE, ARRAYS, STRATEGY, ASYNC = "state.json", "arrays.npz", "strategy.npz", "async.npz"
 PREFIX = "round-"
 
 # ------------------------------------------------------------------ (de)serialisation
@@ -132,6 +135,8 @@ class Checkpoint:
 
         raw = json.loads((self.path / STATE).read_text())
         state = loop_state_from_json(raw["loop"], to_record(read_npz(self.path / ARRAYS)))
+        if "async" in raw:
+            state.async_state = {**read_npz(self.path / ASYNC), **raw["async"]}
         strategy.load_state_dict({**read_npz(self.path / STRATEGY), **raw["strategy"]})
         strategy.selection.load_state_dict(raw.get("selection", {}))  # none in checkpoints written before it
         return state
@@ -154,7 +159,7 @@ def _read_whole(folder: Path) -> Checkpoint:
         checkpoint = Checkpoint(int(raw["round"]), dict(raw["config"]), folder)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, not UTF-8 or JSON, not what was written
         raise _Damaged(folder / STATE, one_line(exc)) from None
-    for name in (ARRAYS, STRATEGY):
+    for name in (ARRAYS, STRATEGY, *[ASYNC] * ("async" in raw)):
         try:
             read_npz(folder / name)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # missing, truncated, changed
@@ -244,6 +249,9 @@ class Checkpoints(Observer):
         strategy_arrays, strategy_values = split_strategy_state(strategy.state_dict())
         write_npz(tmp / ARRAYS, to_numpy(state.arrays))
         write_npz(tmp / STRATEGY, strategy_arrays)
+        async_arrays, async_values = split_strategy_state(state.async_state)
+        if state.async_state:
+            write_npz(tmp / ASYNC, async_arrays)
         atomic_write(tmp / STATE, json.dumps({
             "format": FORMAT,
             "round": state.round,
@@ -252,6 +260,7 @@ class Checkpoints(Observer):
             "strategy": strategy_values,
             "selection": strategy.selection.state_dict(),
             "loop": loop_state_to_json(state),
+            **({"async": async_values} if state.async_state else {}),
         }))
         shutil.rmtree(final, ignore_errors=True)  # a damaged checkpoint a resume passed over
         os.replace(tmp, final)

@@ -90,3 +90,9 @@ class DivergenceGuard:
 def is_non_finite(reason: Any) -> bool:
     """Whether a rejection reason is about non-finite values."""
     return isinstance(reason, str) and reason.startswith(NON_FINITE)
+
+
+def error_line(reason: str) -> str:
+    """The last line of an error reply's reason (a traceback ends with the exception)."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"

@@ -19,6 +19,7 @@ import torch
 from fl_ee.core.config import Config, TierConfig
 from fl_ee.core.errors import UserError, warn
 from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
+from fl_ee.federation.asynchronous import check_async
 from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import assign_tiers, tier_counts
@@ -109,8 +110,14 @@ def check_model(cfg: Config) -> None:
 
 
 def check_widths(cfg: Config) -> None:
-    """Width-scaled tiers need a strategy that aggregates parts of tensors (``partial_tensors``)."""
+    """Width-scaled tiers need a strategy that aggregates parts of tensors (``partial_tensors``).
+
+    With ``simulation.mode = async``, the strategy must aggregate buffered updates
+    (:func:`~fl_ee.federation.asynchronous.check_async`).
+    """
     strategy = build_strategy(cfg)
+    if cfg.simulation.mode == "async":
+        check_async(strategy)
     narrow = [i for i, t in enumerate(cfg.tiers) if t.width < 1]
     if narrow and not strategy.partial_tensors:
         raise UserError(f"strategy {cfg.strategy.name} keeps state per whole tensor, so its tiers cannot be "

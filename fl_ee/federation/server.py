@@ -1,7 +1,9 @@
 """The Flower ``ServerApp``: builds the federation from the config and runs its rounds.
 
-``run_federation`` is the round loop; it reports to observers (the run directory, the
-progress bar, the checkpoints) and starts from the latest checkpoint where there is one.
+``run_federation`` is the round loop (synchronous rounds, :func:`sync_rounds`, or the
+asynchronous server's versions, :mod:`fl_ee.federation.asynchronous`); it reports to
+observers (the run directory, the progress bar, the checkpoints) and starts from the
+latest checkpoint where there is one.
 ``make_server_app`` wraps it for ``fl-ee run``, and the module-level
 ``app`` reads ``context.run_config`` for ``flwr run``.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,16 @@ from fl_ee.core.config import Config, config_to_json, load_config, parse_overrid
 from fl_ee.core.errors import warn
 from fl_ee.core.seeding import Stream, derive_seed
 from fl_ee.data.datasets import TensorDataset, calibration_size, load_dataset, run_splits, run_unseen
+from fl_ee.federation.asynchronous import AsyncServer, Step
 from fl_ee.federation.checkpoint import Checkpoints
-from fl_ee.federation.faults import DivergenceGuard, StrategyFault, aggregate_problem, is_non_finite, update_problem
+from fl_ee.federation.faults import (
+    DivergenceGuard,
+    StrategyFault,
+    aggregate_problem,
+    error_line,
+    is_non_finite,
+    update_problem,
+)
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
 from fl_ee.learning.training import round_lr
@@ -125,12 +135,6 @@ def _guarded(strategy: DepthAwareStrategy, method: str, rnd: int, *args: Any) ->
         raise StrategyFault(type(strategy).__name__, method, rnd, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _error_line(reason: str) -> str:
-    """The last line of an error reply's reason (a traceback ends with the exception)."""
-    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
-
-
 def _errors(sender: Callable[[Message], ClientInfo], replies: Sequence[Message]) -> dict[ClientInfo, str]:
     """The clients whose reply is an error (``sender`` names each), with the reason they reported."""
     return {sender(m): m.error.reason or "unknown error" for m in replies if m.has_error()}
@@ -168,7 +172,7 @@ def train_round(
     _check(replies, f"train in round {rnd}")
     errors = _errors(strategy.sender, replies)
     emulator.settle(clock, finished=[strategy.sender(m) for m in replies if not m.has_error()],
-                    errored={c: _error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
+                    errored={c: error_line(reason) for c, reason in errors.items()}, keep=strategy.train_quota())
     strategy.selection.feedback(rnd, [_feedback(strategy.sender(m), payload_of(m, TrainReply), clock)
                                       for m in strategy.valid_replies(replies)])
     current = to_numpy(arrays)
@@ -224,9 +228,19 @@ def evaluate_round(
         evaluated |= {client_of(m): Evaluation(rnd, payload_of(m, EvaluateReply)) for m in theirs}
         record["unseen_clients"] = [client_of(m) for m in theirs]
     if errors := _errors(lambda m: held_out.get(client_of(m)) or strategy.sender(m), replies):
-        record["failed"] = {c.client_id: _error_line(reason) for c, reason in errors.items()}
+        record["failed"] = {c.client_id: error_line(reason) for c, reason in errors.items()}
         record["errors"] = {c.client_id: reason for c, reason in errors.items()}
     return evaluated, record
+
+
+def sync_rounds(
+    exchange: Exchange, strategy: DepthAwareStrategy, emulator: DeviceEmulator, state: LoopState, rounds: int,
+    instructions: Callable[[int], ConfigRecord], work: Work,
+) -> Iterator[Step]:
+    """The synchronous rounds after ``state.round`` up to ``rounds`` (:func:`train_round` each), one step a round."""
+    for rnd in range(state.round + 1, rounds + 1):
+        config = instructions(rnd)
+        yield rnd, config, *train_round(exchange, strategy, emulator, rnd, state.arrays, config, work)
 
 
 def run_federation(
@@ -260,15 +274,22 @@ def run_federation(
     for observer in observers:
         observer.on_start(cfg, clients)
 
+    def instructions(rnd: int) -> ConfigRecord:
+        return Instructions(config_text, server_round=rnd, state_dir=state_dir,
+                            lr=round_lr(cfg.training, cfg.rounds, rnd)).to_record()
+
+    if cfg.simulation.mode == "async":
+        server = AsyncServer(cfg, exchange, strategy, emulator, state.arrays, instructions)
+        if state.round:
+            server.load_state_dict(state.async_state)
+        steps = server.versions(state, cfg.rounds, cfg.checkpoint_every if checkpoints is not None else 0)
+    else:
+        steps = sync_rounds(exchange, strategy, emulator, state, cfg.rounds, instructions, train_work)
     guard = DivergenceGuard(cfg.simulation.max_bad_rounds, state.bad_rounds)
     started = time.perf_counter()
     # the server's own evaluation runs while the clients evaluate, in slices side by side
     with ThreadPoolExecutor(max_workers=slice_threads()) as threads:
-        for rnd in range(state.round + 1, cfg.rounds + 1):
-            config = Instructions(config_text, server_round=rnd, state_dir=state_dir,
-                                  lr=round_lr(cfg.training, cfg.rounds, rnd)).to_record()
-            state.arrays, train, bad = train_round(exchange, strategy, emulator, rnd, state.arrays, config,
-                                                   train_work)
+        for rnd, config, state.arrays, train, bad in steps:
             state.clocks.append(train.pop("clock"))
             errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}

@@ -39,6 +39,7 @@ class LoopState:
     clocks: list[dict[str, Any]] = field(default_factory=list)
     accuracy_at: list[tuple[float, float | None]] = field(default_factory=list)
     bad_rounds: int = 0  # rounds in a row with nothing finite to aggregate (fl_ee/federation/faults.py)
+    async_state: dict[str, Any] = field(default_factory=dict)  # an async run's server (federation/asynchronous.py)
 
     @property
     def virtual_time_s(self) -> float:

@@ -268,6 +268,22 @@ def straggler_table(run: Run) -> Table:
     )
 
 
+def async_table(run: Run) -> Table | None:
+    """The summary's ``async`` section: each tier's share of the aggregated updates and their staleness."""
+    a = get(run.summary, "async")
+    if a is None:
+        return None
+    shares, staleness = get(a, "update_share_by_tier"), get(a, "mean_staleness_by_tier")
+    tiers = list(shares) if isinstance(shares, dict) else []
+    return _key_values(
+        "Async updates",
+        [("updates aggregated", count(get(a, "updates"))), ("mean staleness", ratio(get(a, "mean_staleness"))),
+         *((f"{t} share %", pct(get(shares, t))) for t in tiers),
+         *((f"{t} staleness", ratio(get(staleness, t))) for t in tiers)],
+        caption="staleness: server versions made between an update's start and its aggregation",
+    )
+
+
 def report_renderables(run: Run, wide: bool = False) -> list[RenderableType]:
     """Everything ``fl-ee report`` prints, in order (``wide``: no column left out)."""
     parts: list[RenderableType] = [tier_table(run)] if run.summary else []
@@ -275,7 +291,7 @@ def report_renderables(run: Run, wide: bool = False) -> list[RenderableType]:
         parts.append(policies)
     parts.append(progress_table(run))
     blocks = [t for t in (fairness_table(run), efficiency_table(run)) if t is not None]
-    parts.append(Blocks([*blocks, straggler_table(run)]))
+    parts.append(Blocks([*blocks, straggler_table(run), *[t for t in (async_table(run),) if t is not None]]))
     if (unseen := unseen_table(run)) is not None:
         parts.append(unseen)
     parts.extend(Text(f"warning: {line}", style="yellow") for line in run_warnings(run))

@@ -217,6 +217,17 @@ class Energy(_Strict):
                                                            "mean accuracy (null without one)")
 
 
+class Async(_Strict):
+    """``async``: the updates an asynchronous run's server aggregated (``simulation.mode = "async"``)."""
+
+    updates: int = Field(description="updates aggregated into a server version")
+    update_share_by_tier: dict[str, float | None] = Field(
+        description="tier -> its share of the aggregated updates (null with none at all)")
+    mean_staleness: float | None = Field(description="versions made between an aggregated update's start and its "
+                                                     "aggregation, on average")
+    mean_staleness_by_tier: dict[str, float | None] = Field(description="tier -> its updates' mean staleness")
+
+
 class Gap(_Strict):
     """pFL-Bench's generalisation gap: the participating clients' figure minus the unseen clients'."""
 
@@ -261,6 +272,8 @@ class Summary(_Strict):
     energy: Energy | None = Field(None, exclude_if=lambda value: value is None,  # absent in older run directories
                                   description="the clients' energy, by tier and per point of accuracy")
     warnings: list[str] = Field(description="what makes the run degenerate, one line each")
+    async_: Async | None = Field(None, alias="async", exclude_if=lambda value: value is None,
+                                 description="only with simulation.mode = async: who reached the model, how stale")
     unseen: Unseen | None = Field(None, exclude_if=lambda value: value is None,  # absent, never null, in the file
                                   description="only with data.unseen_fraction > 0; every other figure but "
                                               "``clients`` is over the clients that take part in training")

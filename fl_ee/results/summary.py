@@ -12,6 +12,7 @@ from typing import Any
 
 from fl_ee.core.config import Config
 from fl_ee.core.metrics import (
+    async_summary,
     efficiency,
     energy_summary,
     exit_means,
@@ -152,6 +153,8 @@ def build_summary(
         "energy": energy_summary([c["energy_by_tier_j"] for c in clocks], personalised["mean"]),
         "warnings": [*config_warnings, *run_warnings(clocks, global_eval)],
     }
+    if cfg.simulation.mode == "async":
+        summary["async"] = async_summary([c["clients"] for c in clocks], tiers)
     if unseen:
         summary["unseen"] = unseen_summary([c for c in clients if c.client_id in unseen], results, tiers, depth,
                                            personalised)

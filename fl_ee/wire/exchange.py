@@ -25,6 +25,10 @@ and the ServerApp sees only node ids; so the exchange learns each node's partiti
 from its replies, and puts the costliest messages on the nodes handed out first: the
 workers start on them first. Only the speed depends on it.
 
+The asynchronous loop sends one message at a time as its clients start (:meth:`Exchange.post`)
+and takes each reply when the virtual clock says it arrives (:meth:`Exchange.reply_of`);
+:meth:`Exchange.send` first waits for those still in flight.
+
 A client's results depend on its id, its data and its state, never on the node that
 served it or on the order of the replies.
 """
@@ -65,6 +69,10 @@ class Exchange:
         self.num_clients = num_clients
         self._folder = tempfile.TemporaryDirectory(prefix="fl-ee-clients-")
         self._partition: dict[int, int] = {}  # node id -> the node's partition id, as its replies tell
+        self._free: list[int] | None = None  # nodes with no message in flight (None: not asked yet)
+        self._queue: list[Message] = []  # messages waiting for a free node, first first
+        self._in_flight: dict[str, int] = {}  # message id -> node
+        self._arrived: dict[int, Message] = {}  # posted messages' replies by client, until asked for
 
     def _state_file(self, client: int) -> Path:
         return Path(self._folder.name) / f"{client}.pb"
@@ -116,36 +124,70 @@ class Exchange:
 
         ``work`` estimates a message's cost; the costliest go out first (ties in the
         given order). Messages the grid refuses get no reply, as with Flower's
-        ``send_and_receive``.
+        ``send_and_receive``. Messages :meth:`post` sent before are waited for first
+        (their replies kept for :meth:`reply_of`), so every node is free.
         """
-        pending = sorted(messages, key=work, reverse=True) if work else list(messages)
-        pending.reverse()  # popped from the end
-        free = self._nodes()
-        in_flight: dict[str, int] = {}  # message id -> node
+        self.drain()
+        self._free = self._nodes()
+        self._queue = sorted(messages, key=work, reverse=True) if work else list(messages)
         replies: list[Message] = []
-        while pending or in_flight:
-            free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
-            batch = []
-            while pending and free:
-                message, node = pending.pop(), free.pop()
-                self._address(message, node)
-                batch.append(message)
-            if batch:
-                pushed = set(self.grid.push_messages(batch))
-                for message in batch:
-                    if message.metadata.message_id in pushed:
-                        in_flight[message.metadata.message_id] = message.metadata.dst_node_id
-                    else:
-                        free.append(message.metadata.dst_node_id)
-            pulled = list(self.grid.pull_messages(list(in_flight))) if in_flight else []
-            for reply in pulled:
-                node = in_flight.pop(reply.metadata.reply_to_message_id)
-                free.append(node)
-                self._keep_state(reply, node)
-                replies.append(reply)
-            if not pulled and in_flight:
-                time.sleep(POLL_S)
+        while self._queue or self._in_flight:
+            replies += self._step()
         return replies
+
+    def post(self, message: Message) -> None:
+        """Send one message (addressed to a client id) as soon as a node is free; :meth:`reply_of` waits for its reply.
+
+        The asynchronous server loop's way: messages go out as slots free, replies are taken in
+        the order it asks for them, not in the order they come in.
+        """
+        if self._free is None:
+            self._free = self._nodes()
+        self._queue.append(message)
+        self._push()
+
+    def reply_of(self, client: int) -> Message:
+        """The reply to the message :meth:`post` sent to ``client``, waited for; others' replies that come are kept."""
+        while client not in self._arrived:
+            if not self._queue and not self._in_flight:
+                raise RuntimeError(f"no message to client {client} is in flight (the grid refused it?)")
+            self._arrived |= {client_of(reply): reply for reply in self._step()}
+        return self._arrived.pop(client)
+
+    def drain(self) -> None:
+        """Wait until every message :meth:`post` sent has its reply (kept for :meth:`reply_of`)."""
+        while self._queue or self._in_flight:
+            self._arrived |= {client_of(reply): reply for reply in self._step()}
+
+    def _push(self) -> None:
+        """Put queued messages (first first) on free nodes, those handed out first by the runtime first."""
+        assert self._free is not None
+        self._free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
+        batch = []
+        while self._queue and self._free:
+            message, node = self._queue.pop(0), self._free.pop()
+            self._address(message, node)
+            batch.append(message)
+        if batch:
+            pushed = set(self.grid.push_messages(batch))
+            for message in batch:
+                if message.metadata.message_id in pushed:
+                    self._in_flight[message.metadata.message_id] = message.metadata.dst_node_id
+                else:
+                    self._free.append(message.metadata.dst_node_id)
+
+    def _step(self) -> list[Message]:
+        """Push what fits, pull the replies that are in (keeping each client's state); wait a little if none is."""
+        assert self._free is not None
+        self._push()
+        pulled = list(self.grid.pull_messages(list(self._in_flight))) if self._in_flight else []
+        for reply in pulled:
+            node = self._in_flight.pop(reply.metadata.reply_to_message_id)
+            self._free.append(node)
+            self._keep_state(reply, node)
+        if not pulled and self._in_flight:
+            time.sleep(POLL_S)
+        return pulled
 
 
 def as_client(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
