@@ -26,9 +26,11 @@ gc.set_threshold(10_000, 10, 10)
 def pytest_collection_modifyitems(items):
     """Under xdist (``-n auto --dist loadgroup``, the default in pyproject.toml) every e2e test runs on one
     worker, one at a time as in a serial session: each starts Ray or a simulation that uses every core.
-    The other tests go to the workers a file at a time, so a module's fixtures are made once."""
+    The other tests, and e2e tests marked ``parallel=True`` (slow, but in one process on one core: decoding a
+    whole real dataset), go to the workers a file at a time, so a module's fixtures are made once."""
     for item in items:
-        group = "e2e" if item.get_closest_marker("e2e") else item.path.name
+        e2e = item.get_closest_marker("e2e")
+        group = "e2e" if e2e and not e2e.kwargs.get("parallel") else item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -7,18 +7,20 @@ Source files are checked before they are decoded (IDX headers and sizes, the CIF
 pickles' md5s, every image), and labels outside the dataset's classes are refused, each
 problem as one line naming the file.
 
-Decoded file datasets are cached as ``.npy`` files under ``$FL_EE_CACHE`` (default
+Decoded datasets (``digits`` too) are cached as ``.npy`` files under ``$FL_EE_CACHE`` (default
 ``~/.cache/fl-ee``), keyed by the source files' names, sizes and modification times,
 with each array's dtype, shape and xxh3-128 checksum in ``meta.json``. Every process
 (the server and each Ray worker) memory-maps the same cache after verifying it, so a
 dataset is decoded once per machine, loads in a fraction of a second, and its pages
-are shared between processes; a damaged cache is decoded again and replaced.
+are shared between processes; a damaged cache is decoded again and replaced. A process
+that reads ``digits`` from the cache never imports scikit-learn (some 2 s).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -59,12 +61,21 @@ class TensorDataset:
         return model_spec(cfg, c, h, w, self.num_classes)
 
 
+def _float32(images: np.ndarray) -> torch.Tensor:
+    """``images`` as float32 (N, C, H, W) with the standard strides.
+
+    A one-channel array (``x[:, None]``) may carry a stride for C that makes torch take it for
+    channels-last; its convolutions would then take another kernel and round differently, and a run's
+    results would depend on whether its data came from the decoder or from the cache.
+    """
+    return torch.empty(images.shape, dtype=torch.float32).copy_(torch.from_numpy(np.ascontiguousarray(images)))
+
+
 def _normalised(name: str, train: np.ndarray, train_y, test: np.ndarray, test_y, num_classes: int) -> TensorDataset:
     """Scale to [0, 1] floats by the train maximum, then standardise each channel."""
     scale = float(train.max()) or 1.0
     # in place, on torch's threads: the same bits as NumPy's division, some 30x faster
-    tr = torch.from_numpy(np.ascontiguousarray(train)).to(torch.float32).div_(scale)
-    te = torch.from_numpy(np.ascontiguousarray(test)).to(torch.float32).div_(scale)
+    tr, te = _float32(train).div_(scale), _float32(test).div_(scale)
     mean = tr.mean(dim=(0, 2, 3), keepdim=True)
     std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return TensorDataset(
@@ -97,9 +108,8 @@ def _check_labels(source: str, labels, num_classes: int) -> None:
         raise UserError(f"{source}: {problem}", key="data.root")
 
 
-@functools.lru_cache(maxsize=1)
 def _digits() -> TensorDataset:
-    """scikit-learn's digits, kept for the process whatever other datasets come and go (it needs no root)."""
+    """scikit-learn's digits, split 75/25 stratified by class."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -304,7 +314,16 @@ def _image_folder(root: str) -> TensorDataset:
     return _normalised("imagefolder", tr_x, tr_y, te_x, te_y, classes)
 
 
-SOURCE_DIRS = {  # where each file dataset's files live under data.root
+def _digits_root() -> str:
+    """The folder of scikit-learn's bundled data files, found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the digits dataset needs scikit-learn (pip install scikit-learn)", key="data.name")
+    return str(Path(spec.submodule_search_locations[0]) / "datasets")
+
+
+SOURCE_DIRS = {  # where each dataset's files live under data.root (digits: in scikit-learn's own folder)
+    "digits": ("data/digits.csv.gz",),
     "mnist": ("MNIST/raw",),
     "fashion-mnist": ("FashionMNIST/raw",),
     "cifar10": ("cifar-10-batches-py",),
@@ -319,13 +338,16 @@ def _source_key(name: str, root: str) -> str | None:
     """A digest of the dataset's source files (names, sizes, mtimes); ``None`` if absent."""
     entries = []
     for sub in SOURCE_DIRS[name]:
-        folder = Path(root) / sub
-        if not folder.is_dir():
+        source = Path(root) / sub
+        if source.is_file():
+            files = [source]
+        elif source.is_dir():
+            files = [path for path in sorted(source.rglob("*")) if path.is_file()]
+        else:
             return None
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                st = path.stat()
-                entries.append(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
+        for path in files:
+            st = path.stat()
+            entries.append(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
     payload = json.dumps([name, root, entries]).encode()
     return f"{name}-{hashlib.sha1(payload).hexdigest()[:16]}"
 
@@ -409,6 +431,8 @@ def _write_cache(folder: Path, data: TensorDataset, replace: bool = False) -> No
 
 
 def _decode(name: str, root: str, download: bool) -> TensorDataset:
+    if name == "digits":
+        return _digits()
     if name == "imagefolder":
         return _image_folder(root)
     return _torchvision(name, root, download)
@@ -416,8 +440,6 @@ def _decode(name: str, root: str, download: bool) -> TensorDataset:
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, root: str, download: bool) -> TensorDataset:
-    if name == "digits":
-        return _digits()
     key = _source_key(name, root)
     damaged = False
     if key is not None and (cache_root() / key).exists():
@@ -435,7 +457,7 @@ def _load(name: str, root: str, download: bool) -> TensorDataset:
 
 def load_dataset(cfg: DataConfig) -> TensorDataset:
     """The configured dataset, decoded once per process and kept in memory."""
-    root = str(Path(cfg.root).expanduser().resolve())
+    root = _digits_root() if cfg.name == "digits" else str(Path(cfg.root).expanduser().resolve())
     try:
         return _load(cfg.name, root, cfg.download)
     except OSError as exc:  # a path the file system refuses: a name too long, a folder it may not search
