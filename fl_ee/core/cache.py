@@ -107,13 +107,13 @@ def read_entry(path: Path, key: Any) -> Any:
     try:
         entry = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CacheDamaged(f"{path.name} is missing") from None
+        raise CacheDamaged("is missing") from None
     except (OSError, ValueError) as exc:
-        raise CacheDamaged(f"{path.name} is unreadable ({one_line(exc)})") from None
+        raise CacheDamaged(f"is unreadable ({one_line(exc)})") from None
     if not isinstance(entry, dict) or entry.get("key") != _canonical(key):
-        raise CacheDamaged(f"{path.name} holds another entry (edited or damaged)")
+        raise CacheDamaged("holds another entry (edited or damaged)")
     if entry.get("checksum") != _entry_checksum(entry["key"], entry.get("body")):
-        raise CacheDamaged(f"{path.name} does not match its checksum (edited or damaged)")
+        raise CacheDamaged("does not match its checksum (edited or damaged)")
     return entry["body"]
 
 
