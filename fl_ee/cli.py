@@ -159,15 +159,15 @@ def _stopped(exc: Exception, run_dir: Path, debug: bool) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """``fl-ee check``: the preflight of ``fl-ee run``, then the plan; starts nothing, writes nothing."""
+    """``fl-ee check``: the preflight of ``fl-ee run``, then the plan; starts nothing, writes nothing but caches."""
     cfg = load_config(args.config, parse_overrides(args.overrides))
-    from fl_ee.federation.plan import make_plan, plan_renderables
-    from fl_ee.federation.preflight import preflight
+    from fl_ee.federation.checkrecord import checked_plan
+    from fl_ee.federation.plan import plan_renderables
     from sims.backend import check_backend
 
     check_backend(cfg)
     out = Console()
-    for part in plan_renderables(make_plan(preflight(cfg))):
+    for part in plan_renderables(checked_plan(cfg)):
         out.print(part)
     return 0
 

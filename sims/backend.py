@@ -2,11 +2,14 @@
 
 :func:`check_backend` refuses, before a run directory exists, client resources Ray
 cannot host and a cluster that cannot be reached (a TCP probe of ``host:port`` first,
-so an unreachable address fails in seconds instead of Ray's retry loop).
+so an unreachable address fails in seconds instead of Ray's retry loop). Ray (and torch, to
+count GPUs) is imported only where needed: a local check of one CPU and no GPU per client
+imports neither, so a warm ``fl-ee check`` stays under a second.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import socket
@@ -14,8 +17,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import ray
 
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError
@@ -38,12 +39,20 @@ def backend_config(cfg: Config) -> dict[str, Any]:
 # ------------------------------------------------------------------- before the run starts
 
 
-def local_resources() -> dict[str, float]:
-    """The CPUs and GPUs a Ray started on this machine would get."""
-    import torch
-    from ray._private.utils import get_num_cpus  # what ray.init counts (cgroup limits included)
+def local_cpus() -> float:
+    """The CPUs a Ray started on this machine would get (cgroup limits included, as ``ray.init`` counts them)."""
+    from ray._private.utils import get_num_cpus
 
-    return {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}
+    return float(get_num_cpus())
+
+
+def local_gpus() -> float:
+    """The GPUs torch sees; none, without importing torch, on a Linux with no NVIDIA or AMD device file."""
+    if sys.platform == "linux" and not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd"):
+        return 0.0
+    import torch
+
+    return float(torch.cuda.device_count())
 
 
 def check_fit(cfg: Config, nodes: Iterable[dict[str, Any]], where: str) -> None:
@@ -75,6 +84,8 @@ def worker_count(cfg: Config) -> int:
     """
     cpus, gpus = cfg.simulation.client_cpus, cfg.simulation.client_gpus
     total = 0
+    import ray
+
     for node in ray.nodes():
         resources = node.get("Resources") or {}
         fits = int(resources.get("CPU", 0) / cpus)
@@ -130,6 +141,8 @@ def init_ray(cfg: Config) -> None:
     here die with this process, also when it is killed (:mod:`sims.reaper`); a cluster it
     joins is left alone.
     """
+    import ray
+
     args: dict[str, Any] = dict(backend_config(cfg)["init_args"])
     if "address" not in args:
         reaper.arm()
@@ -160,6 +173,8 @@ def start_ray(cfg: Config) -> Callable[[], None]:
     ready = threading.Event()
 
     def start() -> None:
+        import ray
+
         try:
             if not ray.is_initialized():
                 init_ray(cfg)
@@ -189,9 +204,13 @@ def check_backend(cfg: Config) -> None:
     """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's FutureWarning
     address = cfg.simulation.ray_address
-    if not address:
-        check_fit(cfg, [local_resources()], "this machine")
+    if not address:  # Ray counts at least one CPU on any machine; GPUs are counted only when asked for
+        sim = cfg.simulation
+        here = {"CPU": local_cpus() if sim.client_cpus > 1 else 1.0, "GPU": local_gpus() if sim.client_gpus else 0.0}
+        check_fit(cfg, [here], "this machine")
         return
+
+    import ray
 
     probe(resolve_address(address))
     if not ray.is_initialized():

@@ -16,7 +16,8 @@ import torch
 from fl_ee.cli import main
 from fl_ee.core.config import DataConfig
 from fl_ee.core.errors import UserError
-from fl_ee.data.datasets import _load, _source_key, load_dataset
+from fl_ee.data.datasets import _load, load_dataset
+from fl_ee.data.sources import source_key
 from partitions import client_splits
 from partitions.split import _cached_splits
 
@@ -156,7 +157,7 @@ def test_text_file_named_jpg_is_named(cifar_jpegs):
 
 
 def _cache_folder(cache, name, root):
-    return cache / _source_key(name, str(root))
+    return cache / source_key(name, str(root))
 
 
 def _flip_last_byte(path):

@@ -51,7 +51,7 @@ def test_client_resources_beyond_every_node_are_refused():
 
 
 def test_a_local_check_compares_with_this_machine(monkeypatch):
-    monkeypatch.setattr(backend, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(backend, "local_cpus", lambda: 2.0)
     with pytest.raises(UserError, match="client_cpus: 8 CPUs per client, but this machine has 2; use at most 2"):
         backend.check_backend(cfg_with("simulation.client_cpus=8"))
     backend.check_backend(cfg_with("simulation.client_cpus=2"))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fl_ee.core.config import TrainingConfig
-from fl_ee.learning.training import fit, round_lr
+from fl_ee.learning.schedule import round_lr
+from fl_ee.learning.training import fit
 
 
 def test_a_constant_schedule_is_the_configured_lr_in_every_round():

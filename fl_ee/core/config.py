@@ -560,6 +560,23 @@ def config_from_saved(raw: dict[str, Any]) -> Config:
         return _construct(Config, raw)
 
 
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make ``data.root``, ``model.weights`` and the ``simulation`` traces absolute.
+
+    So every process (Ray workers too) reads the same files.
+    """
+    model = cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}) if cfg.model.weights else cfg.model
+    sim = cfg.simulation
+    simulation = sim.model_copy(update={key: _absolute(getattr(sim, key))
+                                         for key in ("availability_trace", "capacity_trace") if getattr(sim, key)})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": _absolute(cfg.data.root)}),
+                                  "model": model, "simulation": simulation})
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain values (tiers as a list of tables), ready for TOML or JSON."""
     raw = config.model_dump()

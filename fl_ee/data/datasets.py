@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from fl_ee.core.cache import CacheDamaged, cache_root, checksum, discard, load_a
 from fl_ee.core.config import Config, DataConfig, ModelConfig
 from fl_ee.core.errors import UserError, shortened, warn
 from fl_ee.core.seeding import Stream, rng
+from fl_ee.data.sources import SOURCE_DIRS, dataset_root, source_key
 from fl_ee.models import ModelSpec, model_spec
 from partitions import ClientSplit, client_splits, unseen_clients
 
@@ -314,42 +314,8 @@ def _image_folder(root: str) -> TensorDataset:
     return _normalised("imagefolder", tr_x, tr_y, te_x, te_y, classes)
 
 
-def _digits_root() -> str:
-    """The folder of scikit-learn's bundled data files, found without importing scikit-learn."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the digits dataset needs scikit-learn (pip install scikit-learn)", key="data.name")
-    return str(Path(spec.submodule_search_locations[0]) / "datasets")
-
-
-SOURCE_DIRS = {  # where each dataset's files live under data.root (digits: in scikit-learn's own folder)
-    "digits": ("data/digits.csv.gz",),
-    "mnist": ("MNIST/raw",),
-    "fashion-mnist": ("FashionMNIST/raw",),
-    "cifar10": ("cifar-10-batches-py",),
-    "cifar100": ("cifar-100-python",),
-    "imagefolder": ("train", "test"),
-}
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 CACHE_FORMAT = 2  # the layout of meta.json; a cache in another layout is rebuilt
-
-
-def _source_key(name: str, root: str) -> str | None:
-    """A digest of the dataset's source files (names, sizes, mtimes); ``None`` if absent."""
-    entries = []
-    for sub in SOURCE_DIRS[name]:
-        source = Path(root) / sub
-        if source.is_file():
-            files = [source]
-        elif source.is_dir():
-            files = [path for path in sorted(source.rglob("*")) if path.is_file()]
-        else:
-            return None
-        for path in files:
-            st = path.stat()
-            entries.append(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
-    payload = json.dumps([name, root, entries]).encode()
-    return f"{name}-{hashlib.sha1(payload).hexdigest()[:16]}"
 
 
 def _meta_checksum(meta: dict) -> str:
@@ -440,7 +406,7 @@ def _decode(name: str, root: str, download: bool) -> TensorDataset:
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, root: str, download: bool) -> TensorDataset:
-    key = _source_key(name, root)
+    key = source_key(name, root)
     damaged = False
     if key is not None and (cache_root() / key).exists():
         try:
@@ -449,7 +415,7 @@ def _load(name: str, root: str, download: bool) -> TensorDataset:
             warn(f"{cache_root() / key}: {exc}; decoding {name} again")
             damaged = True
     data = _decode(name, root, download)
-    key = key or _source_key(name, root)  # a download has just created the files
+    key = key or source_key(name, root)  # a download has just created the files
     if key is not None:
         _write_cache(cache_root() / key, data, replace=damaged)
     return data
@@ -457,7 +423,7 @@ def _load(name: str, root: str, download: bool) -> TensorDataset:
 
 def load_dataset(cfg: DataConfig) -> TensorDataset:
     """The configured dataset, decoded once per process and kept in memory."""
-    root = _digits_root() if cfg.name == "digits" else str(Path(cfg.root).expanduser().resolve())
+    root = dataset_root(cfg)
     try:
         return _load(cfg.name, root, cfg.download)
     except OSError as exc:  # a path the file system refuses: a name too long, a folder it may not search

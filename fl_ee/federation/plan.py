@@ -20,16 +20,8 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from fl_ee.core.config import Config
-from fl_ee.data.datasets import load_dataset
-from fl_ee.federation.server import make_clients, split_unseen
-from fl_ee.learning.algorithm import build_algorithm
-from fl_ee.learning.scheme import backbone_frozen
-from fl_ee.learning.training import round_lr
-from fl_ee.models import EarlyExitNet, submodel_flops, submodel_params
+from fl_ee.learning.schedule import round_lr
 from fl_ee.results.fit import Col, Sheet
-from sims.clock import OK
-from sims.emulator import DeviceEmulator, client_work, submodel_bytes
-from strategies import build_strategy, network_spec
 
 PLANNED_ROUNDS = 200  # rounds emulated for the estimate; longer runs are extrapolated from these
 
@@ -72,7 +64,20 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def make_plan(cfg: Config) -> Plan:
-    """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`."""
+    """The plan of a run; ``cfg`` must have passed :func:`~fl_ee.federation.preflight.preflight`.
+
+    torch, Flower and the run's own modules are imported here, not with this module: a
+    warm ``fl-ee check`` renders a recorded plan without them (:mod:`fl_ee.federation.checkrecord`).
+    """
+    from fl_ee.data.datasets import load_dataset
+    from fl_ee.federation.server import make_clients, split_unseen
+    from fl_ee.learning.algorithm import build_algorithm
+    from fl_ee.learning.scheme import backbone_frozen
+    from fl_ee.models import EarlyExitNet, submodel_flops, submodel_params
+    from sims.clock import OK
+    from sims.emulator import DeviceEmulator, client_work, submodel_bytes
+    from strategies import build_strategy, network_spec
+
     data = load_dataset(cfg.data)
     everyone = make_clients(cfg)
     clients, _ = split_unseen(cfg, everyone)

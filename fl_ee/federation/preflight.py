@@ -12,11 +12,10 @@ whose warm-up outlasts the run, exit weights all 0) is named in a ``fl-ee: warni
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from fl_ee.core.config import Config, TierConfig
+from fl_ee.core.config import Config, TierConfig, resolve_paths
 from fl_ee.core.errors import UserError, warn
 from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
 from fl_ee.federation.asynchronous import check_async
@@ -27,23 +26,6 @@ from sims.traces import load_availability, load_capacity
 from strategies import build_strategy, network_spec
 from strategies.feddyn import client_alpha
 from strategies.scalefl import distillation_off
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Make ``data.root``, ``model.weights`` and the ``simulation`` traces absolute.
-
-    So every process (Ray workers too) reads the same files.
-    """
-    model = cfg.model.model_copy(update={"weights": _absolute(cfg.model.weights)}) if cfg.model.weights else cfg.model
-    sim = cfg.simulation
-    simulation = sim.model_copy(update={key: _absolute(getattr(sim, key))
-                                         for key in ("availability_trace", "capacity_trace") if getattr(sim, key)})
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": _absolute(cfg.data.root)}),
-                                  "model": model, "simulation": simulation})
 
 
 def preflight(cfg: Config, warnings: bool = True) -> Config:

@@ -38,7 +38,7 @@ from fl_ee.federation.faults import (
 )
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
-from fl_ee.learning.training import round_lr
+from fl_ee.learning.schedule import round_lr
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, load_weights, submodel_flops
 from fl_ee.results.observers import LoopState, Observer
 from fl_ee.results.rundir import RunDir, client_row, default_run_dir

@@ -1,7 +1,8 @@
 """What a client computes: client algorithms, local objectives and SGD, training schemes, personalisation.
 
 Owns: ``algorithm`` (client algorithms, the client-side plug-in point), ``training``
-(losses per exit, distillation, the local loop, evaluation forwards), ``scheme`` (which
+(losses per exit, distillation, the local loop, evaluation forwards), ``schedule`` (each
+round's learning rate, without torch), ``scheme`` (which
 rounds train the backbone, which tensors return), ``personal`` (the shipped
 personalisation modes), ``pfl`` (the personalised-FL baselines: FedPer, LG-FedAvg, FedRep,
 FedBABU, Ditto, APFL), ``feddyn`` (FedDyn's client term), ``augment`` (train-time

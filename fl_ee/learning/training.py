@@ -92,27 +92,6 @@ def for_round(cfg: TrainingConfig, server_round: int) -> TrainingConfig:
     return cfg if weight == cfg.kd_weight else cfg.model_copy(update={"kd_weight": weight})
 
 
-def round_lr(cfg: TrainingConfig, rounds: int, server_round: int) -> float:
-    """The learning rate of round ``server_round`` (1-based) of a ``rounds``-round run, by ``lr_schedule``.
-
-    ``constant``: ``lr``. ``exp``: ``lr * lr_decay^(r - 1)`` (DepthFL). ``step``: ``lr``
-    times ``lr_gamma`` once for each milestone below ``r`` (ScaleFL; as torch's
-    ``MultiStepLR`` stepped after every round). ``cosine``: from ``lr`` in round 1 to
-    ``lr_min`` in the last, ``lr_min + (lr - lr_min) (1 + cos(pi (r - 1) / (rounds - 1))) / 2``
-    (ReeFL). The server sends it in each round's instructions; every local step of the
-    round (shared, personal, fine-tuning) trains at it.
-    """
-    r = server_round
-    if cfg.lr_schedule == "exp":
-        return cfg.lr * cfg.lr_decay ** (r - 1)
-    if cfg.lr_schedule == "step":
-        return cfg.lr * cfg.lr_gamma ** sum(m < r for m in cfg.lr_milestones)
-    if cfg.lr_schedule == "cosine":
-        done = (r - 1) / max(rounds - 1, 1)
-        return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * done)) / 2
-    return cfg.lr
-
-
 def proximal_term(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's ``(mu / 2) * sum ||w - w_global||^2`` over matching tensors."""
     return mu / 2 * functools.reduce(operator.add, [((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True)])

@@ -1,12 +1,22 @@
-"""Cost of a network per stage and per exit, measured with ``torch.utils.flop_counter``."""
+"""Cost of a network per stage and per exit, measured with ``torch.utils.flop_counter``.
+
+A measurement is kept in this process and on disk (``$FL_EE_CACHE/flops/``, keyed by the
+network's spec, depth and width and torch's version; :func:`fl_ee.core.cache.cached`),
+so the next process (a run after ``fl-ee check``, each Ray worker) neither counts again
+nor imports the counter's dependencies (``torch._dynamo``, 1-5 s).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from fl_ee.core.cache import cached
 from fl_ee.models.network import EarlyExitNet, backbone_blocks, build_model
 from fl_ee.models.spec import ModelSpec
 
@@ -33,6 +43,8 @@ def training_flops(forward_flops: float, samples: int, epochs: int) -> float:
 
 
 def _count(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    from torch.utils.flop_counter import FlopCounterMode  # imports torch._dynamo: only when counting
+
     with FlopCounterMode(display=False) as counter:
         y = module(x)
     return counter.get_total_flops(), y
@@ -47,10 +59,7 @@ _MEASURED: dict[tuple[ModelSpec, int, float], Flops] = {}  # the cost depends on
 
 def measure_flops(model: EarlyExitNet) -> Flops:
     """Count one sample's forward FLOPs through each stage and each exit head (once per spec, depth and width)."""
-    key = (model.spec, len(model.stages), model.width)
-    if key not in _MEASURED:
-        _MEASURED[key] = _measure(model)
-    return _MEASURED[key]
+    return _flops(model.spec, len(model.stages), model.width, lambda: model)
 
 
 def submodel_flops(spec: ModelSpec, depth: int | None = None, width: float = 1.0) -> Flops:
@@ -59,11 +68,30 @@ def submodel_flops(spec: ModelSpec, depth: int | None = None, width: float = 1.0
     The network is built only if not yet measured; building it draws initial weights, and
     torch's global generator is left as it was.
     """
-    key = (spec, spec.num_exits if depth is None else depth, width)
+    return _flops(spec, spec.num_exits if depth is None else depth, width, lambda: build_model(spec, depth, width))
+
+
+def _flops(spec: ModelSpec, depth: int, width: float, network: Callable[[], EarlyExitNet]) -> Flops:
+    """The measurement of this process, else of the disk cache, else of ``network()`` (built and measured now)."""
+    key = (spec, depth, width)
     if key not in _MEASURED:
-        with torch.random.fork_rng(devices=[]):
-            _MEASURED[key] = _measure(build_model(spec, depth, width))
+        def measure() -> Flops:
+            with torch.random.fork_rng(devices=[]):
+                return _measure(network())
+
+        entry = {"spec": dataclasses.asdict(spec), "depth": depth, "width": width, "torch": torch.__version__}
+        _MEASURED[key] = cached("flops", entry, measure, dataclasses.asdict, partial(_parsed, depth))
     return _MEASURED[key]
+
+
+def _parsed(depth: int, body: Any) -> Flops:
+    """The :class:`Flops` of a cached entry; ``ValueError`` unless it holds ``depth`` counts of each, none negative."""
+    flops = Flops(tuple(body["stages"]), tuple(body["exits"]))
+    counts = [*flops.stages, *flops.exits]
+    if len(flops.stages) != depth or len(flops.exits) != depth or not all(
+            type(c) is int and c >= 0 for c in counts):
+        raise ValueError(f"expected {depth} FLOP counts of stages and of exits, got {body}")
+    return flops
 
 
 @torch.no_grad()

@@ -77,7 +77,7 @@ class Instructions(Payload):
     saves its state (personal exits, FedDyn's ``g_prev``) each round it trains, and reads
     it back in a fresh process (a resumed run; :mod:`fl_ee.federation.clientstate`);
     empty: keep it in memory only.
-    ``lr`` is the round's learning rate (:func:`fl_ee.learning.training.round_lr`), which
+    ``lr`` is the round's learning rate (:func:`fl_ee.learning.schedule.round_lr`), which
     every local step of the round trains at; ``None``: the config's ``training.lr``.
     ``max_steps`` is how many SGD steps the shared step may take (partial work under a
     deadline, ``simulation.partial_work``); ``None``: all of them.
