@@ -73,3 +73,25 @@ def test_once_a_node_has_answered_the_costliest_message_goes_to_the_node_flower_
         grid.placed.clear()
         exchange.send(_to([0, 1, 2, 3]), work=lambda m: work[m.metadata.dst_node_id])
     assert grid.placed == [(0, 1), (1, 3), (2, 2), (3, 0)]  # partition 0 is the first node Flower scans
+
+
+def _on_node(message: Message, context, call_next) -> Message:
+    """ClientApp mod around ``as_client``: names the Ray node a call ran on after the node's partition id."""
+    reply = call_next(message, context)
+    reply.content["node"]["ray-node"] = f"node-{context.node_config['partition-id']}"
+    return reply
+
+
+def test_each_answered_call_is_placed_on_the_node_that_ran_it_once():
+    with _Logged(2, counting_app(mods=[_on_node, as_client])) as grid:
+        exchange = Exchange(grid, 5)
+        exchange.send(_to([0, 1, 2, 3, 4]))
+        exchange.send([Message(RecordDict(), dst_node_id=c, message_type=MessageType.QUERY) for c in (4, 2)])
+        placement = exchange.take_placement()
+        assert exchange.take_placement() == {}  # each call is told once
+    expected: dict[str, dict[str, list[int]]] = {}
+    for kind, (partition, client) in zip(["train"] * 5 + ["query"] * 2, grid.placed, strict=True):
+        expected.setdefault(kind, {}).setdefault(f"node-{partition}", []).append(client)
+    assert placement == {kind: {node: sorted(clients) for node, clients in sorted(by_node.items())}
+                         for kind, by_node in sorted(expected.items())}
+    assert sorted(sum(placement["train"].values(), [])) == [0, 1, 2, 3, 4]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,28 +26,34 @@ def free_port() -> int:
 
 
 @contextmanager
-def started_head(temp: Path) -> Iterator[str]:
-    """A Ray head on 127.0.0.1 with its files under ``temp``, in its own process group; its address.
+def started_node(temp: Path, *options: str) -> Iterator[None]:
+    """A Ray node on 127.0.0.1 (``ray start`` with ``options``), its files under ``temp``, in its own process group.
 
     Stopped (only it) afterwards, and ``temp`` removed.
     """
     ray = Path(sys.executable).parent / "ray"
-    port = free_port()
-    head = subprocess.Popen(
-        [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+    start = subprocess.Popen(
+        [str(ray), "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp}", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        output, _ = head.communicate(timeout=120)
-        assert head.returncode == 0, output
-        yield f"127.0.0.1:{port}"
+        output, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, output
+        yield
     finally:
         try:
-            os.killpg(head.pid, signal.SIGKILL)  # the daemons `ray start` left in its group
+            os.killpg(start.pid, signal.SIGKILL)  # the daemons `ray start` left in its group
         except ProcessLookupError:
             pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def started_head(temp: Path, cpus: int = 2) -> Iterator[str]:
+    """A Ray head with ``cpus`` CPUs (:func:`started_node`); its address."""
+    port = free_port()
+    with started_node(temp, "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false"):
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -133,3 +140,56 @@ def test_a_killed_run_leaves_the_cluster_it_joined_running(ray_head, tmp_path, h
         run.wait()
     time.sleep(3)  # a watchdog of the run kills within a second
     assert cluster <= cluster_processes(temp)
+
+
+def node_id(temp: Path) -> str:
+    """The Ray node id of the node whose files are under ``temp``, as its raylet logs it."""
+    log = next(temp.glob("session_2*/logs/raylet.out")).read_text()
+    return re.search(r"Setting node ID node_id=([0-9a-f]+)", log).group(1)  # type: ignore[union-attr]
+
+
+def fl_ee_run(out: Path, *options: str) -> None:
+    """A tiny run (4 clients, 2 rounds, evaluated in round 2), one client CPU each, into ``out``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=2", "--set", "eval_every=2", "--set",
+         "data.num_clients=4", "--set", "simulation.client_cpus=1", *options, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def rounds_without_wall_time(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+            for line in (run / "rounds.jsonl").read_text().splitlines()]
+
+
+def served_by(run: Path) -> set[str]:
+    """The Ray nodes that ran any client call of ``run`` (its ``placement.jsonl``)."""
+    lines = [json.loads(line) for line in (run / "placement.jsonl").read_text().splitlines()]
+    return {node for line in lines for step in ("train", "evaluate") for node in line.get(step, {})}
+
+
+def test_a_run_on_two_nodes_uses_both_and_equals_a_run_on_one(tmp_path):
+    """A head and a second node, one CPU each, so one client actor on each: every call is filed under the
+    node it ran on, both nodes serve, and the results are those of a run on a local Ray."""
+    head_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    with started_head(head_temp, cpus=1) as address:
+        node_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+        with started_node(node_temp, f"--address={address}", "--num-cpus=1"):
+            fl_ee_run(tmp_path / "two", "--set", f"simulation.ray_address={address}")
+            nodes = {node_id(head_temp), node_id(node_temp)}
+    two = tmp_path / "two"
+    placement = [json.loads(line) for line in (two / "placement.jsonl").read_text().splitlines()]
+    assert [p["round"] for p in placement] == [1, 2]
+    trained = [sorted(c["client_id"] for c in r["clock"]["clients"] if c["outcome"] == "ok")
+               for r in rounds_without_wall_time(two)]
+    assert [sorted(sum(p["train"].values(), [])) for p in placement] == trained  # each call once
+    assert sorted(sum(placement[1]["evaluate"].values(), [])) == [0, 1, 2, 3]
+    assert served_by(two) == nodes  # both nodes ran clients, and nothing else did
+
+    fl_ee_run(tmp_path / "one")
+    one = tmp_path / "one"
+    assert (one / "summary.json").read_text() == (two / "summary.json").read_text()
+    assert (one / "clients.csv").read_text() == (two / "clients.csv").read_text()
+    assert rounds_without_wall_time(one) == rounds_without_wall_time(two)
+    assert len(served_by(one)) == 1  # a local Ray is one node

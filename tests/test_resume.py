@@ -34,6 +34,7 @@ from fl_ee.federation.checkpoint import (
     split_strategy_state,
 )
 from fl_ee.results.observers import LoopState, Observer
+from fl_ee.results.rundir import PLACEMENT, ROUNDS, RunDir
 from fl_ee.results.summary import Evaluation
 from fl_ee.wire.protocol import EvaluateReply
 from inprocess import resume_inprocess, run_inprocess
@@ -291,6 +292,25 @@ def test_client_files_a_client_reads_and_the_ones_a_checkpoint_prunes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "00007").iterdir()) == ["round-000003.npz", "round-000004.npz"]
     clientstate.drop_after(tmp_path, 3)  # resuming after round 3
     assert sorted(p.name for p in (tmp_path / "00007").iterdir()) == ["round-000003.npz"]
+
+
+def test_where_clients_ran_is_filed_apart_and_a_resume_keeps_it_up_to_its_checkpoint(tmp_path):
+    cfg = config_from_dict({})
+    run = RunDir.create(tmp_path / "run")
+    run.on_start(cfg, [])
+    for rnd in (1, 2, 3):
+        run.after_round({"round": rnd, "wall_s": 0.5, "placement": {"train": {"n1": [rnd], "n2": [0]}}})
+    run.after_round({"round": 4, "wall_s": 0.5})  # no Ray node told where its clients ran
+    assert [json.loads(line) for line in (run.path / ROUNDS).read_text().splitlines()] == \
+        [{"round": rnd, "wall_s": 0.5} for rnd in (1, 2, 3, 4)]
+    assert [json.loads(line) for line in (run.path / PLACEMENT).read_text().splitlines()] == \
+        [{"round": rnd, "train": {"n1": [rnd], "n2": [0]}} for rnd in (1, 2, 3)]
+    resumed = RunDir(run.path, resume_after=2)
+    resumed.on_start(cfg, [])
+    resumed.after_round({"round": 3, "placement": {"evaluate": {"n3": [1]}}})
+    assert [json.loads(line) for line in (run.path / PLACEMENT).read_text().splitlines()] == \
+        [{"round": 1, "train": {"n1": [1], "n2": [0]}}, {"round": 2, "train": {"n1": [2], "n2": [0]}},
+         {"round": 3, "evaluate": {"n3": [1]}}]
 
 
 def test_a_half_written_checkpoint_is_ignored(made):

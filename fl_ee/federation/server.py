@@ -311,6 +311,8 @@ def run_federation(
             record["wall_s"] = round(time.perf_counter() - started, 3)
             if any(errors.values()):
                 record["client_errors"] = {step: e for step, e in errors.items() if e}
+            if placement := exchange.take_placement():  # filed apart: a Ray node's id changes from run to run
+                record["placement"] = placement
             state.round = rnd
             for observer in observers:
                 observer.after_round(record)

@@ -54,7 +54,7 @@ class Observer:
         """The federation is known: the resolved config and every client, in client-id order."""
 
     def after_round(self, record: Mapping[str, Any]) -> None:
-        """A round finished; ``record`` is its ``rounds.jsonl`` line."""
+        """A round finished; ``record`` is its ``rounds.jsonl`` line, with ``client_errors`` and ``placement``."""
 
     def after_state(self, state: LoopState, strategy: DepthAwareStrategy) -> None:
         """After every observer's :meth:`after_round`: the loop's whole state, which a checkpoint saves.

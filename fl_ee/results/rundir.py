@@ -1,5 +1,8 @@
 """The run directory, written and read here alone: ``config.toml``, ``rounds.jsonl``, ``clients.csv``, ``summary.json``.
 
+Beside them: ``placement.jsonl`` (where each client call ran on Ray), ``client-errors.log``
+and ``error.log``.
+
 :class:`RunDir` writes a run as an observer of the round loop: whole files atomically
 (temporary file, then rename), rounds appended one JSON line at a time, so an
 interrupted run keeps every finished round. :func:`load_run` reads one back as a
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 
 CONFIG, ROUNDS, CLIENTS, SUMMARY = "config.toml", "rounds.jsonl", "clients.csv", "summary.json"
 CLIENT_ERRORS, ERROR_LOG = "client-errors.log", "error.log"  # clients' tracebacks; why the run stopped
+PLACEMENT = "placement.jsonl"  # per round: the Ray node each client call ran on
+APART = ("client_errors", "placement")  # round record keys filed beside rounds.jsonl, not in it
 CHECKPOINT_DIR = "checkpoint"  # written by fl_ee.federation.checkpoint
 
 
@@ -211,22 +216,33 @@ class RunDir(Observer):
     def on_start(self, cfg: Config, clients: Sequence[ClientInfo]) -> None:
         """Write ``config.toml`` (the resolved config, which loads back to the same one) and start ``rounds.jsonl``.
 
-        A resumed run keeps the rounds up to its checkpoint's and drops the later ones.
+        A resumed run keeps the rounds up to its checkpoint's and drops the later ones
+        (of ``placement.jsonl`` too).
         """
         atomic_write(self.path / CONFIG, config_to_toml(cfg))
         if self.resume_after is None:
             (self.path / ROUNDS).write_text("")
-        else:
-            kept = [line for line in (self.path / ROUNDS).read_text().splitlines(keepends=True)
-                    if _round_of(line) <= self.resume_after]
-            atomic_write(self.path / ROUNDS, "".join(kept))
+            return
+        for name in (ROUNDS, PLACEMENT):
+            if (self.path / name).exists():
+                kept = [line for line in (self.path / name).read_text().splitlines(keepends=True)
+                        if _round_of(line) <= self.resume_after]
+                atomic_write(self.path / name, "".join(kept))
 
     def after_round(self, record: Mapping[str, Any]) -> None:
-        """Append the round's line to ``rounds.jsonl``; clients' tracebacks go to ``client-errors.log``."""
+        """Append the round's line to ``rounds.jsonl``; clients' tracebacks go to ``client-errors.log``.
+
+        Where the clients ran on Ray (``placement``: message type -> Ray node id -> client
+        ids) goes to ``placement.jsonl``, a line per round, so that ``rounds.jsonl`` does
+        not depend on the cluster.
+        """
         errors = record.get("client_errors", {})
         with open(self.path / ROUNDS, "a") as handle:
-            handle.write(to_json({k: v for k, v in record.items() if k != "client_errors"}) + "\n")
+            handle.write(to_json({k: v for k, v in record.items() if k not in APART}) + "\n")
         self.rounds_written += 1
+        if placement := record.get("placement"):
+            with open(self.path / PLACEMENT, "a") as handle:
+                handle.write(json.dumps({"round": record["round"], **placement}) + "\n")
         if errors:
             with open(self.path / CLIENT_ERRORS, "a") as handle:
                 for step, by_client in errors.items():

@@ -13,11 +13,14 @@ number of *registered* clients. fl-ee runs a small pool of nodes instead
   in flight and the most work first, so the last client of a round is a short one;
 * on the node, :func:`as_client` (a ClientApp mod) runs the handler in the client's own
   context (``node_config["partition-id"]`` is the client id), and sends the state it
-  leaves back with the reply, and the node's own partition id;
+  leaves back with the reply, the node's own partition id, and the id of the Ray node
+  the call ran on (when it ran inside Ray);
 * :meth:`Exchange.send` keeps that state for the client's next message (on disk, in
   Flower's wire format, so memory does not grow with the clients that have taken part)
   and returns the replies; each names its client in ``metadata.group_id`` (replies,
-  error replies too, copy it from the message they answer).
+  error replies too, copy it from the message they answer);
+* :meth:`Exchange.take_placement` tells on which Ray node each answered call ran
+  (the run directory's ``placement.jsonl``).
 
 Flower's runtime hands the waiting messages to its workers node by node, in the nodes'
 partition-id order (``add_messages_to_queue`` in ``flwr/server/superlink/fleet/vce/vce_api.py``),
@@ -35,6 +38,7 @@ served it or on the order of the replies.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -47,15 +51,27 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 from flwr.serverapp import Grid
 
-from fl_ee.wire.protocol import CLIENT, NODE, STATE, ClientAddress
+from fl_ee.wire.protocol import CLIENT, NODE, RAY_NODE, STATE, ClientAddress
 
 POLL_S = 0.005  # between pulls for replies (Flower's own grid waits 0.1 s)
 NODE_WAIT_S = 120.0  # for the first simulated node to come up
 
 
+Placement = dict[str, dict[str, list[int]]]  # message type -> Ray node id -> the clients it served
+
+
 def client_of(message: Message) -> int:
     """The client a reply (or an outgoing message, once sent) belongs to."""
     return int(message.metadata.group_id)
+
+
+def ray_node() -> str | None:
+    """The id of the Ray node this process runs on (``ray.nodes()``'s ``NodeID``); ``None`` outside Ray."""
+    if "ray" not in sys.modules:  # a process Ray runs in has imported it
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class Exchange:
@@ -73,6 +89,7 @@ class Exchange:
         self._queue: list[Message] = []  # messages waiting for a free node, first first
         self._in_flight: dict[str, int] = {}  # message id -> node
         self._arrived: dict[int, Message] = {}  # posted messages' replies by client, until asked for
+        self._placement: Placement = {}  # where the calls answered since the last take_placement ran
 
     def _state_file(self, client: int) -> Path:
         return Path(self._folder.name) / f"{client}.pb"
@@ -104,14 +121,20 @@ class Exchange:
             message.content[STATE + key] = record
 
     def _keep_state(self, reply: Message, node: int) -> None:
-        """Take the client's state, and the partition id of the ``node`` that answered, out of a reply; keep both.
+        """Take the client's state, the partition id of the ``node`` that answered and its Ray node out of a reply.
 
-        A failed call changes nothing.
+        The state is kept for the client's next message, the rest for :meth:`_push` and
+        :meth:`take_placement`. A failed call changes nothing.
         """
         if reply.has_error():
             return
         if NODE in reply.content:
-            self._partition[node] = int(reply.content.config_records[NODE][PARTITION_ID_KEY])  # type: ignore[arg-type]
+            where = reply.content.config_records[NODE]
+            if PARTITION_ID_KEY in where:
+                self._partition[node] = int(where[PARTITION_ID_KEY])  # type: ignore[arg-type]
+            if RAY_NODE in where:
+                served = self._placement.setdefault(reply.metadata.message_type, {})
+                served.setdefault(str(where[RAY_NODE]), []).append(client_of(reply))
             del reply.content[NODE]
         keys = [k for k in reply.content.keys() if k.startswith(STATE)]
         state = RecordDict({k.removeprefix(STATE): reply.content[k] for k in keys})
@@ -154,6 +177,15 @@ class Exchange:
             self._arrived |= {client_of(reply): reply for reply in self._step()}
         return self._arrived.pop(client)
 
+    def take_placement(self) -> Placement:
+        """Where the calls answered since the last take ran: by message type, each Ray node's clients (sorted).
+
+        Empty where the nodes run outside Ray (an in-process grid).
+        """
+        placement, self._placement = self._placement, {}
+        return {kind: {ray_id: sorted(clients) for ray_id, clients in sorted(by_node.items())}
+                for kind, by_node in sorted(placement.items())}
+
     def drain(self) -> None:
         """Wait until every message :meth:`post` sent has its reply (kept for :meth:`reply_of`)."""
         while self._queue or self._in_flight:
@@ -194,7 +226,8 @@ def as_client(message: Message, context: Context, call_next: ClientAppCallable) 
     """ClientApp mod: handle ``message`` as the client it names, in that client's own context.
 
     The node's context is left as it was; the state the handler leaves travels back
-    with the reply (:class:`Exchange` keeps it for the client's next message).
+    with the reply (:class:`Exchange` keeps it for the client's next message), with
+    the node's partition id and Ray node id, where known.
     """
     address = ClientAddress.from_record(message.content.config_records[CLIENT])
     state_keys = [k for k in message.content.keys() if k.startswith(STATE)]
@@ -208,6 +241,11 @@ def as_client(message: Message, context: Context, call_next: ClientAppCallable) 
     if reply.has_content():
         for key, record in own.state.items():
             reply.content[STATE + key] = record
+        where = ConfigRecord()
         if PARTITION_ID_KEY in context.node_config:  # Flower's simulation gives every node one
-            reply.content[NODE] = ConfigRecord({PARTITION_ID_KEY: context.node_config[PARTITION_ID_KEY]})
+            where[PARTITION_ID_KEY] = context.node_config[PARTITION_ID_KEY]
+        if (ray_id := ray_node()) is not None:
+            where[RAY_NODE] = ray_id
+        if where:
+            reply.content[NODE] = where
     return reply

@@ -6,8 +6,8 @@ the :class:`ClientAddress` under :data:`CLIENT` and the client's own state under
 starting with :data:`STATE` (:mod:`fl_ee.wire.exchange`); a reply carries a
 :class:`TrainReply` or :class:`EvaluateReply` under
 :data:`METRICS` (and, after training, the updated shared tensors under :data:`ARRAYS`),
-and, on its way back from a node, the client's state and the node's partition id under
-:data:`NODE`.
+and, on its way back from a node, the client's state and the node's partition id and
+Ray node id under :data:`NODE`.
 Each payload field travels under its name with ``-`` for ``_`` (``num_examples`` is
 ``num-examples``); optional fields that are ``None`` are left out.
 """
@@ -27,7 +27,8 @@ from fl_ee.core.config import Config, config_from_dict
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # RecordDict keys of every message
 CLIENT = "client"  # the client a message is for (fl_ee.wire.exchange)
 STATE = "state."  # prefix of the keys that carry the client's own Context.state to its node and back
-NODE = "node"  # a reply's node: its partition id (fl_ee.wire.exchange)
+NODE = "node"  # a reply's node: its partition id and Ray node id (fl_ee.wire.exchange)
+RAY_NODE = "ray-node"  # in a reply's NODE record: the id of the Ray node the call ran on
 CLIENT_STATE = "client-state"  # the client's own arrays in its Context.state (never aggregated)
 
 P = TypeVar("P", bound="Payload")
