@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.clientapp import ClientApp
@@ -20,6 +21,8 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.core.config import Config
+from fl_ee.results.rundir import ROUNDS
+from sims import reaper
 from sims.backend import (
     backend_config,
     check_backend,
@@ -27,7 +30,8 @@ from sims.backend import (
     start_ray,
     worker_count,
 )
-from sims.stopping import Interrupted, Stopper, kill_children, stoppable
+from sims.stopping import Interrupted, Stopper, kill_children, ray_lost_line, stoppable
+from sims.workers import healing_backend
 
 __all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
 
@@ -102,14 +106,19 @@ def simulate(
             ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
+        node: Any = ray._private.worker._global_node
+        if run_dir is not None and node is not None:  # should Ray end this process, the watchdog says so
+            reaper.arm()
+            reaper.running(ray_lost_line(Path(run_dir)), Path(run_dir) / ROUNDS, node.get_session_dir_path())
         torch.set_num_threads(1)  # the server's evaluation runs a slice per core instead (fl_ee.federation.globaleval)
         stopper.install()
-        run_simulation(
-            server_app=stoppable(server_app, stopper.stop),
-            client_app=client_app,
-            num_supernodes=pool_size(cfg),
-            backend_config=backend_config(cfg),
-        )
+        with healing_backend():  # a Ray worker that dies is replaced (sims.workers)
+            run_simulation(
+                server_app=stoppable(server_app, stopper.stop),
+                client_app=client_app,
+                num_supernodes=pool_size(cfg),
+                backend_config=backend_config(cfg),
+            )
     except BaseException as exc:
         stopper.stop.set()  # a ServerApp thread still waiting for replies gives up
         if stopper.signum is not None:
@@ -120,6 +129,7 @@ def simulate(
             raise
         raise RuntimeError(str(cause)) from cause
     finally:
+        reaper.finished()
         torch.set_num_threads(threads)
         stopper.restore()
         flwr_logger.removeFilter(quiet)
