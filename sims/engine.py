@@ -3,8 +3,10 @@
 Nothing here may hang. :func:`simulate` runs the apps so that a crash anywhere
 (ServerApp thread, Flower's runtime, Ray) ends the run with an exception, also when the
 ServerApp thread is still waiting for replies that will never come (its grid stops
-answering: :mod:`sims.stopping`), and so that one signal stops the run cleanly. The
-backend is checked first by :func:`sims.backend.check_backend`.
+answering: :mod:`sims.stopping`), and so that one signal stops the run cleanly. A Ray
+worker that dies costs the message it held and is replaced (:mod:`sims.workers`); a Ray
+that dies under the run takes the process with it, and the watchdog says so in one line
+(:func:`sims.reaper.running`). The backend is checked first by :func:`sims.backend.check_backend`.
 """
 
 from __future__ import annotations
