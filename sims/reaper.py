@@ -38,9 +38,9 @@ OWNER = "FL_EE_RAY_OWNER"  # the environment variable that marks the processes o
 PASSES = 20  # after the end: kill what is left, again until a pass finds nothing (a raylet may still spawn)
 PASS_WAIT_S = 0.05
 PR_SET_PDEATHSIG = 1
-# a driver log's lines: "[time LEVEL pid tid] file.cc:line: message"; Ray's last words name what it lost
+# a driver log's lines: "[time LEVEL pid tid] file.cc:line: message"; Ray's last words before it ends the process
 _LOG_LINE = re.compile(r"^\[[^\]]*\] [\w.]+:\d+: (.*)$")
-_RAY_LOST = re.compile(r"Terminate the process|GCS|[Rr]aylet")
+_RAY_LOST = re.compile(r"Terminate the process|Failed to connect to GCS|[Rr]aylet (has )?died|[Rr]aylet is dead")
 
 _watchdog: subprocess.Popen[bytes] | None = None
 

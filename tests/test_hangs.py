@@ -319,6 +319,8 @@ RAY_LAST_WORDS = ("The connection to the plasma store is failed. Terminate the p
     ("no", f"[2026-12-03 10:01:15,877 W 1 3] connection.cc:216: {RAY_LAST_WORDS}\n", True),
     ("yes", f"[2026-12-03 10:01:15,877 W 1 3] connection.cc:216: {RAY_LAST_WORDS}\n", False),  # an orderly end
     ("no", "", False),  # killed by someone else: Ray did not end it
+    ("no", "[2026-12-03 10:01:15,877 I 1 3] task_event_buffer.cc:564: Reporting task events to GCS every 1000ms.\n",
+     False),  # nor here: Ray names the GCS, but in passing
 ])
 def test_the_watchdog_says_the_runs_line_when_ray_ended_its_process(tmp_path, finish, words, said):
     run = tmp_path / "run"
