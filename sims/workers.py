@@ -8,11 +8,11 @@ back in the pool, where every later message it is given fails the same way.
 
 :class:`HealingRayBackend` is Flower's ``RayBackend`` with a :class:`HealingActorPool`:
 the pool kills the lost actor for good, starts a fresh one in its place, and answers the
-message it held with an error reply (:func:`~fl_ee.federation.faults.worker_lost_reason`), so its client counts as
-failed in that round, nothing is logged, and later rounds have the whole pool again.
-:func:`healing_backend` puts it in place of Flower's backend while a simulation runs.
-Losing Ray itself (its GCS or raylet) is another matter: the next call into Ray fails,
-and the run ends (:func:`sims.engine.simulate`).
+message it held with an error reply (:func:`~fl_ee.federation.faults.worker_lost_reason`),
+so its client counts as failed in that round, nothing is logged, and later rounds have
+the whole pool again. :func:`healing_backend` puts it in place of Flower's backend while
+a simulation runs. Losing Ray itself (its raylet) is another matter: Ray ends the
+process, and the watchdog says so (:func:`sims.reaper.running`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class HealingActorPool(BasicActorPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._jobs: dict[Any, tuple[Message, Context]] = {}
-        self.replaced = 0  # actors lost and replaced so far
 
     def submit(self, actor_fn: Any, job: tuple[Callable[[], ClientApp], Message, str, Context]) -> Any:
         """Flower's ``submit``, remembering the job's message and context."""
@@ -72,7 +71,6 @@ class HealingActorPool(BasicActorPool):
         with contextlib.suppress(Exception):  # already gone
             ray.kill(actor, no_restart=True)
         self.pool.append(self.create_actor_fn())
-        self.replaced += 1
 
 
 class HealingRayBackend(raybackend.RayBackend):
