@@ -3,8 +3,10 @@
 Nothing here may hang. :func:`simulate` runs the apps so that a crash anywhere
 (ServerApp thread, Flower's runtime, Ray) ends the run with an exception, also when the
 ServerApp thread is still waiting for replies that will never come (its grid stops
-answering: :mod:`sims.stopping`), and so that one signal stops the run cleanly. The
-backend is checked first by :func:`sims.backend.check_backend`.
+answering: :mod:`sims.stopping`), and so that one signal stops the run cleanly. A Ray
+worker that dies costs the message it held and is replaced (:mod:`sims.workers`); a Ray
+that dies under the run takes the process with it, and the watchdog says so in one line
+(:func:`sims.reaper.running`). The backend is checked first by :func:`sims.backend.check_backend`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.clientapp import ClientApp
@@ -20,6 +23,8 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fl_ee.core.config import Config
+from fl_ee.results.rundir import ROUNDS
+from sims import reaper
 from sims.backend import (
     backend_config,
     check_backend,
@@ -27,7 +32,8 @@ from sims.backend import (
     start_ray,
     worker_count,
 )
-from sims.stopping import Interrupted, Stopper, kill_children, stoppable
+from sims.stopping import Interrupted, Stopper, kill_children, ray_lost_line, stoppable
+from sims.workers import healing_backend
 
 __all__ = ["Interrupted", "check_backend", "simulate", "start_ray"]
 
@@ -102,14 +108,19 @@ def simulate(
             ray_started()
         if not ray.is_initialized():  # Flower would start it the same way; started here to take SIGTERM back
             init_ray(cfg)
+        node: Any = ray._private.worker._global_node
+        if run_dir is not None and node is not None:  # should Ray end this process, the watchdog says so
+            reaper.arm()
+            reaper.running(ray_lost_line(Path(run_dir)), Path(run_dir) / ROUNDS, node.get_session_dir_path())
         torch.set_num_threads(1)  # the server's evaluation runs a slice per core instead (fl_ee.federation.globaleval)
         stopper.install()
-        run_simulation(
-            server_app=stoppable(server_app, stopper.stop),
-            client_app=client_app,
-            num_supernodes=pool_size(cfg),
-            backend_config=backend_config(cfg),
-        )
+        with healing_backend():  # a Ray worker that dies is replaced (sims.workers)
+            run_simulation(
+                server_app=stoppable(server_app, stopper.stop),
+                client_app=client_app,
+                num_supernodes=pool_size(cfg),
+                backend_config=backend_config(cfg),
+            )
     except BaseException as exc:
         stopper.stop.set()  # a ServerApp thread still waiting for replies gives up
         if stopper.signum is not None:
@@ -120,6 +131,7 @@ def simulate(
             raise
         raise RuntimeError(str(cause)) from cause
     finally:
+        reaper.finished()
         torch.set_num_threads(threads)
         stopper.restore()
         flwr_logger.removeFilter(quiet)

@@ -14,12 +14,18 @@ that waits for the end of the process that armed it, then kills what is left of 
 A cluster that fl-ee joins (``simulation.ray_address``, or one ``ray.init`` finds) is
 never watched and its processes do not carry the mark: it is never touched.
 
+Losing its raylet takes the armer down with it: Ray ends the process at once (``_Exit``),
+saying why only in its driver log. The watchdog holds the armer's stderr: when a run
+(:func:`running`) ended that way before :func:`finished`, it prints the run's line,
+Ray's reason filled in.
+
 :func:`die_with_parent` binds a child to its parent directly (``fl-ee sweep``'s runs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +38,9 @@ OWNER = "FL_EE_RAY_OWNER"  # the environment variable that marks the processes o
 PASSES = 20  # after the end: kill what is left, again until a pass finds nothing (a raylet may still spawn)
 PASS_WAIT_S = 0.05
 PR_SET_PDEATHSIG = 1
+# a driver log's lines: "[time LEVEL pid tid] file.cc:line: message"; Ray's last words before it ends the process
+_LOG_LINE = re.compile(r"^\[[^\]]*\] [\w.]+:\d+: (.*)$")
+_RAY_LOST = re.compile(r"Terminate the process|Failed to connect to GCS|[Rr]aylet (has )?died|[Rr]aylet is dead")
 
 _watchdog: subprocess.Popen[bytes] | None = None
 
@@ -104,18 +113,72 @@ def arm() -> None:
     # its own session: a Ctrl-C, or a kill of the whole process group, leaves it to clean up after them
     command = [sys.executable, "-m", "sims.reaper", token, str(os.getpgid(0)), str(os.getpid())]
     _watchdog = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                                 env=env, start_new_session=True)  # on our stderr: see _say
     os.environ[OWNER] = token
 
 
-def watch(session_dir: str) -> None:
-    """Tell the watchdog about a Ray session directory of this process (no-op when :func:`arm` started none)."""
+def _tell(kind: str, value: str = "") -> None:
+    """One record for the watchdog: kind, a tab, value, a NUL byte; no-op when :func:`arm` started none."""
     if _watchdog is not None and _watchdog.stdin is not None:
         try:
-            _watchdog.stdin.write(os.fsencode(session_dir) + b"\n")
+            _watchdog.stdin.write(f"{kind}\t".encode() + os.fsencode(value) + b"\0")
             _watchdog.stdin.flush()
         except OSError:  # the watchdog is gone
             pass
+
+
+def watch(session_dir: str) -> None:
+    """Tell the watchdog about a Ray session directory of this process."""
+    _tell("session", session_dir)
+
+
+def running(line: str, rounds_file: Path, session_dir: str) -> None:
+    """A run starts: should Ray end this process before :func:`finished`, the watchdog prints ``line``.
+
+    ``{rounds}`` in it becomes "N finished rounds" (the lines of ``rounds_file``), ``{cause}``
+    Ray's last words in the driver log of ``session_dir`` (the run's Ray, a cluster's too).
+    """
+    _tell("run", line)
+    _tell("rounds", str(rounds_file))
+    _tell("logs", session_dir)
+
+
+def finished() -> None:
+    """The run ended in an orderly way (it finished, failed or was stopped): the watchdog prints nothing."""
+    _tell("end")
+
+
+def ray_last_words(session_dir: str, pid: int) -> str | None:
+    """Why Ray ended process ``pid``: the last line of its driver log, where it names what was lost."""
+    for log in Path(session_dir, "logs").glob(f"python-core-driver-*_{pid}.log"):
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-50:]
+        except OSError:
+            continue
+        said = [found.group(1).strip() for line in lines if (found := _LOG_LINE.match(line))]
+        if said and _RAY_LOST.search(said[-1]):
+            return said[-1]
+    return None
+
+
+def _say(records: Sequence[bytes], pid: int) -> None:
+    """Print the line of the last run (``records``) when it did not finish and Ray says it ended process ``pid``."""
+    run: dict[str, str] = {}
+    for record in records:
+        kind, _, value = os.fsdecode(record).partition("\t")
+        run = {} if kind == "end" else {**run, kind: value}
+    if "run" not in run or (cause := ray_last_words(run["logs"], pid)) is None:
+        return
+    try:
+        with open(run["rounds"], "rb") as handle:
+            rounds = sum(1 for line in handle if line.endswith(b"\n"))
+    except OSError:
+        rounds = 0
+    kept = f"{rounds} finished round{'' if rounds == 1 else 's'}"
+    try:
+        os.write(2, (run["run"].replace("{rounds}", kept).replace("{cause}", cause) + "\n").encode())
+    except OSError:  # nobody reads our stderr any more
+        pass
 
 
 def watchdog_pid() -> int | None:
@@ -148,17 +211,19 @@ def die_with_parent(signum: int) -> Callable[[], None]:
 
 
 def main() -> None:
-    """The watchdog (``TOKEN GROUP PARENT``, session directories on stdin): once its parent has ended, reap.
+    """The watchdog (``TOKEN GROUP PARENT``, records on stdin): once its parent has ended, reap, then :func:`_say`.
 
     EOF on stdin comes when the parent ends or, on an orderly exit, a little before: the
     parent's teardown is waited for, then the watchdog has a new parent.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     token, group, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sessions = [os.fsdecode(line.rstrip(b"\n")) for line in sys.stdin.buffer]
+    records = [r for r in sys.stdin.buffer.read().split(b"\0") if r]
+    sessions = [os.fsdecode(r.partition(b"\t")[2]) for r in records if r.startswith(b"session\t")]
     while os.getppid() == parent:
         time.sleep(PASS_WAIT_S)
     reap(token, group, sessions)
+    _say(records, parent)
 
 
 if __name__ == "__main__":

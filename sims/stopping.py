@@ -31,6 +31,7 @@ GRACE_S = 3.0  # after a signal, the longest wait for an orderly stop before kil
 
 def _leave(line: str) -> NoReturn:
     """Write ``line`` to stderr and exit with 130 without the interpreter's teardown."""
+    reaper.finished()  # the line is ours
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -161,6 +162,12 @@ def interrupted_message(signum: int, run_dir: Path | None) -> str:
     n = kept_rounds(run_dir)
     return (f"fl-ee: interrupted ({name}); {n} finished round{'' if n == 1 else 's'} kept in {run_dir}; "
             f"resume with `fl-ee resume {run_dir}`")
+
+
+def ray_lost_line(run_dir: Path) -> str:
+    """The one line printed when Ray (its raylet) dies under the run, by the watchdog (:func:`sims.reaper.running`)."""
+    return (f"fl-ee: error: Ray stopped under the run ({{cause}}); {{rounds}} kept in {run_dir}; "
+            f"`fl-ee resume {run_dir}` continues")
 
 
 def _processes() -> dict[int, tuple[int, str]]:

@@ -7,13 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import load_config, parse_overrides
 from fl_ee.federation.client import app as real_app
 from fl_ee.federation.client import reports_errors
-from fl_ee.federation.faults import Diverged, DivergenceGuard, StrategyFault, aggregate_problem, update_problem
+from fl_ee.federation.faults import (
+    Diverged,
+    DivergenceGuard,
+    StrategyFault,
+    aggregate_problem,
+    all_lost,
+    error_line,
+    lost_worker,
+    lost_workers_warning,
+    update_problem,
+    worker_lost_reason,
+)
 from fl_ee.federation.preflight import preflight
 from fl_ee.federation.server import run_federation
 from fl_ee.results.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
@@ -83,6 +95,31 @@ def test_json_files_never_hold_nan_and_say_which_values_were_not_finite():
     assert json_safe(record) == {"round": 1, "train": {"metrics": {"train-loss": None, "ok": 1.5}}, "x": [1.0, None],
                                  "non_finite": ["train.metrics.train-loss", "x.1"]}
     assert "NaN" not in to_json(record) and "Infinity" not in to_json(record)
+
+
+RAY_SAYS = "The actor died unexpectedly before finishing this task.\n\tclass_name: ClientAppActor\n\tpid: 26908"
+
+
+def test_a_lost_worker_reason_names_the_actor_and_ends_with_the_exception():
+    reason = worker_lost_reason("9326e2f2", "ActorDiedError", RAY_SAYS)
+    assert reason.splitlines()[0] == ("fl-ee: the Ray worker (actor 9326e2f2) running this client died; "
+                                      "a fresh worker took its place")
+    assert RAY_SAYS in reason
+    assert error_line(reason) == "ActorDiedError: the Ray worker died"
+    assert lost_worker(reason) == "9326e2f2"
+    assert lost_worker("Traceback (most recent call last):\nOSError: disk full") is None
+    assert all_lost([reason, worker_lost_reason("ab", "ActorUnavailableError", "")])
+    assert not all_lost([reason, "OSError: disk full"]) and not all_lost([None])
+
+
+def test_the_lost_workers_line_counts_workers_and_clients_of_the_round():
+    a, b = (worker_lost_reason(actor, "ActorDiedError", RAY_SAYS) for actor in ("aa", "bb"))
+    assert lost_workers_warning(5, {"train": {3: "OSError: disk full"}}) is None
+    assert lost_workers_warning(5, {"train": {3: a, 4: a, 1: "OSError: disk full"}}) == \
+        "a Ray worker died in round 5 (2 clients failed); replaced"
+    # one client failing in both steps is one client; two actors are two workers
+    assert lost_workers_warning(7, {"train": {3: a}, "evaluate": {3: b}}) == \
+        "2 Ray workers died in round 7 (1 client failed); replaced"
 
 
 # --------------------------------------------------------------------- the loop, in process
@@ -165,6 +202,40 @@ def test_a_client_exception_is_a_failed_update_with_its_traceback_filed(tmp_path
     assert "Traceback" not in (run / "rounds.jsonl").read_text()
     assert "Traceback" not in capfd.readouterr().err  # not poured onto the terminal
     assert summary["stragglers"]["participation_by_tier"] is not None
+
+
+def _lost_workers_app(evaluate_too: bool) -> ClientApp:
+    """The real ClientApp, except that every client's training (and evaluation) is answered as a lost Ray worker's."""
+    app = ClientApp()
+
+    def lost(msg: Message) -> Message:
+        reason = worker_lost_reason("ab12", "ActorDiedError", RAY_SAYS)
+        return Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return lost(msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return lost(msg) if evaluate_too else real_app(msg, context)
+
+    return app
+
+
+def test_a_round_whose_workers_all_died_goes_on_and_says_so_in_one_line(tmp_path, capfd):
+    """The error replies Flower's backend gets from :class:`sims.workers.HealingActorPool`; no client is at fault."""
+    run, _ = _run(tmp_path, ["rounds=2", "eval_every=1"], _lost_workers_app(evaluate_too=False))
+    records = _strict((run / "rounds.jsonl").read_text())
+    assert [r["round"] for r in records] == [1, 2]
+    for record in records:
+        assert {c["outcome"] for c in record["clock"]["clients"]} == {"failed"}
+        assert {c["reason"] for c in record["clock"]["clients"]} == {"ActorDiedError: the Ray worker died"}
+        assert record["train"]["metrics"] == {}  # nothing to aggregate, and no crash
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "Ray worker" in line] == [
+        f"fl-ee: warning: a Ray worker died in round {r} (6 clients failed); replaced" for r in (1, 2)]
+    assert (run / CLIENT_ERRORS).read_text().count("--- round") == 12
 
 
 # ------------------------------------------------------------------------------ end to end

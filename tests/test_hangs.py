@@ -297,6 +297,44 @@ def test_the_watchdog_kills_what_its_process_started_once_it_is_killed_and_nothi
                 os.kill(pid, signal.SIGKILL)
 
 
+ENDED_BY_RAY = """
+import os, signal, sys
+from pathlib import Path
+from sims import reaper
+
+session, rounds, line, finish, words = sys.argv[1:]
+reaper.arm()
+(Path(session) / "logs").mkdir(parents=True)
+driver_log = Path(session) / "logs" / f"python-core-driver-01000000ffffffff_{os.getpid()}.log"
+driver_log.write_text("[2026-12-03 10:01:15,644 W 1 2] reference_counter.cc:1735: Object ref removed\\n" + words)
+reaper.running(line, Path(rounds), session)
+if finish == "yes":
+    reaper.finished()
+os.kill(os.getpid(), signal.SIGKILL)  # as Ray's _Exit: no Python code runs after it
+"""
+RAY_LAST_WORDS = ("The connection to the plasma store is failed. Terminate the process. Status: IOError: Broken pipe")
+
+
+@pytest.mark.parametrize(("finish", "words", "said"), [
+    ("no", f"[2026-12-03 10:01:15,877 W 1 3] connection.cc:216: {RAY_LAST_WORDS}\n", True),
+    ("yes", f"[2026-12-03 10:01:15,877 W 1 3] connection.cc:216: {RAY_LAST_WORDS}\n", False),  # an orderly end
+    ("no", "", False),  # killed by someone else: Ray did not end it
+    ("no", "[2026-12-03 10:01:15,877 I 1 3] task_event_buffer.cc:564: Reporting task events to GCS every 1000ms.\n",
+     False),  # nor here: Ray names the GCS, but in passing
+])
+def test_the_watchdog_says_the_runs_line_when_ray_ended_its_process(tmp_path, finish, words, said):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rounds.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    line = stopping.ray_lost_line(run)
+    done = subprocess.run([sys.executable, "-c", ENDED_BY_RAY, str(tmp_path / "session"), str(run / "rounds.jsonl"),
+                           line, finish, words], capture_output=True, text=True, cwd=REPO, env=env(), timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    expected = (f"fl-ee: error: Ray stopped under the run ({RAY_LAST_WORDS}); 2 finished rounds kept in {run}; "
+                f"`fl-ee resume {run}` continues\n")
+    assert done.stderr == (expected if said else "")
+
+
 BOUND = """
 import signal, subprocess, time
 from sims.reaper import die_with_parent

@@ -116,7 +116,7 @@ def cluster_processes(temp: Path) -> set[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("how", ["RAY_ADDRESS"])  # simulation.ray_address arms no watchdog at all (sims.backend)
+@pytest.mark.parametrize("how", ["RAY_ADDRESS"])  # the watchdog is armed either way (sims.backend, sims.engine)
 def test_a_killed_run_leaves_the_cluster_it_joined_running(ray_head, tmp_path, how):
     """Only a Ray that fl-ee started dies with it: by ``simulation.ray_address`` or the ``RAY_ADDRESS`` Ray reads."""
     address, temp = ray_head

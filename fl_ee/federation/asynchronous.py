@@ -30,7 +30,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from fl_ee.core.config import Config
 from fl_ee.core.errors import UserError
-from fl_ee.federation.faults import StrategyFault, aggregate_problem, error_line, is_non_finite, update_problem
+from fl_ee.federation.faults import (
+    StrategyFault,
+    aggregate_problem,
+    all_lost,
+    error_line,
+    is_non_finite,
+    update_problem,
+)
 from fl_ee.results.observers import LoopState
 from fl_ee.wire.exchange import Exchange
 from fl_ee.wire.protocol import ARRAYS, METRICS, TrainReply, instructions_of, payload_of, with_instructions
@@ -220,7 +227,8 @@ class AsyncServer:
         """Make the next version from a full buffer; its record lists every arrival (and every offline draw)."""
         sim, rnd = self.cfg.simulation, self.version + 1
         counted = [a for a in arrivals if a.outcome == OK]
-        if all(a.outcome == FAILED and a.reply is not None for a in arrivals):
+        if all(a.outcome == FAILED and a.reply is not None for a in arrivals) and not all_lost(
+                [a.reply.error.reason for a in arrivals if a.reply is not None]):
             raise RuntimeError(f"every client failed to train in version {rnd}: {arrivals[0].reason}")
         staleness = {a.job.seq: self.version - a.job.version for a in counted}
         current = to_numpy(self.arrays)

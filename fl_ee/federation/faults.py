@@ -7,17 +7,22 @@ aggregate is checked against the global state: a wrong key, shape or dtype is a 
 the strategy (:class:`StrategyFault`); non-finite values are rejected and the global
 model keeps its value. Rounds whose training stays non-finite are counted by
 :class:`DivergenceGuard`, which stops the run (:class:`Diverged`) after
-``simulation.max_bad_rounds`` of them in a row.
+``simulation.max_bad_rounds`` of them in a row. A client whose Ray worker died
+(:mod:`sims.workers`) has failed, with a reason :func:`lost_worker` recognises, and each
+round that lost workers says so in one line (:func:`lost_workers_warning`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 NON_FINITE = "non-finite"  # the start of every reason that counts towards divergence
+_LOST = "fl-ee: the Ray worker (actor {actor}) running this client died; a fresh worker took its place"
+_LOST_LINE = re.compile(r"^fl-ee: the Ray worker \(actor (\w+)\) running this client died", re.MULTILINE)
 
 
 class StrategyFault(Exception):
@@ -96,3 +101,34 @@ def error_line(reason: str) -> str:
     """The last line of an error reply's reason (a traceback ends with the exception)."""
     lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
+
+
+def worker_lost_reason(actor: str, exception: str, ray_says: str) -> str:
+    """An error reply's reason when the Ray worker (``actor``, its id) running a client died.
+
+    Our line, Ray's account, then one line naming Ray's ``exception`` (the last line is
+    what :func:`error_line` keeps).
+    """
+    return f"{_LOST.format(actor=actor)}\n{ray_says.strip()}\n{exception}: the Ray worker died"
+
+
+def lost_worker(reason: str) -> str | None:
+    """The actor id in a reason written by :func:`worker_lost_reason`, else ``None``."""
+    found = _LOST_LINE.search(reason)
+    return found.group(1) if found else None
+
+
+def all_lost(reasons: Sequence[str | None]) -> bool:
+    """Whether every one of these error reasons is a lost Ray worker (the run goes on: nothing is wrong with it)."""
+    return all(lost_worker(reason or "") for reason in reasons)
+
+
+def lost_workers_warning(server_round: int, errors: Mapping[str, Mapping[int, str]]) -> str | None:
+    """The line saying a round lost Ray workers, from its errors (step -> client id -> reason); ``None`` if none."""
+    lost = [(client, actor) for by_client in errors.values() for client, reason in by_client.items()
+            if (actor := lost_worker(reason))]
+    if not lost:
+        return None
+    clients, workers = (len(set(column)) for column in zip(*lost))
+    died = "a Ray worker died" if workers == 1 else f"{workers} Ray workers died"
+    return f"{died} in round {server_round} ({clients} client{'' if clients == 1 else 's'} failed); replaced"

@@ -32,8 +32,10 @@ from fl_ee.federation.faults import (
     DivergenceGuard,
     StrategyFault,
     aggregate_problem,
+    all_lost,
     error_line,
     is_non_finite,
+    lost_workers_warning,
     update_problem,
 )
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
@@ -79,8 +81,8 @@ def initial_model(cfg: Config, data: TensorDataset) -> EarlyExitNet:
 
 
 def _check(replies: Sequence[Message], what: str) -> None:
-    """Fail loudly when every client of a step failed (a bug, not a straggler)."""
-    if replies and all(m.has_error() for m in replies):
+    """Fail loudly when every client of a step failed (a bug, not a straggler), unless their Ray workers died."""
+    if replies and all(m.has_error() for m in replies) and not all_lost([m.error.reason for m in replies]):
         raise RuntimeError(f"every client failed to {what}: {replies[0].error.reason}")
 
 
@@ -311,6 +313,8 @@ def run_federation(
             record["wall_s"] = round(time.perf_counter() - started, 3)
             if any(errors.values()):
                 record["client_errors"] = {step: e for step, e in errors.items() if e}
+                if lost := lost_workers_warning(rnd, errors):
+                    warn(lost)
             if placement := exchange.take_placement():  # filed apart: a Ray node's id changes from run to run
                 record["placement"] = placement
             state.round = rnd
