@@ -142,8 +142,11 @@ def test_fedscale_behaviour_trace_converts_by_hand():
 def test_the_shipped_example_trace_reads_back():
     from pathlib import Path
 
-    trace = load_availability(str(Path(__file__).resolve().parents[1] / "sims" / "availability" / "example-20.json"))
+    folder = Path(__file__).resolve().parents[1] / "sims" / "availability"
+    trace = load_availability(str(folder / "example-20.json"))
     assert sorted(trace) == list(range(20)) and all(end <= 200 for spans in trace.values() for _, end in spans)
+    hundred = load_availability(str(folder / "example-100.json"))  # the same generator over range(100)
+    assert sorted(hundred) == list(range(100)) and all(hundred[c] == trace[c] for c in trace)
 
 
 def test_a_tiny_run_under_a_trace_samples_only_online_clients_and_drops_the_one_going_offline(tmp_path):
