@@ -189,8 +189,9 @@ class AsyncServer:
         """Warn, once, that no client comes online again (availability trace), so the versions left are empty."""
         if not self.ended:
             self.ended = True
+            later = f", and versions {self.version + 2}-{last} nothing" if self.version + 1 < last else ""
             warn(f"no client is online after {self.now:g} s of virtual time (simulation.availability_trace): "
-                 f"server versions {self.version + 1}-{last} aggregate what had arrived, then nothing")
+                 f"server version {self.version + 1} aggregates what had arrived{later}")
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to go on as this one: the clock, the clients in flight and their replies.
