@@ -15,6 +15,7 @@ over the compute, its idle power over the transfers, and its radio's joules per 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ class Presence:
     fails: bool
     fail_at: float  # fraction of its round time done when it drops (failed clients only)
     reason: str = ""  # why it is offline or drops, where a trace says so
+    offline_s: float = math.inf  # when a trace takes it offline mid-round (its drop time on the virtual clock)
 
 
 def presence(client_id: int, availability: float, failure_rate: float, seed: int, server_round: int) -> Presence:

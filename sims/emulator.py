@@ -206,15 +206,15 @@ class DeviceEmulator:
         self.virtual_time_s += self.waited_s
         return frozenset(c for c in ids if online_until(self.trace.get(c), self.virtual_time_s) is not None)
 
-    def _presence(self, client: ClientInfo, time: ClientTime, server_round: int) -> Presence:
+    def _presence(self, client: ClientInfo, time: ClientTime, server_round: int, start: float) -> Presence:
         """Whether ``client`` is online this round and whether it drops: drawn, or from the trace where one is set.
 
-        ``time`` is its time this round: the trace drops it if it goes offline before that is up.
+        ``time`` is its time this round, from virtual time ``start``: the trace drops it if it
+        goes offline before that is up.
         """
         tier = self.tiers[client.tier]
         if self.trace is None:
             return presence(client.client_id, tier.availability, tier.failure_rate, self.cfg.seed, server_round)
-        start = self.virtual_time_s
         until = online_until(self.trace.get(client.client_id), start)
         if until is None:
             return Presence(False, False, 0.0, "offline at the round's start (availability trace)")
@@ -222,7 +222,7 @@ class DeviceEmulator:
         if start + total > until:
             return Presence(True, True, (until - start) / total,
                             f"went offline at {until:g} s, {until - start:.4g} s into its {total:.4g} s round "
-                            "(availability trace)")
+                            "(availability trace)", until)
         return presence(client.client_id, 1.0, tier.failure_rate, self.cfg.seed, server_round)
 
     def times_in(self, server_round: int) -> Mapping[int, ClientTime]:
@@ -246,7 +246,8 @@ class DeviceEmulator:
             partial = {c.client_id: cut for c in sampled if (cut := self._partial(c, times[c.client_id]))}
             times = {**times, **{cid: t for cid, (_, t) in partial.items()}}
             steps = {cid: k for cid, (k, _) in partial.items()}
-        draws = {c.client_id: self._presence(c, times[c.client_id], server_round) for c in sampled}
+        draws = {c.client_id: self._presence(c, times[c.client_id], server_round, self.virtual_time_s)
+                 for c in sampled}
         return RoundClock(sampled, draws, times, steps=steps)
 
     def _partial(self, client: ClientInfo, time: ClientTime) -> tuple[int, ClientTime] | None:
@@ -309,13 +310,16 @@ class DeviceEmulator:
                                p.fail_at if p.fails else 1.0, extra))
         return self.clock_record(entries, clock.round_time_s)
 
-    def dispatch(self, client: ClientInfo, server_round: int, draw: int) -> tuple[ClientTime, Presence]:
-        """An asynchronous start: the client's time training toward ``server_round``, and its presence (draw ``draw``).
+    def dispatch(
+        self, client: ClientInfo, server_round: int, draw: int, start_s: float
+    ) -> tuple[ClientTime, Presence]:
+        """An asynchronous start at virtual time ``start_s``: the client's time toward ``server_round``, its presence.
 
-        Each start draws its presence afresh, seeded by ``draw`` (the how-many-th start it is) and the client.
+        Under a trace the presence says whether it goes offline before it finishes. Each start
+        draws its presence afresh, seeded by ``draw`` (the how-many-th start it is) and the client.
         """
         time = self.times_in(server_round)[client.client_id]
-        return time, self._presence(client, time, draw)
+        return time, self._presence(client, time, draw, start_s)
 
     def clock_record(self, runs: Sequence[Run], round_time_s: float) -> dict[str, Any]:
         """The ``clock`` entry in ``rounds.jsonl`` of a round (or an async server version) and its clients' ``runs``."""

@@ -9,7 +9,8 @@ non-negative, ``start_s < end_s``, and sorted without overlap.
 ``sims/availability/example-20.json`` is a generated example for 20 clients over 200 s:
 alternating online and offline spells, exponential with means 8 s and 4 s (a client
 starts online with chance 2/3), drawn with ``numpy.random.default_rng(0)``; the command
-is in ``docs/explanation/clock.md``.
+is in ``docs/explanation/clock.md``. ``example-100.json`` is the same for 100 clients
+(its first 20 are ``example-20.json``'s).
 
 :func:`from_fedscale` converts FedScale's client-behaviour trace (the structure of its
 ``client_behave_trace``: per client ``active`` and ``inactive`` times in seconds, the

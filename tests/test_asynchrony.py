@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,8 +13,9 @@ from fl_ee.core.config import config_from_dict
 from fl_ee.core.errors import UserError
 from fl_ee.federation.asynchronous import async_problem, check_async
 from fl_ee.federation.checkpoint import Checkpoints
-from sims.asynchrony import Timeline, staleness_weight
+from sims.asynchrony import Schedule, Timeline, staleness_weight
 from sims.clock import FAILED, OK, UNAVAILABLE
+from sims.traces import online_until
 from strategies import QFedAvg, build_strategy
 from strategies.aggregation import buffered_update, weighted_mean
 
@@ -45,7 +47,7 @@ def test_three_client_script_arrives_in_virtual_time_order_with_its_staleness() 
     script = iter([2, 0, 2])
     timeline, version = Timeline(), 0
     for client in (0, 1):
-        timeline.start(client, version, 0.0, duration[client])
+        timeline.start(client, version, 0.0, duration[client])  # from 0 s: arrives at its duration
     arrivals = []
     while timeline:
         job = timeline.next()
@@ -54,9 +56,59 @@ def test_three_client_script_arrives_in_virtual_time_order_with_its_staleness() 
         version += 1  # buffer 1: every arrival makes a version
         if (client := next(script, None)) is not None:
             assert client not in timeline.busy()
-            timeline.start(client, version, job.finish_s, duration[client])
+            timeline.start(client, version, job.finish_s, job.finish_s + duration[client])
     assert [a[:3] for a in arrivals] == [(3.0, 0, 0), (4.0, 2, 0), (5.0, 1, 2), (6.0, 2, 0), (7.0, 0, 2)]
     assert [a[3] for a in arrivals] == pytest.approx([1, 1, 3 ** -0.5, 1, 3 ** -0.5])
+
+
+def _scripted(schedule: Schedule, duration: dict[int, float], count: int, prefer=min) -> list[tuple]:
+    """The first ``count`` arrivals of ``schedule``; each free slot takes ``prefer`` of the clients that may start.
+
+    A client runs ``duration`` seconds, or drops when its trace interval ends first (the device emulator's rule).
+    Each arrival: (time, client, started at, dropped, the slots' waited seconds taken at it).
+    """
+    def fill(ids: list[int]) -> None:
+        client, now = prefer(ids), schedule.now
+        schedule.start(client, 0, min(now + duration[client], online_until((schedule.trace or {}).get(client), now)))
+
+    return [(job.finish_s, job.client_id, job.start_s, job.finish_s < job.start_s + duration[job.client_id],
+             schedule.take_waited()) for job in itertools.islice(schedule.arrivals(fill), count)]
+
+
+def test_under_a_trace_a_slot_takes_only_online_clients_and_a_drop_frees_it_when_offline() -> None:
+    """Three slots, round times 3 s, 5 s, 1 s; client 0 always online, 1 online [0, 4), 2 online from 2 s.
+
+    By hand: 0 and 1 start at 0 (2 is offline); the third slot waits until 2 comes online at 2 s, 2 s of
+    waiting. 0 arrives at 3 and 2 at 3 (ties by start order); both start again at 3 (0 until 6, 2 until 4).
+    1 would finish at 5 but goes offline at 4: it drops then, before 2's arrival at 4 (started first);
+    its slot stays free (1 is never online again) while 2 runs again 4-5 and 5-6 and 0 arrives at 6.
+    """
+    schedule = Schedule(3, [0, 1, 2], {1: ((0.0, 4.0),), 2: ((2.0, 100.0),)})
+    arrivals = _scripted(schedule, {0: 3.0, 1: 5.0, 2: 1.0}, 6)
+    assert arrivals == [(3.0, 0, 0.0, False, 2.0), (3.0, 2, 2.0, False, 0.0), (4.0, 1, 0.0, True, 0.0),
+                        (4.0, 2, 3.0, False, 0.0), (5.0, 2, 4.0, False, 1.0), (6.0, 0, 3.0, False, 1.0)]
+
+
+def test_under_a_trace_the_clock_waits_for_the_next_client_online_and_ends_when_none_comes() -> None:
+    """Two slots, round times 0.5 s and 3 s; client 0 online [0, 1), client 1 online [0, 1) and [10, 12).
+
+    By hand: 0 runs 0-0.5 and 0.5-1; 1 drops at 1. Nobody is online from 1 s: the clock waits 9 s and starts
+    1 at 10, which drops at 12 (its 3 s would end at 13); a slot stood free 10-12 (2 s). Then nothing is in
+    flight and nobody comes online again: the arrivals end (no loop, no error).
+    """
+    schedule = Schedule(2, [0, 1], {0: ((0.0, 1.0),), 1: ((0.0, 1.0), (10.0, 12.0))})
+    arrivals = _scripted(schedule, {0: 0.5, 1: 3.0}, 100, prefer=max)
+    assert arrivals == [(0.5, 0, 0.0, False, 0.0), (1.0, 1, 0.0, True, 0.0), (1.0, 0, 0.5, False, 0.0),
+                        (12.0, 1, 10.0, True, 11.0)]
+    assert schedule.now == 12.0 and not schedule.timeline
+
+
+def test_without_a_trace_every_slot_is_always_full() -> None:
+    """Two slots, the lowest idle client first: 0 and 1 at 0; 0 again at 3 (to 6) and 6 (to 9); 1 arrives at 5."""
+    schedule = Schedule(2, [0, 1, 2])
+    arrivals = _scripted(schedule, {0: 3.0, 1: 5.0, 2: 1.0}, 4)
+    assert [a[:3] for a in arrivals] == [(3.0, 0, 0.0), (5.0, 1, 0.0), (6.0, 0, 3.0), (9.0, 0, 6.0)]
+    assert schedule.waited_s == 0.0 and all(a[4] == 0.0 for a in arrivals)
 
 
 def test_ties_arrive_in_start_order() -> None:
@@ -111,7 +163,6 @@ def test_buffered_update_of_width_sliced_clients_moves_their_corners() -> None:
 @pytest.mark.parametrize(("simulation", "message"), [
     ({"mode": "async", "straggler_policy": "deadline", "deadline_s": 5.0},
      "simulation.straggler_policy: must be wait with mode = async"),
-    ({"mode": "async", "availability_trace": "trace.json"}, "simulation.availability_trace: is not supported"),
     ({"mode": "asynchronous"}, "simulation.mode"),
     ({"concurrency": 0}, "simulation.concurrency"),
     ({"buffer_size": 0}, "simulation.buffer_size"),
@@ -220,22 +271,73 @@ def test_an_async_run_on_ray_matches_the_in_process_one(tmp_path) -> None:
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["async"]["updates"] > 0
 
 
-@pytest.mark.parametrize("kill_in", [2, 3])
-def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path, kill_in) -> None:
-    """Killed in version 2 or 3 (clients in flight, replies in: both in the checkpoint), resumed with fresh clients."""
+# quickstart's 6 clients: 0 goes offline at 0.05 s, 1 is never online, 2 comes online at 0.3 s, 3 is away
+# 0.2-0.5 s, 4 (an IoT board, about 2 s a round) goes offline at 0.35 s, 5 is always online
+TINY_TRACE = {"0": [[0, 0.05]], "1": [], "2": [[0.3, 1000]], "3": [[0, 0.2], [0.5, 1000]], "4": [[0, 0.35]]}
+
+
+@pytest.mark.parametrize(("kill_in", "trace", "in_flight"), [(2, False, 3), (3, False, 3), (2, True, 3)])
+def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path, kill_in, trace, in_flight) -> None:
+    """Killed in version 2 or 3 (clients in flight, replies in: both in the checkpoint), resumed with fresh clients.
+
+    Under an availability trace the run itself keeps to it: each client starts only while online, and a client
+    whose interval ends before its finish drops then, with the trace's reason, and is not aggregated.
+    """
     from test_resume import CopyIn, _poison_stale_exits, _same_results
 
     from inprocess import TINY, resume_inprocess, run_inprocess
 
     overrides = [*TINY, "rounds=3", "eval_every=2", "simulation.mode='async'", "simulation.concurrency=4",
                  "simulation.buffer_size=2"]
+    if trace:
+        (tmp_path / "trace.json").write_text(json.dumps(TINY_TRACE))
+        overrides.append(f'simulation.availability_trace="{tmp_path / "trace.json"}"')
     killed = tmp_path / "killed"
     run_inprocess(tmp_path / "run", overrides, observers=[CopyIn(kill_in, tmp_path / "run", killed)])
     latest = Checkpoints(killed).latest()
     assert latest is not None and latest.round == kill_in - 1
     saved = latest.load(build_strategy(config_from_dict({}))).async_state
-    assert saved["version"] == kill_in - 1 and len(saved["jobs"]) == 3  # the slot of the last arrival not refilled
+    assert saved["version"] == kill_in - 1 and len(saved["jobs"]) == in_flight  # the last arrival's slot not refilled
     assert any(name.startswith("reply/") for name in saved)  # replies of clients still in flight, kept
+    assert bool(saved["dropped"]) == trace  # under the trace, client 4 in flight, to drop at 0.35 s with its reason
     _poison_stale_exits(killed, kill_in - 1)  # were a client file of a later version read, results would differ
     resume_inprocess(killed, seed=7)
     _same_results(killed, tmp_path / "run")
+    if trace:
+        _kept_to_the_trace(_clocks(tmp_path / "run"))
+
+
+def _kept_to_the_trace(clocks: list[dict]) -> None:
+    """Every arrival started while its client was online and ran to its finish or dropped when it went offline."""
+    trace = {int(c): tuple(map(tuple, spans)) for c, spans in TINY_TRACE.items()}
+    dropped = 0
+    for clock in clocks:
+        for entry in clock["clients"]:
+            until = online_until(trace.get(entry["client_id"]), entry["started_s"])
+            assert until is not None
+            if "availability trace" in entry.get("reason", ""):
+                dropped += 1
+                assert entry["outcome"] == FAILED and "staleness" not in entry  # not aggregated
+                assert entry["started_s"] + entry["time_s"] == pytest.approx(until)
+                assert entry["reason"].startswith(f"went offline at {until:g} s")
+            else:
+                assert entry["started_s"] + entry["time_s"] <= until
+    assert dropped >= 3 and sum(c["waited_s"] for c in clocks) > 0  # clients 0, 3 and 4 drop; slots stood free
+
+
+def test_an_async_run_whose_clients_never_come_online_again_ends_with_empty_versions(tmp_path, capsys) -> None:
+    """Every client online [0, 0.01): the first two drop at 0.01 s (version 1); nobody comes online again, so
+    version 2 aggregates nothing, the clock stays, and the run ends with one warning and its summary's."""
+    from inprocess import TINY, run_inprocess
+
+    (tmp_path / "trace.json").write_text(json.dumps({str(c): [[0, 0.01]] for c in range(6)}))
+    _, summary = run_inprocess(tmp_path / "run", [
+        *TINY, "eval_every=2", "simulation.mode='async'", "simulation.concurrency=2", "simulation.buffer_size=2",
+        f'simulation.availability_trace="{tmp_path / "trace.json"}"'])
+    clocks = _clocks(tmp_path / "run")
+    assert [[(e["outcome"], e["time_s"]) for e in c["clients"]] for c in clocks] == [[(FAILED, 0.01)] * 2, []]
+    assert [c["virtual_time_s"] for c in clocks] == [0.01, 0.01] and summary["virtual_time_s"] == 0.01
+    err = capsys.readouterr().err
+    assert ("no client is online after 0.01 s of virtual time (simulation.availability_trace): server version 2 "
+            "aggregates what had arrived\n") in err
+    assert any(w.startswith("no client trained in any of the 2 rounds") for w in summary["warnings"])

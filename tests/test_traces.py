@@ -72,6 +72,18 @@ def test_a_client_going_offline_mid_work_drops_and_an_offline_one_is_unavailable
     assert record["virtual_time_s"] == pytest.approx(TOTAL_S)
 
 
+def test_an_async_start_reads_the_trace_at_its_own_start_time(tmp_path):
+    """The emulator's clock is at 0 s (no version made yet); client 1 starts at 5 s, online [5, 5.02): drops at 5.02."""
+    emulator, roster = emulator_of(tmp_path, {"1": [[5, 5.02]]})
+    time, presence = emulator.dispatch(roster[1], 1, draw=0, start_s=5.0)
+    assert time == emulator.times[1] and presence.available and presence.fails and presence.offline_s == 5.02
+    assert presence.fail_at == pytest.approx(0.02 / TOTAL_S)
+    assert presence.reason == f"went offline at 5.02 s, 0.02 s into its {TOTAL_S:.4g} s round (availability trace)"
+    assert not emulator.dispatch(roster[1], 1, draw=1, start_s=0.0)[1].available  # offline at 0 s
+    _, finishes = emulator.dispatch(roster[0], 1, draw=2, start_s=5.0)  # not in the trace: always online
+    assert finishes.available and not finishes.fails and finishes.offline_s == math.inf
+
+
 def test_only_online_clients_are_sampled_and_the_clock_waits_for_the_first(tmp_path):
     emulator, roster = emulator_of(tmp_path, {"0": [[50, 60]], "1": [[55, 70]], "2": [[80, 90]], "3": []})
     online = emulator.online(roster)
@@ -130,8 +142,11 @@ def test_fedscale_behaviour_trace_converts_by_hand():
 def test_the_shipped_example_trace_reads_back():
     from pathlib import Path
 
-    trace = load_availability(str(Path(__file__).resolve().parents[1] / "sims" / "availability" / "example-20.json"))
+    folder = Path(__file__).resolve().parents[1] / "sims" / "availability"
+    trace = load_availability(str(folder / "example-20.json"))
     assert sorted(trace) == list(range(20)) and all(end <= 200 for spans in trace.values() for _, end in spans)
+    hundred = load_availability(str(folder / "example-100.json"))  # the same generator over range(100)
+    assert sorted(hundred) == list(range(100)) and all(hundred[c] == trace[c] for c in trace)
 
 
 def test_a_tiny_run_under_a_trace_samples_only_online_clients_and_drops_the_one_going_offline(tmp_path):

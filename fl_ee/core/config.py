@@ -301,7 +301,9 @@ class SimulationConfig(_Section):
     availability_trace: Annotated[str, Field(
         description="a JSON file of client id -> online intervals [start_s, end_s] on the virtual clock "
                     "(sims/traces.py; a client not in it is always online): clients are sampled only while online and "
-                    "drop when they go offline mid-round; it replaces the tiers' availability (empty: none)")] = ""
+                    "drop when they go offline mid-round (async: a free slot waits for a client to come online, and a "
+                    "client going offline before it finishes drops then); it replaces the tiers' availability "
+                    "(empty: none)")] = ""
     capacity_trace: Annotated[str, Field(
         description="a JSON file of client id -> some of compute_gflops, download_mbps, upload_mbps (sims/traces.py), "
                     "which replace those clients' tier figures (and speed_sigma's draw) (empty: none)")] = ""
@@ -331,8 +333,6 @@ class SimulationConfig(_Section):
               "needs straggler_policy = deadline (partial work is what fits before the deadline)")
         _rule(self.mode == "sync" or self.straggler_policy == "wait", "straggler_policy",
               "must be wait with mode = async (an async server waits for no round: it takes each arrival)")
-        _rule(self.mode == "sync" or not self.availability_trace, "availability_trace",
-              "is not supported with mode = async yet")
         return self
 
 

@@ -1,12 +1,16 @@
 """The asynchronous server loop (``simulation.mode = "async"``): FedBuff on the virtual clock.
 
-The server keeps ``simulation.concurrency`` clients training (:class:`sims.asynchrony.Timeline`).
+The server keeps ``simulation.concurrency`` clients training (:class:`sims.asynchrony.Schedule`).
 Each starts from the server's current version when a slot frees, at that virtual time,
 and arrives after its simulated round time; every ``simulation.buffer_size`` arrivals
 make a new server version (:meth:`~strategies.DepthAwareStrategy.aggregate_buffer`: each
 update's change from the version its client started at, weighted by its staleness). A
 drop-out, an error or a refused update is an arrival that brings nothing; a version made
 of such arrivals alone keeps the model (and is *bad* where an update was non-finite).
+Under ``simulation.availability_trace`` a slot is filled only by a client online then (it
+waits on the virtual clock for one to come online), and a client that goes offline before
+it finishes drops at that moment, freeing its slot; once nothing is in flight and no client
+comes online again, the remaining versions aggregate nothing.
 
 Real execution follows the virtual clock: a client's message goes out
 (:meth:`~fl_ee.wire.exchange.Exchange.post`) as soon as it starts, so up to ``concurrency``
@@ -22,6 +26,8 @@ replies for a resumed run. A message's ``server_round`` is the version its clien
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +35,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fl_ee.core.config import Config
-from fl_ee.core.errors import UserError
+from fl_ee.core.errors import UserError, warn
 from fl_ee.federation.faults import (
     StrategyFault,
     aggregate_problem,
@@ -41,7 +47,7 @@ from fl_ee.federation.faults import (
 from fl_ee.results.observers import LoopState
 from fl_ee.wire.exchange import Exchange
 from fl_ee.wire.protocol import ARRAYS, METRICS, TrainReply, instructions_of, payload_of, with_instructions
-from sims.asynchrony import Job, Timeline, staleness_weight
+from sims.asynchrony import Job, Schedule, Timeline, staleness_weight
 from sims.clock import FAILED, OK, REJECTED, UNAVAILABLE, ClientTime
 from sims.emulator import DeviceEmulator, Run
 from strategies import ClientInfo, DepthAwareStrategy
@@ -76,6 +82,16 @@ def check_async(strategy: DepthAwareStrategy) -> None:
         raise UserError(problem, key="simulation.mode")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """A job as started: its client, its time, the share of it that runs, and why it drops (where it does)."""
+
+    client: ClientInfo
+    time: ClientTime
+    done: float
+    dropped: str = ""
+
+
 @dataclasses.dataclass
 class _Arrival:
     """A job that arrived: its client, its time, its outcome, and the reply it brought (for ``ok``)."""
@@ -97,32 +113,40 @@ class AsyncServer:
         self.cfg, self.exchange, self.strategy, self.emulator = cfg, exchange, strategy, emulator
         self.instructions = instructions
         self.pool = sorted(strategy.train_pool(), key=lambda c: c.client_id)
-        self.slots = min(cfg.simulation.concurrency, len(self.pool))
-        self.timeline = Timeline()
-        self.version, self.now = 0, 0.0
+        self.roster = {c.client_id: c for c in self.pool}
+        self.schedule = Schedule(min(cfg.simulation.concurrency, len(self.pool)), list(self.roster), emulator.trace)
+        self.arrivals = self.schedule.arrivals(self._start_one)  # started by the first version
+        self.version = 0
         self.arrays = arrays
         self.starts = {0: to_numpy(arrays)}  # the versions clients in flight (or buffered) started at
-        self.started: dict[int, tuple[ClientInfo, ClientTime, float]] = {}  # job seq -> (client, time, share run)
+        self.started: dict[int, _Start] = {}  # job seq -> its client, time, share run and why it drops
         self.unavailable: list[Run] = []  # drawn offline since the last version
         self.draws = 0  # clients drawn so far (offline ones too): seeds each draw
         self.replies: dict[int, Message | str] = {}  # job seq -> its reply (or error) taken early, for a checkpoint
+        self.ended = False  # no client comes online again (said once)
 
-    def _start_one(self) -> None:
-        """Fill a free slot at the current virtual time: draw an idle client; it runs unless it is offline."""
-        busy = self.timeline.busy()
-        idle = [c for c in self.pool if c.client_id not in busy]
+    @property
+    def now(self) -> float:
+        """The server's virtual time."""
+        return self.schedule.now
+
+    def _start_one(self, ids: list[int]) -> None:
+        """Fill a free slot at the current virtual time: draw one of ``ids``; it runs unless it is offline."""
+        idle = [self.roster[c] for c in ids]
         for _ in range(100 * len(self.pool)):
             draw, self.draws = self.draws, self.draws + 1
             client = self.strategy.selection.select(draw, idle, 1)[0]
-            time, presence = self.emulator.dispatch(client, self.version + 1, draw)
+            time, presence = self.emulator.dispatch(client, self.version + 1, draw, self.now)
             if presence.available:
                 break
             self.unavailable.append(Run(client, UNAVAILABLE, time, 0.0))
         else:
             raise UserError(f"no client came online in {100 * len(self.pool)} draws", key="tiers")
         done = presence.fail_at if presence.fails else 1.0  # a drop-out runs until it drops, and sends nothing
-        job = self.timeline.start(client.client_id, self.version, self.now, time.total_s * done)
-        self.started[job.seq] = (client, time, done)
+        finish = presence.offline_s if presence.offline_s < math.inf else self.now + time.total_s * done
+        job = self.schedule.start(client.client_id, self.version, finish)
+        reason = presence.reason or ("dropped out" if presence.fails else "")
+        self.started[job.seq] = _Start(client, time, done, reason)
         if presence.fails:
             return
         config = self.instructions(self.version + 1)
@@ -132,13 +156,12 @@ class AsyncServer:
             with_instructions(message, dataclasses.replace(instructions_of(message), pace_s=pace_s))
         self.exchange.post(message)
 
-    def _arrive(self) -> _Arrival:
-        """The next arrival on the virtual clock, its reply taken from the exchange and checked."""
-        job = self.timeline.next()
-        self.now = job.finish_s
-        client, time, done = self.started.pop(job.seq)
-        if done < 1:
-            return _Arrival(job, client, time, FAILED, done, reason="dropped out")
+    def _arrive(self, job: Job) -> _Arrival:
+        """The arrival of ``job`` (just taken off the clock), its reply taken from the exchange and checked."""
+        start = self.started.pop(job.seq)
+        client, time = start.client, start.time
+        if start.done < 1:
+            return _Arrival(job, client, time, FAILED, start.done, reason=start.dropped)
         reply = self.replies.pop(job.seq) if job.seq in self.replies else self.exchange.reply_of(client.node_id)
         if isinstance(reply, str):  # an error reply, restored from a checkpoint
             return _Arrival(job, client, time, FAILED, reason=reply)
@@ -161,15 +184,21 @@ class AsyncServer:
         """
         sim = self.cfg.simulation
         while self.version < last:
-            arrivals: list[_Arrival] = []
-            while len(arrivals) < sim.buffer_size:
-                while len(self.timeline) < self.slots:
-                    self._start_one()
-                arrivals.append(self._arrive())
+            arrivals = [self._arrive(job) for job in itertools.islice(self.arrivals, sim.buffer_size)]
+            if len(arrivals) < sim.buffer_size:
+                self._say_over(last)
             step = self._aggregate(arrivals)
             if checkpoint_every and (self.version % checkpoint_every == 0 or self.version == last):
                 state.async_state = self.state_dict()
             yield step
+
+    def _say_over(self, last: int) -> None:
+        """Warn, once, that no client comes online again (availability trace), so the versions left are empty."""
+        if not self.ended:
+            self.ended = True
+            later = f", and versions {self.version + 2}-{last} nothing" if self.version + 1 < last else ""
+            warn(f"no client is online after {self.now:g} s of virtual time (simulation.availability_trace): "
+                 f"server version {self.version + 1} aggregates what had arrived{later}")
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to go on as this one: the clock, the clients in flight and their replies.
@@ -180,15 +209,16 @@ class AsyncServer:
         ``reply/<seq>/<key>``); each client's own state is then the one its files hold
         (:mod:`fl_ee.federation.clientstate`). JSON values and NumPy arrays, as a strategy's.
         """
-        jobs = sorted(self.timeline.jobs(), key=lambda j: j.seq)
+        jobs = sorted(self.schedule.timeline.jobs(), key=lambda j: j.seq)
         for job in jobs:
-            client, _, done = self.started[job.seq]
+            client, done = self.started[job.seq].client, self.started[job.seq].done
             if done == 1 and job.seq not in self.replies:
                 reply = self.exchange.reply_of(client.node_id)
                 self.replies[job.seq] = error_line(reply.error.reason or "") if reply.has_error() else reply
         out: dict[str, Any] = {
-            "version": self.version, "now": self.now, "draws": self.draws, "started": self.timeline.started,
-            "jobs": [[j.finish_s, j.seq, j.client_id, j.version, j.start_s, self.started[j.seq][2]] for j in jobs],
+            "version": self.version, "now": self.now, "draws": self.draws, "started": self.schedule.timeline.started,
+            "jobs": [[j.finish_s, j.seq, j.client_id, j.version, j.start_s, self.started[j.seq].done] for j in jobs],
+            "dropped": {str(j.seq): self.started[j.seq].dropped for j in jobs if self.started[j.seq].done < 1},
             "errors": {str(seq): r for seq, r in self.replies.items() if isinstance(r, str)},
             "metrics": {str(seq): dict(r.content.metric_records[METRICS]) for seq, r in self.replies.items()
                         if not isinstance(r, str)},
@@ -202,11 +232,13 @@ class AsyncServer:
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         """Go on from :meth:`state_dict` (the global arrays are the checkpoint's own)."""
-        self.version, self.now, self.draws = int(saved["version"]), float(saved["now"]), int(saved["draws"])
-        roster = {c.client_id: c for c in self.pool}
-        self.timeline = Timeline.of([Job(f, int(seq), int(cid), int(v), s) for f, seq, cid, v, s, _ in saved["jobs"]],
-                                    int(saved["started"]))
-        self.started = {int(seq): (roster[int(cid)], self.emulator.times_in(int(v) + 1)[int(cid)], float(done))
+        self.version, self.schedule.now, self.draws = int(saved["version"]), float(saved["now"]), int(saved["draws"])
+        roster = self.roster
+        self.schedule.timeline = Timeline.of(
+            [Job(f, int(seq), int(cid), int(v), s) for f, seq, cid, v, s, _ in saved["jobs"]], int(saved["started"]))
+        dropped = saved.get("dropped", {})  # checkpoints before availability traces: failure_rate's drops only
+        self.started = {int(seq): _Start(roster[int(cid)], self.emulator.times_in(int(v) + 1)[int(cid)], float(done),
+                                         dropped.get(str(seq), "dropped out" if done < 1 else ""))
                         for _, seq, cid, v, _, done in saved["jobs"]}
         parts: dict[str, dict[str, dict[str, np.ndarray]]] = {"start": {}, "reply": {}}
         for name, value in saved.items():
@@ -227,7 +259,7 @@ class AsyncServer:
         """Make the next version from a full buffer; its record lists every arrival (and every offline draw)."""
         sim, rnd = self.cfg.simulation, self.version + 1
         counted = [a for a in arrivals if a.outcome == OK]
-        if all(a.outcome == FAILED and a.reply is not None for a in arrivals) and not all_lost(
+        if arrivals and all(a.outcome == FAILED and a.reply is not None for a in arrivals) and not all_lost(
                 [a.reply.error.reason for a in arrivals if a.reply is not None]):
             raise RuntimeError(f"every client failed to train in version {rnd}: {arrivals[0].reason}")
         staleness = {a.job.seq: self.version - a.job.version for a in counted}
@@ -251,7 +283,7 @@ class AsyncServer:
                 record["aggregate_rejected"] = non_finite
                 new_arrays, bad = None, True
         previous_s = self.emulator.virtual_time_s
-        self.emulator.virtual_time_s = self.now
+        self.emulator.virtual_time_s, self.emulator.waited_s = self.now, self.schedule.take_waited()
         runs = [*self.unavailable, *(Run(a.client, a.outcome, a.time, a.done, _extra(a, staleness)) for a in arrivals)]
         self.unavailable = []
         record["clock"] = self.emulator.clock_record(runs, self.now - previous_s)
@@ -261,7 +293,7 @@ class AsyncServer:
         if new_arrays is not None:
             self.arrays = new_arrays
         self.starts[rnd] = to_numpy(self.arrays)
-        in_flight = {job.version for job in self.timeline.jobs()}  # the others' starts are no longer needed
+        in_flight = {job.version for job in self.schedule.timeline.jobs()}  # the others' starts are no longer needed
         self.starts = {v: s for v, s in self.starts.items() if v in in_flight or v == rnd}
         return rnd, self.instructions(rnd), self.arrays, record, bad
 
