@@ -22,18 +22,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 gc.set_threshold(10_000, 10, 10)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Under xdist (``-n auto --dist loadgroup``, the default in pyproject.toml) every e2e test runs on one
-    worker, one at a time as in a serial session: each starts Ray or a simulation that uses every core.
-    The other tests, and e2e tests marked ``parallel=True`` (slow, but in one process on one core: decoding a
-    whole real dataset), go to the workers a file at a time, so a module's fixtures are made once."""
-    for item in items:
-        e2e = item.get_closest_marker("e2e")
-        group = "e2e" if e2e and not e2e.kwargs.get("parallel") else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_collection_finish(session):
     """What collection made lives all session: out of the cycle collector's sight from now on."""
     gc.freeze()

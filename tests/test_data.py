@@ -44,7 +44,7 @@ def test_digits_are_read_back_from_the_cache_without_scikit_learn(tmp_path, monk
     datasets._load.cache_clear()
 
 
-@pytest.mark.e2e(parallel=True)  # decodes 70,000 images each (~1.5 s)
+@pytest.mark.e2e  # decodes 70,000 images each (~1.5 s)
 @pytest.mark.parametrize(("name", "classes"), [("mnist", 10), ("fashion-mnist", 10)])
 def test_torchvision_datasets_from_local_files(shared_data, name, classes):
     data = load_dataset(DataConfig(name=name, root=str(shared_data)))

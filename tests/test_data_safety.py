@@ -230,7 +230,7 @@ def test_planted_pickle_would_run_if_unpickled(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.e2e(parallel=True)  # decodes Fashion-MNIST's 70,000 images twice (~2 s)
+@pytest.mark.e2e  # decodes Fashion-MNIST's 70,000 images twice (~2 s)
 def test_real_fashion_mnist_cache_is_verified_and_rebuilt_identically(shared_data, private_cache, capsys):
     cfg = DataConfig(name="fashion-mnist", root=str(shared_data))
     decoded = load_dataset(cfg)

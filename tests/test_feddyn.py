@@ -90,6 +90,7 @@ def test_the_term_changes_the_shared_step_and_a_frozen_backbone_keeps_its_g_prev
     assert exits and any(not np.array_equal(first[k], second[k]) for k in exits)
 
 
+@pytest.mark.e2e  # trains the quick start for 5 rounds (~2.5 s)
 def test_feddyn_server_and_clients_learn_the_digits_quickstart(tmp_path):
     out = tmp_path / "run"
     no_client_evaluation = "strategy.fraction_evaluate=0"  # what is asserted is the global model's accuracy
