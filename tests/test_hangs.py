@@ -15,7 +15,7 @@ import pytest
 
 from fl_ee.core.config import load_config, parse_overrides
 from fl_ee.core.errors import UserError
-from sims import backend, engine, stopping
+from sims import backend, stopping
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +119,8 @@ def test_the_interruption_line_counts_the_kept_rounds(tmp_path):
 
 
 def test_flowers_crash_wrappers_are_unwrapped():
+    from sims import engine  # Flower's simulation runtime and Ray: a second's import, not for collection
+
     root = ValueError("ActorPool is empty.")
     try:
         try:
