@@ -242,7 +242,7 @@ class RunDir(Observer):
         self.rounds_written += 1
         if placement := record.get("placement"):
             with open(self.path / PLACEMENT, "a") as handle:
-                handle.write(json.dumps({"round": record["round"], **placement}) + "\n")
+                handle.write(to_json({"round": record["round"], **placement}) + "\n")
         if errors:
             with open(self.path / CLIENT_ERRORS, "a") as handle:
                 for step, by_client in errors.items():
