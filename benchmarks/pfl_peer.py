@@ -14,13 +14,13 @@ being its train split of fl-ee's own IID partition (``data.test_fraction`` 0.2 h
   last round only; every other setting its default, so a checkpoint every round and
   the whole run directory, as a user gets them).
 - pfl (``pfl`` 0.6.0, ``pip install -e .[bench]``): one process, torch threads = cores
-  (``--pfl-threads``),
-  ``SimulatedBackend`` with ``WeightByDatapoints``, ``FederatedAveraging`` (central SGD
-  at lr 1), pfl's ``PyTorchModel`` over fl-ee's network built by fl-ee's own code from
-  the same seed (same initial weights) with fl-ee's loss (``exit_loss``); a
-  ``FederatedDataset`` of the same clients' tensors (``client_data``), users drawn by
-  pfl's ``MinimizeReuseUserSampler`` over a seeded shuffle (distinct users in a round);
-  the same test set evaluated once after the last round with pfl's ``evaluate``.
+  (``--pfl-threads``), ``SimulatedBackend`` with ``WeightByDatapoints``,
+  ``FederatedAveraging`` (central SGD at lr 1), pfl's ``PyTorchModel`` over fl-ee's
+  network built by fl-ee's own code from the same seed (same initial weights) with
+  fl-ee's loss (``exit_loss``); a ``FederatedDataset`` of the same clients' tensors
+  (``client_data``), users drawn by pfl's ``MinimizeReuseUserSampler`` over a seeded
+  shuffle (distinct users in a round); the same test set evaluated once after the last
+  round with pfl's ``evaluate``.
 
 Each side runs 3 and 9 rounds as a fresh process (``--rounds-short``, ``--rounds-long``);
 seconds per round = (wall 9 - wall 3) / 6, so start-up and the final evaluation cancel.
@@ -39,8 +39,9 @@ Where the two differ in what they compute (not in how much):
   (iteration 0 always evaluates); that is in both its runs and cancels.
 
 Run it on a quiet machine. pfl's torch threads wait for each other at every operation
-(fl-ee's clients run one thread each): with other jobs on the cores, its side took 10-20x
-longer here, and more than 400 s for one round of the 100-client workload that took 26 s.
+(fl-ee's clients run one thread each): here one pfl round of the 100-client workload took
+26-31 s alone or on one thread, and over 400 s on two threads with other jobs on the two
+cores (``--pfl-threads 1`` then, said in the JSON).
 
     .venv/bin/python -m benchmarks.pfl_peer [--data-root ../shared/data] [--only 1000] [--pfl-threads N]
 """
