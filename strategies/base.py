@@ -156,6 +156,7 @@ class DepthAwareStrategy(Strategy):
         self._sent: ArrayRecord | None = None
         self.online: frozenset[int] | None = None  # who may be sampled to train this round (None: everyone)
         self.selection = Selection(seed)  # who of them trains (strategy.selection; strategies.registry sets it)
+        self.evaluate_all_in: int | None = None  # the round every client evaluates (strategy.final_evaluate_all)
 
     # ------------------------------------------------------------------ model
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
@@ -313,9 +314,13 @@ class DepthAwareStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients for evaluation and send each its depth's slice of the global model."""
-        clients = self.sample(server_round, self.fraction_evaluate, Stream.SAMPLE_EVALUATE)
+        """Sample clients for evaluation (:meth:`evaluate_fraction`) and send each its depth's slice of the model."""
+        clients = self.sample(server_round, self.evaluate_fraction(server_round), Stream.SAMPLE_EVALUATE)
         return self.messages(clients, arrays, config, MessageType.EVALUATE)
+
+    def evaluate_fraction(self, server_round: int) -> float:
+        """The share of clients that evaluate in ``server_round``: all in :attr:`evaluate_all_in`, else the fraction."""
+        return 1.0 if server_round == self.evaluate_all_in else self.fraction_evaluate
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted means of the clients' scalar metrics."""

@@ -53,4 +53,5 @@ def build_strategy(cfg: Config) -> DepthAwareStrategy:
                  "overcommit": overcommit}
     strategy = build(strategy_class(s.name), s.name, s.options, framework, "strategy.options")
     strategy.selection = build_selection(cfg)
+    strategy.evaluate_all_in = cfg.rounds if s.final_evaluate_all else None
     return strategy

@@ -238,6 +238,8 @@ SAME_AS_NONE = "so the run trains as with training.distillation = none"
           "simulation.target_accuracy is never reached: no client evaluates (strategy.fraction_evaluate = 0), so "
           "time_to_accuracy_s stays null"]),
         ({"strategy.fraction_evaluate": 0, "personalisation.mode": "none"}, []),
+        ({"strategy.fraction_evaluate": 0, "strategy.final_evaluate_all": True, "simulation.target_accuracy": 0.9},
+         []),
         ({"strategy.fraction_evaluate": 0, "personalisation.mode": "none", "data.unseen_fraction": 0.2},
          ["data.unseen_fraction holds 4 clients out of training that are never evaluated: no client evaluates "
           "(strategy.fraction_evaluate = 0)"]),
@@ -266,9 +268,19 @@ def test_every_shipped_preset_runs_without_a_warning():
         assert config_warnings(load_config(preset)) == [], preset
 
 
-def test_check_with_no_client_evaluation_says_so(capsys):
-    code, out, _ = _check(capsys, *SMALL, "--set", "strategy.fraction_evaluate=0")
-    assert code == 0 and "no client evaluates (global model only)" in " ".join(out.split())
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["strategy.fraction_evaluate=0"], "no client evaluates (global model only);"),
+        (["strategy.fraction_evaluate=0", "strategy.final_evaluate_all=true"],
+         "every client evaluates after the last round only;"),
+        (["strategy.fraction_evaluate=0.2", "strategy.final_evaluate_all=true"],
+         "20% of clients evaluate, all of them after the last round;"),
+    ],
+)
+def test_check_says_who_evaluates(capsys, overrides, says):
+    code, out, _ = _check(capsys, *SMALL, *(a for o in overrides for a in ("--set", o)))
+    assert code == 0 and says in " ".join(out.split())
 
 
 @pytest.mark.parametrize(

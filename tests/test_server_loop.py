@@ -317,6 +317,17 @@ def test_evaluate_round_samples_by_fraction_evaluate():
         sum(w * (c + 1) / 10 for w, c in zip(weights, expected)) / sum(weights))
 
 
+def test_final_evaluate_all_evaluates_every_client_after_the_last_round_only():
+    cfg = make_config("wait", 0.5, **{"strategy.fraction_evaluate": 0.5, "strategy.final_evaluate_all": True,
+                                      "rounds": 4})
+    with loop(cfg, constant_app()) as lp:
+        _, before = evaluate_round(lp.exchange, lp.strategy, 3, lp.arrays, lp.config(3))
+        _, last = evaluate_round(lp.exchange, lp.strategy, 4, lp.arrays, lp.config(4))
+        sampled = [c.client_id for c in lp.strategy.sample(3, 0.5, Stream.SAMPLE_EVALUATE)]
+    assert before["clients"] == sampled and len(sampled) == 3
+    assert last["clients"] == list(range(NUM_CLIENTS))
+
+
 # ------------------------------------------------------------------------------ the summary
 
 

@@ -250,6 +250,10 @@ class StrategyConfig(_Section):
                               Field(gt=0, le=1, description="share of clients sampled to train each round")] = 1.0
     fraction_evaluate: Annotated[float, Field(
         ge=0, le=1, description="share of clients sampled to evaluate (0: none, the global model only)")] = 1.0
+    final_evaluate_all: Annotated[bool, Field(
+        description="after the last round every client evaluates the final model, so the summary's personalised "
+                    "figures are the final model's on all clients and not a mix of earlier rounds' samples "
+                    "(fraction_evaluate applies to the rounds before)")] = False
     options: Annotated[dict[str, Any], Field(default_factory=dict, description="constructor arguments of the strategy")]
     selection: Annotated[str, Field(
         description="who of the online clients trains: random, oort (Lai et al., OSDI 2021: statistical utility "

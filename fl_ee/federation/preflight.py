@@ -205,7 +205,7 @@ def _training_warnings(cfg: Config, tiers: list[TierConfig]) -> list[str]:
 
 def _evaluation_warnings(cfg: Config) -> list[str]:
     """What is never measured when no client evaluates."""
-    if cfg.strategy.fraction_evaluate > 0:
+    if cfg.strategy.fraction_evaluate > 0 or cfg.strategy.final_evaluate_all:
         return []
     why = "no client evaluates (strategy.fraction_evaluate = 0)"
     found = []

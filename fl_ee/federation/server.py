@@ -297,7 +297,7 @@ def run_federation(
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads, cfg.max_width)
-                sampled_unseen = strategy.sample(rnd, cfg.strategy.fraction_evaluate, Stream.SAMPLE_UNSEEN,
+                sampled_unseen = strategy.sample(rnd, strategy.evaluate_fraction(rnd), Stream.SAMPLE_UNSEEN,
                                                  unseen) if unseen else []
                 evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
                                                                evaluate_work, sampled_unseen)
