@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,24 +277,46 @@ def test_an_async_run_on_ray_matches_the_in_process_one(tmp_path) -> None:
 TINY_TRACE = {"0": [[0, 0.05]], "1": [], "2": [[0.3, 1000]], "3": [[0, 0.2], [0.5, 1000]], "4": [[0, 0.35]]}
 
 
+@pytest.fixture(scope="module")
+def async_runs(tmp_path_factory):
+    """The uninterrupted async run, without or with ``TINY_TRACE``, made once a module on first use: its folder,
+    with ``run`` and copies of ``run`` as killed in versions 2 and 3 (``killed-in-2``, ``killed-in-3``)."""
+    from test_resume import CopyIn
+
+    from inprocess import TINY, run_inprocess
+
+    made: dict[bool, Path] = {}
+
+    def get(trace: bool) -> Path:
+        if trace not in made:
+            folder = tmp_path_factory.mktemp("async")
+            overrides = [*TINY, "rounds=3", "eval_every=2", "simulation.mode='async'", "simulation.concurrency=4",
+                         "simulation.buffer_size=2"]
+            if trace:
+                (folder / "trace.json").write_text(json.dumps(TINY_TRACE))
+                overrides.append(f'simulation.availability_trace="{folder / "trace.json"}"')
+            run_inprocess(folder / "run", overrides,
+                          observers=[CopyIn(k, folder / "run", folder / f"killed-in-{k}") for k in (2, 3)])
+            made[trace] = folder
+        return made[trace]
+
+    return get
+
+
 @pytest.mark.parametrize(("kill_in", "trace", "in_flight"), [(2, False, 3), (3, False, 3), (2, True, 3)])
-def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path, kill_in, trace, in_flight) -> None:
+def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(async_runs, tmp_path, kill_in, trace,
+                                                                        in_flight) -> None:
     """Killed in version 2 or 3 (clients in flight, replies in: both in the checkpoint), resumed with fresh clients.
 
     Under an availability trace the run itself keeps to it: each client starts only while online, and a client
     whose interval ends before its finish drops then, with the trace's reason, and is not aggregated.
     """
-    from test_resume import CopyIn, _poison_stale_exits, _same_results
+    from test_resume import _poison_stale_exits, _same_results, copy_of
 
-    from inprocess import TINY, resume_inprocess, run_inprocess
+    from inprocess import resume_inprocess
 
-    overrides = [*TINY, "rounds=3", "eval_every=2", "simulation.mode='async'", "simulation.concurrency=4",
-                 "simulation.buffer_size=2"]
-    if trace:
-        (tmp_path / "trace.json").write_text(json.dumps(TINY_TRACE))
-        overrides.append(f'simulation.availability_trace="{tmp_path / "trace.json"}"')
-    killed = tmp_path / "killed"
-    run_inprocess(tmp_path / "run", overrides, observers=[CopyIn(kill_in, tmp_path / "run", killed)])
+    folder = async_runs(trace)
+    killed = copy_of(folder / f"killed-in-{kill_in}", tmp_path)
     latest = Checkpoints(killed).latest()
     assert latest is not None and latest.round == kill_in - 1
     saved = latest.load(build_strategy(config_from_dict({}))).async_state
@@ -302,9 +325,9 @@ def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path
     assert bool(saved["dropped"]) == trace  # under the trace, client 4 in flight, to drop at 0.35 s with its reason
     _poison_stale_exits(killed, kill_in - 1)  # were a client file of a later version read, results would differ
     resume_inprocess(killed, seed=7)
-    _same_results(killed, tmp_path / "run")
+    _same_results(killed, folder / "run")
     if trace:
-        _kept_to_the_trace(_clocks(tmp_path / "run"))
+        _kept_to_the_trace(_clocks(folder / "run"))
 
 
 def _kept_to_the_trace(clocks: list[dict]) -> None:
