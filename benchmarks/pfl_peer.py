@@ -39,9 +39,11 @@ Where the two differ in what they compute (not in how much):
   (iteration 0 always evaluates); that is in both its runs and cancels.
 
 Run it on a quiet machine. pfl's torch threads wait for each other at every operation
-(fl-ee's clients run one thread each): here one pfl round of the 100-client workload took
-26-31 s alone or on one thread, and over 400 s on two threads with other jobs on the two
-cores (``--pfl-threads 1`` then, said in the JSON).
+(fl-ee's clients run one thread each): with other jobs on the two cores here, one pfl
+round of the 100-client workload took over 400 s on two threads (``--pfl-threads 1``
+then, said in the JSON). On a quiet machine its first run measured pfl's 3-round run
+longer than its 9-round one (docs/explanation/performance.md), so its ratios are not yet
+a measurement.
 
     .venv/bin/python -m benchmarks.pfl_peer [--data-root ../shared/data] [--only 1000] [--pfl-threads N]
 """
