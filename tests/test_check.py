@@ -28,6 +28,11 @@ def _check(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    """``--set KEY=VALUE`` for each override, as the command line takes them."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def test_check_prints_the_plan_of_the_quickstart(capsys):
     code, out, err = _check(capsys, *SMALL)
     assert code == 0 and err == WARMUP_PAST_THE_RUN  # the preset's warm-up is 8 rounds
@@ -98,7 +103,7 @@ def test_the_plan_is_the_run_cost_model():
     ],
 )
 def test_check_fails_in_one_line_with_exit_2(overrides, needle, capsys):
-    code, out, err = _check(capsys, *[a for o in overrides for a in ("--set", o)])
+    code, out, err = _check(capsys, *_sets(overrides))
     assert code == 2 and out == ""
     assert err.startswith("fl-ee: error:") and needle in err and err.count("\n") == 1, err
 
@@ -279,7 +284,7 @@ def test_every_shipped_preset_runs_without_a_warning():
     ],
 )
 def test_check_says_who_evaluates(capsys, overrides, says):
-    code, out, _ = _check(capsys, *SMALL, *(a for o in overrides for a in ("--set", o)))
+    code, out, _ = _check(capsys, *SMALL, *_sets(overrides))
     assert code == 0 and says in " ".join(out.split())
 
 

@@ -179,11 +179,12 @@ def plan_renderables(plan: Plan) -> list[RenderableType]:
     d, s, sim = cfg.data, cfg.strategy, cfg.simulation
     split = {"dirichlet": f"dirichlet alpha {d.alpha:g}", "shards": f"shards, {d.shards_per_client} classes each",
              "iid": "iid"}[d.partitioner]
-    evaluate = ("no client evaluates (global model only)" if s.fraction_evaluate == 0
-                else f"{_share(s.fraction_evaluate)} evaluate")
-    if s.final_evaluate_all and s.fraction_evaluate < 1:
-        evaluate = (f"{_share(s.fraction_evaluate)} evaluate, all of them after the last round" if s.fraction_evaluate
-                    else "every client evaluates after the last round only")
+    if s.fraction_evaluate == 0:
+        evaluate = ("every client evaluates after the last round only" if s.final_evaluate_all
+                    else "no client evaluates (global model only)")
+    else:
+        evaluate = f"{_share(s.fraction_evaluate)} evaluate" + (
+            ", all of them after the last round" if s.final_evaluate_all and s.fraction_evaluate < 1 else "")
     unseen = f", {d.unseen_count} of them unseen (never trained, evaluated apart)" if d.unseen_count else ""
     policy = sim.straggler_policy + (f" {sim.deadline_s:g} s" if sim.straggler_policy == "deadline" else "")
     extrapolated = (f" (extrapolated from the first {plan.planned_rounds})"
