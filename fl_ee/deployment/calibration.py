@@ -59,14 +59,29 @@ def reliability_bins(logits: Sequence[torch.Tensor], y: torch.Tensor, bins: int 
 
     Every (sample, exit) pair counts once.
     """
-    table = torch.zeros(bins, 3, dtype=torch.float64)
-    for z in logits:
-        confidence, predicted = torch.softmax(z.double(), dim=1).max(dim=1)
+    return pooled_bins(exit_bins([torch.softmax(z.double(), dim=1) for z in logits], y, bins), bins)
+
+
+def exit_bins(probs: Sequence[torch.Tensor], y: torch.Tensor, bins: int = RELIABILITY_BINS) -> list[torch.Tensor]:
+    """Each exit's (bins, 3) reliability table (:func:`reliability_bins`) from its class probabilities."""
+    tables = []
+    for q in probs:
+        table = torch.zeros(bins, 3, dtype=torch.float64)
+        confidence, predicted = q.max(dim=1)
         index = (confidence * bins).long().clamp_(0, bins - 1)
         table[:, 0] += torch.bincount(index, minlength=bins)
         table[:, 1] += torch.bincount(index, weights=(predicted == y).double(), minlength=bins)
         table[:, 2] += torch.bincount(index, weights=confidence, minlength=bins)
-    return table
+        tables.append(table)
+    return tables
+
+
+def pooled_bins(tables: Sequence[torch.Tensor], bins: int = RELIABILITY_BINS) -> torch.Tensor:
+    """The exits' reliability tables summed, in exit order."""
+    total = torch.zeros(bins, 3, dtype=torch.float64)
+    for table in tables:
+        total += table
+    return total
 
 
 def ece(bins: torch.Tensor) -> float | None:
@@ -77,4 +92,9 @@ def ece(bins: torch.Tensor) -> float | None:
 
 def exit_ece(logits: Sequence[torch.Tensor], y: torch.Tensor) -> tuple[float, ...]:
     """The ECE of each exit (0 without samples)."""
-    return tuple(ece(reliability_bins([z], y)) or 0.0 for z in logits)
+    return bins_ece(exit_bins([torch.softmax(z.double(), dim=1) for z in logits], y))
+
+
+def bins_ece(tables: Sequence[torch.Tensor]) -> tuple[float, ...]:
+    """The ECE of each exit's reliability table (0 without samples)."""
+    return tuple(ece(table) or 0.0 for table in tables)

@@ -23,8 +23,16 @@ import torch
 
 from fl_ee.core.config import Config, ExitPolicyConfig
 from fl_ee.core.metrics import exit_distribution, exit_means, flops_saving, mean_or_none, weighted_average
-from fl_ee.deployment.calibration import ece, exit_ece, fit_temperatures, reliability_bins, scaled
-from fl_ee.deployment.policies import POLICIES, AdaptiveResult, adaptive_sweep, overthinking, policy_grid
+from fl_ee.deployment.calibration import bins_ece, ece, exit_bins, fit_temperatures, pooled_bins, scaled
+from fl_ee.deployment.policies import (
+    POLICIES,
+    AdaptiveResult,
+    ExitOutputs,
+    exit_outputs,
+    output_sweep,
+    overthinking,
+    policy_grid,
+)
 from fl_ee.deployment.thresholds import RULES, Curve, pareto_front, pooled, select
 from fl_ee.wire.protocol import EvaluateReply, PolicyReport
 
@@ -60,10 +68,10 @@ class PolicyFigures(PolicyReport):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adaptive"}
 
 
-def _sweep(logits: Sequence[torch.Tensor], y: torch.Tensor, costs: Sequence[float],
-           temperatures: Sequence[float], all_grids: Mapping[str, Sequence[float]]) -> dict[str, list[AdaptiveResult]]:
-    calibrated = scaled(logits, temperatures)
-    return {p: adaptive_sweep(calibrated if p == "calibrated" else logits, y, costs, p, grid)
+def _sweep(raw: ExitOutputs, calibrated: ExitOutputs, y: torch.Tensor, costs: Sequence[float],
+           all_grids: Mapping[str, Sequence[float]]) -> dict[str, list[AdaptiveResult]]:
+    """Every policy over its grid on one split: ``calibrated`` reads the temperature-scaled exits, the rest ``raw``."""
+    return {p: output_sweep(calibrated if p == "calibrated" else raw, y, costs, p, grid)
             for p, grid in all_grids.items()}
 
 
@@ -74,17 +82,23 @@ def _flat(sweep: Mapping[str, Sequence[AdaptiveResult]]) -> tuple[float, ...]:
 
 def policy_figures(calib_logits: Sequence[torch.Tensor], calib_y: torch.Tensor, logits: Sequence[torch.Tensor],
                    y: torch.Tensor, costs: Sequence[float], policy: ExitPolicyConfig, max_depth: int) -> PolicyFigures:
-    """A client's exit-policy figures from its exits' logits on its calibration and test samples."""
+    """A client's exit-policy figures from its exits' logits on its calibration and test samples.
+
+    Each split's exits are turned into probabilities and predictions once, before and
+    after temperature scaling, and every policy, the ECE and the reliability bins read those.
+    """
     temperatures = fit_temperatures(calib_logits, calib_y)
     all_grids = grids(policy, max_depth)
-    calib, test = (_sweep(calib_logits, calib_y, costs, temperatures, all_grids),
-                   _sweep(logits, y, costs, temperatures, all_grids))
+    raw, calibrated = exit_outputs(logits), exit_outputs(scaled(logits, temperatures))
+    calib = _sweep(exit_outputs(calib_logits), exit_outputs(scaled(calib_logits, temperatures)), calib_y, costs,
+                   all_grids)
+    test = _sweep(raw, calibrated, y, costs, all_grids)
     calib_accuracy = float((calib_logits[-1].argmax(dim=1) == calib_y).double().mean()) if len(calib_y) else 0.0
     mine = Curve(tuple(r.accuracy for r in calib[policy.name]),
                  tuple(r.expected_flops / costs[-1] for r in calib[policy.name]), calib_accuracy)
     chosen = select(mine, policy.thresholds, fixed=fixed_index(policy, policy.name, all_grids[policy.name]),
                     budget=policy.flops_budget, max_drop=policy.max_drop)
-    calibrated = scaled(logits, temperatures)
+    before, after = exit_bins(raw.probs, y), exit_bins(calibrated.probs, y)
     return PolicyFigures(
         adaptive=test[policy.name][chosen],
         exit_flops=tuple(float(c) for c in costs),
@@ -94,10 +108,9 @@ def policy_figures(calib_logits: Sequence[torch.Tensor], calib_y: torch.Tensor, 
         test_curves=_flat(test),
         fraction_curve=tuple(f for r in test[policy.name] for f in r.exit_fractions),
         temperatures=temperatures,
-        ece=exit_ece(logits, y),
-        ece_calibrated=exit_ece(calibrated, y),
-        reliability=tuple(torch.cat([reliability_bins(logits, y).flatten(),
-                                     reliability_bins(calibrated, y).flatten()]).tolist()),
+        ece=bins_ece(before),
+        ece_calibrated=bins_ece(after),
+        reliability=tuple(torch.cat([pooled_bins(before).flatten(), pooled_bins(after).flatten()]).tolist()),
         overthinking=overthinking(logits, y),
     )
 

@@ -33,7 +33,30 @@ def policy_grid(policy: str, threshold: float, patience: int, max_depth: int) ->
     return tuple(sorted({*CONFIDENCE_GRID, threshold}))
 
 
+@dataclass(frozen=True)
+class ExitOutputs:
+    """One split's exits as every policy reads them, computed once: class probabilities and predictions.
+
+    ``probs``: softmax of each exit's logits (float64, (N, K) each); ``predictions``:
+    (exits, N), each exit's arg-max class.
+    """
+
+    probs: list[torch.Tensor]
+    predictions: torch.Tensor
+
+
+def exit_outputs(logits: Sequence[torch.Tensor]) -> ExitOutputs:
+    """The probabilities and predictions of every exit's ``logits``."""
+    return ExitOutputs([torch.softmax(z.double(), dim=1) for z in logits],
+                       torch.stack([z.argmax(dim=1) for z in logits]))
+
+
 def exit_scores(logits: Sequence[torch.Tensor], policy: str) -> torch.Tensor:
+    """(exits, N): what the policy compares with its threshold at each exit (:func:`output_scores`)."""
+    return output_scores(exit_outputs(logits), policy)
+
+
+def output_scores(outputs: ExitOutputs, policy: str) -> torch.Tensor:
     """(exits, N): what the policy compares with its threshold at each exit.
 
     ``entropy``: the normalised entropy H(p) / log(K); ``max-prob`` and ``calibrated``:
@@ -41,12 +64,12 @@ def exit_scores(logits: Sequence[torch.Tensor], policy: str) -> torch.Tensor:
     predict this exit's class.
     """
     if policy == "patience":
-        predictions = torch.stack([z.argmax(dim=1) for z in logits])
+        predictions = outputs.predictions
         streaks = [torch.ones_like(predictions[0])]
-        for i in range(1, len(logits)):
+        for i in range(1, len(predictions)):
             streaks.append(torch.where(predictions[i] == predictions[i - 1], streaks[-1] + 1, 1))
         return torch.stack(streaks)
-    p = [torch.softmax(z.double(), dim=1) for z in logits]
+    p = outputs.probs
     if policy == "entropy":
         return torch.stack([-(q * torch.log(q.clamp_min(1e-300))).sum(dim=1) / math.log(q.shape[1]) for q in p])
     if policy in ("max-prob", "calibrated"):
@@ -64,10 +87,12 @@ def exit_choices(scores: torch.Tensor, policy: str, thresholds: Sequence[float])
         bounds = torch.tensor([round(t) for t in thresholds], dtype=scores.dtype)
     else:
         bounds = torch.tensor([float(t) for t in thresholds], dtype=scores.dtype)
-    bounds = bounds.view(-1, 1, 1)
-    leave = scores[None] <= bounds if policy == "entropy" else scores[None] >= bounds  # (thresholds, exits, N)
-    leave[:, -1] = True
-    return leave.to(torch.uint8).argmax(dim=1)  # the first exit that lets the sample leave
+    bounds = bounds.view(-1, 1)
+    chosen = torch.full((len(thresholds), scores.shape[1]), len(scores) - 1, dtype=torch.long)
+    for i in range(len(scores) - 2, -1, -1):  # deepest first, so the first exit that lets a sample leave wins
+        leave = scores[i] <= bounds if policy == "entropy" else scores[i] >= bounds  # (thresholds, N)
+        chosen = torch.where(leave, i, chosen)
+    return chosen
 
 
 def exit_choice(logits: Sequence[torch.Tensor], policy: str, threshold: float) -> torch.Tensor:
@@ -92,12 +117,19 @@ def adaptive_sweep(
 
     ``exit_costs[i]`` is the cost of leaving at exit i (stages and heads 1..i).
     """
-    scores = exit_scores(logits, policy)
-    right = torch.stack([z.argmax(dim=1) == y for z in logits]).double()  # (exits, N)
+    return output_sweep(exit_outputs(logits), y, exit_costs, policy, thresholds)
+
+
+def output_sweep(
+    outputs: ExitOutputs, y: torch.Tensor, exit_costs: Sequence[float], policy: str, thresholds: Sequence[float],
+) -> list[AdaptiveResult]:
+    """:func:`adaptive_sweep` over exits already turned into :class:`ExitOutputs` (shared by the policies)."""
+    scores = output_scores(outputs, policy)
+    right = (outputs.predictions == y).double()  # (exits, N)
     costs = torch.as_tensor(exit_costs, dtype=torch.float64)
     n = max(len(y), 1)
     chosen = exit_choices(scores, policy, thresholds)  # (thresholds, N)
-    counts = torch.zeros(len(thresholds), len(logits), dtype=torch.float64)
+    counts = torch.zeros(len(thresholds), len(outputs.probs), dtype=torch.float64)
     counts.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=torch.float64))  # (thresholds, exits)
     accuracy = (right.gather(0, chosen).sum(dim=1) / n).tolist()
     flops = ((counts * costs).sum(dim=1) / n).tolist()
