@@ -49,6 +49,11 @@ TINY = ["rounds=2", "eval_every=1", "data.num_clients=6", "training.local_epochs
         "personalisation.epochs=1"]
 
 
+def sets(overrides: Iterable[str]) -> list[str]:
+    """``key=value`` overrides as ``fl-ee``'s command line takes them: ``--set`` before each."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
 def _copy(message: Message) -> Message:
     """A deep copy, as crossing a process boundary makes it."""
     return pickle.loads(pickle.dumps(message))

@@ -22,7 +22,7 @@ from fl_ee.learning.algorithm import ClientAlgorithm, LocalTraining, Losses, bui
 from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.results.rundir import CLIENT_ERRORS
 from fl_ee.wire.protocol import CLIENT_STATE, EvaluateReply, TrainReply, payload_of
-from inprocess import run_inprocess
+from inprocess import run_inprocess, sets
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -246,8 +246,8 @@ def test_the_readmes_client_algorithm_runs_as_written(tmp_path, monkeypatch):
 def test_the_readmes_client_algorithm_runs_through_ray_from_the_working_directory(tmp_path):
     filename, code, overrides = readme_algorithm()
     (tmp_path / filename).write_text(code)
-    tiny = [a for o in ["rounds=2", "eval_every=2", "data.num_clients=5"] for a in ("--set", o)]
-    done = fl_ee(["run", *[a for o in overrides for a in ("--set", o)], *tiny, "--out", "run"], cwd=tmp_path)
+    tiny = sets(["rounds=2", "eval_every=2", "data.num_clients=5"])
+    done = fl_ee(["run", *sets(overrides), *tiny, "--out", "run"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "run" / CLIENT_ERRORS).exists()  # every Ray worker imported it
     saved = [read_npz(p) for p in (tmp_path / "run" / "checkpoint" / "clients").glob("*/round-*.npz")]

@@ -259,11 +259,11 @@ def test_an_async_run_on_ray_matches_the_in_process_one(tmp_path) -> None:
     import subprocess
     import sys
 
-    from inprocess import run_inprocess
+    from inprocess import run_inprocess, sets
 
     overrides = ["rounds=3", "eval_every=3", "data.num_clients=6", "simulation.mode=async",
                  "simulation.concurrency=3", "simulation.buffer_size=2"]
-    done = subprocess.run([sys.executable, "-m", "fl_ee.cli", "run", *[a for o in overrides for a in ("--set", o)],
+    done = subprocess.run([sys.executable, "-m", "fl_ee.cli", "run", *sets(overrides),
                            "--out", str(tmp_path / "ray")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run_inprocess(tmp_path / "here", overrides, seed=3)

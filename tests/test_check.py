@@ -13,6 +13,7 @@ from fl_ee.core.config import config_to_toml, load_config, preset_path
 from fl_ee.core.errors import UserError
 from fl_ee.federation.plan import make_plan, training_line
 from fl_ee.federation.preflight import config_warnings, preflight
+from inprocess import run_inprocess, sets
 from sims.emulator import client_times, submodel_bytes
 from strategies import ClientInfo
 
@@ -26,11 +27,6 @@ def _check(capsys, *args: str) -> tuple[int, str, str]:
     code = main(["check", *args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    """``--set KEY=VALUE`` for each override, as the command line takes them."""
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def test_check_prints_the_plan_of_the_quickstart(capsys):
@@ -103,7 +99,7 @@ def test_the_plan_is_the_run_cost_model():
     ],
 )
 def test_check_fails_in_one_line_with_exit_2(overrides, needle, capsys):
-    code, out, err = _check(capsys, *_sets(overrides))
+    code, out, err = _check(capsys, *sets(overrides))
     assert code == 2 and out == ""
     assert err.startswith("fl-ee: error:") and needle in err and err.count("\n") == 1, err
 
@@ -284,7 +280,7 @@ def test_every_shipped_preset_runs_without_a_warning():
     ],
 )
 def test_check_says_who_evaluates(capsys, overrides, says):
-    code, out, _ = _check(capsys, *SMALL, *_sets(overrides))
+    code, out, _ = _check(capsys, *SMALL, *sets(overrides))
     assert code == 0 and says in " ".join(out.split())
 
 
@@ -303,8 +299,6 @@ def test_split_failures_say_what_to_change(overrides, needle):
 
 
 def test_a_run_in_which_no_client_trained_warns_and_says_so_in_its_summary(tmp_path, capsys):
-    from inprocess import run_inprocess
-
     off = [f"tiers.{i}.availability=0" for i in range(3)]
     _, summary = run_inprocess(tmp_path / "idle", ["rounds=2", "data.num_clients=4", "eval_every=2", *off])
     err = capsys.readouterr().err

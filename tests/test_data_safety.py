@@ -18,6 +18,7 @@ from fl_ee.core.config import DataConfig
 from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import _load, load_dataset
 from fl_ee.data.sources import source_key
+from inprocess import sets
 from partitions import client_splits
 from partitions.split import _cached_splits
 
@@ -71,7 +72,7 @@ def evil_array(marker) -> np.ndarray:
 def run_error(capsys, tmp_path, *overrides: str) -> str:
     """``fl-ee run`` with these overrides: exit 2, one line on stderr, no run directory, no Ray."""
     out = tmp_path / "run"
-    assert main(["run", *[a for o in overrides for a in ("--set", o)], "--out", str(out)]) == 2
+    assert main(["run", *sets(overrides), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fl-ee: error: data.root: ") and err.count("\n") == 1, err
     assert not out.exists()

@@ -30,7 +30,7 @@ from fl_ee.federation.preflight import preflight
 from fl_ee.federation.server import run_federation
 from fl_ee.results.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
 from fl_ee.wire.protocol import CLIENT, ClientAddress
-from inprocess import InProcessGrid
+from inprocess import InProcessGrid, sets
 
 # every device always online and never dropping out, so every outcome below is the server's doing
 RELIABLE = [f"tiers.{i}.{key}={value}" for i in range(3)
@@ -251,7 +251,7 @@ def test_a_diverged_run_exits_3_in_one_line_and_stays_reportable(tmp_path):
     out = tmp_path / "run"
     diverging = [*TINY, "training.lr=1e6", "training.batch_size=16", "training.kd_warmup_rounds=0",
                  "simulation.max_bad_rounds=2"]
-    done = _fl_ee("run", *[a for o in diverging for a in ("--set", o)], "--out", str(out), cwd=tmp_path)
+    done = _fl_ee("run", *sets(diverging), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("fl-ee")]
     assert lines == [f"fl-ee: error: training diverged: no finite update or aggregate in rounds 1-2 "

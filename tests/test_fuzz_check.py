@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fl_ee.cli import main
+from inprocess import sets
 
 fractions = st.floats(0.05, 1.0)
 VALID = {  # per key, values the schema accepts (a run may still fail its preflight, e.g. a split)
@@ -113,12 +114,12 @@ def overrides(draw) -> list[str]:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
-@given(raw=configs(), sets=overrides())
-def test_check_answers_every_config_with_exit_0_or_one_error_line(raw, sets, tmp_path):
+@given(raw=configs(), extra=overrides())
+def test_check_answers_every_config_with_exit_0_or_one_error_line(raw, extra, tmp_path):
     path = tmp_path / "fuzz.toml"
     text = tomli_w.dumps({"rounds": 2, **raw}) if "rounds" not in raw else tomli_w.dumps(raw)
     path.write_text(text)
-    argv = ["check", str(path), *(a for s in sets for a in ("--set", s))]
+    argv = ["check", str(path), *sets(extra)]
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:

@@ -9,6 +9,7 @@ from fl_ee.cli import main
 from fl_ee.core.config import load_config
 from fl_ee.core.errors import UserError
 from fl_ee.federation.preflight import preflight
+from inprocess import sets
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ from fl_ee.federation.preflight import preflight
 )
 def test_bad_runs_stop_in_one_line_before_ray_and_before_a_run_directory(overrides, needle, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [a for o in overrides for a in ("--set", o)]
+    args = sets(overrides)
     assert main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fl-ee: error: {needle}") and err.count("\n") == 1, err

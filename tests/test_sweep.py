@@ -33,7 +33,7 @@ from fl_ee.studies.sweep import (
     split_values,
     write_sweep_json,
 )
-from inprocess import resume_inprocess, run_inprocess
+from inprocess import resume_inprocess, run_inprocess, sets
 
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=3", "strategy.fraction_train=1.0"]
 GRID = ["strategy.name=depthfl,exclusive"]
@@ -375,7 +375,7 @@ def test_the_sweep_command_resumes_only_the_interrupted_run(tmp_path):
     run_inprocess(jobs[0].path, jobs[0].overrides)
     _interrupted(jobs[1])
     argv = [sys.executable, "-m", "fl_ee.cli", "sweep", "--grid", "strategy.name=depthfl", "--seed-list", "0,1",
-            *(a for o in tiny for a in ("--set", o)), "--out", str(tmp_path)]
+            *sets(tiny), "--out", str(tmp_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "2 runs in" in done.stderr and "1 finished before, 1 to run" in done.stderr

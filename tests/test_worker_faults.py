@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from test_ray_cluster import cluster_processes, started_head
 
+from inprocess import sets
+
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 4
@@ -53,7 +55,7 @@ def _run_and_kill(temp: Path, address: str, out: Path, victim: str) -> tuple[sub
     Returns the finished run and the rounds logged when the kill was sent.
     """
     command = [sys.executable, "-m", "fl_ee.cli", "run", "--out", str(out),
-               *[a for o in [*TINY, f"simulation.ray_address={address}"] for a in ("--set", o)]]
+               *sets([*TINY, f"simulation.ray_address={address}"])]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logged: list[int] = []
 
