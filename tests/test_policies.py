@@ -7,6 +7,7 @@ from fl_ee.deployment.policies import (
     CONFIDENCE_GRID,
     adaptive_sweep,
     exit_choice,
+    exit_choices,
     exit_scores,
     overthinking,
     policy_grid,
@@ -89,3 +90,15 @@ def test_overthinking_counts_samples_right_earlier_but_wrong_at_the_deepest():
 def test_the_grid_holds_the_configured_threshold_and_patience_counts_exits():
     assert 0.42 in policy_grid("entropy", 0.42, 2, 4) and policy_grid("max-prob", 0.5, 2, 4) == CONFIDENCE_GRID
     assert policy_grid("patience", 0.5, 2, 3) == (1.0, 2.0, 3.0)
+
+
+def test_each_sample_leaves_at_the_first_exit_whose_score_passes_each_threshold():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(4, 50, generator=g, dtype=torch.float64)
+    thresholds = [0.0, 0.3, 0.7, 1.0]
+    for policy, passes in (("entropy", lambda s, t: s <= t), ("max-prob", lambda s, t: s >= t)):
+        expected = [[next((i for i in range(3) if passes(float(scores[i, j]), t)), 3) for j in range(50)]
+                    for t in thresholds]
+        assert exit_choices(scores, policy, thresholds).tolist() == expected
+    streaks = torch.tensor([[1, 1, 1], [2, 1, 2], [3, 1, 1]])  # patience: agreeing exits so far
+    assert exit_choices(streaks, "patience", [1.0, 2.0, 3.0]).tolist() == [[0, 0, 0], [1, 2, 1], [2, 2, 2]]
