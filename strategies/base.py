@@ -11,6 +11,8 @@ checked with :func:`check_option`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,7 +66,34 @@ def _scalar(value: object) -> float:
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord as named NumPy arrays."""
-    return {key: array.numpy() for key, array in record.items()}
+    return {key: array_of(array) for key, array in record.items()}
+
+
+def array_of(array: Array) -> np.ndarray:
+    """``array.numpy()``, each distinct ``.npy`` header parsed once (numpy parses it with ``ast``: most of the time).
+
+    The data are read as ``np.load`` reads them, with numpy's own reading of the header:
+    the same values, dtype and shape, in a fresh writable array. Anything but a plain
+    ``.npy`` array of version 1 or 2 (object arrays among them) goes through ``array.numpy()``.
+    """
+    data = array.data
+    if array.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY" or data[6] not in (1, 2):
+        return array.numpy()
+    start = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    shape, fortran, dtype = _npy_header(bytes(data[:start]))
+    if dtype.hasobject:
+        return array.numpy()
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start).copy()
+    return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """An ``.npy`` header (magic string included, version 1 or 2) as numpy reads it: shape, Fortran order, dtype."""
+    stream = io.BytesIO(header)
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(stream)
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -216,7 +245,7 @@ class DepthAwareStrategy(Strategy):
         if self.spec is None:
             raise ValueError("width-scaled clients need the network: register_clients(clients, spec)")
         shapes = submodel_shapes(self.spec, client.depth, client.width)
-        return to_record(narrow_state({key: arrays[key].numpy() for key in shapes}, shapes))
+        return to_record(narrow_state({key: array_of(arrays[key]) for key in shapes}, shapes))
 
     def messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str

@@ -124,7 +124,8 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
     model = build_model(_network(instructions.run_config), instructions.depth, instructions.width)
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    model.load_state_dict({key: torch.from_numpy(value)
+                           for key, value in to_numpy(msg.content.array_records[ARRAYS]).items()})
     device = client_device(cfg.simulation.client_gpus)
     return instructions, cfg, model.to(device), device
 
