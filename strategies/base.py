@@ -27,6 +27,7 @@ from fl_ee.core.plugins import OptionError as OptionError  # re-exported: part o
 from fl_ee.core.plugins import check_option as check_option
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
+from fl_ee.wire.arrays import as_numpy
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
 from strategies.aggregation import buffered_update, fednova_rescale, holder_aggregate, weighted_mean
@@ -63,8 +64,8 @@ def _scalar(value: object) -> float:
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ArrayRecord as named NumPy arrays."""
-    return {key: array.numpy() for key, array in record.items()}
+    """An ArrayRecord as named NumPy arrays (:func:`~fl_ee.wire.arrays.as_numpy`)."""
+    return {key: as_numpy(array) for key, array in record.items()}
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -216,7 +217,7 @@ class DepthAwareStrategy(Strategy):
         if self.spec is None:
             raise ValueError("width-scaled clients need the network: register_clients(clients, spec)")
         shapes = submodel_shapes(self.spec, client.depth, client.width)
-        return to_record(narrow_state({key: arrays[key].numpy() for key in shapes}, shapes))
+        return to_record(narrow_state({key: as_numpy(arrays[key]) for key in shapes}, shapes))
 
     def messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str

@@ -23,13 +23,10 @@ import copy
 import functools
 import json
 import time
-import traceback
-from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import Config, config_from_dict, config_to_json
 from fl_ee.core.seeding import Stream, derive_seed
@@ -53,6 +50,7 @@ from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss, local_steps
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
+from fl_ee.wire.arrays import torch_state
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
@@ -62,6 +60,7 @@ from fl_ee.wire.protocol import (
     TrainReply,
     instructions_of,
     reply,
+    reports_errors,
 )
 from strategies.base import to_numpy, to_record
 from strategies.feddyn import client_alpha
@@ -69,26 +68,6 @@ from strategies.fjord import client_dropout
 from strategies.registry import network_spec
 
 app = ClientApp(mods=[as_client])
-
-Handler = Callable[[Message, Context], Message]
-
-
-def reports_errors(handler: Handler) -> Handler:
-    """Answer an exception with an error reply carrying its traceback, instead of raising.
-
-    The server counts the client as failed and files the traceback in the run directory;
-    nothing reaches Flower's logger (which would print it on the terminal).
-    """
-
-    @functools.wraps(handler)
-    def guarded(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except Exception:
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=traceback.format_exc()),
-                           reply_to=msg)
-
-    return guarded
 
 
 def model_spec(cfg: Config) -> ModelSpec:
@@ -124,7 +103,7 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
     model = build_model(_network(instructions.run_config), instructions.depth, instructions.width)
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
     device = client_device(cfg.simulation.client_gpus)
     return instructions, cfg, model.to(device), device
 
