@@ -5,9 +5,10 @@ Fashion-MNIST, fl-ee's default ``cnn`` at full depth (every client holds all fou
 one tier, always available, never failing), the sum of the exits' cross-entropies
 (``training.scheme = e2e``, ``distillation = none``), no personal step
 (``personalisation.mode = none``), one local epoch of SGD, batch 32, lr 0.05, no
-momentum, and example-weighted federated averaging. Two workloads, each client's data
+momentum, and example-weighted federated averaging. Three workloads, each client's data
 being its train split of fl-ee's own IID partition (``data.test_fraction`` 0.2 held out):
-100 clients of 480 samples, 10 a round; 1,000 clients of 48 samples, 50 a round.
+100 clients of 480 samples, 10 a round; 1,000 clients of 48 samples, 50 a round; 10,000
+clients of 4-5 samples, 100 a round (the cross-device scale point: its ``fl_ee_to_floor``).
 
 - fl-ee: ``fl-ee run`` of that config (strategy ``depthfl``, which over one tier is
   FedAvg weighted by examples; the global model evaluated on the test set after the
@@ -93,7 +94,8 @@ class Workload:
         return f"{self.clients} clients, {self.per_round} per round"
 
 
-WORKLOADS = {"100": Workload(100, 10), "1000": Workload(1000, 50)}
+WORKLOADS = {"100": Workload(100, 10), "1000": Workload(1000, 50), "10000": Workload(10000, 100)}
+FIT = ("100", "1000")  # the workloads ``split`` fits through
 
 
 def workload_config(workload: Workload, rounds: int, data_root: Path) -> dict:
@@ -313,7 +315,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA, help="the folder holding FashionMNIST/raw")
     parser.add_argument("--rounds", type=int, default=10, help=f"rounds each side runs (at least {WARM + 3})")
-    parser.add_argument("--only", choices=sorted(WORKLOADS), help="one workload (default: both)")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="these workloads (default: all)")
     parser.add_argument("--pfl-threads", type=int, default=os.cpu_count() or 1, help="pfl's torch threads (cores)")
     parser.add_argument("--pfl", type=Path, help="(internal) run pfl's side of this config and print what it did")
     args = parser.parse_args()
@@ -329,22 +331,22 @@ def main() -> None:
         raise SystemExit(f"--rounds must be at least {WARM + 3}")
     if args.pfl_threads < 1:
         raise SystemExit("--pfl-threads must be at least 1")
-    chosen = [WORKLOADS[args.only]] if args.only else list(WORKLOADS.values())
+    chosen = {name: WORKLOADS[name] for name in args.only or WORKLOADS}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {w.name: compare(w, root, args.rounds, args.pfl_threads, Path(tmp))
-                   for w in chosen}
-    raw = workload_config(chosen[0], args.rounds, root)
+        results = {name: compare(w, root, args.rounds, args.pfl_threads, Path(tmp)) for name, w in chosen.items()}
+    raw = workload_config(next(iter(chosen.values())), args.rounds, root)
     setup = {key: raw[key] for key in ("model", "training", "personalisation")}
     report: dict = {
         "setup": {"data": {key: raw["data"][key] for key in ("name", "partitioner")}, **setup,
                   "rounds": args.rounds, "timed_rounds": [WARM + 1, args.rounds - 1], "cores": os.cpu_count(),
                   "pfl": version("pfl"), "pfl_threads": args.pfl_threads,
                   "see": "benchmarks/pfl_peer.py"},
-        "workloads": results,
+        "workloads": {chosen[name].name: result for name, result in results.items()},
     }
-    if len(results) == 2:
-        report["split"] = {s: split([{"s_per_round": r[s]["s_per_round"], "clients": r[s]["per_round"]["clients"][-1],
-                                      "steps": r[s]["per_round"]["steps"][-1]} for r in results.values()])
+    if all(name in results for name in FIT):
+        report["split"] = {s: split([{"s_per_round": results[n][s]["s_per_round"],
+                                      "clients": results[n][s]["per_round"]["clients"][-1],
+                                      "steps": results[n][s]["per_round"]["steps"][-1]} for n in FIT])
                            for s in ("fl_ee", "pfl")}
     print(json.dumps(report, indent=1))
 

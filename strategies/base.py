@@ -18,7 +18,7 @@ from logging import INFO
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -27,7 +27,7 @@ from fl_ee.core.plugins import OptionError as OptionError  # re-exported: part o
 from fl_ee.core.plugins import check_option as check_option
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
-from fl_ee.wire.arrays import as_numpy
+from fl_ee.wire.arrays import as_numpy, as_record
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
 from strategies.aggregation import buffered_update, fednova_rescale, holder_aggregate, weighted_mean
@@ -70,7 +70,7 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Named NumPy arrays as an ArrayRecord (order kept; 0-d arrays, such as BatchNorm's step count, stay 0-d)."""
-    return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
+    return as_record(arrays)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import json
 import time
 
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fl_ee.core.config import Config, config_from_dict, config_to_json
@@ -50,7 +50,7 @@ from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss, local_steps
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
-from fl_ee.wire.arrays import torch_state
+from fl_ee.wire.arrays import as_record, torch_state
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
@@ -165,7 +165,7 @@ def train(msg: Message, context: Context) -> Message:
         save_state(instructions.state_dir, client_id, rnd, kept)
     metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss,
                          local_steps(len(y), training, instructions.max_steps))
-    return reply(msg, metrics, ArrayRecord(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
+    return reply(msg, metrics, as_record(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()
