@@ -102,10 +102,29 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
     if instructions.lr is not None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = build_model(_network(instructions.run_config), instructions.depth, instructions.width)
+    model = _submodel(instructions.run_config, instructions.depth, instructions.width)
     model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
     device = client_device(cfg.simulation.client_gpus)
     return instructions, cfg, model.to(device), device
+
+
+def _submodel(run_config: str, depth: int, width: float) -> EarlyExitNet:
+    """The submodel of that depth and width this process keeps, every parameter trainable and without a gradient.
+
+    Built once per process and shape (building took a millisecond a call, as long as a
+    small client's SGD step): a call loads the weights it received into all of it
+    (``load_state_dict`` is strict), and no call keeps it.
+    """
+    model = _built(run_config, depth, width)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+        parameter.grad = None
+    return model
+
+
+@functools.lru_cache(maxsize=16)
+def _built(run_config: str, depth: int, width: float) -> EarlyExitNet:
+    return build_model(_network(run_config), depth, width)
 
 
 @functools.lru_cache(maxsize=8)
