@@ -224,13 +224,18 @@ class DepthAwareStrategy(Strategy):
     ) -> list[Message]:
         """One message per client: its slice (:meth:`client_slice`), and the round's instructions with its submodel.
 
+        Clients of one depth and width get the same slice record (made once; nothing writes to it).
         The server sends unseen clients (``data.unseen_fraction``), which the strategy does not know, their
         evaluation with it too.
         """
         instructions = Instructions.from_record(config)
+        slices: dict[tuple[int, float], ArrayRecord] = {}
+        for c in clients:
+            if (c.depth, c.width) not in slices:
+                slices[c.depth, c.width] = self.client_slice(arrays, c)
         return [
-            instruction_message(self.client_slice(arrays, c), dataclasses.replace(instructions, depth=c.depth,
-                                                                                  width=c.width),
+            instruction_message(slices[c.depth, c.width], dataclasses.replace(instructions, depth=c.depth,
+                                                                               width=c.width),
                                 c.node_id, message_type)
             for c in clients
         ]
