@@ -1,6 +1,5 @@
 """``fl_ee.wire.cohort``: several clients in one message, each answered as on its own."""
 
-import json
 import pickle
 
 import numpy as np
@@ -82,11 +81,10 @@ def test_clients_share_a_node_in_cohorts_each_with_its_own_state_and_error():
     assert len(exchange.state_of(5)) == 0 and all(set(m.content.keys()) == {"metrics"} for m in ok)
 
 
-def test_a_run_in_cohorts_gives_the_results_of_a_run_one_client_a_call(tiny_run, tmp_path):
-    _, _, out = tiny_run
-    grid, _ = run_inprocess(tmp_path / "one-node", TINY, nodes=1)  # one node: each exchange is one cohort
-    exchanges = [r for line in (out / "rounds.jsonl").read_text().splitlines()
-                 for r in ("train", "evaluate") if r in json.loads(line)]
-    assert sum(grid.messages.values()) == len(exchanges)
+def test_a_run_in_cohorts_gives_the_results_of_a_run_one_client_a_call(tmp_path):
+    alike = [*TINY, "data.num_clients=12", "data.partitioner=iid", "strategy.fraction_train=1.0"]  # equal work
+    cohorts, _ = run_inprocess(tmp_path / "cohorts", alike, nodes=1)
+    single, _ = run_inprocess(tmp_path / "single", alike, nodes=48)  # 24 slots for 12 clients: one a call
+    assert sum(cohorts.messages.values()) < sum(cohorts.calls.values()) == sum(single.messages.values())
     for name in ("summary.json", "clients.csv"):
-        assert (tmp_path / "one-node" / name).read_bytes() == (out / name).read_bytes()
+        assert (tmp_path / "cohorts" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()

@@ -74,7 +74,9 @@ def test_once_a_node_has_answered_the_costliest_message_goes_to_the_node_flower_
     work = {0: 1.0, 1: 5.0, 2: 3.0, 3: 4.0}
     with _Logged(4, counting_app(mods=[as_client]), seed=5) as grid:
         exchange = Exchange(grid, 4)
-        first = exchange.send(_to([0, 1, 2, 3]))  # the nodes' partition ids are learnt from these replies
+        halving = {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.125}  # each more than a slot's share of the rest: no cohorts
+        first = exchange.send(_to([0, 1, 2, 3]), work=lambda m: halving[m.metadata.dst_node_id])
+        # the nodes' partition ids are learnt from these replies
         assert all("node" not in m.content for m in first)  # and taken out of them
         grid.placed.clear()
         exchange.send(_to([0, 1, 2, 3]), work=lambda m: work[m.metadata.dst_node_id])

@@ -4,7 +4,8 @@ Flower's runtime and Ray pay a fixed cost for every message: the engine hands it
 worker, Ray ships it to the actor and the reply back, the driver files it. On
 cross-device workloads (thousands of clients of tens of samples each) a client's own work
 is a few SGD steps, and that fixed cost was a third of each call. :class:`~fl_ee.wire.exchange.Exchange`
-therefore puts the first clients of a long queue on a node together (:func:`take`):
+therefore puts the first clients of a long queue on a node together (:func:`take`, with
+two slots a Ray worker: ``COHORTS_PER_WORKER``):
 
 * :func:`pack` makes one message of several messages already addressed to their clients
   (each with its client's address and state), their records under ``"<i>/"`` prefixes.
@@ -32,15 +33,15 @@ COHORT = "cohort"  # ConfigRecord of a cohort message: its clients' ids, in orde
 ERROR = "error"  # ConfigRecord of a failed client's reply in a cohort reply: its code and reason
 
 
-def take(queue: list[Message], nodes: int, work: Callable[[Message], float]) -> list[Message]:
-    """Pop the next cohort off the front of ``queue``: the most messages whose work fits a node's share.
+def take(queue: list[Message], slots: int, work: Callable[[Message], float]) -> list[Message]:
+    """Pop the next cohort off the front of ``queue``: the most messages whose work fits one slot's share.
 
-    A node's share is the queue's work over ``nodes``: chunks shrink as the queue empties
+    A slot's share is the queue's work over ``slots``: cohorts shrink as the queue empties
     (guided self-scheduling), so the last messages of an exchange go out one at a time and
-    no worker is left with a long cohort at the end. Always at least one message; with as
-    many nodes as messages, one each (a round of the reference workload is unchanged).
+    no worker is left with a long cohort at the end. Always at least one message; with no
+    more messages than slots, one each (a round of the reference workload is unchanged).
     """
-    share = sum(work(m) for m in queue) / max(1, nodes)
+    share = sum(work(m) for m in queue) / max(1, slots)
     cohort = [queue.pop(0)]
     load = work(cohort[0])
     while queue and load + work(queue[0]) <= share:

@@ -55,6 +55,11 @@ from fl_ee.wire.cohort import is_cohort, pack, pack_replies, take, unpack, unpac
 from fl_ee.wire.protocol import CLIENT, NODE, RAY_NODE, STATE, ClientAddress, reports_errors
 
 POLL_S = 0.005  # between pulls for replies (Flower's own grid waits 0.1 s)
+# Flower's engine hands a node's message to a worker at its next check (every 0.1 s): with
+# a few messages waiting per worker, calls as short as ~25 ms keep the workers busy, and
+# the last messages of an exchange are still the cheapest (the costliest go out first)
+NODES_PER_WORKER = 4  # the pool's nodes per Ray worker (sims.engine.pool_size)
+COHORTS_PER_WORKER = 2  # the first messages of a long queue: cohorts a worker gets (fl_ee.wire.cohort.take)
 NODE_WAIT_S = 120.0  # for the first simulated node to come up
 
 
@@ -200,10 +205,10 @@ class Exchange:
         """Put queued messages (first first, in cohorts) on free nodes, those handed out first by the runtime first."""
         assert self._free is not None
         self._free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
-        nodes = len(self._free) + len(self._in_flight)
+        workers = max(1, (len(self._free) + len(self._in_flight)) // NODES_PER_WORKER)
         batch: list[tuple[Message, list[int]]] = []
         while self._queue and self._free:
-            cohort, node = take(self._queue, nodes, self._work), self._free.pop()
+            cohort, node = take(self._queue, COHORTS_PER_WORKER * workers, self._work), self._free.pop()
             for message in cohort:
                 self._address(message, node)
             clients = [client_of(m) for m in cohort]
