@@ -5,9 +5,10 @@ Fashion-MNIST, fl-ee's default ``cnn`` at full depth (every client holds all fou
 one tier, always available, never failing), the sum of the exits' cross-entropies
 (``training.scheme = e2e``, ``distillation = none``), no personal step
 (``personalisation.mode = none``), one local epoch of SGD, batch 32, lr 0.05, no
-momentum, and example-weighted federated averaging. Two workloads, each client's data
+momentum, and example-weighted federated averaging. Three workloads, each client's data
 being its train split of fl-ee's own IID partition (``data.test_fraction`` 0.2 held out):
-100 clients of 480 samples, 10 a round; 1,000 clients of 48 samples, 50 a round.
+100 clients of 480 samples, 10 a round; 1,000 clients of 48 samples, 50 a round; 10,000
+clients of 4-5 samples, 100 a round (the cross-device scale point: its ``fl_ee_to_floor``).
 
 - fl-ee: ``fl-ee run`` of that config (strategy ``depthfl``, which over one tier is
   FedAvg weighted by examples; the global model evaluated on the test set after the
@@ -22,12 +23,21 @@ being its train split of fl-ee's own IID partition (``data.test_fraction`` 0.2 h
   shuffle (distinct users in a round); the same test set evaluated once after the last
   round with pfl's ``evaluate``.
 
-Each side runs 3 and 9 rounds as a fresh process (``--rounds-short``, ``--rounds-long``);
-seconds per round = (wall 9 - wall 3) / 6, so start-up and the final evaluation cancel.
-What each side did is counted per round of the long run: clients trained, samples, SGD
-steps (fl-ee: ``local_steps`` of each trained client's samples; pfl: calls of the loss).
-``split`` fits ``s/round = clients x a + steps x b`` through the two workloads' figures,
-per side: ``a`` is the cost per client beyond its SGD steps.
+Each side runs ``--rounds`` rounds (10) once, in a fresh process, and notes the time each
+round ends (fl-ee: ``wall_s`` in ``rounds.jsonl``; pfl: a callback after each central
+iteration). Seconds per round = (end of round N-1 - end of round 2) / (N-3): start-up, the
+first two rounds (imports on first use, pfl's evaluation of its first cohort) and the
+final evaluation (fl-ee's in round N, pfl's after its loop) fall outside. (A first version
+took the difference of a 3-round and a 9-round run's process wall times: pfl's first
+process paid seconds that its second did not, and the difference was negative.)
+What each side did is counted per round: clients trained, samples, SGD steps (fl-ee:
+``local_steps`` of each trained client's samples; pfl: calls of the loss).
+
+The compute floor: the same round's local work (the first sampled-size set of clients'
+data, one epoch each, fl-ee's loss, plain SGD, no federated machinery at all) timed on one
+torch thread (best of three), divided by the cores. ``floor_to_pfl`` is the least
+``fl-ee / pfl`` ratio this machine allows. ``split`` fits ``s/round = clients x a + steps x b``
+through the two workloads' figures, per side: ``a`` is the cost per client beyond its SGD steps.
 
 Where the two differ in what they compute (not in how much):
 - Batches: both keep the last partial batch (``ceil(n / 32)`` steps a client); fl-ee
@@ -41,9 +51,7 @@ Where the two differ in what they compute (not in how much):
 Run it on a quiet machine. pfl's torch threads wait for each other at every operation
 (fl-ee's clients run one thread each): with other jobs on the two cores here, one pfl
 round of the 100-client workload took over 400 s on two threads (``--pfl-threads 1``
-then, said in the JSON). On a quiet machine its first run measured pfl's 3-round run
-longer than its 9-round one (docs/explanation/performance.md), so its ratios are not yet
-a measurement.
+then, said in the JSON).
 
     .venv/bin/python -m benchmarks.pfl_peer [--data-root ../shared/data] [--only 1000] [--pfl-threads N]
 """
@@ -54,6 +62,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,7 +94,8 @@ class Workload:
         return f"{self.clients} clients, {self.per_round} per round"
 
 
-WORKLOADS = {"100": Workload(100, 10), "1000": Workload(1000, 50)}
+WORKLOADS = {"100": Workload(100, 10), "1000": Workload(1000, 50), "10000": Workload(10000, 100)}
+FIT = ("100", "1000")  # the workloads ``split`` fits through
 
 
 def workload_config(workload: Workload, rounds: int, data_root: Path) -> dict:
@@ -117,15 +127,15 @@ def write_config(raw: dict, folder: Path) -> Path:
 
 
 def fl_ee_run(config: Path, out: Path) -> dict:
-    """``fl-ee run CONFIG``: its wall time, what it trained each round, and the final test accuracy."""
-    watched = watch_run([str(config)], out, memory_every_s=None)
+    """``fl-ee run CONFIG``: when each round ended, what it trained each round, and the final test accuracy."""
+    watch_run([str(config)], out, memory_every_s=None)
     cfg = load_config(str(out / "config.toml"))
     with open(out / "clients.csv") as handle:
         num_train = {int(row["client_id"]): int(row["num_train"]) for row in csv.DictReader(handle)}
     rounds = read_rounds(out)
     trained = [[c["client_id"] for c in r["clock"]["clients"] if c["outcome"] == "ok"] for r in rounds]
     by_exit = json.loads((out / "summary.json").read_text())["accuracy"]["global"]["by_exit"]
-    return {"wall_s": round(watched.ended - watched.started, 2),
+    return {"ended_s": [r["wall_s"] for r in rounds],
             "clients": [len(ids) for ids in trained],
             "samples": [sum(num_train[c] for c in ids) for ids in trained],
             "steps": [sum(local_steps(num_train[c], cfg.training) for c in ids) for ids in trained],
@@ -192,18 +202,20 @@ def pfl_train(cfg: Config, threads: int) -> dict:
         local_optimizer_create=lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=t.momentum,
                                                                   weight_decay=t.weight_decay),
         central_optimizer=torch.optim.SGD(wrapped.parameters(), lr=1.0))
-    done: dict[str, list[int]] = {"clients": [], "samples": [], "steps": []}
+    done: dict[str, list] = {"clients": [], "samples": [], "steps": [], "ended_s": []}
 
     class Counted(TrainingProcessCallback):
         def after_central_iteration(self, aggregate_metrics, model, *, central_iteration):
             done["clients"].append(int(aggregate_metrics[get_num_devices_weight_name(Population.TRAIN)]))
             done["samples"].append(wrapped.samples)
             done["steps"].append(wrapped.steps)
+            done["ended_s"].append(round(time.perf_counter() - started, 3))
             wrapped.samples = wrapped.steps = 0
             return False, Metrics()
 
     per_round = round(cfg.strategy.fraction_train * cfg.data.num_clients)
     evaluation = NNEvalHyperParams(local_batch_size=EVAL_BATCH)
+    started = time.perf_counter()
     FederatedAveraging().run(
         algorithm_params=NNAlgorithmParams(central_num_iterations=cfg.rounds, evaluation_frequency=cfg.rounds,
                                            train_cohort_size=per_round, val_cohort_size=0),
@@ -217,30 +229,66 @@ def pfl_train(cfg: Config, threads: int) -> dict:
 
 
 def pfl_run(config: Path, threads: int) -> dict:
-    """pfl's side in a fresh process: its wall time and what it did."""
+    """pfl's side in a fresh process: when each round ended and what it did."""
     command = [sys.executable, "-m", "benchmarks.pfl_peer", "--pfl", str(config), "--pfl-threads", str(threads)]
-    started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"the pfl side failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return {"wall_s": round(wall, 2), **json.loads(done.stdout.strip().splitlines()[-1])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------- the floor
+
+
+def floor_s(cfg: Config, per_round: int, repeats: int = 3) -> float:
+    """One round's local work without any federated machinery, on one torch thread: best of ``repeats``.
+
+    ``per_round`` clients' own data, one epoch each in batches in stored order, fl-ee's loss,
+    plain SGD on a fresh optimizer per client, over one network.
+    """
+    from fl_ee.data.datasets import client_data, load_dataset
+    from fl_ee.federation.server import initial_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = initial_model(cfg, load_dataset(cfg.data))
+        t = cfg.training
+        data = [client_data(cfg, cid)[:2] for cid in range(per_round)]
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for x, y in data:
+                optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum)
+                for i in range(0, len(y), t.batch_size):
+                    optimizer.zero_grad()
+                    exit_loss(net(x[i:i + t.batch_size]), y[i:i + t.batch_size], t).backward()
+                    optimizer.step()
+            best = min(best, time.perf_counter() - started)
+        return best
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------- the comparison
 
 
-def per_round_s(short: dict, long: dict, extra_rounds: int) -> float:
-    """Seconds a round: the long run's extra wall time over its extra rounds."""
-    return (long["wall_s"] - short["wall_s"]) / extra_rounds
+WARM = 2  # rounds before the timed window: imports on first use, pfl's evaluation of its first cohort
 
 
-def side(short: dict, long: dict, extra_rounds: int) -> dict:
-    """One side of one workload: s/round, both wall times, and what the long run did each round."""
-    return {"s_per_round": round(per_round_s(short, long, extra_rounds), 3),
-            "wall_s": {"short": short["wall_s"], "long": long["wall_s"]},
-            "per_round": {key: long[key] for key in ("clients", "samples", "steps")},
-            "test_accuracy": long["test_accuracy"]}
+def per_round_s(ended_s: list[float]) -> float:
+    """Seconds a round from the times rounds ended: rounds ``WARM + 1`` to the last but one (not its evaluation)."""
+    last = len(ended_s) - 1
+    return (ended_s[last - 1] - ended_s[WARM - 1]) / (last - WARM)
+
+
+def side(run: dict) -> dict:
+    """One side of one workload: s/round, each round's duration, what it did each round, its test accuracy."""
+    ended = run["ended_s"]
+    return {"s_per_round": round(per_round_s(ended), 3),
+            "round_s": [round(b - a, 3) for a, b in zip([0.0, *ended], ended)],
+            "per_round": {key: run[key] for key in ("clients", "samples", "steps")},
+            "test_accuracy": run["test_accuracy"]}
 
 
 def split(rounds: list[dict]) -> dict:
@@ -251,24 +299,23 @@ def split(rounds: list[dict]) -> dict:
     return {"ms_per_client_beyond_steps": round(1000 * a, 1), "ms_per_sgd_step": round(1000 * b, 2)}
 
 
-def compare(workload: Workload, data_root: Path, short: int, long: int, threads: int, tmp: Path) -> dict:
-    """Both sides of one workload, short and long runs interleaved."""
-    runs: dict[str, dict[int, dict]] = {"fl_ee": {}, "pfl": {}}
-    for rounds in (short, long):
-        config = write_config(workload_config(workload, rounds, data_root), tmp)
-        runs["fl_ee"][rounds] = fl_ee_run(config, tmp / f"run-{workload.clients}-{rounds}")
-        runs["pfl"][rounds] = pfl_run(config, threads)
-    result = {name: side(r[short], r[long], long - short) for name, r in runs.items()}
+def compare(workload: Workload, data_root: Path, rounds: int, threads: int, tmp: Path) -> dict:
+    """Both sides of one workload (fl-ee first: it writes the data caches both read), then the floor."""
+    config = write_config(workload_config(workload, rounds, data_root), tmp)
+    result = {"fl_ee": side(fl_ee_run(config, tmp / f"run-{workload.clients}")), "pfl": side(pfl_run(config, threads))}
+    cores = os.cpu_count() or 1
+    floor = floor_s(load_config(str(config)), workload.per_round) / cores
+    fl_ee, pfl = result["fl_ee"]["s_per_round"], result["pfl"]["s_per_round"]
     return {"clients": workload.clients, "per_round": workload.per_round, **result,
-            "ratio_fl_ee_to_pfl": round(result["fl_ee"]["s_per_round"] / result["pfl"]["s_per_round"], 3)}
+            "floor_s_per_round": round(floor, 3), "ratio_fl_ee_to_pfl": round(fl_ee / pfl, 3),
+            "floor_to_pfl": round(floor / pfl, 3), "fl_ee_to_floor": round(fl_ee / floor, 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA, help="the folder holding FashionMNIST/raw")
-    parser.add_argument("--rounds-short", type=int, default=3)
-    parser.add_argument("--rounds-long", type=int, default=9)
-    parser.add_argument("--only", choices=sorted(WORKLOADS), help="one workload (default: both)")
+    parser.add_argument("--rounds", type=int, default=10, help=f"rounds each side runs (at least {WARM + 3})")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="these workloads (default: all)")
     parser.add_argument("--pfl-threads", type=int, default=os.cpu_count() or 1, help="pfl's torch threads (cores)")
     parser.add_argument("--pfl", type=Path, help="(internal) run pfl's side of this config and print what it did")
     args = parser.parse_args()
@@ -280,26 +327,26 @@ def main() -> None:
     root = args.data_root.expanduser().resolve()
     if not (root / "FashionMNIST" / "raw").is_dir():
         raise SystemExit(f"no Fashion-MNIST under {root} (expected FashionMNIST/raw); give --data-root")
-    if not 1 <= args.rounds_short < args.rounds_long:
-        raise SystemExit("--rounds-short must be at least 1 and below --rounds-long")
+    if args.rounds < WARM + 3:
+        raise SystemExit(f"--rounds must be at least {WARM + 3}")
     if args.pfl_threads < 1:
         raise SystemExit("--pfl-threads must be at least 1")
-    chosen = [WORKLOADS[args.only]] if args.only else list(WORKLOADS.values())
+    chosen = {name: WORKLOADS[name] for name in args.only or WORKLOADS}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {w.name: compare(w, root, args.rounds_short, args.rounds_long, args.pfl_threads, Path(tmp))
-                   for w in chosen}
-    raw = workload_config(chosen[0], args.rounds_long, root)
+        results = {name: compare(w, root, args.rounds, args.pfl_threads, Path(tmp)) for name, w in chosen.items()}
+    raw = workload_config(next(iter(chosen.values())), args.rounds, root)
     setup = {key: raw[key] for key in ("model", "training", "personalisation")}
     report: dict = {
         "setup": {"data": {key: raw["data"][key] for key in ("name", "partitioner")}, **setup,
-                  "rounds": [args.rounds_short, args.rounds_long], "cores": os.cpu_count(),
+                  "rounds": args.rounds, "timed_rounds": [WARM + 1, args.rounds - 1], "cores": os.cpu_count(),
                   "pfl": version("pfl"), "pfl_threads": args.pfl_threads,
                   "see": "benchmarks/pfl_peer.py"},
-        "workloads": results,
+        "workloads": {chosen[name].name: result for name, result in results.items()},
     }
-    if len(results) == 2:
-        report["split"] = {s: split([{"s_per_round": r[s]["s_per_round"], "clients": r[s]["per_round"]["clients"][-1],
-                                      "steps": r[s]["per_round"]["steps"][-1]} for r in results.values()])
+    if all(name in results for name in FIT):
+        report["split"] = {s: split([{"s_per_round": results[n][s]["s_per_round"],
+                                      "clients": results[n][s]["per_round"]["clients"][-1],
+                                      "steps": results[n][s]["per_round"]["steps"][-1]} for n in FIT])
                            for s in ("fl_ee", "pfl")}
     print(json.dumps(report, indent=1))
 

@@ -24,6 +24,7 @@ from flwr.simulation import run_simulation
 
 from fl_ee.core.config import Config
 from fl_ee.results.rundir import ROUNDS
+from fl_ee.wire.exchange import NODES_PER_WORKER
 from sims import reaper
 from sims.backend import (
     backend_config,
@@ -58,12 +59,6 @@ class _Quiet(logging.Filter):
         if record.funcName in ("run_api", "_main_loop") and record.levelno >= logging.WARNING:
             return False
         return "run_simulation" not in record.getMessage()
-
-
-# Flower's engine hands a node's message to a worker at its next check (every 0.1 s): with
-# a few messages waiting per worker, calls as short as ~25 ms keep the workers busy, and
-# the last messages of an exchange are still the cheapest (fl_ee.wire.exchange sends the costliest first)
-NODES_PER_WORKER = 4
 
 
 def pool_size(cfg: Config) -> int:

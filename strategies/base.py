@@ -11,8 +11,6 @@ checked with :func:`check_option`.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from logging import INFO
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -29,6 +27,7 @@ from fl_ee.core.plugins import OptionError as OptionError  # re-exported: part o
 from fl_ee.core.plugins import check_option as check_option
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.models import ModelSpec, narrow_state, slice_state, submodel_shapes
+from fl_ee.wire.arrays import as_numpy, as_record
 from fl_ee.wire.exchange import client_of
 from fl_ee.wire.protocol import ARRAYS, METRICS, Instructions, TrainReply, instruction_message, payload_of, wire_key
 from strategies.aggregation import buffered_update, fednova_rescale, holder_aggregate, weighted_mean
@@ -65,40 +64,13 @@ def _scalar(value: object) -> float:
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ArrayRecord as named NumPy arrays."""
-    return {key: array_of(array) for key, array in record.items()}
-
-
-def array_of(array: Array) -> np.ndarray:
-    """``array.numpy()``, each distinct ``.npy`` header parsed once (numpy parses it with ``ast``: most of the time).
-
-    The data are read as ``np.load`` reads them, with numpy's own reading of the header:
-    the same values, dtype and shape, in a fresh writable array. Anything but a plain
-    ``.npy`` array of version 1 or 2 (object arrays among them) goes through ``array.numpy()``.
-    """
-    data = array.data
-    if array.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY" or data[6] not in (1, 2):
-        return array.numpy()
-    start = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
-    shape, fortran, dtype = _npy_header(bytes(data[:start]))
-    if dtype.hasobject:
-        return array.numpy()
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start).copy()
-    return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-
-
-@functools.lru_cache(maxsize=4096)
-def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """An ``.npy`` header (magic string included, version 1 or 2) as numpy reads it: shape, Fortran order, dtype."""
-    stream = io.BytesIO(header)
-    version = np.lib.format.read_magic(stream)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return read(stream)
+    """An ArrayRecord as named NumPy arrays (:func:`~fl_ee.wire.arrays.as_numpy`)."""
+    return {key: as_numpy(array) for key, array in record.items()}
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Named NumPy arrays as an ArrayRecord (order kept; 0-d arrays, such as BatchNorm's step count, stay 0-d)."""
-    return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
+    return as_record(arrays)
 
 
 @dataclass(frozen=True)
@@ -245,20 +217,25 @@ class DepthAwareStrategy(Strategy):
         if self.spec is None:
             raise ValueError("width-scaled clients need the network: register_clients(clients, spec)")
         shapes = submodel_shapes(self.spec, client.depth, client.width)
-        return to_record(narrow_state({key: array_of(arrays[key]) for key in shapes}, shapes))
+        return to_record(narrow_state({key: as_numpy(arrays[key]) for key in shapes}, shapes))
 
     def messages(
         self, clients: Sequence[ClientInfo], arrays: ArrayRecord, config: ConfigRecord, message_type: str
     ) -> list[Message]:
         """One message per client: its slice (:meth:`client_slice`), and the round's instructions with its submodel.
 
+        Clients of one depth and width get the same slice record (made once; nothing writes to it).
         The server sends unseen clients (``data.unseen_fraction``), which the strategy does not know, their
         evaluation with it too.
         """
         instructions = Instructions.from_record(config)
+        slices: dict[tuple[int, float], ArrayRecord] = {}
+        for c in clients:
+            if (c.depth, c.width) not in slices:
+                slices[c.depth, c.width] = self.client_slice(arrays, c)
         return [
-            instruction_message(self.client_slice(arrays, c), dataclasses.replace(instructions, depth=c.depth,
-                                                                                  width=c.width),
+            instruction_message(slices[c.depth, c.width], dataclasses.replace(instructions, depth=c.depth,
+                                                                               width=c.width),
                                 c.node_id, message_type)
             for c in clients
         ]

@@ -41,6 +41,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fl_ee.wire.cohort import COHORT, is_cohort
+
 REVERSED = "reversed"
 SHUFFLED = "shuffled"
 NODES = 8  # the pool a run on a 2-core machine gets (sims.engine.pool_size)
@@ -64,7 +66,8 @@ class InProcessGrid(Grid):
 
     ``client_app`` defaults to ``fl_ee.federation.client.app``; ``order`` is ``"reversed"`` or
     ``"shuffled"`` (seeded by ``seed``, which also draws the run and node ids).
-    ``calls`` counts ClientApp calls by message type; ``errors`` keeps the exceptions raised.
+    ``calls`` counts the clients called by message type (a cohort's each, :mod:`fl_ee.wire.cohort`),
+    ``messages`` the messages delivered; ``errors`` keeps the exceptions raised.
     """
 
     def __init__(self, num_nodes: int, client_app: ClientApp | None = None, *, seed: int = 0,
@@ -89,6 +92,7 @@ class InProcessGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         self.calls: dict[str, int] = {}
+        self.messages: dict[str, int] = {}
         self.errors: list[Exception] = []
         self._saved_identity = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, self._run.run_id, SUPERLINK_NODE_ID
@@ -153,7 +157,9 @@ class InProcessGrid(Grid):
         node_id = message.metadata.dst_node_id
         message.metadata.delivered_at = str(time.time())
         kind = message.metadata.message_type
-        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.calls[kind] = self.calls.get(kind, 0) + (len(message.content[COHORT]["clients"])  # type: ignore[arg-type]
+                                                      if is_cohort(message) else 1)
+        self.messages[kind] = self.messages.get(kind, 0) + 1
         context = pickle.loads(pickle.dumps(self.contexts[node_id]))
         try:
             reply = self.client_app(message=message, context=context)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from fl_ee.core.config import config_from_dict, config_to_json
@@ -10,7 +10,7 @@ from fl_ee.wire.exchange import Exchange, as_client
 from fl_ee.wire.protocol import ARRAYS, Instructions, TrainReply, instructions_of, reply
 from inprocess import InProcessGrid
 from strategies import ClientInfo, DepthAwareStrategy, DepthFL, holder_aggregate, weighted_mean
-from strategies.base import array_of, to_numpy, to_record
+from strategies.base import to_numpy, to_record
 
 
 def test_weighted_mean_by_hand():
@@ -137,16 +137,3 @@ def test_to_numpy_round_trip():
     arrays = to_numpy(ArrayRecord(model.state_dict()))
     for key, tensor in model.state_dict().items():
         np.testing.assert_array_equal(arrays[key], tensor.numpy())
-
-
-def test_array_of_reads_an_array_as_numpy_load_does():
-    # each header parsed once and cached: the same values, dtype, shape and memory order, writable
-    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
-              np.array(5, dtype=np.int64), np.zeros((0, 3), dtype=np.float32), np.array([True, False]),
-              np.arange(6, dtype=">i4").reshape(2, 3), np.arange(4, dtype=np.float16)]
-    for value in arrays:
-        for _ in range(2):  # the second read takes the cached header
-            expected, got = Array(value).numpy(), array_of(Array(value))
-            assert got.dtype == expected.dtype and got.shape == expected.shape
-            assert got.tobytes("A") == expected.tobytes("A") and got.flags.f_contiguous == expected.flags.f_contiguous
-            assert got.flags.writeable

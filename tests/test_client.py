@@ -18,6 +18,7 @@ from fl_ee.wire.protocol import (
     Instructions,
     TrainReply,
     instruction_message,
+    instructions_of,
     payload_of,
 )
 from inprocess import InProcessGrid
@@ -226,3 +227,18 @@ def test_an_unseen_client_evaluates_as_a_client_that_trained_once_from_nothing_i
     assert payload_of(_Client(unseen)(_message(MessageType.EVALUATE, 3, 2, _cfg(data=held_out.data.model_dump(),
                                                                              **finetune), seed=0)),
                       EvaluateReply) == tuned
+
+
+def test_a_call_gives_the_same_update_whatever_an_earlier_call_left_in_the_processs_submodel():
+    from fl_ee.federation.client import _built
+
+    fresh = _trained({}, 1)
+    message = _message(MessageType.TRAIN, 3, 1, seed=0)
+    left = _built(instructions_of(message).run_config, 3, 1.0)  # the module the next depth-3 call reuses
+    with torch.no_grad():
+        for parameter in left.parameters():  # as a call that failed half way might leave it
+            parameter.add_(1.0)
+            parameter.grad = torch.ones_like(parameter)
+            parameter.requires_grad_(False)
+    left.eval()
+    assert _same(_trained({}, 1), fresh)

@@ -3,6 +3,7 @@
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_ee.wire.cohort import COHORT, is_cohort
 from fl_ee.wire.exchange import Exchange, as_client, client_of
 from inprocess import InProcessGrid, counting_app
 
@@ -59,16 +60,23 @@ class _Logged(InProcessGrid):
 
     def push_messages(self, messages):
         messages = list(messages)
-        self.placed += [(self.contexts[m.metadata.dst_node_id].node_config["partition-id"], client_of(m))
-                        for m in messages]
+        self.placed += [(self.contexts[m.metadata.dst_node_id].node_config["partition-id"], client)
+                        for m in messages for client in _clients(m)]
         return super().push_messages(messages)
+
+
+def _clients(message: Message) -> list[int]:
+    """The clients a pushed message carries: one, or a cohort's."""
+    return list(message.content[COHORT]["clients"]) if is_cohort(message) else [client_of(message)]
 
 
 def test_once_a_node_has_answered_the_costliest_message_goes_to_the_node_flower_hands_out_first():
     work = {0: 1.0, 1: 5.0, 2: 3.0, 3: 4.0}
     with _Logged(4, counting_app(mods=[as_client]), seed=5) as grid:
         exchange = Exchange(grid, 4)
-        first = exchange.send(_to([0, 1, 2, 3]))  # the nodes' partition ids are learnt from these replies
+        halving = {0: 1.0, 1: 0.5, 2: 0.25, 3: 0.125}  # each more than a slot's share of the rest: no cohorts
+        first = exchange.send(_to([0, 1, 2, 3]), work=lambda m: halving[m.metadata.dst_node_id])
+        # the nodes' partition ids are learnt from these replies
         assert all("node" not in m.content for m in first)  # and taken out of them
         grid.placed.clear()
         exchange.send(_to([0, 1, 2, 3]), work=lambda m: work[m.metadata.dst_node_id])
@@ -78,7 +86,8 @@ def test_once_a_node_has_answered_the_costliest_message_goes_to_the_node_flower_
 def _on_node(message: Message, context, call_next) -> Message:
     """ClientApp mod around ``as_client``: names the Ray node a call ran on after the node's partition id."""
     reply = call_next(message, context)
-    reply.content["node"]["ray-node"] = f"node-{context.node_config['partition-id']}"
+    for key in [k for k in reply.content.keys() if k.split("/")[-1] == "node"]:  # a cohort's reply has one a client
+        reply.content[key]["ray-node"] = f"node-{context.node_config['partition-id']}"
     return reply
 
 

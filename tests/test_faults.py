@@ -13,7 +13,6 @@ from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import load_config, parse_overrides
 from fl_ee.federation.client import app as real_app
-from fl_ee.federation.client import reports_errors
 from fl_ee.federation.faults import (
     Diverged,
     DivergenceGuard,
@@ -29,7 +28,7 @@ from fl_ee.federation.faults import (
 from fl_ee.federation.preflight import preflight
 from fl_ee.federation.server import run_federation
 from fl_ee.results.rundir import CLIENT_ERRORS, RunDir, json_safe, load_run, to_json
-from fl_ee.wire.protocol import CLIENT, ClientAddress
+from fl_ee.wire.protocol import CLIENT, ClientAddress, reports_errors
 from inprocess import InProcessGrid, sets
 
 # every device always online and never dropping out, so every outcome below is the server's doing

@@ -23,13 +23,10 @@ import copy
 import functools
 import json
 import time
-import traceback
-from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import Config, config_from_dict, config_to_json
 from fl_ee.core.seeding import Stream, derive_seed
@@ -53,6 +50,7 @@ from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss, local_steps
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
+from fl_ee.wire.arrays import as_record, torch_state
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
@@ -62,6 +60,7 @@ from fl_ee.wire.protocol import (
     TrainReply,
     instructions_of,
     reply,
+    reports_errors,
 )
 from strategies.base import to_numpy, to_record
 from strategies.feddyn import client_alpha
@@ -69,26 +68,6 @@ from strategies.fjord import client_dropout
 from strategies.registry import network_spec
 
 app = ClientApp(mods=[as_client])
-
-Handler = Callable[[Message, Context], Message]
-
-
-def reports_errors(handler: Handler) -> Handler:
-    """Answer an exception with an error reply carrying its traceback, instead of raising.
-
-    The server counts the client as failed and files the traceback in the run directory;
-    nothing reaches Flower's logger (which would print it on the terminal).
-    """
-
-    @functools.wraps(handler)
-    def guarded(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except Exception:
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=traceback.format_exc()),
-                           reply_to=msg)
-
-    return guarded
 
 
 def model_spec(cfg: Config) -> ModelSpec:
@@ -123,11 +102,29 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
     if instructions.lr is not None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = build_model(_network(instructions.run_config), instructions.depth, instructions.width)
-    model.load_state_dict({key: torch.from_numpy(value)
-                           for key, value in to_numpy(msg.content.array_records[ARRAYS]).items()})
+    model = _submodel(instructions.run_config, instructions.depth, instructions.width)
+    model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
     device = client_device(cfg.simulation.client_gpus)
     return instructions, cfg, model.to(device), device
+
+
+def _submodel(run_config: str, depth: int, width: float) -> EarlyExitNet:
+    """The submodel of that depth and width this process keeps, every parameter trainable and without a gradient.
+
+    Built once per process and shape (building took a millisecond a call, as long as a
+    small client's SGD step): a call loads the weights it received into all of it
+    (``load_state_dict`` is strict), and no call keeps it.
+    """
+    model = _built(run_config, depth, width)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+        parameter.grad = None
+    return model
+
+
+@functools.lru_cache(maxsize=16)
+def _built(run_config: str, depth: int, width: float) -> EarlyExitNet:
+    return build_model(_network(run_config), depth, width)
 
 
 @functools.lru_cache(maxsize=8)
@@ -187,7 +184,7 @@ def train(msg: Message, context: Context) -> Message:
         save_state(instructions.state_dir, client_id, rnd, kept)
     metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss,
                          local_steps(len(y), training, instructions.max_steps))
-    return reply(msg, metrics, ArrayRecord(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
+    return reply(msg, metrics, as_record(sent_state(algorithm, model.state_dict(), model.depth, frozen)))
 
 
 @app.evaluate()

@@ -29,6 +29,7 @@ from flwr.app import ArrayRecord
 from fl_ee.data.datasets import TensorDataset
 from fl_ee.learning.training import EVAL_BATCH, correct, ensemble, exit_logits
 from fl_ee.models import EarlyExitNet, build_model, narrow_state, submodel_shapes
+from fl_ee.wire.arrays import torch_state
 
 SLICE_ROWS = 4 * EVAL_BATCH
 
@@ -83,7 +84,7 @@ def evaluate_global(
     of its deepest and widest tiers (channels no tier holds are never trained).
     """
     sub = build_model(model.spec, depth, width)
-    sub.load_state_dict(narrow_state(arrays.to_torch_state_dict(), submodel_shapes(model.spec, depth, width)))
+    sub.load_state_dict(narrow_state(torch_state(arrays), submodel_shapes(model.spec, depth, width)))
     x, y = data.test_x, data.test_y
     parts = [threads.submit(slice_counts, sub, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS])
              for s in range(0, len(y), SLICE_ROWS)]

@@ -51,9 +51,15 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 from flwr.serverapp import Grid
 
-from fl_ee.wire.protocol import CLIENT, NODE, RAY_NODE, STATE, ClientAddress
+from fl_ee.wire.cohort import is_cohort, pack, pack_replies, take, unpack, unpack_replies
+from fl_ee.wire.protocol import CLIENT, NODE, RAY_NODE, STATE, ClientAddress, reports_errors
 
 POLL_S = 0.005  # between pulls for replies (Flower's own grid waits 0.1 s)
+# Flower's engine hands a node's message to a worker at its next check (every 0.1 s): with
+# a few messages waiting per worker, calls as short as ~25 ms keep the workers busy, and
+# the last messages of an exchange are still the cheapest (the costliest go out first)
+NODES_PER_WORKER = 4  # the pool's nodes per Ray worker (sims.engine.pool_size)
+COHORTS_PER_WORKER = 2  # the first messages of a long queue: cohorts a worker gets (fl_ee.wire.cohort.take)
 NODE_WAIT_S = 120.0  # for the first simulated node to come up
 
 
@@ -87,7 +93,8 @@ class Exchange:
         self._partition: dict[int, int] = {}  # node id -> the node's partition id, as its replies tell
         self._free: list[int] | None = None  # nodes with no message in flight (None: not asked yet)
         self._queue: list[Message] = []  # messages waiting for a free node, first first
-        self._in_flight: dict[str, int] = {}  # message id -> node
+        self._work: Callable[[Message], float] = _one  # what each queued message costs
+        self._in_flight: dict[str, tuple[int, list[int]]] = {}  # message id -> node, the clients it carries
         self._arrived: dict[int, Message] = {}  # posted messages' replies by client, until asked for
         self._placement: Placement = {}  # where the calls answered since the last take_placement ran
 
@@ -146,13 +153,15 @@ class Exchange:
         """Send every message (addressed to a client id) and return the replies, in arrival order.
 
         ``work`` estimates a message's cost; the costliest go out first (ties in the
-        given order). Messages the grid refuses get no reply, as with Flower's
-        ``send_and_receive``. Messages :meth:`post` sent before are waited for first
+        given order), the first of a long queue in cohorts (:mod:`fl_ee.wire.cohort`).
+        Messages the grid refuses get no reply, as with Flower's ``send_and_receive``.
+        Messages :meth:`post` sent before are waited for first
         (their replies kept for :meth:`reply_of`), so every node is free.
         """
         self.drain()
         self._free = self._nodes()
         self._queue = sorted(messages, key=work, reverse=True) if work else list(messages)
+        self._work = work or _one
         replies: list[Message] = []
         while self._queue or self._in_flight:
             replies += self._step()
@@ -167,6 +176,7 @@ class Exchange:
         if self._free is None:
             self._free = self._nodes()
         self._queue.append(message)
+        self._work = _one
         self._push()
 
     def reply_of(self, client: int) -> Message:
@@ -192,19 +202,22 @@ class Exchange:
             self._arrived |= {client_of(reply): reply for reply in self._step()}
 
     def _push(self) -> None:
-        """Put queued messages (first first) on free nodes, those handed out first by the runtime first."""
+        """Put queued messages (first first, in cohorts) on free nodes, those handed out first by the runtime first."""
         assert self._free is not None
         self._free.sort(key=lambda node: (self._partition.get(node, len(self._partition)), node), reverse=True)
-        batch = []
+        workers = max(1, (len(self._free) + len(self._in_flight)) // NODES_PER_WORKER)
+        batch: list[tuple[Message, list[int]]] = []
         while self._queue and self._free:
-            message, node = self._queue.pop(0), self._free.pop()
-            self._address(message, node)
-            batch.append(message)
+            cohort, node = take(self._queue, COHORTS_PER_WORKER * workers, self._work), self._free.pop()
+            for message in cohort:
+                self._address(message, node)
+            clients = [client_of(m) for m in cohort]
+            batch.append((pack(cohort) if len(cohort) > 1 else cohort[0], clients))
         if batch:
-            pushed = set(self.grid.push_messages(batch))
-            for message in batch:
+            pushed = set(self.grid.push_messages([message for message, _ in batch]))
+            for message, clients in batch:
                 if message.metadata.message_id in pushed:
-                    self._in_flight[message.metadata.message_id] = message.metadata.dst_node_id
+                    self._in_flight[message.metadata.message_id] = (message.metadata.dst_node_id, clients)
                 else:
                     self._free.append(message.metadata.dst_node_id)
 
@@ -213,22 +226,40 @@ class Exchange:
         assert self._free is not None
         self._push()
         pulled = list(self.grid.pull_messages(list(self._in_flight))) if self._in_flight else []
+        replies = []
         for reply in pulled:
-            node = self._in_flight.pop(reply.metadata.reply_to_message_id)
+            node, clients = self._in_flight.pop(reply.metadata.reply_to_message_id)
             self._free.append(node)
-            self._keep_state(reply, node)
+            for answer in unpack_replies(reply, clients) if len(clients) > 1 else [reply]:
+                self._keep_state(answer, node)
+                replies.append(answer)
         if not pulled and self._in_flight:
             time.sleep(POLL_S)
-        return pulled
+        return replies
+
+
+def _one(message: Message) -> float:
+    """Work of a message where none was estimated: all alike."""
+    return 1.0
 
 
 def as_client(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """ClientApp mod: handle ``message`` as the client it names, in that client's own context.
+    """ClientApp mod: handle ``message`` as the client it names, in that client's own context (a cohort's one by one).
 
     The node's context is left as it was; the state the handler leaves travels back
     with the reply (:class:`Exchange` keeps it for the client's next message), with
-    the node's partition id and Ray node id, where known.
+    the node's partition id and Ray node id, where known. A cohort (:mod:`fl_ee.wire.cohort`)
+    gets one reply carrying each of its clients' replies, in order; a client whose call
+    raises gets an error reply with the traceback, and the others go on.
     """
+    if is_cohort(message):
+        one = reports_errors(lambda part, ctx: _as_one(part, ctx, call_next))
+        return pack_replies([one(part, context) for part in unpack(message)], message)
+    return _as_one(message, context, call_next)
+
+
+def _as_one(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """:func:`as_client` for one client's message."""
     address = ClientAddress.from_record(message.content.config_records[CLIENT])
     state_keys = [k for k in message.content.keys() if k.startswith(STATE)]
     state = RecordDict({k.removeprefix(STATE): message.content[k] for k in state_keys})

@@ -17,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from fl_ee.core.config import Config, config_from_dict
 
@@ -215,3 +218,24 @@ def reply(to: Message, payload: Payload, arrays: ArrayRecord | None = None) -> M
 def payload_of(message: Message, kind: type[P]) -> P:
     """The typed payload of a client's reply."""
     return kind.from_record(message.content.metric_records[METRICS])
+
+
+Handler = Callable[[Message, Context], Message]
+
+
+def reports_errors(handler: Handler) -> Handler:
+    """Answer an exception with an error reply carrying its traceback, instead of raising.
+
+    The server counts the client as failed and files the traceback in the run directory;
+    nothing reaches Flower's logger (which would print it on the terminal).
+    """
+
+    @functools.wraps(handler)
+    def guarded(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=traceback.format_exc()),
+                           reply_to=msg)
+
+    return guarded
