@@ -102,20 +102,22 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
     if instructions.lr is not None:
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-    model = _submodel(instructions.run_config, instructions.depth, instructions.width)
-    model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
     device = client_device(cfg.simulation.client_gpus)
-    return instructions, cfg, model.to(device), device
+    model = _submodel(instructions.run_config, instructions.depth, instructions.width, device)
+    model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
+    return instructions, cfg, model, device
 
 
-def _submodel(run_config: str, depth: int, width: float) -> EarlyExitNet:
-    """The submodel of that depth and width this process keeps, every parameter trainable and without a gradient.
+def _submodel(run_config: str, depth: int, width: float, device: torch.device) -> EarlyExitNet:
+    """The submodel of a depth and width, kept per process, on ``device``: every parameter trainable, no gradient.
 
     Built once per process and shape (building took a millisecond a call, as long as a
     small client's SGD step): a call loads the weights it received into all of it
     (``load_state_dict`` is strict), and no call keeps it.
     """
     model = _built(run_config, depth, width)
+    if next(model.parameters()).device != device:
+        model.to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
         parameter.grad = None
@@ -179,7 +181,8 @@ def train(msg: Message, context: Context) -> Message:
         kept |= {key: value.cpu().numpy() for key, value in dyn.state(model).items()}
     if kept:
         context.state[CLIENT_STATE] = to_record(kept)
-    time.sleep(instructions.pace_s)  # real pacing, when asked for
+    if instructions.pace_s > 0:  # real pacing, when asked for
+        time.sleep(instructions.pace_s)
     if kept and instructions.state_dir:  # last, so a client that failed saves nothing
         save_state(instructions.state_dir, client_id, rnd, kept)
     metrics = TrainReply(client_id, len(y), losses.train, losses.personal, initial_loss,
