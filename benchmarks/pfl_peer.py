@@ -25,9 +25,10 @@ clients of 4-5 samples, 100 a round (the cross-device scale point: its ``fl_ee_t
 
 Each side runs ``--rounds`` rounds (10) once, in a fresh process, and notes the time each
 round ends (fl-ee: ``wall_s`` in ``rounds.jsonl``; pfl: a callback after each central
-iteration). Seconds per round = (end of round N-1 - end of round 2) / (N-3): start-up, the
-first two rounds (imports on first use, pfl's evaluation of its first cohort) and the
-final evaluation (fl-ee's in round N, pfl's after its loop) fall outside. (A first version
+iteration). Seconds per round = the median of rounds 3 to N-1 (their mean beside it):
+start-up, the first two rounds (imports on first use, pfl's evaluation of its first
+cohort) and the final evaluation (fl-ee's in round N, pfl's after its loop) fall outside,
+and one round that another process slowed does not move it. (A first version
 took the difference of a 3-round and a 9-round run's process wall times: pfl's first
 process paid seconds that its second did not, and the difference was negative.)
 What each side did is counted per round: clients trained, samples, SGD steps (fl-ee:
@@ -64,6 +65,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,16 +278,17 @@ def floor_s(cfg: Config, per_round: int, repeats: int = 3) -> float:
 WARM = 2  # rounds before the timed window: imports on first use, pfl's evaluation of its first cohort
 
 
-def per_round_s(ended_s: list[float]) -> float:
-    """Seconds a round from the times rounds ended: rounds ``WARM + 1`` to the last but one (not its evaluation)."""
-    last = len(ended_s) - 1
-    return (ended_s[last - 1] - ended_s[WARM - 1]) / (last - WARM)
+def timed_rounds(ended_s: list[float]) -> list[float]:
+    """Seconds of rounds ``WARM + 1`` to the last but one (not its evaluation), from the times rounds ended."""
+    durations = [b - a for a, b in zip([0.0, *ended_s], ended_s)]
+    return durations[WARM:-1]
 
 
 def side(run: dict) -> dict:
-    """One side of one workload: s/round, each round's duration, what it did each round, its test accuracy."""
+    """One side of one workload: s/round (median and mean of the timed rounds), each round's seconds, what it did."""
     ended = run["ended_s"]
-    return {"s_per_round": round(per_round_s(ended), 3),
+    timed = timed_rounds(ended)
+    return {"s_per_round": round(statistics.median(timed), 3), "mean_s_per_round": round(statistics.fmean(timed), 3),
             "round_s": [round(b - a, 3) for a, b in zip([0.0, *ended], ended)],
             "per_round": {key: run[key] for key in ("clients", "samples", "steps")},
             "test_accuracy": run["test_accuracy"]}
@@ -308,7 +311,8 @@ def compare(workload: Workload, data_root: Path, rounds: int, threads: int, tmp:
     fl_ee, pfl = result["fl_ee"]["s_per_round"], result["pfl"]["s_per_round"]
     return {"clients": workload.clients, "per_round": workload.per_round, **result,
             "floor_s_per_round": round(floor, 3), "ratio_fl_ee_to_pfl": round(fl_ee / pfl, 3),
-            "floor_to_pfl": round(floor / pfl, 3), "fl_ee_to_floor": round(fl_ee / floor, 3)}
+            "floor_to_pfl": round(floor / pfl, 3), "fl_ee_to_floor": round(fl_ee / floor, 3),
+            "fl_ee_ms_per_client_beyond_floor": round(1000 * (fl_ee - floor) / workload.per_round, 2)}
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.pfl_peer import WORKLOADS, split, workload_config
+from benchmarks.pfl_peer import WORKLOADS, split, timed_rounds, workload_config
 from fl_ee.core.config import config_from_dict
 from strategies.registry import build_strategy
 
@@ -44,3 +44,8 @@ def test_no_package_imports_pfl_research():
     assert found == []
     assert statement.search("import numpy\n    from pfl.metrics import Weighted\n")  # what it looks for
     assert not statement.search("from fl_ee.learning.pfl import ditto\nimport pflx\n")
+
+
+def test_the_timed_rounds_leave_out_the_first_two_and_the_last():
+    # rounds end at 5, 6, 8, 9.5, 10.5, 14: rounds 3-5 took 2, 1.5 and 1 s; round 6 held the final evaluation
+    assert timed_rounds([5.0, 6.0, 8.0, 9.5, 10.5, 14.0]) == [2.0, 1.5, 1.0]
