@@ -1,3 +1,6 @@
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ from fl_ee.core.atomic import read_npz
 from fl_ee.core.config import DataConfig, load_config
 from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import load_dataset
+from fl_ee.data.sources import source_key
 from fl_ee.federation.preflight import preflight
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "first-simulation.md"
@@ -230,3 +234,21 @@ def test_cifar100_files_that_are_not_the_published_ones_are_never_unpickled(tmp_
     (tmp_path / "cifar-100-python" / "test").unlink()
     with pytest.raises(UserError, match="cifar100 not found under .* \\(no cifar-100-python/test\\)"):
         load_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
+
+
+def test_the_source_digest_lists_files_as_rglob_finds_them_in_path_order(tmp_path):
+    files = {"train/a-b/1.jpg": "1", "train/a/2.jpg": "22", "train/a/x/.3": "333", "test/z/4": "4444"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    os.symlink(tmp_path / "train/a", tmp_path / "train/b")  # a link to a folder: not followed
+    os.symlink(tmp_path / "train/a/2.jpg", tmp_path / "train/c")  # a link to a file: its target's size
+    os.symlink(tmp_path / "nowhere", tmp_path / "train/d")  # a broken link: passed over
+    mtime = {name: (tmp_path / name).stat().st_mtime_ns for name in files}
+    # by path parts: train/a/... before train/a-b/... ('a' < 'a-b'), though '/' > '-' as text
+    entries = [f"train/a/2.jpg:2:{mtime['train/a/2.jpg']}", f"train/a/x/.3:3:{mtime['train/a/x/.3']}",
+               f"train/a-b/1.jpg:1:{mtime['train/a-b/1.jpg']}", f"train/c:2:{mtime['train/a/2.jpg']}",
+               f"test/z/4:4:{mtime['test/z/4']}"]
+    digest = hashlib.sha1(json.dumps(["imagefolder", str(tmp_path), entries]).encode()).hexdigest()[:16]
+    assert source_key("imagefolder", str(tmp_path)) == f"imagefolder-{digest}"
+    assert source_key("cifar10", str(tmp_path)) is None  # no cifar-10-batches-py/
