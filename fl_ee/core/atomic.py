@@ -11,9 +11,10 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the functions that use it: fl-ee check's record writes text only
+    import numpy as np
 
 
 @contextlib.contextmanager
@@ -40,11 +41,15 @@ def atomic_write(path: Path, text: str) -> None:
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray], fsync: bool = True) -> None:
     """Replace ``path`` with an uncompressed ``.npz`` of ``arrays`` (``fsync=False`` for caches)."""
+    import numpy as np
+
     with _replacing(path, "wb", fsync) as handle:
         np.savez(handle, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub: 2nd arg is allow_pickle
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, in the order written; never unpickles anything."""
+    import numpy as np
+
     with np.load(path, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}

@@ -17,13 +17,13 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import numpy as np
-import xxhash
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fl_ee.core.atomic import atomic_write
 from fl_ee.core.errors import warn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 
@@ -51,6 +51,9 @@ def unreadable(exc: BaseException) -> str:
 
 def checksum(*arrays: np.ndarray) -> str:
     """xxh3-128 of the arrays' dtypes, shapes and bytes (~0.05 s per GB once the pages are cached)."""
+    import numpy as np  # here, not with the module: the JSON entries (fl-ee check's record) need none
+    import xxhash
+
     h = xxhash.xxh3_128()
     for array in arrays:
         array = np.ascontiguousarray(array)
@@ -64,6 +67,8 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
 
     Raises :class:`CacheDamaged` if it is missing, truncated or not a plain array.
     """
+    import numpy as np
+
     try:
         return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
     except FileNotFoundError:

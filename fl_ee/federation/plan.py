@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from rich.console import RenderableType
 from rich.text import Text
 
@@ -60,6 +59,8 @@ class Plan:
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
+    import numpy as np
+
     return float(np.percentile(values, q)) if len(values) else None
 
 
@@ -69,6 +70,8 @@ def make_plan(cfg: Config) -> Plan:
     torch, Flower and the run's own modules are imported here, not with this module: a
     warm ``fl-ee check`` renders a recorded plan without them (:mod:`fl_ee.federation.checkrecord`).
     """
+    import numpy as np
+
     from fl_ee.data.datasets import load_dataset
     from fl_ee.federation.server import make_clients, split_unseen
     from fl_ee.learning.algorithm import build_algorithm
