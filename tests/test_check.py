@@ -123,7 +123,8 @@ def test_a_bad_config_answers_before_torch_or_flower_is_imported():
 def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_path):
     """``sweep``, ``compare``, ``report``, ``resume``, ``run`` and ``check`` refuse bad arguments and paths fast.
 
-    Before torch, Flower, Ray, SciPy or matplotlib is imported: in well under 0.5 s.
+    Before torch, Flower, Ray, SciPy or matplotlib is imported: in well under 0.5 s. So does
+    ``check`` of a config whose dataset is not there (presets as shipped, without their data).
     """
     run = tmp_path / "run"  # an unfinished run whose only checkpoint is truncated
     (run / "checkpoint" / "round-000001").mkdir(parents=True)
@@ -132,7 +133,10 @@ def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_
     (run / "checkpoint" / "round-000001" / "state.json").write_text('{"format": 1, "round": 1, "config": {}}')
     (run / "checkpoint" / "round-000001" / "arrays.npz").write_bytes(b"PK\x03\x04\x14\x00")
     (tmp_path / "notes.txt").write_text("mine")
-    argvs = [["sweep", "--grid", "strategy.name=a,,b"], ["sweep", "--grid", "nope=1,2"], ["sweep", "--seeds", "999"],
+    missing = [["check", "fmnist-3tiers"], ["check", "cifar100-resnet"],
+               ["check", "--set", "data.name=imagefolder", "--set", "data.root=nowhere"]]
+    argvs = [*missing, ["sweep", "--grid", "strategy.name=a,,b"], ["sweep", "--grid", "nope=1,2"],
+             ["sweep", "--seeds", "999"],
              ["sweep", "--out", "notes.txt"], ["sweep", "--grid", "rounds=1,2", "--set", "rounds=3"],
              ["compare", "missing", "notes.txt"], ["report", "notes.txt"], ["report", "."], ["resume", "."],
              ["resume", "run", "--set", "rounds=5"], ["resume", "run"], ["run", "."], ["run", "--out", "x" * 5000],
@@ -154,6 +158,16 @@ def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_
                           "not a torch.save file of tensors; fl-ee loads tensors only, never other objects); save the "
                           "weights with torch.save(model.state_dict(), PATH)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]  # nothing made
+    here = tmp_path.resolve()
+    assert lines[:len(missing)] == [
+        f"fl-ee: error: data.root: fashion-mnist not found under '{here / 'data'}' (no FashionMNIST/raw/"
+        "train-images-idx3-ubyte); add --set data.root=DIR for the folder DIR that holds FashionMNIST/raw/, or --set "
+        "data.download=true to download it",
+        f"fl-ee: error: data.root: cifar100 not found under '{here / 'data'}' (no cifar-100-python/train); add --set "
+        "data.root=DIR for the folder DIR that holds cifar-100-python/, or --set data.download=true to download it",
+        f"fl-ee: error: data.root: imagefolder needs {here / 'nowhere' / 'train'}/<class>/<image> files; "
+        f"{here / 'nowhere' / 'train'} is not a folder; add --set data.root=DIR for the folder DIR that holds "
+        "train/<class>/ and test/<class>/ images"]
 
 
 def test_a_directory_or_a_path_too_long_is_one_line(tmp_path, capsys):

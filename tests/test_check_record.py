@@ -86,8 +86,8 @@ SMALL = ["--set", "data.num_clients=6", "--set", "rounds=3", "--set", "seed=11"]
 PROBE = ("import runpy, sys\n"
          "runpy.run_module('fl_ee.cli', run_name='__main__', alter_sys=True)\n")
 HEAVY = ("import atexit, sys\n"
-         "atexit.register(lambda: print('heavy:', sorted(m for m in ('torch', 'flwr', 'ray', 'torchvision', 'matplotlib',"
-         " 'datasets', 'pyarrow', 'sklearn', 'numpy') if m in sys.modules), file=sys.stderr))\n")
+         "heavy = ('torch', 'flwr', 'ray', 'torchvision', 'matplotlib', 'datasets', 'pyarrow', 'sklearn', 'numpy')\n"
+         "atexit.register(lambda: print('heavy:', sorted(m for m in heavy if m in sys.modules), file=sys.stderr))\n")
 
 
 def test_a_second_check_answers_alike_from_its_record_without_torch_flower_or_ray(capsys):

@@ -11,8 +11,8 @@ from PIL import Image
 from fl_ee.core.atomic import read_npz
 from fl_ee.core.config import DataConfig, load_config
 from fl_ee.core.errors import UserError
-from fl_ee.data.datasets import load_dataset
-from fl_ee.data.sources import source_key
+from fl_ee.data.datasets import _pickle_files, load_dataset
+from fl_ee.data.sources import PICKLE_FILES, SOURCE_DIRS, source_key
 from fl_ee.federation.preflight import preflight
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "first-simulation.md"
@@ -252,3 +252,9 @@ def test_the_source_digest_lists_files_as_rglob_finds_them_in_path_order(tmp_pat
     digest = hashlib.sha1(json.dumps(["imagefolder", str(tmp_path), entries]).encode()).hexdigest()[:16]
     assert source_key("imagefolder", str(tmp_path)) == f"imagefolder-{digest}"
     assert source_key("cifar10", str(tmp_path)) is None  # no cifar-10-batches-py/
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_the_cifar_files_checked_without_torchvision_are_those_torchvision_reads(name):
+    folder, files = _pickle_files(name)  # from torchvision's own class
+    assert (SOURCE_DIRS[name][0], PICKLE_FILES[name]) == (str(folder), tuple(f for f, _ in files))

@@ -37,7 +37,14 @@ from fl_ee.core.cache import CacheDamaged, cache_root, checksum, discard, load_a
 from fl_ee.core.config import Config, DataConfig, ModelConfig
 from fl_ee.core.errors import UserError, shortened, warn
 from fl_ee.core.seeding import Stream, rng
-from fl_ee.data.sources import SOURCE_DIRS, dataset_root, source_key
+from fl_ee.data.sources import (
+    IDX_FILES,
+    SOURCE_DIRS,
+    dataset_root,
+    missing_source,
+    require_sources,
+    source_key,
+)
 from fl_ee.models import ModelSpec, model_spec
 from partitions import ClientSplit, client_splits, unseen_clients
 
@@ -122,10 +129,6 @@ def _digits() -> TensorDataset:
 
 
 TORCHVISION_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
-IDX_FILES = {  # torchvision's raw MNIST layout: (images, labels) per split
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 
 
 def _check_idx(path: Path, ndim: int) -> tuple[int, ...]:
@@ -203,38 +206,10 @@ def _check_source_files(name: str, root: str) -> None:
                             key="data.root")
 
 
-def _missing_source(name: str, root: str) -> Path | None:
-    """The first file torchvision needs for ``name`` that is not under ``root``."""
-    if name in PICKLED:
-        sub, files = _pickle_files(name)
-        folder, names = Path(root) / sub, [f for f, _ in files]
-    else:
-        folder = Path(root) / SOURCE_DIRS[name][0]
-        names = [f for pair in IDX_FILES.values() for f in pair]
-    return next((folder / f for f in names if not (folder / f).is_file()), None)
-
-
-OFFLINE_COPIES = ("data", "../shared/data")  # where the README's examples keep datasets, from the working directory
-IMAGE_ARCHIVES = {"cifar10": "cifar10-jpeg.tar.gz"}  # imagefolder roots of the presets: the archive that unpacks one
-
-
-def _copy_elsewhere(name: str, root: str) -> str | None:
-    """The first of :data:`OFFLINE_COPIES` (as written) other than ``root`` that holds ``name``'s files."""
-    return next((c for c in OFFLINE_COPIES if Path(c).resolve() != Path(root)
-                 and _missing_source(name, str(Path(c).resolve())) is None), None)
-
-
 def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
     cls = _torchvision_class(name)
-    missing = _missing_source(name, root)
-    if missing is not None and not download:
-        found = _copy_elsewhere(name, root)
-        fix = (f"it is in {found}: add --set data.root={found}" if found else
-               f"add --set data.root=DIR for the folder DIR that holds {SOURCE_DIRS[name][0]}/, or --set "
-               f"data.download=true to download it")
-        raise UserError(f"{name} not found under {root!r} (no {Path(missing).relative_to(root)}); {fix}",
-                        key="data.root")
-    if missing is None:
+    require_sources(name, root, download)
+    if missing_source(name, root) is None:
         _check_source_files(name, root)
     try:
         train = cls(root, train=True, download=download)
@@ -258,28 +233,14 @@ def _torchvision(name: str, root: str, download: bool) -> TensorDataset:
     return _normalised(name, images(train), train.targets, images(test), test.targets, classes)
 
 
-def _image_folder_fix(root: Path) -> str:
-    """What makes ``root`` an image folder: extracting the archive of :data:`IMAGE_ARCHIVES` found, or ``--set``."""
-    other = "add --set data.root=DIR for the folder DIR that holds train/<class>/ and test/<class>/ images"
-    archive = IMAGE_ARCHIVES.get(root.name)
-    if archive is None:
-        return other
-    found = next((Path(c) / archive for c in OFFLINE_COPIES if (Path(c) / archive).is_file()), None)
-    if found is None:
-        return f"{other}, or --set data.name={root.name} --set data.download=true to download torchvision's copy"
-    return f"extract {found} there (mkdir -p {root.parent} && tar xzf {found} -C {root.parent}), or {other}"
-
-
 def _image_folder(root: str) -> TensorDataset:
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
+    require_sources("imagefolder", root, download=False)
     splits = {}
     for split in ("train", "test"):
         path = Path(root) / split
-        if not path.is_dir():
-            raise UserError(f"imagefolder needs {path}/<class>/<image> files; {path} is not a folder; "
-                            f"{_image_folder_fix(Path(root))}", key="data.root")
         try:
             splits[split] = ImageFolder(str(path))
         except (FileNotFoundError, RuntimeError) as exc:

@@ -8,8 +8,9 @@ config's warnings) under ``$FL_EE_CACHE/checks/``, keyed by all of those (file n
 sizes and modification times; the environment's site-packages folder by its own, so
 installing, removing or upgrading a package is seen), and answers from the record while they stay the same: a
 second check of a preset takes a fraction of a second instead of seconds of imports and
-FLOP counting. A check that fails records nothing. A config naming a plug-in by its
-``module:Class`` path is checked afresh every time (its code is not part of the key).
+FLOP counting. A check that fails records nothing; one whose data is missing says so
+before torch is imported. A config naming a plug-in by its ``module:Class`` path is
+checked afresh every time (its code is not part of the key).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from fl_ee.core.cache import cached
 from fl_ee.core.config import Config, config_to_json, resolve_paths
 from fl_ee.core.errors import UserError, warn
-from fl_ee.data.sources import dataset_root, source_key
+from fl_ee.data.sources import dataset_root, require_sources, source_key
 from fl_ee.federation.plan import Plan, TierPlan
 
 RECORD = "checks"  # the cache folder of the records
@@ -51,7 +52,11 @@ def checked_plan(cfg: Config) -> Plan:
 
 
 def _check(cfg: Config) -> Checked:
-    """The preflight and the plan, made now."""
+    """The preflight and the plan, made now; missing data is refused first, before torch is imported."""
+    try:
+        require_sources(cfg.data.name, dataset_root(cfg.data), cfg.data.download)
+    except OSError:  # a path the file system refuses: the preflight names it
+        pass
     from fl_ee.federation.plan import make_plan
     from fl_ee.federation.preflight import config_warnings, preflight
 
