@@ -109,29 +109,27 @@ def source_key(name: str, root: str) -> str | None:
             st = source.stat()
             entries.append(f"{sub}:{st.st_size}:{st.st_mtime_ns}")
         elif source.is_dir():
-            files: list[tuple[tuple[str, ...], int, int]] = []
-            _tree(str(source), Path(sub).parts, files)
-            files.sort()  # in rglob's order: by path parts
-            entries += [f"{'/'.join(parts)}:{size}:{mtime}" for parts, size, mtime in files]
+            _tree(str(source), f"{Path(sub).as_posix()}/", entries)
         else:
             return None
     payload = json.dumps([name, root, entries]).encode()
     return f"{name}-{hashlib.sha1(payload).hexdigest()[:16]}"
 
 
-def _tree(folder: str, parts: tuple[str, ...], found: list[tuple[tuple[str, ...], int, int]]) -> None:
-    """Add every file under ``folder`` to ``found``: its path parts (``parts`` first), size and mtime.
+def _tree(folder: str, prefix: str, found: list[str]) -> None:
+    """Add ``PATH:SIZE:MTIME`` of every file under ``folder`` to ``found``, its path as ``prefix`` + its path there.
 
-    The files ``Path.rglob`` finds (links to files included, none to folders followed), at
-    one ``stat`` each instead of three.
+    The files ``Path.rglob`` finds (links to files included, none to folders followed), in
+    the order of their sorted paths (each folder's entries by name, depth first), at one
+    ``stat`` each instead of three.
     """
     try:
-        entries = list(os.scandir(folder))
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except PermissionError:  # as rglob: a folder it may not read is passed over
         return
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            _tree(entry.path, (*parts, entry.name), found)
+            _tree(entry.path, f"{prefix}{entry.name}/", found)
         elif entry.is_file():
             st = entry.stat()
-            found.append(((*parts, entry.name), st.st_size, st.st_mtime_ns))
+            found.append(f"{prefix}{entry.name}:{st.st_size}:{st.st_mtime_ns}")
