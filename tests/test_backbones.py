@@ -136,29 +136,6 @@ def test_torchvision_resnet_weights_map_onto_the_stages():
         torch.testing.assert_close(model.eval().features(x)[-1], want)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group", "none"])
-def test_the_resnet_block_is_torchvisions_in_initial_draws_and_outputs(monkeypatch, norm):
-    from torchvision.models import resnet as tv
-
-    from fl_ee.models import resnet
-
-    spec = ModelSpec(3, 16, 16, 10, width=4, backbone="resnet", layers=(2, 1, 1), norm=norm, exits=(1, 3, 4))
-    built = {}
-    for name, block in (("ours", resnet.BasicBlock), ("torchvision's", tv.BasicBlock)):
-        monkeypatch.setattr(resnet, "BasicBlock", block)
-        torch.manual_seed(3)
-        built[name] = build_model(spec).train()
-    ours, theirs = built["ours"], built["torchvision's"]
-    assert any(isinstance(m, tv.BasicBlock) for m in theirs.modules())  # the patch took: a real comparison
-    assert not any(isinstance(m, tv.BasicBlock) for m in ours.modules())
-    state = theirs.state_dict()
-    assert list(ours.state_dict()) == list(state)
-    assert all(torch.equal(value, state[key]) for key, value in ours.state_dict().items())
-    x = torch.randn(4, 3, 16, 16)
-    for mine, want in zip(ours(x), theirs(x)):  # training mode: batch statistics, bit for bit
-        assert torch.equal(mine, want)
-
-
 def test_torchvision_mobilenet_v2_weights_map_onto_the_stages():
     from torchvision.models import MobileNetV2
 

@@ -1,39 +1,13 @@
-"""ResNet-18/34-style backbones of torchvision's ``BasicBlock``, one block per residual block."""
+"""ResNet-18/34-style backbones from torchvision's own ``BasicBlock``, one block per residual block."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 from fl_ee.models.norm import norm_layer
 from fl_ee.models.spec import Block, ModelSpec
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ``BasicBlock``: its modules, names, order of initial draws and forward pass.
-
-    Written here because importing torchvision loads ``torch._dynamo`` (1-2 s), which a
-    process that builds a ResNet (``fl-ee check``, each Ray worker) needs for nothing else;
-    tests/test_backbones.py holds it equal to torchvision's.
-    """
-
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: Callable[[int], nn.Module]) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = norm_layer(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = norm_layer(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """conv-norm-relu-conv-norm, plus the input (downsampled where the shape changes), then relu."""
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
 
 
 def resnet_blocks(spec: ModelSpec) -> Iterator[Block]:
@@ -42,6 +16,8 @@ def resnet_blocks(spec: ModelSpec) -> Iterator[Block]:
     The stem is CIFAR's (3x3 convolution, stride 1) for small inputs, ImageNet's (7x7,
     stride 2, max-pool) otherwise. Modules carry torchvision's ``resnet`` names.
     """
+    from torchvision.models.resnet import BasicBlock  # ~1 s to import; the cnn needs none
+
     w, norm = spec.width, norm_layer(spec.norm)
     conv = (nn.Conv2d(spec.in_channels, w, 3, 1, 1, bias=False) if spec.small_input
             else nn.Conv2d(spec.in_channels, w, 7, 2, 3, bias=False))
