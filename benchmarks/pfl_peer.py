@@ -30,7 +30,7 @@ start-up, the first two rounds (imports on first use, pfl's evaluation of its fi
 cohort) and the final evaluation (fl-ee's in round N, pfl's after its loop) fall outside,
 and one round that another process slowed does not move it. (A first version
 took the difference of a 3-round and a 9-round run's process wall times: pfl's first
-process paid seconds that its second did not, and the difference was negative.)
+process paid seconds that its second did not, and the difference was negative or near 0.)
 What each side did is counted per round: clients trained, samples, SGD steps (fl-ee:
 ``local_steps`` of each trained client's samples; pfl: calls of the loss).
 
@@ -38,23 +38,24 @@ The compute floor: the same round's local work (the first sampled-size set of cl
 data, one epoch each, fl-ee's loss, plain SGD, no federated machinery at all) timed on one
 torch thread (best of three), divided by the cores. ``floor_to_pfl`` is the least
 ``fl-ee / pfl`` ratio this machine allows. ``split`` fits ``s/round = clients x a + steps x b``
-through the two workloads' figures, per side: ``a`` is the cost per client beyond its SGD steps.
+through the first two workloads' figures (``FIT``), per side: ``a`` is the cost per client
+beyond its SGD steps.
 
 Where the two differ in what they compute (not in how much):
 - Batches: both keep the last partial batch (``ceil(n / 32)`` steps a client); fl-ee
   draws a new order each round (``torch.randperm``), pfl takes a user's samples in
   their stored order every time.
-- Clients: each side samples its own; the IID clients are the same size (480 or 48),
-  so a round is the same work on both; the counts above show it.
+- Clients: each side samples its own; the IID clients are (nearly) the same size (480,
+  48 or 4-5), so a round is the same work on both; the counts above show it.
 - pfl's loop evaluates its first round's cohort before and after local training
-  (iteration 0 always evaluates); that is in both its runs and cancels.
+  (iteration 0 always evaluates); that round is outside the timed ones.
 
 Run it on a quiet machine. pfl's torch threads wait for each other at every operation
 (fl-ee's clients run one thread each): with other jobs on the two cores here, one pfl
 round of the 100-client workload took over 400 s on two threads (``--pfl-threads 1``
 then, said in the JSON).
 
-    .venv/bin/python -m benchmarks.pfl_peer [--data-root ../shared/data] [--only 1000] [--pfl-threads N]
+    .venv/bin/python -m benchmarks.pfl_peer [--data-root ../shared/data] [--only 1000 10000] [--pfl-threads N]
 """
 
 from __future__ import annotations
