@@ -279,18 +279,21 @@ def floor_s(cfg: Config, per_round: int, repeats: int = 3) -> float:
 WARM = 2  # rounds before the timed window: imports on first use, pfl's evaluation of its first cohort
 
 
+def round_seconds(ended_s: list[float]) -> list[float]:
+    """Each round's seconds, from the times rounds ended (the first from the start)."""
+    return [b - a for a, b in zip([0.0, *ended_s], ended_s)]
+
+
 def timed_rounds(ended_s: list[float]) -> list[float]:
     """Seconds of rounds ``WARM + 1`` to the last but one (not its evaluation), from the times rounds ended."""
-    durations = [b - a for a, b in zip([0.0, *ended_s], ended_s)]
-    return durations[WARM:-1]
+    return round_seconds(ended_s)[WARM:-1]
 
 
 def side(run: dict) -> dict:
     """One side of one workload: s/round (median and mean of the timed rounds), each round's seconds, what it did."""
-    ended = run["ended_s"]
-    timed = timed_rounds(ended)
+    timed = timed_rounds(run["ended_s"])
     return {"s_per_round": round(statistics.median(timed), 3), "mean_s_per_round": round(statistics.fmean(timed), 3),
-            "round_s": [round(b - a, 3) for a, b in zip([0.0, *ended], ended)],
+            "round_s": [round(s, 3) for s in round_seconds(run["ended_s"])],
             "per_round": {key: run[key] for key in ("clients", "samples", "steps")},
             "test_accuracy": run["test_accuracy"]}
 
