@@ -54,6 +54,9 @@ def test_check_shows_local_sgd_with_the_first_and_last_rounds_lr(capsys):
     assert training_line(step) == ("local SGD: 2 epochs of batch 16, lr 0.1 in round 1 to 0.001 in round 300 "
                                    "(step: x0.1 after rounds 100, 200), momentum 0.9, gradient norm clipped at 5")
     assert training_line(load_config(None)) == "local SGD: 2 epochs of batch 16, lr 0.05, momentum 0.9"
+    assert training_line(load_config(None, {"personalisation.lr": 0.02})) == (
+        "local SGD: 2 epochs of batch 16, lr 0.05, momentum 0.9; personal step and fine-tuning at lr 0.02 in every "
+        "round")
 
 
 def test_the_plan_is_the_run_cost_model():
@@ -244,6 +247,13 @@ SAME_AS_NONE = "so the run trains as with training.distillation = none"
          ["exit_policy.calibration_fraction = 0.95 holds out 95% of each client's training samples to calibrate: "
           "clients train on 5% of them"]),
         ({"exit_policy.calibration_fraction": 0.49}, []),
+        ({"personalisation.mode": "finetune", "training.lr_schedule": "cosine"},
+         ["the last round's lr is 0 (training.lr_schedule = cosine): the final evaluation's fine-tuning "
+          "(personalisation.mode = finetune) trains at it and measures the received model unchanged; set "
+          "personalisation.lr (or training.lr_min above 0)"]),
+        ({"personalisation.mode": "finetune", "training.lr_schedule": "cosine", "training.lr_min": 0.001}, []),
+        ({"personalisation.mode": "finetune", "training.lr_schedule": "cosine", "personalisation.lr": 0.02}, []),
+        ({"personalisation.mode": "exits", "training.lr_schedule": "cosine"}, []),  # earlier rounds train the heads
         ({"simulation.straggler_policy": "overselect", "simulation.overcommit": 0},
          ["simulation.overcommit = 0: overselect samples no extra client, so the run is the same as with "
           "straggler_policy = wait"]),

@@ -8,7 +8,9 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from fl_ee.core.config import config_from_dict, config_to_json
+from fl_ee.core.errors import UserError
 from fl_ee.data.datasets import client_data, run_unseen
+from fl_ee.learning.algorithm import build_algorithm
 from fl_ee.learning.training import local_loss
 from fl_ee.models import EarlyExitNet, ModelSpec, slice_state, submodel_flops
 from fl_ee.wire.exchange import Exchange
@@ -121,6 +123,14 @@ def test_every_step_trains_at_the_lr_the_instructions_carry():
     assert sent_lr == tuned(_cfg(personalisation=finetune, training={"lr": 0.01}))  # the fine-tuning too
     assert sent_lr != tuned(_cfg(personalisation=finetune))
 
+    # personalisation.lr fixes the personal step's and fine-tuning's lr whatever the round's is; the shared step's stays
+    own = trained(_cfg(personalisation={"lr": 0.01}), lr=0.03)
+    assert _same({k: v for k, v in own.items() if k.startswith("state.")},
+                 {k: v for k, v in sent.items() if k.startswith("state.")})
+    assert _same({k: v for k, v in own.items() if not k.startswith("state.")},
+                 {k: v for k, v in trained(_cfg(), lr=0.03).items() if not k.startswith("state.")})
+    assert tuned(_cfg(personalisation={**finetune, "lr": 0.01}), lr=0.03) == sent_lr
+
 
 def test_evaluate_uses_personal_exits_once_trained():
     client = _Client(1)
@@ -200,6 +210,19 @@ def test_finetune_evaluates_a_tuned_copy_and_keeps_nothing(tmp_path):
     assert payload_of(client(message), EvaluateReply) == tuned  # so the next evaluation starts afresh
 
 
+def test_finetune_of_the_head_tunes_a_copy_of_the_exits_over_the_received_backbone():
+    def evaluated(personalisation: dict) -> EvaluateReply:
+        message = _message(MessageType.EVALUATE, 3, 1, _cfg(personalisation=personalisation), seed=0)
+        return payload_of(_Client(1)(message), EvaluateReply)
+
+    head = evaluated({"mode": "finetune", "epochs": 2, "options": {"finetune": "head"}})
+    assert head != evaluated({"mode": "none"}) and head != evaluated({"mode": "finetune", "epochs": 2})
+    # the same as FedBABU's head fine-tuning of the same received model (its training differs, its evaluation not)
+    assert head == evaluated({"mode": "fedbabu", "options": {"finetune": "head", "finetune_epochs": 2}})
+    with pytest.raises(UserError, match=r"^personalisation.options.finetune: must be one of full, head, got 'body'"):
+        build_algorithm(_cfg(personalisation={"mode": "finetune", "options": {"finetune": "body"}}))
+
+
 def test_self_distill_keeps_personal_heads_like_exits():
     client = _Client(2)
     cfg = _cfg(personalisation={"mode": "self-distill", "labelled_fraction": 0.5})
@@ -242,3 +265,19 @@ def test_a_call_gives_the_same_update_whatever_an_earlier_call_left_in_the_proce
             parameter.requires_grad_(False)
     left.eval()
     assert _same(_trained({}, 1), fresh)
+
+
+def test_channels_last_trains_the_default_orders_update_and_sends_it_in_the_logical_order():
+    from fl_ee.federation.client import _built
+
+    cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32},
+                            "simulation": {"channels_last": True}})
+    message = _message(MessageType.TRAIN, 3, 1, cfg, seed=0)
+    held = _built(instructions_of(message).run_config, 3, 1.0)
+    convs = [p for p in held.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    fast = {k: a.numpy() for k, a in _Client(0)(message).content["arrays"].items()}
+    plain = _trained({}, 1)
+    assert fast.keys() == plain.keys()
+    for key in plain:  # a reply in channels-last bytes would permute every conv weight
+        np.testing.assert_allclose(fast[key], plain[key], rtol=1e-4, atol=1e-5, err_msg=key)

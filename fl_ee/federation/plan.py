@@ -161,7 +161,10 @@ def plan_table(plan: Plan) -> Sheet:
 
 
 def training_line(cfg: Config) -> str:
-    """Local SGD in a line: epochs, batch, the lr of the first and last round by its schedule, the other knobs."""
+    """Local SGD in a line: epochs, batch, the lr of the first and last round by its schedule, the other knobs.
+
+    A fixed ``personalisation.lr`` is named after them.
+    """
     t = cfg.training
     lr = f"lr {t.lr:g}"
     if t.lr_schedule != "constant":
@@ -170,8 +173,10 @@ def training_line(cfg: Config) -> str:
                        f"{', '.join(map(str, t.lr_milestones))}"}[t.lr_schedule]
         lr = (f"lr {round_lr(t, cfg.rounds, 1):.4g} in round 1 to {round_lr(t, cfg.rounds, cfg.rounds):.4g} "
               f"in round {cfg.rounds} ({t.lr_schedule}: {how})")
+    personal = cfg.personalisation.lr
     extra = (f", weight decay {t.weight_decay:g}" if t.weight_decay else "") + (
-        f", gradient norm clipped at {t.clip_norm:g}" if t.clip_norm else "")
+        f", gradient norm clipped at {t.clip_norm:g}" if t.clip_norm else "") + (
+        f"; personal step and fine-tuning at lr {personal:g} in every round" if personal else "")
     epochs = f"{t.local_epochs} epoch{'s' * (t.local_epochs > 1)}"
     return f"local SGD: {epochs} of batch {t.batch_size}, {lr}, momentum {t.momentum:g}{extra}"
 

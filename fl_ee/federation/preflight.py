@@ -20,6 +20,7 @@ from fl_ee.core.errors import UserError, warn
 from fl_ee.data.datasets import load_dataset, run_splits, run_unseen
 from fl_ee.federation.asynchronous import check_async
 from fl_ee.learning.algorithm import build_algorithm
+from fl_ee.learning.schedule import round_lr
 from fl_ee.models import build_model, load_weights, measure_flops, state_bytes
 from sims.tiers import assign_tiers, tier_counts
 from sims.traces import load_availability, load_capacity
@@ -194,6 +195,11 @@ def _training_warnings(cfg: Config, tiers: list[TierConfig]) -> list[str]:
     if off := distillation_off(cfg):
         found.append(f"{off}: strategy {cfg.strategy.name} trains without ScaleFL's exit distillation "
                      "(training.distillation = last-exit with kd_weight > 0; ScaleFL's is 0.05)")
+    mode = cfg.personalisation.mode
+    if mode in ("finetune", "fedbabu") and not cfg.personalisation.lr and round_lr(t, cfg.rounds, cfg.rounds) == 0:
+        found.append(f"the last round's lr is 0 (training.lr_schedule = {t.lr_schedule}): the final evaluation's "
+                     f"fine-tuning (personalisation.mode = {mode}) trains at it and measures the received model "
+                     "unchanged; set personalisation.lr (or training.lr_min above 0)")
     if cfg.training.prox_mu > 0 and client_alpha(cfg) > 0:
         found.append("training.prox_mu adds a second quadratic term to FedDyn's own (alpha); set it to 0 for FedDyn")
     sim = cfg.simulation

@@ -9,9 +9,14 @@
   (:func:`hide_labels`): labelled samples add cross-entropy, the others learn from the
   teacher alone.
 * ``finetune`` (:class:`Finetune`, FedBABU, ReeFL): before each evaluation a copy of the
-  whole received submodel is trained end to end (:func:`finetuned`); nothing of it is
-  kept or sent.
+  whole received submodel is trained end to end (:func:`finetuned`), or with the option
+  ``finetune = "head"`` a copy of its exit heads over the received backbone
+  (:func:`tuned_for_evaluation`); nothing of it is kept or sent.
 * ``none``: the global model as received (:class:`~fl_ee.learning.algorithm.ClientAlgorithm` itself).
+
+The personal step and the fine-tuning train at ``personalisation.lr`` where it is above 0
+(:func:`personal_training`), else at the round's lr: under a schedule that decays to 0,
+the last rounds' personal steps would otherwise barely move the heads.
 
 Nothing here knows about Flower.
 """
@@ -24,13 +29,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from fl_ee.core.config import TrainingConfig
+from fl_ee.core.config import Config, TrainingConfig
+from fl_ee.core.plugins import check_option
 from fl_ee.core.seeding import Stream, rng
 from fl_ee.learning.algorithm import ClientAlgorithm, LocalEvaluation, LocalTraining, Losses
 from fl_ee.learning.training import (
     distillation_loss,
     fit,
     head_logits,
+    stage_features,
     supervised_loss,
     train_exits,
     train_joint,
@@ -38,6 +45,13 @@ from fl_ee.learning.training import (
 from fl_ee.models import EarlyExitNet, Flops, training_flops
 
 UNLABELLED = -1  # the target of a sample whose label is hidden
+FINETUNE = ("full", "head")  # what fine-tuning before evaluation trains: the whole submodel, or its exit heads
+
+
+def personal_training(cfg: Config, training: TrainingConfig) -> TrainingConfig:
+    """The personal step's and fine-tuning's config: the round's ``training``, at ``personalisation.lr`` if above 0."""
+    lr = cfg.personalisation.lr
+    return training.model_copy(update={"lr": lr}) if lr else training
 
 
 def hide_labels(y: torch.Tensor, fraction: float, seed: int, client_id: int) -> torch.Tensor:
@@ -92,6 +106,23 @@ def finetuned(
     return tuned
 
 
+def tuned_for_evaluation(
+    local: LocalEvaluation, finetune: str, epochs: int
+) -> tuple[EarlyExitNet, nn.ModuleList | None]:
+    """What a fine-tuning client evaluates, a copy trained on its data; nothing of it is kept.
+
+    ``finetune = "full"``: a :func:`finetuned` copy of the received submodel; ``"head"``:
+    the received submodel with a copy of its exit heads trained over its backbone's features.
+    Trained for ``epochs`` at :func:`personal_training`'s lr, from the evaluation's generator.
+    """
+    training = personal_training(local.cfg, local.training)
+    if finetune == "full":
+        return finetuned(local.model, local.x_train, local.y_train, training, epochs, local.generator), None
+    heads = copy.deepcopy(local.model.exits)
+    train_exits(heads, stage_features(local.model, local.x_train), local.y_train, training, epochs, local.generator)
+    return local.model, heads
+
+
 def personal_heads(model: EarlyExitNet, state: Mapping[str, torch.Tensor]) -> nn.ModuleList:
     """The client's own exit heads: its kept ``exits/<key>`` arrays, else a copy of the received exits."""
     heads = copy.deepcopy(model.exits)
@@ -125,8 +156,8 @@ class Exits(ClientAlgorithm):
 
     def personal_step(self, local: LocalTraining, heads: nn.ModuleList) -> float:
         """Train ``heads`` over the received backbone's features for ``personalisation.epochs``; the mean loss."""
-        return train_exits(heads, local.features, local.y, local.training, self.cfg.personalisation.epochs,
-                           local.generator)
+        return train_exits(heads, local.features, local.y, personal_training(self.cfg, local.training),
+                           self.cfg.personalisation.epochs, local.generator)
 
     def kept(self, local: LocalTraining) -> dict[str, torch.Tensor]:
         """The personal heads, as ``exits/<key>``."""
@@ -155,7 +186,7 @@ class SelfDistill(Exits):
         cfg = self.cfg
         teacher = head_logits(local.model.exits[-1:], local.features[-1:])[0]
         targets = hide_labels(local.y, cfg.personalisation.labelled_fraction, cfg.seed, local.client_id)
-        return train_self_distill(heads, local.features, teacher, targets, cfg.training,
+        return train_self_distill(heads, local.features, teacher, targets, personal_training(cfg, local.training),
                                   cfg.personalisation.epochs, local.generator)
 
     def train_flops(self, flops: Flops, depth: int, num_train: int, frozen: bool) -> float:
@@ -164,10 +195,17 @@ class SelfDistill(Exits):
 
 
 class Finetune(ClientAlgorithm):
-    """finetune: a copy of the received submodel trained end to end before each evaluation (FedBABU, ReeFL)."""
+    """finetune: a copy of the received submodel (or of its exit heads) trained before each evaluation (FedBABU, ReeFL).
 
-    def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, None]:
-        """:func:`finetuned` for ``personalisation.epochs``, from the evaluation's generator; nothing kept."""
-        tuned = finetuned(local.model, local.x_train, local.y_train, local.training, self.cfg.personalisation.epochs,
-                          local.generator)
-        return tuned, None
+    Option ``finetune``: ``"full"`` (default) trains the whole copy end to end, ``"head"``
+    only the exit heads over the received backbone (FedBABU's head fine-tuning).
+    """
+
+    def __init__(self, cfg: Config, *, finetune: str = "full") -> None:
+        super().__init__(cfg)
+        check_option(finetune in FINETUNE, "finetune", f"must be one of {', '.join(FINETUNE)}, got {finetune!r}")
+        self.finetune = finetune
+
+    def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList | None]:
+        """:func:`tuned_for_evaluation` for ``personalisation.epochs``; nothing kept."""
+        return tuned_for_evaluation(local, self.finetune, self.cfg.personalisation.epochs)

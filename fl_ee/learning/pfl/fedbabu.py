@@ -19,7 +19,6 @@ which it does not time (as for ``finetune``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Sequence
 
 from torch import nn
@@ -27,12 +26,9 @@ from torch import nn
 from fl_ee.core.config import Config
 from fl_ee.core.plugins import check_option
 from fl_ee.learning.algorithm import ClientAlgorithm, LocalEvaluation, LocalTraining, Losses
-from fl_ee.learning.personal import finetuned
+from fl_ee.learning.personal import FINETUNE, tuned_for_evaluation
 from fl_ee.learning.pfl.parts import HEAD, check_epochs, frozen_params, trains_backbone, without
-from fl_ee.learning.training import stage_features, train_exits
 from fl_ee.models import EarlyExitNet
-
-FINETUNE = ("full", "head")
 
 
 class FedBABU(ClientAlgorithm):
@@ -54,11 +50,5 @@ class FedBABU(ClientAlgorithm):
         return without(keys, HEAD)
 
     def evaluation(self, local: LocalEvaluation) -> tuple[EarlyExitNet, nn.ModuleList | None]:
-        """A fine-tuned copy: the whole submodel, or its heads over the received backbone."""
-        t = local.training
-        if self.finetune == "full":
-            return finetuned(local.model, local.x_train, local.y_train, t, self.finetune_epochs, local.generator), None
-        heads = copy.deepcopy(local.model.exits)
-        train_exits(heads, stage_features(local.model, local.x_train), local.y_train, t, self.finetune_epochs,
-                    local.generator)
-        return local.model, heads
+        """A fine-tuned copy of the submodel or its heads (:func:`~fl_ee.learning.personal.tuned_for_evaluation`)."""
+        return tuned_for_evaluation(local, self.finetune, self.finetune_epochs)
