@@ -266,18 +266,3 @@ def test_a_call_gives_the_same_update_whatever_an_earlier_call_left_in_the_proce
     left.eval()
     assert _same(_trained({}, 1), fresh)
 
-
-def test_channels_last_trains_the_default_orders_update_and_sends_it_in_the_logical_order():
-    from fl_ee.federation.client import _built
-
-    cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32},
-                            "simulation": {"channels_last": True}})
-    message = _message(MessageType.TRAIN, 3, 1, cfg, seed=0)
-    held = _built(instructions_of(message).run_config, 3, 1.0)
-    convs = [p for p in held.parameters() if p.dim() == 4 and p.shape[1] > 1]
-    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
-    fast = {k: a.numpy() for k, a in _Client(0)(message).content["arrays"].items()}
-    plain = _trained({}, 1)
-    assert fast.keys() == plain.keys()
-    for key in plain:  # a reply in channels-last bytes would permute every conv weight
-        np.testing.assert_allclose(fast[key], plain[key], rtol=1e-4, atol=1e-5, err_msg=key)

@@ -298,10 +298,6 @@ class SimulationConfig(_Section):
     time_scale: Annotated[float, Field(gt=0, description="factor on the paced sleep")] = 1.0
     client_cpus: Annotated[float, Field(gt=0, description="Ray CPUs (and torch threads) per client")] = 1.0
     client_gpus: Annotated[float, Field(ge=0, description="Ray GPUs per client")] = 0.0
-    channels_last: Annotated[bool, Field(
-        description="clients hold conv weights in channels-last memory order: oneDNN's faster convolutions on the "
-                    "CPU (the last bits of results differ from the default order, so runs with and without it are "
-                    "not byte-identical)")] = False
     max_bad_rounds: Annotated[int,
                               Field(ge=1, description="stop (exit 3) after this many non-finite rounds in a row")] = 3
     ray_address: Annotated[str,

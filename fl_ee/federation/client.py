@@ -113,8 +113,7 @@ def _submodel(run_config: str, depth: int, width: float, device: torch.device) -
 
     Built once per process and shape (building took a millisecond a call, as long as a
     small client's SGD step): a call loads the weights it received into all of it
-    (``load_state_dict`` is strict), and no call keeps it. With ``simulation.channels_last``
-    its conv weights are in channels-last order, which ``load_state_dict`` keeps.
+    (``load_state_dict`` is strict), and no call keeps it.
     """
     model = _built(run_config, depth, width)
     if next(model.parameters()).device != device:
@@ -127,10 +126,7 @@ def _submodel(run_config: str, depth: int, width: float, device: torch.device) -
 
 @functools.lru_cache(maxsize=16)
 def _built(run_config: str, depth: int, width: float) -> EarlyExitNet:
-    model = build_model(_network(run_config), depth, width)
-    if config_from_dict(json.loads(run_config)).simulation.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
+    return build_model(_network(run_config), depth, width)
 
 
 @functools.lru_cache(maxsize=8)
