@@ -3,7 +3,7 @@ JPEGs, a tiny run), and the test process's garbage collection."""
 
 import gc
 import os
-import tarfile
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,15 +55,13 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_sample(tmp_path_factory) -> Path:
     """Three real CIFAR-10 JPEGs per class and split in the imagefolder layout (``{train,test}/<class>/``),
-    extracted once a session (reading the archive takes seconds). Shared: copy it before damaging it."""
+    extracted once a session by GNU tar (0.5 s; Python's tarfile walks the 60,000 members in 4 s).
+    Shared: copy it before damaging it."""
     archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
     if not archive.is_file():
         pytest.skip(f"no offline datasets at {SHARED_DATA}")
-    wanted = {"0000.jpg", "0001.jpg", "0002.jpg"}
     out = tmp_path_factory.mktemp("jpegs")
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar if m.isfile() and m.name.rsplit("/", 1)[-1] in wanted]
-        tar.extractall(out, members=members, filter="data")
+    subprocess.run(["tar", "xzf", str(archive), "-C", str(out), "--wildcards", "*/000[012].jpg"], check=True)
     return out / "cifar10"
 
 

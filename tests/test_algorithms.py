@@ -43,6 +43,7 @@ BEFORE = {
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "client-algorithm.md"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", list(BEFORE))
 def test_each_shipped_mode_replies_what_it_did_before_it_became_a_client_algorithm(mode):
     extra = {"labelled_fraction": 0.5} if mode == "self-distill" else {}
@@ -159,6 +160,7 @@ class Faulty(ClientAlgorithm):
         return (local.model, "heads") if local.client_id == 0 else (local.model, None)
 
 
+@pytest.mark.e2e
 def test_a_faulty_algorithm_fails_its_clients_with_their_tracebacks_filed(tmp_path):
     out = tmp_path / "run"
     run_inprocess(out, ["rounds=1", "data.num_clients=5", "strategy.fraction_train=1.0", "training.batch_size=256",
@@ -229,6 +231,7 @@ def readme_algorithm() -> tuple[str, str, list[str]]:
     return filename, f"# {filename}\n{code}", [a for a in shlex.split(args) if a != "--set"]
 
 
+@pytest.mark.e2e
 def test_the_readmes_client_algorithm_runs_as_written(tmp_path, monkeypatch):
     filename, code, overrides = readme_algorithm()
     assert len([line for line in code.splitlines() if line.strip()]) <= 25

@@ -24,6 +24,7 @@ def runs(tiny_run, tmp_path_factory) -> dict[int, Path]:
     return {0: tiny_run[2], 1: other}
 
 
+@pytest.mark.e2e
 def test_a_run_reads_back_typed_with_frames_and_figures(runs):
     run = fl_ee.load_run(runs[0])
     raw = json.loads((runs[0] / "summary.json").read_text())
@@ -43,6 +44,7 @@ def test_a_run_reads_back_typed_with_frames_and_figures(runs):
     assert "accuracy_rounds" in figures and figures["accuracy_rounds"].axes
 
 
+@pytest.mark.e2e
 def test_compare_gives_one_row_per_setting_and_metric(runs):
     frame = fl_ee.compare(runs[0], runs[1])
     assert set(frame["metric"]) >= {"mean", "worst10", "global_exit4"}

@@ -1,6 +1,7 @@
 """``fl_ee.wire.arrays``: Flower Arrays written and read without np.save/np.load, byte for byte the same."""
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ def _same_array(a: Array, b: Array) -> bool:
     return (a.dtype, list(a.shape), a.stype, a.data) == (b.dtype, list(b.shape), b.stype, b.data)
 
 
+@pytest.mark.e2e
 @settings(max_examples=200, deadline=None)
 @given(ARRAYS, st.booleans())
 def test_as_array_writes_what_np_save_writes_and_as_numpy_reads_what_np_load_reads(x, fortran):

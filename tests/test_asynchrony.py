@@ -220,6 +220,7 @@ def _clocks(run) -> list[dict]:
     return [json.loads(line)["clock"] for line in (run / "rounds.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_a_tiny_async_run_is_deterministic_and_its_updates_add_up(tmp_path, capsys) -> None:
     """Two runs of the same seed, replies coming back in different orders: the same files; the records add up."""
     from inprocess import REVERSED, TINY, run_inprocess
@@ -303,6 +304,7 @@ def async_runs(tmp_path_factory):
     return get
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("kill_in", "trace", "in_flight"), [(2, False, 3), (3, False, 3), (2, True, 3)])
 def test_a_resumed_async_run_ends_byte_for_byte_as_an_uninterrupted_one(async_runs, tmp_path, kill_in, trace,
                                                                         in_flight) -> None:

@@ -19,6 +19,7 @@ TINY_RESNET = ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1, 1))
 TINY_MOBILENET = ModelSpec(1, 8, 8, 3, width=8, backbone="mobilenet_v2")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("spec", [ModelSpec(1, 8, 8, 3, width=2), TINY_RESNET, TINY_MOBILENET,
                                   ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(2, 1), exits=(1, 2, 3),
                                             exit_head="conv", norm="batch")])

@@ -107,6 +107,7 @@ def test_check_fails_in_one_line_with_exit_2(overrides, needle, capsys):
     assert err.startswith("fl-ee: error:") and needle in err and err.count("\n") == 1, err
 
 
+@pytest.mark.e2e
 def test_a_bad_config_answers_before_torch_or_flower_is_imported():
     """``check`` and ``run`` load and validate the config before importing torch or Flower."""
     probe = ("import runpy, sys\n"
@@ -123,6 +124,7 @@ def test_a_bad_config_answers_before_torch_or_flower_is_imported():
         assert done.stderr == "fl-ee: error: rounds: expected int, got 'x'\n"
 
 
+@pytest.mark.e2e
 def test_argument_and_path_errors_answer_before_torch_or_flower_is_imported(tmp_path):
     """``sweep``, ``compare``, ``report``, ``resume``, ``run`` and ``check`` refuse bad arguments and paths fast.
 

@@ -90,6 +90,7 @@ HEAVY = ("import atexit, sys\n"
          "atexit.register(lambda: print('heavy:', sorted(m for m in heavy if m in sys.modules), file=sys.stderr))\n")
 
 
+@pytest.mark.e2e
 def test_a_second_check_answers_alike_from_its_record_without_torch_flower_or_ray(capsys):
     """The first check makes and records the plan; the next, in a fresh process, prints the same from the record.
 

@@ -94,6 +94,7 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e
 def test_distillation_warm_up_and_options_reach_training():
     for distillation in ("last-exit", "mutual"):
         warm = {"distillation": distillation, "kd_warmup_rounds": 3}
@@ -104,6 +105,7 @@ def test_distillation_warm_up_and_options_reach_training():
     assert not _same(_trained({"prox_mu": 0.5}, 1), _trained({}, 1))
 
 
+@pytest.mark.e2e
 def test_every_step_trains_at_the_lr_the_instructions_carry():
     def trained(cfg, **extra) -> dict[str, np.ndarray]:
         client = _Client(0)
@@ -143,6 +145,7 @@ def test_evaluate_uses_personal_exits_once_trained():
     assert after.exit_accuracy != before.exit_accuracy
 
 
+@pytest.mark.e2e
 def test_a_paced_client_sleeps_its_simulated_time():
     start = time.perf_counter()
     _Client(0)(_message(MessageType.TRAIN, depth=1, server_round=1, pace_s=0.5))
@@ -193,6 +196,7 @@ def test_evaluate_reports_the_ensemble_of_its_exits():
     assert m.ensemble_accuracy == accuracy(ensemble(exit_logits(model, x)), y)
 
 
+@pytest.mark.e2e
 def test_finetune_evaluates_a_tuned_copy_and_keeps_nothing(tmp_path):
     cfg = _cfg(personalisation={"mode": "finetune", "epochs": 2})
     client = _Client(1)
@@ -210,6 +214,7 @@ def test_finetune_evaluates_a_tuned_copy_and_keeps_nothing(tmp_path):
     assert payload_of(client(message), EvaluateReply) == tuned  # so the next evaluation starts afresh
 
 
+@pytest.mark.e2e
 def test_finetune_of_the_head_tunes_a_copy_of_the_exits_over_the_received_backbone():
     def evaluated(personalisation: dict) -> EvaluateReply:
         message = _message(MessageType.EVALUATE, 3, 1, _cfg(personalisation=personalisation), seed=0)
@@ -232,6 +237,7 @@ def test_self_distill_keeps_personal_heads_like_exits():
                                                if k.startswith("exits.")}
 
 
+@pytest.mark.e2e
 def test_an_unseen_client_evaluates_as_a_client_that_trained_once_from_nothing_in_that_round():
     held_out = _cfg(data={"num_clients": 4, "unseen_fraction": 0.25})
     (unseen,) = run_unseen(held_out)

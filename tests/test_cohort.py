@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fl_ee.wire.cohort import COHORT, pack, take, unpack, unpack_replies
@@ -81,6 +82,7 @@ def test_clients_share_a_node_in_cohorts_each_with_its_own_state_and_error():
     assert len(exchange.state_of(5)) == 0 and all(set(m.content.keys()) == {"metrics"} for m in ok)
 
 
+@pytest.mark.e2e
 def test_a_run_in_cohorts_gives_the_results_of_a_run_one_client_a_call(tmp_path):
     alike = [*TINY, "data.num_clients=12", "data.partitioner=iid", "strategy.fraction_train=1.0"]  # equal work
     cohorts, _ = run_inprocess(tmp_path / "cohorts", alike, nodes=1)

@@ -107,6 +107,7 @@ def test_a_missing_cifar10_image_folder_gives_the_readmes_extraction_command(tmp
     assert f"\nmkdir -p /tmp/data && tar xzf {archive} -C /tmp/data\n" in GUIDE.read_text()
 
 
+@pytest.mark.e2e
 def test_imagefolder_reads_real_cifar10_jpegs(cifar10_sample):
     data = load_dataset(DataConfig(name="imagefolder", root=str(cifar10_sample)))
     assert data.train_x.shape == (30, 3, 32, 32) and data.test_x.shape == (30, 3, 32, 32)
@@ -211,6 +212,7 @@ def test_cifar100_is_read_by_torchvision_from_its_pickles(tmp_path, monkeypatch)
     assert red[0] > black[0] == blue[0] and blue[2] > black[2] == red[2] and red[1] == black[1] == blue[1]
 
 
+@pytest.mark.e2e
 def test_the_cifar100_preset_trains_and_evaluates_100_classes_from_torchvisions_layout(tmp_path, monkeypatch):
     from inprocess import run_inprocess
 

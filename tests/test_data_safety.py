@@ -201,6 +201,7 @@ REASONS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_cache_is_detected_and_rebuilt(damage, cifar_jpegs, private_cache, tmp_path, capsys):
     cfg = DataConfig(name="imagefolder", root=str(cifar_jpegs))
@@ -286,6 +287,7 @@ SPLIT_REASONS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", SPLIT_DAMAGE)
 def test_a_damaged_split_cache_is_detected_and_recomputed(damage, private_cache, tmp_path, capsys):
     fresh = client_splits(LABELS, 4, "dirichlet", 0.5, 2, 0.25, 0)

@@ -124,6 +124,7 @@ def test_the_lost_workers_line_counts_workers_and_clients_of_the_round():
 # --------------------------------------------------------------------- the loop, in process
 
 
+@pytest.mark.e2e
 def test_a_diverging_run_rejects_every_update_and_stops_keeping_valid_json(tmp_path):
     with pytest.raises(Diverged, match=r"rounds 1-2 \(simulation.max_bad_rounds = 2\)"):
         _run(tmp_path, ["training.lr=1e6", "training.batch_size=16", "simulation.max_bad_rounds=2",
@@ -151,6 +152,7 @@ def _plugin(tmp_path: Path, monkeypatch, body: str) -> str:
     return f"strategy.name={module}:Faulty"
 
 
+@pytest.mark.e2e
 def test_a_plugin_returning_nan_leaves_the_model_unchanged_and_stops_the_run(tmp_path, monkeypatch):
     name = _plugin(tmp_path, monkeypatch, "return np.full_like(current, np.nan)")
     with pytest.raises(Diverged):
@@ -161,6 +163,7 @@ def test_a_plugin_returning_nan_leaves_the_model_unchanged_and_stops_the_run(tmp
     assert all(c["outcome"] == "ok" for r in records for c in r["clock"]["clients"])  # the clients were fine
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("body", "detail"), [
     ("raise ValueError('boom')", "ValueError: boom"),
     ("return current[..., None]", "returned a bad global state: stages.0.0.weight is float32"),
@@ -190,6 +193,7 @@ def _flaky_app() -> ClientApp:
     return app
 
 
+@pytest.mark.e2e
 def test_a_client_exception_is_a_failed_update_with_its_traceback_filed(tmp_path, capfd):
     run, summary = _run(tmp_path, ["rounds=2", "eval_every=2"], _flaky_app())
     records = _strict((run / "rounds.jsonl").read_text())
@@ -222,6 +226,7 @@ def _lost_workers_app(evaluate_too: bool) -> ClientApp:
     return app
 
 
+@pytest.mark.e2e
 def test_a_round_whose_workers_all_died_goes_on_and_says_so_in_one_line(tmp_path, capfd):
     """The error replies Flower's backend gets from :class:`sims.workers.HealingActorPool`; no client is at fault."""
     run, _ = _run(tmp_path, ["rounds=2", "eval_every=1"], _lost_workers_app(evaluate_too=False))

@@ -10,6 +10,7 @@ import io
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 
+import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -112,6 +113,7 @@ def overrides(draw) -> list[str]:
     return found
 
 
+@pytest.mark.e2e
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(raw=configs(), extra=overrides())

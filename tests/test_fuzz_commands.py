@@ -136,6 +136,7 @@ def sweep_argv(draw, paths: dict[str, str]) -> list[str]:
     return [*argv, "--set", "data.name=fashion-mnist", "--set", f"data.root={paths['nodata']}"]
 
 
+@pytest.mark.e2e
 @FUZZ
 @given(data=st.data())
 def test_sweep_answers_every_argument_list_with_one_error_line(paths, data):
@@ -159,6 +160,7 @@ def test_compare_answers_every_argument_list_with_one_error_line(paths, data):
     answer(argv + (["--json"] if data.draw(st.booleans()) else []))
 
 
+@pytest.mark.e2e
 @FUZZ
 @given(data=st.data())
 def test_report_answers_every_argument_list_with_one_error_line(paths, data):

@@ -37,6 +37,7 @@ def test_slices_missing_rows_are_refused_not_averaged_away():
         global_accuracy([], 5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("threads", [1, 3])
 def test_sliced_evaluation_gives_the_whole_sets_figures_whatever_the_threads(threads):
     assert SLICE_ROWS % EVAL_BATCH == 0  # a slice is whole evaluation batches: images meet the same batches

@@ -118,6 +118,7 @@ def test_the_interruption_line_counts_the_kept_rounds(tmp_path):
                     f"resume with `fl-ee resume {tmp_path}`")
 
 
+@pytest.mark.e2e
 def test_flowers_crash_wrappers_are_unwrapped():
     from sims import engine  # Flower's simulation runtime and Ray: a second's import, not for collection
 

@@ -111,6 +111,7 @@ def test_nodes_keep_nothing_and_the_trained_clients_keep_their_personal_exits(ti
     assert trained and saved == trained
 
 
+@pytest.mark.e2e
 def test_results_do_not_depend_on_nodes_or_reply_order(tiny_run, tmp_path):
     _, _, out = tiny_run
     again = tmp_path / "again"

@@ -92,6 +92,7 @@ def test_partial_work_needs_a_deadline():
         config_from_dict({"simulation": {"partial_work": True}})
 
 
+@pytest.mark.e2e
 def test_a_tiny_run_with_partial_work_and_fednova(tmp_path):
     from inprocess import TINY, run_inprocess
 

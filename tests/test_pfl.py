@@ -181,6 +181,7 @@ def test_fedbabu_fine_tunes_a_copy_of_the_whole_model_or_of_its_heads_before_eva
 
 # ------------------------------------------------------------------------- what goes back, what stays
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("mode", "sends", "keeps"), [
     ("fedper", "stages.", "exits."),
     ("fedrep", "stages.", "exits."),
@@ -210,6 +211,7 @@ def _spoiled(message, prefix: str):
     return message
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("mode", "personal"), [("fedper", "exits."), ("fedrep", "exits."), ("lg-fedavg", "stages.")])
 def test_once_a_client_keeps_its_part_the_received_one_plays_no_part(mode, personal):
     cfg = config_from_dict({"data": {"num_clients": 4}, "training": {"batch_size": 32},
@@ -297,6 +299,7 @@ SHARED = {"fedper": "stages.", "fedrep": "stages.", "fedbabu": "stages.", "lg-fe
           "apfl": ""}  # what the global model learns; the rest keeps its initial values
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", METHODS)
 def test_each_method_runs_through_the_client_app_to_finite_metrics(tmp_path, mode):
     out, overrides = tmp_path / "run", [*TINY, f"personalisation.mode={mode}"]
@@ -316,6 +319,7 @@ def test_each_method_runs_through_the_client_app_to_finite_metrics(tmp_path, mod
     assert moved and all(k.startswith(SHARED[mode]) for k in moved)
 
 
+@pytest.mark.e2e
 def test_a_resumed_apfl_run_ends_byte_for_byte_as_an_uninterrupted_one(tmp_path):
     overrides = [*FAST, "personalisation.mode=apfl", "personalisation.options.adaptive=true", "checkpoint_every=1"]
     reference, run = tmp_path / "reference", tmp_path / "run"

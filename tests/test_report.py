@@ -69,6 +69,7 @@ def _report(capsys, *args: str) -> tuple[int, str, str]:
 # ---------------------------------------------------------------- summary.json sections
 
 
+@pytest.mark.e2e
 def test_summary_fairness_and_efficiency_follow_from_clients_csv(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [r for r in _clients(run_dir) if r["evaluated_round"]]
@@ -100,6 +101,7 @@ def test_summary_fairness_and_efficiency_follow_from_clients_csv(run_dir):
     assert 0 <= e["flops_saving"] < 1
 
 
+@pytest.mark.e2e
 def test_clients_report_their_full_cost_and_exit_shares(run_dir):
     for row in _clients(run_dir):
         depth = int(row["depth"])
@@ -111,6 +113,7 @@ def test_clients_report_their_full_cost_and_exit_shares(run_dir):
     assert sorted(full) == [2, 3, 4] and full[2] < full[3] < full[4]  # the deeper, the dearer
 
 
+@pytest.mark.e2e
 def test_the_deployed_policy_is_the_clients_own_figures_and_a_row_of_the_policy_table(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     anytime, rows = summary["deployment"]["anytime"], summary["policies"]["rows"]
@@ -135,6 +138,7 @@ def test_the_deployed_policy_is_the_clients_own_figures_and_a_row_of_the_policy_
 # ---------------------------------------------------------------------------- report
 
 
+@pytest.mark.e2e
 def test_report_prints_the_tables(run_dir, capsys):
     code, out, _ = _report(capsys, str(run_dir))
     assert code == 0
@@ -167,6 +171,7 @@ def _near(printed: str, value: float, scale: float = 100.0, unit: float = 0.1) -
     return abs(float(printed) - scale * value) <= unit / 2 + 1e-9
 
 
+@pytest.mark.e2e
 def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
     """Every figure ``fl-ee report`` prints, recomputed from summary.json, clients.csv and rounds.jsonl."""
     code, out, _ = _report(capsys, str(run_dir))
@@ -232,11 +237,13 @@ def test_report_figures_are_the_run_files_numbers(run_dir, capsys):
         assert _value(out, label) == value, label
 
 
+@pytest.mark.e2e
 def test_report_json_prints_the_summary(run_dir, capsys):
     code, out, _ = _report(capsys, str(run_dir), "--json")
     assert code == 0 and json.loads(out) == json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.e2e
 def test_report_plots_and_self_contained_html(copy_of, capsys):
     path = copy_of("plots")
     code, _, err = _report(capsys, str(path), "--plots", "--html")
@@ -251,6 +258,7 @@ def test_report_plots_and_self_contained_html(copy_of, capsys):
     assert "latency ms" in page and "left out" not in page  # the whole policy table, whatever the terminal
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):
     path = copy_of("interrupted")
     lines = (path / "rounds.jsonl").read_text().splitlines()
@@ -271,6 +279,7 @@ def test_an_interrupted_run_reports_what_its_rounds_log_holds(copy_of, capsys):
     assert code == 2 and "did not finish" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_a_run_written_under_older_config_rules_still_reports(copy_of, capsys):
     path = copy_of("old")
     text = (path / "config.toml").read_text().replace("kd_weight = 0.5", "kd_weight = -1.0")
@@ -297,6 +306,7 @@ def test_a_missing_or_foreign_directory_fails_with_one_line(tmp_path, make, caps
 # ----------------------------------------------------------------- stragglers
 
 
+@pytest.mark.e2e
 def test_report_shows_late_stragglers_of_a_deadline_run(runs, capsys):
     path = runs["deadline"]
     summary = json.loads((path / "summary.json").read_text())
@@ -313,6 +323,7 @@ def test_report_shows_late_stragglers_of_a_deadline_run(runs, capsys):
     assert {p.stem for p in (path / "plots").glob("*.png")} == set(PLOTS)
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_shows_its_virtual_time(runs, tmp_path, capsys):
     path = Path(shutil.copytree(runs["deadline"], tmp_path / "cut", ignore=shutil.ignore_patterns("plots")))
     first = json.loads((path / "rounds.jsonl").read_text().splitlines()[0])
@@ -332,6 +343,7 @@ def test_best_of_highlights_every_tie_and_ignores_missing():
     assert best_of([None, None], higher_is_better=True) == set()
 
 
+@pytest.mark.e2e
 def test_compare_shows_two_strategies_side_by_side(runs, capsys):
     run_dir, other = runs["weighted"], runs["unweighted"]
     assert main(["compare", str(run_dir), str(other)]) == 0
@@ -364,6 +376,7 @@ def test_compare_shows_two_strategies_side_by_side(runs, capsys):
     assert re.search(r"^ *seed +0 +0 *$", out, re.M) and re.search(r"^ *rounds +2/2 +2/2 *$", out, re.M)
 
 
+@pytest.mark.e2e
 def test_compare_needs_two_runs(run_dir, capsys):
     assert main(["compare", str(run_dir)]) == 2
     assert "at least two" in capsys.readouterr().err

@@ -42,6 +42,7 @@ def _copy(path: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(path, tmp_path / path.name, ignore=shutil.ignore_patterns("plots", "report.html")))
 
 
+@pytest.mark.e2e
 def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs, tmp_path, capsys):
     path = _copy(runs["noeval"], tmp_path)
     code, out, err = _report(capsys, str(path), "--plots", "--html")
@@ -55,6 +56,7 @@ def test_a_run_without_client_evaluation_reports_dashes_and_skips_its_plots(runs
     assert drawn == ["global model (deepest exit)"]
 
 
+@pytest.mark.e2e
 def test_a_single_evaluation_is_drawn_on_its_round_with_a_note(runs):
     ax = accuracy_over_rounds(load_run(runs["ok"])).axes[0]  # 2 rounds, eval_every 2: round 2 alone
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2"]
@@ -67,6 +69,7 @@ def test_a_single_evaluation_is_drawn_on_its_round_with_a_note(runs):
                                "draw a curve)")
 
 
+@pytest.mark.e2e
 def test_a_run_in_which_no_client_trained_reports_its_warning(runs, tmp_path, capsys):
     path = _copy(runs["idle"], tmp_path)
     code, out, err = _report(capsys, str(path), "--plots")
@@ -75,6 +78,7 @@ def test_a_run_in_which_no_client_trained_reports_its_warning(runs, tmp_path, ca
     assert {p.stem for p in (path / "plots").glob("*.png")} == set(PLOTS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("damage", "note"),
     [
@@ -95,6 +99,7 @@ def test_a_damaged_clients_csv_is_named_with_what_is_wrong(runs, tmp_path, damag
     assert str(why.value).startswith(f"{csv}: ") and note in str(why.value)
 
 
+@pytest.mark.e2e
 def test_a_damaged_clients_csv_skips_its_plot_with_a_note(runs, tmp_path, capsys):
     path = _copy(runs["ok"], tmp_path)
     csv = path / "clients.csv"
@@ -105,6 +110,7 @@ def test_a_damaged_clients_csv_skips_its_plot_with_a_note(runs, tmp_path, capsys
     assert len(skipped) == 1 and str(csv) in skipped[0] and "does not have one cell per column" in skipped[0], err
 
 
+@pytest.mark.e2e
 def test_a_clients_csv_that_is_not_text_is_one_error_line(runs, tmp_path, capsys):
     path = _copy(runs["ok"], tmp_path)
     (path / "clients.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
@@ -113,6 +119,7 @@ def test_a_clients_csv_that_is_not_text_is_one_error_line(runs, tmp_path, capsys
     assert err.startswith(f"fl-ee: error: {path / 'clients.csv'}: ") and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("name", "content", "why"), [
     ("summary.json", b"[]", "summary.json is not a run's summary (a JSON object)"),
     ("summary.json", b"\xff\xd8\xff\xe0 binary", "summary.json is not JSON"),
@@ -130,6 +137,7 @@ def test_a_file_of_a_run_that_does_not_read_is_one_error_line(runs, tmp_path, ca
         assert out == "" and err == f"fl-ee: error: {path}/{why}\n", command
 
 
+@pytest.mark.e2e
 def test_an_error_log_that_is_not_text_still_reports(runs, tmp_path, capsys):
     path = _copy(runs["ok"], tmp_path)
     (path / "error.log").write_bytes(b"boom \xff\xfe\nrest")
@@ -151,6 +159,7 @@ def _assert_fits(lines: list[str], width: int = 80) -> None:
     assert not any("…" in line for line in lines), "\n".join(lines)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("width", [80, 100, 140])
 def test_every_report_table_fits_the_terminal_uncut(runs, width):
     for name in ("ok", "noeval", "idle"):
@@ -161,6 +170,7 @@ def test_every_report_table_fits_the_terminal_uncut(runs, width):
     _assert_fits(_render(compare_table(three), width), width)
 
 
+@pytest.mark.e2e
 def test_split_tables_keep_every_cell(runs):
     run = load_run(runs["ok"])
     narrow, wide = " ".join(_render(tier_table(run), 80)), " ".join(_render(tier_table(run), 200))
@@ -176,6 +186,7 @@ def _policy_rows(lines: list[str]) -> list[list[str]]:
     return [line.split() for line in lines if line.split()[:1] and line.split()[0] in POLICIES]
 
 
+@pytest.mark.e2e
 def test_the_policy_table_stays_whole_at_80_columns_and_wide_shows_every_column(runs, capsys, monkeypatch):
     run = load_run(runs["ok"])
     lines = _render(policy_table(run), 80)

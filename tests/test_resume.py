@@ -126,6 +126,7 @@ def _same_results(run: Path, reference: Path) -> None:
     assert _lines(run) == _lines(reference)  # lines after the checkpoint were dropped and written again
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("strategy", "every", "kill_in", "resumes_after", "extra"), [
     ("depthfl", 1, 3, 2, ()),   # killed in the last round: resumed after round 2
     ("fedadam", 1, 2, 1, ()),   # Adam's moments and step counts restored from round 1
@@ -154,6 +155,7 @@ def test_a_resumed_run_ends_byte_for_byte_as_an_uninterrupted_one(made, tmp_path
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith("round-")] == ["round-000003"]
 
 
+@pytest.mark.e2e
 def test_oorts_utilities_are_in_the_checkpoint(made):
     oort = ("strategy.selection='oort'", "strategy.selection_options.epsilon=0.5")
     state = json.loads((made("depthfl", 1, 3, oort) / "checkpoint" / "round-000002" / "state.json").read_text())
@@ -162,6 +164,7 @@ def test_oorts_utilities_are_in_the_checkpoint(made):
     assert len(explored) == 3 and sorted(r for _, r, _ in explored.values()) == [1, 2, 2]
 
 
+@pytest.mark.e2e
 def test_feddyn_clients_save_g_prev_beside_their_exits_each_round(made):
     files = sorted((made("feddyn", 1, 2) / "checkpoint" / "clients").glob("*/round-*.npz"))
     assert {p.name for p in files} == {"round-000001.npz", "round-000002.npz"}  # round 2's: the killed round's
@@ -170,6 +173,7 @@ def test_feddyn_clients_save_g_prev_beside_their_exits_each_round(made):
         assert namespaces == {"exits", "feddyn"}
 
 
+@pytest.mark.e2e
 def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summary(made, tmp_path):
     run = copy_of(made("depthfl"), tmp_path)  # as if killed after the last checkpoint, before summary.json
     (run / "summary.json").unlink()
@@ -179,6 +183,7 @@ def test_resuming_a_run_whose_checkpoint_is_its_last_round_only_writes_the_summa
     _same_results(run, made("depthfl"))
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_trains_at_the_uninterrupted_runs_lr_schedule(made, tmp_path):
     scheduled = [*FAST, "training.lr_schedule=cosine", "training.lr_min=0.001"]  # 0.05, 0.0255, 0.001
     run_inprocess(tmp_path / "whole", scheduled, observers=[CopyIn(2, tmp_path / "whole", tmp_path / "run")])
@@ -188,6 +193,7 @@ def test_a_resumed_run_trains_at_the_uninterrupted_runs_lr_schedule(made, tmp_pa
     assert json.loads((tmp_path / "whole" / "summary.json").read_text())["accuracy"] != plain  # the lr mattered
 
 
+@pytest.mark.e2e
 def test_the_new_training_knobs_at_their_defaults_change_no_result(made, tmp_path):
     defaults = ["training.weight_decay=0.0", "training.clip_norm=0.0", "training.lr_schedule='constant'"]
     run_inprocess(tmp_path / "run", [*FAST, *defaults])
@@ -347,6 +353,7 @@ def test_a_damaged_only_checkpoint_is_named_before_anything_starts(made, tmp_pat
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
+@pytest.mark.e2e
 def test_the_advice_for_a_damaged_only_checkpoint_ends_as_an_uninterrupted_run(made, tmp_path):
     run = copy_of(made("depthfl", 1, 3), tmp_path)
     arrays = run / "checkpoint" / "round-000002" / "arrays.npz"
@@ -356,6 +363,7 @@ def test_the_advice_for_a_damaged_only_checkpoint_ends_as_an_uninterrupted_run(m
     _same_results(run, made("depthfl"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("left_by", ["kill", "failed-removal"])
 def test_a_damaged_checkpoint_falls_back_to_an_earlier_whole_one(made, tmp_path, monkeypatch, capsys, left_by):
     """Round 1's checkpoint outlived round 2's write, then round 2's was damaged: the run resumes from round 1.

@@ -151,6 +151,7 @@ def test_the_clients_tiers_depths_and_split_sizes_follow_the_seed_and_the_split(
 # ---------------------------------------------------------------- training: straggler policies
 
 
+@pytest.mark.e2e
 def test_wait_counts_everyone_and_the_slowest_sampled_client_sets_the_round_time():
     with loop(make_config("wait", 0.5)) as lp:  # k = round(0.5 * 6) = 3 sampled, no overcommit
         _, first = lp.train(1)
@@ -172,6 +173,7 @@ def test_wait_counts_everyone_and_the_slowest_sampled_client_sets_the_round_time
                                                               + second["clock"]["round_time_s"])
 
 
+@pytest.mark.e2e
 def test_deadline_marks_late_exactly_the_clients_past_it_and_caps_the_round():
     cfg = make_config("deadline", 1.0)  # all 6 train; deadline_s = 8 from the preset
     deadline = cfg.simulation.deadline_s
@@ -196,6 +198,7 @@ def test_deadline_marks_late_exactly_the_clients_past_it_and_caps_the_round():
         assert by_tier[t]["late"] == sum(tiers[c] == t for c in late)
 
 
+@pytest.mark.e2e
 def test_overselect_samples_extra_and_keeps_the_k_fastest():
     cfg = make_config("overselect", 0.5)  # k = 3; overcommit 1.0 samples ceil(3 * 2) = 6
     with loop(cfg) as lp:

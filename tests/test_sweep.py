@@ -387,6 +387,7 @@ def test_the_sweep_command_resumes_only_the_interrupted_run(tmp_path):
     assert "Settings compared" in done.stdout
 
 
+@pytest.mark.e2e
 def test_report_of_a_sweep_root_prints_the_settings_and_draws_their_plots(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     means = {"depthfl": [0.70, 0.72, 0.74], "exclusive": [0.60, 0.63, 0.66]}

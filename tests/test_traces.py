@@ -149,6 +149,7 @@ def test_the_shipped_example_trace_reads_back():
     assert sorted(hundred) == list(range(100)) and all(hundred[c] == trace[c] for c in trace)
 
 
+@pytest.mark.e2e
 def test_a_tiny_run_under_a_trace_samples_only_online_clients_and_drops_the_one_going_offline(tmp_path):
     from inprocess import TINY, run_inprocess
 

@@ -211,6 +211,7 @@ def test_accuracy():
     assert accuracy(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("spec", [ModelSpec(1, 8, 8, 3, width=2),
                                   ModelSpec(1, 8, 8, 3, width=2, backbone="resnet", layers=(1, 1), norm="batch"),
                                   ModelSpec(1, 8, 8, 3, width=8, backbone="mobilenet_v2")],

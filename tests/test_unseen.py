@@ -57,6 +57,7 @@ def _clients(out) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.e2e
 def test_unseen_clients_never_train_and_are_evaluated_every_evaluation_round(run):
     spy, out = run
     assert len(HELD_OUT) == 3
@@ -74,6 +75,7 @@ def test_unseen_clients_never_train_and_are_evaluated_every_evaluation_round(run
     assert sampled == 2 * 7
 
 
+@pytest.mark.e2e
 def test_the_summary_reports_participating_and_unseen_clients_apart_with_the_gap(run):
     _, out = run
     summary, rows = _summary(out), _clients(out)
@@ -110,6 +112,7 @@ def _gap(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} pp"
 
 
+@pytest.mark.e2e
 def test_report_and_compare_show_the_unseen_clients(run, plain, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")
     _, out = run
@@ -135,6 +138,7 @@ def test_report_and_compare_show_the_unseen_clients(run, plain, capsys, monkeypa
         assert re.search(rf"^ *{re.escape(label)} +{' +'.join(map(re.escape, cells))} *$", text, re.M), label
 
 
+@pytest.mark.e2e
 def test_a_run_without_unseen_clients_has_no_unseen_section(plain):
     summary = _summary(plain)
     assert "unseen" not in summary and "unseen" not in _clients(plain)[0]

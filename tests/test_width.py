@@ -56,6 +56,7 @@ def test_a_half_width_submodel_keeps_the_first_half_of_every_layer_but_the_image
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == submodel_shapes(CNN, 2, 0.5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("spec", BACKBONES, ids=["cnn", "resnet", "mobilenet_v2"])
 def test_a_sliced_submodel_of_every_backbone_runs_on_the_corners_of_the_full_state(spec):
     full = build_model(spec).state_dict()
@@ -77,6 +78,7 @@ def test_a_sliced_submodel_of_every_backbone_runs_on_the_corners_of_the_full_sta
     assert submodel_shapes(spec, 1, 0.5)[first][1] == spec.in_channels  # the image's channels stay whole
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("spec", BACKBONES, ids=["cnn", "resnet", "mobilenet_v2"])
 def test_group_norm_groups_divide_the_channels_at_every_width(spec):
     spec = ModelSpec(**{**spec.__dict__, "norm": "group"})
@@ -236,6 +238,7 @@ def test_the_plan_shows_each_tiers_width_flops_and_parameters():
     assert iot.down_bytes == 4 * sum(math.prod(s) for s in submodel_shapes(spec, 2, 0.5).values())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("options", [["strategy.name=heterofl", "model.norm=batch"],
                                      ["strategy.name=fjord", "strategy.options.distill=true"],
                                      ["strategy.name=scalefl", "training.kd_warmup_rounds=1"]],
