@@ -13,6 +13,9 @@ from fl_ee.wire.protocol import CLIENT, ClientAddress
 from inprocess import run_inprocess
 from partitions import unseen_clients
 
+# every test reads one of the module's runs: the whole module is slow
+pytestmark = pytest.mark.e2e
+
 TINY = ["rounds=2", "eval_every=1", "data.num_clients=10", "strategy.fraction_train=1.0",
         "training.local_epochs=1", "training.batch_size=64", "personalisation.epochs=1"]
 HELD_OUT = sorted(unseen_clients(10, 3, 0))  # round(0.3 x 10) of the quickstart's seed 0
@@ -57,7 +60,6 @@ def _clients(out) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.e2e
 def test_unseen_clients_never_train_and_are_evaluated_every_evaluation_round(run):
     spy, out = run
     assert len(HELD_OUT) == 3
@@ -75,7 +77,6 @@ def test_unseen_clients_never_train_and_are_evaluated_every_evaluation_round(run
     assert sampled == 2 * 7
 
 
-@pytest.mark.e2e
 def test_the_summary_reports_participating_and_unseen_clients_apart_with_the_gap(run):
     _, out = run
     summary, rows = _summary(out), _clients(out)
@@ -112,7 +113,6 @@ def _gap(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} pp"
 
 
-@pytest.mark.e2e
 def test_report_and_compare_show_the_unseen_clients(run, plain, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")
     _, out = run
@@ -138,7 +138,6 @@ def test_report_and_compare_show_the_unseen_clients(run, plain, capsys, monkeypa
         assert re.search(rf"^ *{re.escape(label)} +{' +'.join(map(re.escape, cells))} *$", text, re.M), label
 
 
-@pytest.mark.e2e
 def test_a_run_without_unseen_clients_has_no_unseen_section(plain):
     summary = _summary(plain)
     assert "unseen" not in summary and "unseen" not in _clients(plain)[0]
