@@ -88,20 +88,6 @@ def test_a_run_without_an_address_starts_its_own_ray_beside_a_running_cluster(tm
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_run_attaches_to_an_existing_ray_cluster(ray_head, tmp_path):
-    address, temp = ray_head
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "fl_ee.cli", "run", "--set", "rounds=2", "--set", "eval_every=2",
-         "--set", "data.num_clients=4", "--set", f"simulation.ray_address={address}", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads((out / "summary.json").read_text())["clients"]["total"] == 4
-    assert drivers(temp), "the simulation did not attach to the cluster under test"
-
-
-
 def cluster_processes(temp: Path) -> set[tuple[int, str]]:
     """``(pid, start time)`` of the live processes whose command line names the cluster's temp dir (GCS, raylet)."""
     found = set()
@@ -170,14 +156,16 @@ def served_by(run: Path) -> set[str]:
 
 
 def test_a_run_on_two_nodes_uses_both_and_equals_a_run_on_one(tmp_path):
-    """A head and a second node, one CPU each, so one client actor on each: every call is filed under the
-    node it ran on, both nodes serve, and the results are those of a run on a local Ray."""
+    """A run attaches to a running cluster (``simulation.ray_address``): a head and a second node, one CPU
+    each, so one client actor on each. Every call is filed under the node it ran on, both nodes serve, and
+    the results are those of a run on a local Ray."""
     head_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     with started_head(head_temp, cpus=1) as address:
         node_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
         with started_node(node_temp, f"--address={address}", "--num-cpus=1"):
             fl_ee_run(tmp_path / "two", "--set", f"simulation.ray_address={address}")
             nodes = {node_id(head_temp), node_id(node_temp)}
+            assert drivers(head_temp), "the simulation did not attach to the cluster under test"
     two = tmp_path / "two"
     placement = [json.loads(line) for line in (two / "placement.jsonl").read_text().splitlines()]
     assert [p["round"] for p in placement] == [1, 2]

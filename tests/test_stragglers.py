@@ -1,12 +1,16 @@
-"""Straggler policies on short real runs of the `stragglers` preset (tiers 10x apart in speed)."""
+"""Straggler policies on short real runs of the `stragglers` preset (tiers 10x apart in speed).
+
+The virtual clock and the policies are the server's (``sims.clock``, ``fl_ee.federation.server``), so the runs
+go through the in-process grid (the real ClientApp, no Ray), which gives a Ray run's results byte for byte
+(tests/test_inprocess.py); Ray itself is exercised by the other end-to-end tests.
+"""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from fl_ee.core.config import load_config
+from inprocess import run_inprocess
 
 pytestmark = pytest.mark.e2e
 
@@ -16,19 +20,11 @@ POLICIES = ("wait", "deadline", "overselect")
 
 @pytest.fixture(scope="module")
 def clocks(tmp_path_factory) -> dict[str, list[dict]]:
-    """The clock records of one real run per policy; the three runs at once (each mostly waits on Ray)."""
+    """The clock records of one real run per policy."""
     tmp = tmp_path_factory.mktemp("stragglers")
-    runs = {
-        policy: subprocess.Popen(
-            [sys.executable, "-m", "fl_ee.cli", "run", "stragglers", "--set", f"simulation.straggler_policy={policy}",
-             "--set", "rounds=4", "--set", "eval_every=4", "--out", str(tmp / policy)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        for policy in POLICIES
-    }
-    for policy, process in runs.items():
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, f"{policy}: {err}"
+    for policy in POLICIES:
+        run_inprocess(tmp / policy, [f"simulation.straggler_policy={policy}", "rounds=4", "eval_every=4"],
+                      "stragglers", checkpoints=False)
     return {policy: [json.loads(line)["clock"] for line in (tmp / policy / "rounds.jsonl").read_text().splitlines()]
             for policy in POLICIES}
 
