@@ -1,4 +1,5 @@
-"""Clients on a GPU: with ``simulation.client_gpus > 0`` and CUDA there, the real ClientApp trains and evaluates on it.
+"""Clients on a GPU: with ``simulation.client_gpus > 0`` and CUDA there, the real ClientApp trains and evaluates on it
+(and the server evaluates the global model on it).
 
 Runs only where CUDA is (skipped elsewhere, CI included): the in-process grid calls the real ClientApp
 in this process, so the CUDA memory it used is measured here. Each setting runs twice, on the GPU and on
@@ -7,10 +8,15 @@ sum in another order), so they agree to a tolerance, not bit for bit.
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from flwr.app import ArrayRecord
 
+from fl_ee.data.datasets import TensorDataset
+from fl_ee.federation.globaleval import evaluate_global
+from fl_ee.models import EarlyExitNet, ModelSpec
 from inprocess import TINY, run_inprocess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("task_identity"),
@@ -45,3 +51,20 @@ def test_clients_train_on_the_gpu_and_match_the_cpu(setting, tmp_path):
     gpu, cpu = _accuracies(on_gpu), _accuracies(on_cpu)
     assert all(math.isfinite(a) for a in gpu) and len(gpu) == len(cpu)
     assert max(abs(g - c) for g, c in zip(gpu, cpu, strict=True)) <= 0.05, (gpu, cpu)
+
+
+def test_the_server_evaluates_the_global_model_on_the_gpu_as_on_the_cpu():
+    torch.manual_seed(0)
+    model = EarlyExitNet(ModelSpec(1, 8, 8, 10))
+    x, y = torch.randn(3000, 1, 8, 8), torch.randint(0, 10, (3000,))
+    data, arrays = TensorDataset("random", x[:1], y[:1], x, y, 10), ArrayRecord(model.state_dict())
+    with ThreadPoolExecutor(2) as pool:
+        on_cpu = evaluate_global(arrays, data, model, 4, pool)()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        on_gpu = evaluate_global(arrays, data, model, 4, pool, device=torch.device("cuda"))()
+    assert torch.cuda.max_memory_allocated() > before
+    for key in ("by_exit", "modal_share"):
+        assert on_gpu[key].keys() == on_cpu[key].keys()
+        assert all(abs(on_gpu[key][k] - on_cpu[key][k]) <= 0.01 for k in on_cpu[key]), (on_gpu, on_cpu)
+    assert abs(on_gpu["ensemble"] - on_cpu["ensemble"]) <= 0.01

@@ -8,7 +8,14 @@ import torch
 from flwr.app import ArrayRecord
 
 from fl_ee.data.datasets import TensorDataset
-from fl_ee.federation.globaleval import SLICE_ROWS, SliceCounts, evaluate_global, global_accuracy, slice_threads
+from fl_ee.federation.globaleval import (
+    SLICE_ROWS,
+    SliceCounts,
+    counts_in_turn,
+    evaluate_global,
+    global_accuracy,
+    slice_threads,
+)
 from fl_ee.learning.training import EVAL_BATCH, accuracy, ensemble, exit_logits
 from fl_ee.models import EarlyExitNet, ModelSpec
 from fl_ee.results.summary import collapse_warnings
@@ -37,24 +44,37 @@ def test_slices_missing_rows_are_refused_not_averaged_away():
         global_accuracy([], 5)
 
 
+def _three_slices() -> tuple[EarlyExitNet, EarlyExitNet, TensorDataset]:
+    """A model, its depth-3 submodel, and random data of three slices (the last one short)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(1, 8, 8, 10)
+    model = EarlyExitNet(spec)
+    rows = 2 * SLICE_ROWS + 300
+    x, y = torch.randn(rows, 1, 8, 8), torch.randint(0, 10, (rows,))
+    sub = EarlyExitNet(spec, 3)
+    sub.load_state_dict({k: v for k, v in model.state_dict().items() if k in sub.state_dict()})
+    return model, sub, TensorDataset("random", x[:1], y[:1], x, y, 10)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("threads", [1, 3])
 def test_sliced_evaluation_gives_the_whole_sets_figures_whatever_the_threads(threads):
     assert SLICE_ROWS % EVAL_BATCH == 0  # a slice is whole evaluation batches: images meet the same batches
-    torch.manual_seed(0)
-    spec = ModelSpec(1, 8, 8, 10)
-    model = EarlyExitNet(spec)
-    rows = 2 * SLICE_ROWS + 300  # three slices, the last one short
-    x, y = torch.randn(rows, 1, 8, 8), torch.randint(0, 10, (rows,))
-    data = TensorDataset("random", x[:1], y[:1], x, y, 10)
-    depth = 3
-    sub = EarlyExitNet(spec, depth)
-    sub.load_state_dict({k: v for k, v in model.state_dict().items() if k in sub.state_dict()})
+    model, sub, data = _three_slices()
     with ThreadPoolExecutor(threads) as pool:
-        result = evaluate_global(ArrayRecord(model.state_dict()), data, model, depth, pool)()
-    assert result == _whole_set(sub, x, y)
+        result = evaluate_global(ArrayRecord(model.state_dict()), data, model, 3, pool)()
+    assert result == _whole_set(sub, data.test_x, data.test_y)
     assert set(result["by_exit"]) == {"1", "2", "3"}
     assert len(set(result["by_exit"].values())) > 1  # the exits differ: not a degenerate case
+
+
+@pytest.mark.e2e
+def test_the_slices_in_turn_on_one_device_give_the_same_figures():
+    """A GPU's path (``counts_in_turn``), run on the CPU: the same slices, so the same figures."""
+    _, sub, data = _three_slices()
+    counts = counts_in_turn(sub, data.test_x, data.test_y)
+    assert [c.rows for c in counts] == [SLICE_ROWS, SLICE_ROWS, 300]
+    assert global_accuracy(counts, len(data.test_y)) == _whole_set(sub, data.test_x, data.test_y)
 
 
 @pytest.mark.parametrize(("cores", "torch_threads", "expected"), [(2, 1, 2), (16, 4, 4), (16, 16, 1), (2, 4, 1),

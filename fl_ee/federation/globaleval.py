@@ -7,7 +7,8 @@ cores idle once the clients are done, so :func:`evaluate_global` hands each
 without the GIL), and :func:`global_accuracy` adds their counts up. A slice is a whole number of evaluation
 batches (:data:`fl_ee.learning.training.EVAL_BATCH`), so every image goes through the network in
 the batch it would meet if the whole set were evaluated at once: the figures do not
-depend on the slicing or on the threads.
+depend on the slicing or on the threads. A server with a GPU (``simulation.client_gpus > 0``
+and CUDA there) evaluates the slices one after the other on it instead, in one thread.
 
 Beside accuracy, each exit's ``modal_share`` is the share of test images given its most
 frequent class: about 1/classes for a healthy exit on a balanced test set, 1.0 for an exit
@@ -32,6 +33,7 @@ from fl_ee.models import EarlyExitNet, build_model, narrow_state, submodel_shape
 from fl_ee.wire.arrays import torch_state
 
 SLICE_ROWS = 4 * EVAL_BATCH
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class SliceCounts:
 
 
 def slice_counts(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> SliceCounts:
-    """How many of ``x`` each exit of ``model``, and the exits' ensemble, classify as ``y``."""
-    logits = exit_logits(model, x)
+    """How many of ``x`` each exit of ``model`` (on any device), and the exits' ensemble, classify as ``y``."""
+    device = next(model.parameters()).device
+    logits = [z.cpu() for z in exit_logits(model, x.to(device))]
     predicted = tuple(tuple(torch.bincount(z.argmax(dim=1), minlength=z.shape[1]).tolist()) for z in logits)
     return SliceCounts(len(y), tuple(correct(z, y) for z in logits), correct(ensemble(logits), y), predicted)
 
@@ -74,18 +77,28 @@ def slice_threads() -> int:
     return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
 
 
+def counts_in_turn(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> list[SliceCounts]:
+    """:func:`slice_counts` of each slice of ``x`` in turn: one device evaluating them all."""
+    return [slice_counts(model, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS]) for s in range(0, len(y), SLICE_ROWS)]
+
+
 def evaluate_global(
-    arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int, threads: Executor, width: float = 1.0
+    arrays: ArrayRecord, data: TensorDataset, model: EarlyExitNet, depth: int, threads: Executor, width: float = 1.0,
+    device: torch.device = CPU,
 ) -> Callable[[], dict[str, Any]]:
     """Start evaluating the global ``arrays`` (exits 1..``depth``, at width ``width``) on ``data``'s test set.
 
-    Each slice of the test set is a task; returns a function that waits for ``threads`` to
-    run every slice and gives their :func:`global_accuracy`. The run evaluates the submodel
-    of its deepest and widest tiers (channels no tier holds are never trained).
+    On the CPU each slice of the test set is a task; on a GPU (``device``) one task evaluates
+    them in turn there. Returns a function that waits for ``threads`` to run them and gives their
+    :func:`global_accuracy`. The run evaluates the submodel of its deepest and widest tiers
+    (channels no tier holds are never trained).
     """
     sub = build_model(model.spec, depth, width)
     sub.load_state_dict(narrow_state(torch_state(arrays), submodel_shapes(model.spec, depth, width)))
     x, y = data.test_x, data.test_y
+    if device.type != "cpu":
+        on_device = threads.submit(counts_in_turn, sub.to(device), x, y)
+        return lambda: global_accuracy(on_device.result(), len(y))
     parts = [threads.submit(slice_counts, sub, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS])
              for s in range(0, len(y), SLICE_ROWS)]
     return lambda: global_accuracy([p.result() for p in parts], len(y))

@@ -40,6 +40,7 @@ from fl_ee.federation.faults import (
 )
 from fl_ee.federation.globaleval import evaluate_global, slice_threads
 from fl_ee.federation.preflight import config_warnings, preflight
+from fl_ee.learning.device import client_device
 from fl_ee.learning.schedule import round_lr
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, load_weights, submodel_flops
 from fl_ee.results.observers import LoopState, Observer
@@ -289,14 +290,16 @@ def run_federation(
         steps = sync_rounds(exchange, strategy, emulator, state, cfg.rounds, instructions, train_work)
     guard = DivergenceGuard(cfg.simulation.max_bad_rounds, state.bad_rounds)
     started = time.perf_counter()
-    # the server's own evaluation runs while the clients evaluate, in slices side by side
+    server_device = client_device(cfg.simulation.client_gpus)  # with GPU shares for the clients, the server's too
+    # the server's own evaluation runs while the clients evaluate, in slices side by side (or in turn on a GPU)
     with ThreadPoolExecutor(max_workers=slice_threads()) as threads:
         for rnd, config, state.arrays, train, bad in steps:
             state.clocks.append(train.pop("clock"))
             errors = {"train": train.pop("errors")}
             record: dict[str, Any] = {"round": rnd, "train": train, "clock": state.clocks[-1]}
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads, cfg.max_width)
+                global_eval = evaluate_global(state.arrays, data, model, cfg.max_depth, threads, cfg.max_width,
+                                              server_device)
                 sampled_unseen = strategy.sample(rnd, strategy.evaluate_fraction(rnd), Stream.SAMPLE_UNSEEN,
                                                  unseen) if unseen else []
                 evaluated, record["evaluate"] = evaluate_round(exchange, strategy, rnd, state.arrays, config,
