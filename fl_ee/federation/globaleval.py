@@ -77,9 +77,14 @@ def slice_threads() -> int:
     return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
 
 
+def slices(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``x`` and ``y`` cut into slices of :data:`SLICE_ROWS` rows (the last one shorter)."""
+    return [(x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS]) for s in range(0, len(y), SLICE_ROWS)]
+
+
 def counts_in_turn(model: EarlyExitNet, x: torch.Tensor, y: torch.Tensor) -> list[SliceCounts]:
     """:func:`slice_counts` of each slice of ``x`` in turn: one device evaluating them all."""
-    return [slice_counts(model, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS]) for s in range(0, len(y), SLICE_ROWS)]
+    return [slice_counts(model, xs, ys) for xs, ys in slices(x, y)]
 
 
 def evaluate_global(
@@ -99,6 +104,5 @@ def evaluate_global(
     if device.type != "cpu":
         on_device = threads.submit(counts_in_turn, sub.to(device), x, y)
         return lambda: global_accuracy(on_device.result(), len(y))
-    parts = [threads.submit(slice_counts, sub, x[s:s + SLICE_ROWS], y[s:s + SLICE_ROWS])
-             for s in range(0, len(y), SLICE_ROWS)]
+    parts = [threads.submit(slice_counts, sub, xs, ys) for xs, ys in slices(x, y)]
     return lambda: global_accuracy([p.result() for p in parts], len(y))
