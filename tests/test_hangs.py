@@ -428,7 +428,7 @@ def test_a_killed_run_takes_its_ray_along(tmp_path, raytmp):
         assert agents <= names, names
         run.kill()
         run.wait(timeout=10)
-        assert survivors(ours, raytmp, wait_s=20) == []  # the reaper took over 10 s once, 4 test workers on 2 cores
+        assert survivors(ours, raytmp, wait_s=10) == []
     finally:
         run.kill()
         run.communicate()
