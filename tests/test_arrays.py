@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fl_ee.wire.arrays import as_array, as_numpy, as_record, torch_state
+from fl_ee.wire.arrays import as_array, as_numpy, as_record, load_into, torch_state
 
 DTYPES = st.sampled_from(["float32", "float64", "float16", "int64", "int8", "uint8", "bool", ">f4", "<i2", "complex64"])
 ARRAYS = DTYPES.flatmap(lambda dtype: hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0,
@@ -47,3 +47,20 @@ def test_a_state_dict_round_trips_as_flowers_own_record():
     back = torch_state(record)
     assert all(torch.equal(back[k], state[k]) and back[k].dtype == state[k].dtype for k in state)
     assert back["steps"].shape == ()  # 0-d stays 0-d
+
+
+def test_load_into_loads_what_a_strict_load_state_dict_loads_and_refuses_what_it_refuses():
+    torch.manual_seed(0)
+    net, want = (torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)) for _ in range(2))
+    received = {key: (torch.randn(value.shape, dtype=torch.float64) if value.is_floating_point()  # cast as copy_ does
+                      else torch.tensor(7)) for key, value in net.state_dict().items()}
+    want.load_state_dict(received)
+    load_into(net.state_dict(keep_vars=True), as_record(received))
+    assert all(torch.equal(got, wanted) and got.dtype == wanted.dtype
+               for got, wanted in zip(net.state_dict().values(), want.state_dict().values(), strict=True))
+    assert net[0].weight.requires_grad  # loaded in place: the same parameters
+    tensors = net.state_dict(keep_vars=True)
+    with pytest.raises(RuntimeError, match=r"missing \['1.bias'\], unexpected \['extra'\]"):
+        load_into(tensors, as_record({**{k: v for k, v in received.items() if k != "1.bias"}, "extra": torch.zeros(1)}))
+    with pytest.raises(RuntimeError, match=r"received 0.bias of shape \(3,\)"):
+        load_into(tensors, as_record({**received, "0.bias": torch.zeros(3)}))

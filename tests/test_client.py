@@ -263,7 +263,7 @@ def test_a_call_gives_the_same_update_whatever_an_earlier_call_left_in_the_proce
 
     fresh = _trained({}, 1)
     message = _message(MessageType.TRAIN, 3, 1, seed=0)
-    left = _built(instructions_of(message).run_config, 3, 1.0)  # the module the next depth-3 call reuses
+    left, _ = _built(instructions_of(message).run_config, 3, 1.0, torch.device("cpu"))  # the next depth-3 call uses it
     with torch.no_grad():
         for parameter in left.parameters():  # as a call that failed half way might leave it
             parameter.add_(1.0)

@@ -50,7 +50,7 @@ from fl_ee.learning.scheme import backbone_frozen
 from fl_ee.learning.training import accuracy, ensemble, exit_logits, for_round, local_loss, local_steps
 from fl_ee.learning.widths import OrderedDropout
 from fl_ee.models import EarlyExitNet, ModelSpec, build_model, submodel_flops
-from fl_ee.wire.arrays import as_record, torch_state
+from fl_ee.wire.arrays import as_record, load_into
 from fl_ee.wire.exchange import as_client
 from fl_ee.wire.protocol import (
     ARRAYS,
@@ -103,30 +103,26 @@ def _setup(msg: Message) -> tuple[Instructions, Config, EarlyExitNet, torch.devi
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": instructions.lr})})
     torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
     device = client_device(cfg.simulation.client_gpus)
-    model = _submodel(instructions.run_config, instructions.depth, instructions.width, device)
-    model.load_state_dict(torch_state(msg.content.array_records[ARRAYS]))
-    return instructions, cfg, model, device
-
-
-def _submodel(run_config: str, depth: int, width: float, device: torch.device) -> EarlyExitNet:
-    """The submodel of a depth and width, kept per process, on ``device``: every parameter trainable, no gradient.
-
-    Built once per process and shape (building took a millisecond a call, as long as a
-    small client's SGD step): a call loads the weights it received into all of it
-    (``load_state_dict`` is strict), and no call keeps it.
-    """
-    model = _built(run_config, depth, width)
-    if next(model.parameters()).device != device:
-        model.to(device)
+    model, tensors = _built(instructions.run_config, instructions.depth, instructions.width, device)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
         parameter.grad = None
-    return model
+    load_into(tensors, msg.content.array_records[ARRAYS])
+    return instructions, cfg, model, device
 
 
 @functools.lru_cache(maxsize=16)
-def _built(run_config: str, depth: int, width: float) -> EarlyExitNet:
-    return build_model(_network(run_config), depth, width)
+def _built(run_config: str, depth: int, width: float,
+           device: torch.device) -> tuple[EarlyExitNet, dict[str, torch.Tensor]]:
+    """The submodel of a depth and width on ``device``, kept per process, and its state's tensors by name.
+
+    Built once per process, shape and device (building took a millisecond a call, as long as
+    a small client's SGD step): a call makes every parameter trainable with no gradient and
+    loads the weights it received into all of the state (strictly, :func:`~fl_ee.wire.arrays.load_into`);
+    no call keeps it.
+    """
+    model = build_model(_network(run_config), depth, width).to(device)
+    return model, model.state_dict(keep_vars=True)
 
 
 @functools.lru_cache(maxsize=8)
