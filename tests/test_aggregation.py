@@ -19,6 +19,10 @@ def test_weighted_mean_by_hand():
     assert out.dtype == np.float64
     out32 = weighted_mean([np.array([1.0], np.float32), np.array([2.0], np.float32)], [0, 0])
     assert out32.dtype == np.float32 and out32[0] == pytest.approx(1.5)  # zero weights: plain mean
+    integers = weighted_mean([np.array(3), np.array(6)], [2, 1])  # 0-d counters (batch norm's) keep their dtype
+    assert integers.shape == () and integers.dtype == np.array(3).dtype and integers == 4
+    with pytest.raises(ValueError, match=r"one shape: \(2,\) and \(1,\)"):  # never broadcast
+        weighted_mean([np.array([1.0, 2.0]), np.array([4.0])], [1, 1])
 
 
 def test_holder_aggregate_averages_each_key_over_its_holders_only():
