@@ -58,6 +58,17 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def calling(root: int) -> bool:
+    """Whether a Ray worker under ``root`` runs a client call now (its title is ``ray::ClientAppActor.run``)."""
+    for pid in _tree(root):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ClientAppActor.run"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def tree_rss_bytes(root: int) -> int:
     """Memory of a process and all its descendants (Linux /proc).
 
@@ -82,6 +93,7 @@ class Watched:
     round_seen_at: dict[int, float] = field(default_factory=dict)  # round -> unix time its line appeared
     rss_at_round: dict[int, int] = field(default_factory=dict)  # round -> tree RSS when its line appeared
     cpu_at_round: dict[int, float] = field(default_factory=dict)  # round -> tree CPU seconds when its line appeared
+    first_call_at: float | None = None  # unix time a client call was first seen running on a Ray worker
     peak_rss: int = 0
     returncode: int = 0
     stderr: str = ""
@@ -90,9 +102,10 @@ class Watched:
 def watch_run(args: list[str], out: Path, poll_s: float = 0.1, memory_every_s: float | None = 2.0) -> Watched:
     """Run ``fl-ee run ARGS --out OUT``; record when each round lands and the tree's memory.
 
-    Round arrivals are polled every ``poll_s``; memory every ``memory_every_s`` and
-    whenever a round lands, or never with ``None``: a reading costs ~0.1 s of CPU, taken
-    from the run being timed on a small machine, so timings are measured without it.
+    Round arrivals, and the first client call on a Ray worker, are polled every ``poll_s``;
+    memory every ``memory_every_s`` and whenever a round lands, or never with ``None``: a
+    reading costs ~0.1 s of CPU, taken from the run being timed on a small machine, so
+    timings are measured without it.
     """
     command = [sys.executable, "-m", "fl_ee.cli", "run", *args, "--out", str(out)]
     watched = Watched(started=time.time())
@@ -107,6 +120,8 @@ def watch_run(args: list[str], out: Path, poll_s: float = 0.1, memory_every_s: f
         seen = len(rounds_file.read_text().splitlines()) if rounds_file.exists() else 0
         landed = range(len(watched.round_seen_at) + 1, seen + 1)
         now = time.time()
+        if watched.first_call_at is None and calling(child.pid):
+            watched.first_call_at = now
         for rnd in landed:
             watched.round_seen_at[rnd] = now
             watched.cpu_at_round[rnd] = tree_cpu_seconds(child.pid)

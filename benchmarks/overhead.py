@@ -1,7 +1,9 @@
 """fl-ee against the compute floor on the reference workload; prints one JSON object.
 
 1. ``fl-ee run`` (real Flower + Ray) on the reference workload; startup (command start to
-   the first round) is reported apart from the steady-state rounds 2..R.
+   the first round: ``startup_s`` to the server's round loop, ``first_call_s`` to the first
+   client call running on a Ray worker, seen every 0.1 s) is reported apart from the
+   steady-state rounds 2..R.
 2. The floor: the same clients' local training and evaluation, and the server's global
    evaluation, replayed from that run's ``rounds.jsonl`` in a plain PyTorch loop (the
    same model, data, batches and steps) in this process on one thread, divided by
@@ -128,6 +130,8 @@ def measure() -> dict:
         "dataset": dataset, "tiers_depth": [t.depth for t in cfg.tiers],
         "fl_ee": {"wall_s": round(watched.ended - watched.started, 2),
                   "startup_s": round(loop_start - watched.started, 2),
+                  "first_call_s": None if watched.first_call_at is None
+                  else round(watched.first_call_at - watched.started, 2),
                   "steady_state_s": round(steady, 2),
                   "steady_state_cpu_s": round(steady_cpu, 2),
                   "client_calls_steady": calls},
@@ -144,11 +148,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="run/floor pairs; the medians are the result")
     repeat = max(1, parser.parse_args().repeat)
     pairs = [measure() for _ in range(repeat)]
+    first_calls = [p["fl_ee"]["first_call_s"] for p in pairs if p["fl_ee"]["first_call_s"] is not None]  # None: missed
     print(json.dumps({
         "workload": {"dataset": pairs[0]["dataset"], "clients": CLIENTS,
                      "clients_per_round": round(PER_ROUND * CLIENTS), "rounds": ROUNDS,
                      "tiers_depth": pairs[0]["tiers_depth"], "batch_size": 32, "local_epochs": 1, "eval_every": 1},
         "startup_s": statistics.median(p["fl_ee"]["startup_s"] for p in pairs),
+        "first_call_s": statistics.median(first_calls) if first_calls else None,
         "ratio_steady": statistics.median(p["ratio_steady"] for p in pairs),
         "ratio_steady_cpu": statistics.median(p["ratio_steady_cpu"] for p in pairs),
         "runs": [{k: v for k, v in p.items() if k not in ("dataset", "tiers_depth")} for p in pairs],

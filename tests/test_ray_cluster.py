@@ -181,3 +181,64 @@ def test_a_run_on_two_nodes_uses_both_and_equals_a_run_on_one(tmp_path):
     assert (one / "clients.csv").read_text() == (two / "clients.csv").read_text()
     assert rounds_without_wall_time(one) == rounds_without_wall_time(two)
     assert len(served_by(one)) == 1  # a local Ray is one node
+
+
+# ------------------------------------------------------------------------------ a Ray of its own
+
+AHEAD = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])  # on the driver's path only, as a user's working directory is
+import ray
+from fl_ee.core.config import load_config
+from sims.backend import init_ray
+
+init_ray(load_config(None, {}))
+raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+
+def workers() -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        try:
+            stat = open(f"/proc/{entry.name}/stat").read()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == raylet and open(
+                    f"/proc/{entry.name}/cmdline", "rb").read().startswith(b"ray::IDLE"):  # a worker, ready
+                found.add(int(entry.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+cpus = int(ray.cluster_resources()["CPU"])
+deadline = time.monotonic() + 60
+while len(workers()) < cpus and time.monotonic() < deadline:
+    time.sleep(0.1)
+ahead = workers()
+
+
+@ray.remote(num_cpus=1)
+class Client:
+    def where(self):
+        import on_the_path
+        return os.getpid(), on_the_path.VALUE
+
+
+placed = ray.get([Client.remote().where.remote() for _ in range(min(len(ahead), cpus))])
+print(len(ahead), all(pid in ahead for pid, _ in placed), all(value == "imported" for _, value in placed))
+"""
+
+
+def test_a_ray_of_its_own_hosts_the_clients_in_the_workers_it_started_ahead(tmp_path):
+    """Ray starts a worker per CPU ahead; the clients' actors take them (a job runtime_env would have Ray start new
+    ones, seconds more before the first round) and import what the driver's path holds."""
+    (tmp_path / "on_the_path.py").write_text("VALUE = 'imported'\n")
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(temp)}
+    try:
+        done = subprocess.run([sys.executable, "-c", AHEAD, str(tmp_path)], capture_output=True, text=True,
+                              timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ahead, taken, imported = done.stdout.split()
+    assert int(ahead) >= 1 and taken == "True" and imported == "True"
