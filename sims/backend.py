@@ -141,7 +141,7 @@ def init_ray(cfg: Config) -> None:
     here die with this process, also when it is killed (:mod:`sims.reaper`); a cluster it
     joins is left alone. A Ray started here inherits this process's ``PYTHONPATH`` (made
     ``sys.path``), so the workers it starts ahead host the clients (a job ``runtime_env``
-    would have it start new ones: the first round 1.5 s later on a 2-core machine); a
+    would have it start new ones: the first client call about 1 s later on 2 cores); a
     joined cluster's workers get the path through the job's ``runtime_env``.
     """
     import ray
