@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import cast
 from uuid import UUID
 
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -75,8 +76,10 @@ class InProcessGrid(Grid):
         if order not in (REVERSED, SHUFFLED):
             raise ValueError(f"order must be {REVERSED!r} or {SHUFFLED!r}, not {order!r}")
         if client_app is None:
-            from fl_ee.federation.client import app as client_app
-        self.client_app = client_app
+            from fl_ee.federation.client import app
+
+            client_app = app
+        self.client_app: ClientApp = client_app
         self.order = order
         self._rng = random.Random(seed)
         self._run = Run.create_empty(run_id=self._rng.getrandbits(64))
@@ -248,7 +251,7 @@ def counting_app(fail: int | None = None, mods: Sequence[Callable[..., Message]]
         partition = int(context.node_config[PARTITION_ID_KEY])
         if partition == fail:
             raise ValueError(f"partition {partition} is broken")
-        calls = int(context.state["calls"]["n"]) + 1 if "calls" in context.state else 1
+        calls = cast(int, context.state.metric_records["calls"]["n"]) + 1 if "calls" in context.state else 1
         context.state["calls"] = MetricRecord({"n": calls})
         return Message(RecordDict({"metrics": MetricRecord({"partition": partition, "calls": calls})}), reply_to=msg)
 
