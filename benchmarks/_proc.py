@@ -58,15 +58,21 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def calling(root: int) -> bool:
-    """Whether a Ray worker under ``root`` runs a client call now (its title is ``ray::ClientAppActor.run``)."""
+def titled(root: int, title: bytes) -> list[int]:
+    """The processes under ``root`` (itself included) whose command line starts with ``title`` (a Ray title)."""
+    found = []
     for pid in _tree(root):
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ClientAppActor.run"):
-                return True
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title):
+                found.append(pid)
         except OSError:
             continue
-    return False
+    return found
+
+
+def calling(root: int) -> bool:
+    """Whether a Ray worker under ``root`` runs a client call now (its title is ``ray::ClientAppActor.run``)."""
+    return bool(titled(root, b"ray::ClientAppActor.run"))
 
 
 def tree_rss_bytes(root: int) -> int:

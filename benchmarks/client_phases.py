@@ -103,11 +103,14 @@ class RoundMarks(Observer):
         self.ledger = ledger
         self.marks: list[tuple[float, dict[str, float], dict[str, int]]] = []
 
-    def on_start(self, cfg: Any, clients: Any) -> None:
+    def mark(self) -> None:
         self.marks.append((time.perf_counter(), *self.ledger.snapshot()))
 
+    def on_start(self, cfg: Any, clients: Any) -> None:
+        self.mark()
+
     def after_state(self, state: Any, strategy: Any) -> None:
-        self.marks.append((time.perf_counter(), *self.ledger.snapshot()))
+        self.mark()
 
 
 def per_round(marks: list[tuple[float, dict[str, float], dict[str, int]]]) -> list[dict[str, Any]]:

@@ -189,6 +189,7 @@ AHEAD = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])  # on the driver's path only, as a user's working directory is
 import ray
+from benchmarks._proc import titled
 from fl_ee.core.config import load_config
 from sims.backend import init_ray
 
@@ -197,16 +198,7 @@ raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
 
 
 def workers() -> set[int]:
-    found = set()
-    for entry in os.scandir("/proc"):
-        try:
-            stat = open(f"/proc/{entry.name}/stat").read()
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == raylet and open(
-                    f"/proc/{entry.name}/cmdline", "rb").read().startswith(b"ray::IDLE"):  # a worker, ready
-                found.add(int(entry.name))
-        except (OSError, ValueError):
-            pass
-    return found
+    return set(titled(raylet, b"ray::IDLE"))  # the workers, ready
 
 
 cpus = int(ray.cluster_resources()["CPU"])
